@@ -1,0 +1,189 @@
+"""Loading one bundle artifact into an inference engine: LiteRT for .tflite, onnxruntime for .onnx.
+
+`load_model(bundle, family, precision)` → `Model.predict(pixels)` with pixels the (N,H,W,3) uint8
+output of `edgecls.preprocess.prepare`. Quantisation of the input and dequantisation of the output
+follow the tensor's own parameters, so the same code serves float, uint8-I/O and int8-I/O models.
+No TensorFlow import anywhere in this package.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgecls.bundle import Artifact, Bundle
+from edgecls.errors import EdgeclsError
+from edgecls.preprocess import PreprocessSpec, model_input
+
+
+def tflite_interpreter_class():
+    """(Interpreter class, runtime name): LiteRT first, tflite-runtime only as the fallback."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+        return Interpreter, "ai-edge-litert"
+    except ImportError:
+        pass
+    try:
+        from tflite_runtime.interpreter import Interpreter
+        return Interpreter, "tflite-runtime"
+    except ImportError:
+        raise EdgeclsError("no TFLite runtime: pip install ai-edge-litert (or tflite-runtime on old systems)") from None
+
+
+def onnx_providers(requested: list[str] | None = None) -> list[str]:
+    import onnxruntime as ort
+
+    have = ort.get_available_providers()
+    if requested:
+        missing = [p for p in requested if p not in have]
+        if missing:
+            raise EdgeclsError(f"onnxruntime provider(s) not available: {', '.join(missing)} (have: {', '.join(have)})")
+        return requested
+    preferred = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    return [p for p in preferred if p in have] or have
+
+
+def _quantize(x: np.ndarray, dtype, scale: float, zero_point: int) -> np.ndarray:
+    info = np.iinfo(dtype)
+    if scale == 1.0 and float(zero_point).is_integer():
+        # Raw pixels map onto integers exactly: skip the float round trip (the common int8-I/O case).
+        return np.clip(x.astype(np.int32) + int(zero_point), info.min, info.max).astype(dtype)
+    return np.clip(np.round(x / scale + zero_point), info.min, info.max).astype(dtype)
+
+
+@dataclass
+class TensorIO:
+    dtype: np.dtype
+    scale: float = 0.0
+    zero_point: int = 0
+
+    @property
+    def quantized(self) -> bool:
+        return self.scale != 0.0 and np.dtype(self.dtype).kind in "iu"
+
+
+class Model:
+    """A loaded artifact. `predict(pixels)` → (N, classes) float32 probabilities."""
+
+    runtime: str
+    input_io: TensorIO
+    providers: list[str]
+
+    def __init__(self, artifact: Artifact, spec: PreprocessSpec, n_classes: int):
+        self.artifact, self.spec, self.n_classes = artifact, spec, n_classes
+        self.logits = artifact.meta.get("output_kind", "probabilities") == "logits"
+
+    @property
+    def key(self) -> str:
+        return self.artifact.key
+
+    def _to_input(self, pixels: np.ndarray) -> np.ndarray:
+        io = self.input_io
+        if io.quantized:
+            src = pixels if self.spec.in_model else model_input(pixels, self.spec)
+            return _quantize(src, io.dtype, io.scale, io.zero_point)
+        x = model_input(pixels, self.spec)
+        return x if io.dtype == np.float32 else x.astype(io.dtype)
+
+    def _finish(self, out: np.ndarray) -> np.ndarray:
+        out = out.astype(np.float32).reshape(out.shape[0], -1)
+        if self.logits:
+            e = np.exp(out - out.max(1, keepdims=True))
+            out = e / e.sum(1, keepdims=True)
+        return out
+
+    def predict(self, pixels: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def check_shape(self, shape, where: str) -> None:
+        h, w = int(shape[1]), int(shape[2])
+        if (h, w) != (self.spec.height, self.spec.width) or int(shape[3]) != 3:
+            raise EdgeclsError(f"{self.artifact.path.name}: model input {list(shape)} does not match the bundle's "
+                               f"{self.spec.height}x{self.spec.width}x3 ({where})")
+
+
+class TFLiteModel(Model):
+    def __init__(self, artifact: Artifact, spec: PreprocessSpec, n_classes: int, threads: int | None = None):
+        super().__init__(artifact, spec, n_classes)
+        Interpreter, self.runtime = tflite_interpreter_class()
+        try:
+            self.interp = Interpreter(model_path=str(artifact.path), num_threads=threads or os.cpu_count())
+            self.interp.allocate_tensors()
+        except (ValueError, RuntimeError) as e:
+            raise EdgeclsError(f"cannot load {artifact.path.name}: {str(e).splitlines()[0]}") from None
+        self.providers = ["XNNPACK/CPU"]
+        inp, out = self.interp.get_input_details()[0], self.interp.get_output_details()[0]
+        self.check_shape(inp["shape"], "edgecls.json preprocessing")
+        self._in_index, self._out_index = inp["index"], out["index"]
+        s, z = inp["quantization"]
+        self.input_io = TensorIO(np.dtype(inp["dtype"]), float(s), int(z))
+        s, z = out["quantization"]
+        self.output_io = TensorIO(np.dtype(out["dtype"]), float(s), int(z))
+        if int(out["shape"][-1]) != n_classes:
+            raise EdgeclsError(f"{artifact.path.name}: model has {int(out['shape'][-1])} outputs but the bundle "
+                               f"has {n_classes} labels")
+
+    def predict(self, pixels: np.ndarray) -> np.ndarray:
+        x = self._to_input(pixels)
+        outs = []
+        for i in range(len(x)):  # exported with batch 1: the shape a camera loop uses
+            self.interp.set_tensor(self._in_index, x[i:i + 1])
+            self.interp.invoke()
+            outs.append(self.interp.get_tensor(self._out_index).copy())
+        out = np.concatenate(outs, 0)
+        if self.output_io.quantized:
+            out = (out.astype(np.float32) - self.output_io.zero_point) * self.output_io.scale
+        return self._finish(out)
+
+
+class OnnxModel(Model):
+    def __init__(self, artifact: Artifact, spec: PreprocessSpec, n_classes: int, threads: int | None = None,
+                 providers: list[str] | None = None):
+        super().__init__(artifact, spec, n_classes)
+        import onnxruntime as ort
+
+        self.runtime = f"onnxruntime {ort.__version__}"
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        opts.log_severity_level = 3
+        try:
+            self.sess = ort.InferenceSession(str(artifact.path), sess_options=opts, providers=onnx_providers(providers))
+        except Exception as e:  # onnxruntime raises its own exception types for a bad file
+            raise EdgeclsError(f"cannot load {artifact.path.name}: {str(e).splitlines()[0][:200]}") from None
+        self.providers = self.sess.get_providers()
+        inp = self.sess.get_inputs()[0]
+        self._in_name = inp.name
+        shape = [d if isinstance(d, int) else 1 for d in inp.shape]
+        self.check_shape(shape, "edgecls.json preprocessing")
+        dtype = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8}.get(inp.type)
+        if dtype is None:
+            raise EdgeclsError(f"{artifact.path.name}: unsupported input type {inp.type}")
+        io = artifact.meta.get("input", {})
+        self.input_io = TensorIO(np.dtype(dtype), float(io.get("scale", 0.0)), int(io.get("zero_point", 0)))
+        self._batch_fixed = isinstance(inp.shape[0], int)
+
+    def predict(self, pixels: np.ndarray) -> np.ndarray:
+        x = self._to_input(pixels)
+        if self._batch_fixed:
+            out = np.concatenate([self.sess.run(None, {self._in_name: x[i:i + 1]})[0] for i in range(len(x))], 0)
+        else:
+            out = self.sess.run(None, {self._in_name: x})[0]
+        return self._finish(out)
+
+
+BACKENDS = {"litert": TFLiteModel, "onnxruntime": OnnxModel}
+
+
+def load_model(bundle: Bundle, family: str | None = None, precision: str | None = None,
+               threads: int | None = None, **kw) -> Model:
+    art = bundle.artifact(family, precision)
+    cls = BACKENDS[art.fmt.runtime]
+    if cls is OnnxModel:
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            raise EdgeclsError("onnxruntime is not installed: pip install onnxruntime (Jetson: JetPack's onnxruntime-gpu)") from None
+        return cls(art, bundle.spec, len(bundle.labels), threads=threads, **kw)
+    return cls(art, bundle.spec, len(bundle.labels), threads=threads)

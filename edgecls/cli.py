@@ -1,0 +1,71 @@
+"""The `edgecls` command. Each stage registers its own commands; heavy imports happen inside them,
+so `edgecls --help` and the device commands never load TensorFlow."""
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from edgecls import __version__
+from edgecls.errors import EdgeclsError
+
+app = typer.Typer(
+    name="edgecls",
+    help="Folder of labelled photos → int8 image classifier, proven against float, running live on a Pi or Jetson.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool):
+    if value:
+        typer.echo(f"edgecls {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")):
+    pass
+
+
+def _register() -> None:
+    from edgecls.convert import commands as convert_commands
+    from edgecls.device import commands as device_commands
+    from edgecls.train import commands as train_commands
+
+    for stage in (train_commands, convert_commands, device_commands):
+        stage.register(app)
+
+
+_register()
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print a one-line error and exit; the only way user-facing errors leave the program."""
+    first = " ".join(str(message).split("\n")[0].split())
+    typer.echo(f"edgecls: error: {first}", err=True)
+    sys.exit(code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        app(args=argv, standalone_mode=False, prog_name="edgecls")
+    except EdgeclsError as e:
+        fail(str(e), e.exit_code)
+    except KeyboardInterrupt:
+        typer.echo("edgecls: interrupted", err=True)
+        sys.exit(130)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        typer.echo("edgecls: aborted", err=True)
+        sys.exit(130)
+    except Exception as e:  # click usage errors and the like
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        raise

@@ -1,0 +1,103 @@
+"""The preprocessing contract: how a picture becomes the model's input tensor.
+
+Training and the device both call `prepare()`, so the tensor the model was trained on and the
+tensor it sees on the device come from one piece of code. Every parameter lives in `PreprocessSpec`,
+which is stored in the run (`run.json`) and in the bundle (`edgecls.json`) — the device never guesses.
+
+The model itself takes raw pixels (0..255) in `color_order`; the backbone's normalisation
+(scale/offset) is a layer inside the model, recorded here for documentation and for int8 I/O.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import cv2
+import numpy as np
+
+from edgecls.errors import EdgeclsError
+
+RESIZE_MODES = ("stretch", "crop", "letterbox")
+COLOR_ORDERS = ("RGB", "BGR")
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    height: int
+    width: int
+    resize: str = "stretch"          # stretch: ignore aspect | crop: centre-crop to aspect | letterbox: fit + pad
+    color_order: str = "RGB"         # channel order the model expects
+    pad_value: int = 0               # letterbox padding, every channel
+    # Normalisation x = pixel * scale + offset (per channel, in color_order). Models edgecls trains
+    # carry it as their first layer (in_model=True) so raw pixels go in; foreign models may need it applied.
+    scale: tuple[float, ...] = field(default=(1 / 127.5,) * 3)
+    offset: tuple[float, ...] = field(default=(-1.0,) * 3)
+    in_model: bool = True
+
+    def __post_init__(self):
+        if self.resize not in RESIZE_MODES:
+            raise EdgeclsError(f"unknown resize mode {self.resize!r}; expected one of {', '.join(RESIZE_MODES)}")
+        if self.color_order not in COLOR_ORDERS:
+            raise EdgeclsError(f"unknown colour order {self.color_order!r}; expected RGB or BGR")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["scale"], d["offset"] = list(self.scale), list(self.offset)
+        d["input"] = ("uint8 pixels 0..255 in color_order, NHWC" +
+                      ("; normalisation is inside the model" if self.in_model else "; apply scale/offset first"))
+        d["interpolation"] = "area when shrinking both sides, else bilinear (OpenCV)"
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PreprocessSpec":
+        try:
+            return cls(height=int(d["height"]), width=int(d["width"]), resize=d.get("resize", "stretch"),
+                       color_order=d.get("color_order", "RGB"), pad_value=int(d.get("pad_value", 0)),
+                       scale=tuple(float(v) for v in d.get("scale", (1 / 127.5,) * 3)),
+                       offset=tuple(float(v) for v in d.get("offset", (-1.0,) * 3)),
+                       in_model=bool(d.get("in_model", True)))
+        except (KeyError, TypeError, ValueError) as e:
+            raise EdgeclsError(f"invalid preprocessing block: {e}") from None
+
+
+def model_input(pixels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """Prepared uint8 pixels → the float tensor a float model takes (normalised only if not in the model)."""
+    x = pixels.astype(np.float32)
+    if not spec.in_model:
+        x = x * np.asarray(spec.scale, np.float32) + np.asarray(spec.offset, np.float32)
+    return x
+
+
+def _resize(img: np.ndarray, w: int, h: int) -> np.ndarray:
+    sh, sw = img.shape[:2]
+    interp = cv2.INTER_AREA if (sh > h and sw > w) else cv2.INTER_LINEAR
+    return cv2.resize(img, (w, h), interpolation=interp)
+
+
+def prepare(img: np.ndarray, spec: PreprocessSpec, image_order: str = "RGB") -> np.ndarray:
+    """HxWx3 uint8 picture in `image_order` → spec.height x spec.width x 3 uint8 in spec.color_order."""
+    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+        raise ValueError(f"expected HxWx3 uint8 image, got {img.shape} {img.dtype}")
+    h, w = spec.height, spec.width
+    sh, sw = img.shape[:2]
+    if spec.resize == "crop":
+        # Largest centred window with the target aspect ratio.
+        if sw * h > sh * w:
+            cw = max(1, round(sh * w / h))
+            x0 = (sw - cw) // 2
+            img = img[:, x0:x0 + cw]
+        else:
+            ch = max(1, round(sw * h / w))
+            y0 = (sh - ch) // 2
+            img = img[y0:y0 + ch]
+        out = _resize(img, w, h)
+    elif spec.resize == "letterbox":
+        s = min(w / sw, h / sh)
+        nw, nh = max(1, round(sw * s)), max(1, round(sh * s))
+        out = np.full((h, w, 3), spec.pad_value, dtype=np.uint8)
+        y0, x0 = (h - nh) // 2, (w - nw) // 2
+        out[y0:y0 + nh, x0:x0 + nw] = _resize(img, nw, nh)
+    else:
+        out = _resize(img, w, h)
+    if image_order != spec.color_order:
+        out = out[..., ::-1]
+    return np.ascontiguousarray(out)

@@ -1,0 +1,65 @@
+"""Shared fixtures: where the shared data lives, and small real bundles to run."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("EDGECLS_SHARED", ROOT.parent / "shared")).resolve()
+DIGITS = SHARED / "data" / "sign_language_digits"
+WEIGHTS = SHARED / "weights"
+REFERENCE = WEIGHTS / "reference"
+
+
+def pytest_configure(config):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    if not DIGITS.is_dir():
+        pytest.skip(f"shared data not found at {SHARED} (set EDGECLS_SHARED)")
+    return SHARED
+
+
+def make_reference_bundle(dest: Path) -> Path:
+    """A bundle around Google's genuine int8 MobileNetV2 (ImageNet, uint8 I/O, 1001 classes).
+
+    It is a model edgecls did not train: its normalisation is outside the model (in_model=False),
+    which exercises that branch of the contract too.
+    """
+    from edgecls.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST
+    from edgecls.fsutil import sha256_file
+
+    dest.mkdir(parents=True, exist_ok=True)
+    src = REFERENCE / "mobilenet_v2_1.0_224_quant.tflite"
+    shutil.copy(src, dest / "model_int8.tflite")
+    labels = (REFERENCE / "coral_test_data_extras" / "imagenet_labels.txt").read_text().splitlines()
+    (dest / "labels.txt").write_text("\n".join(labels) + "\n")
+    meta = {
+        "format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "labels": labels,
+        "preprocessing": {"height": 224, "width": 224, "resize": "stretch", "color_order": "RGB",
+                          "scale": [1 / 127.5] * 3, "offset": [-1.0] * 3, "in_model": False},
+        "default_artifact": "tflite-int8",
+        "artifacts": {"tflite-int8": {"file": "model_int8.tflite", "sha256": sha256_file(dest / "model_int8.tflite"),
+                                      "output_kind": "probabilities"}},
+    }
+    (dest / MANIFEST).write_text(json.dumps(meta, indent=2))
+    return dest
+
+
+@pytest.fixture(scope="session")
+def reference_bundle(tmp_path_factory, shared) -> Path:
+    return make_reference_bundle(tmp_path_factory.mktemp("refbundle") / "bundle")
+
+
+@pytest.fixture(scope="session")
+def reference_photos(shared) -> dict[str, str]:
+    """Test photo → the ImageNet label the reference model must give it."""
+    d = REFERENCE / "coral_test_data_extras"
+    return {str(d / "parrot.jpg"): "macaw", str(d / "cat.bmp"): "Egyptian cat",
+            str(d / "grace_hopper.bmp"): "military uniform", str(d / "hot_dog.jpg"): "hotdog"}
