@@ -2,6 +2,7 @@
 so `edgecls --help` and the device commands never load TensorFlow."""
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -51,22 +52,14 @@ def fail(message: str, code: int = 2) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Entry point. Usage errors are typer's; EdgeclsError and any unexpected failure become one line."""
     try:
-        app(args=argv, standalone_mode=False, prog_name="edgecls")
+        app(args=argv, prog_name="edgecls")
     except EdgeclsError as e:
         fail(str(e), e.exit_code)
     except KeyboardInterrupt:
-        typer.echo("edgecls: interrupted", err=True)
-        sys.exit(130)
-    except typer.Exit as e:
-        sys.exit(e.exit_code)
-    except typer.Abort:
-        typer.echo("edgecls: aborted", err=True)
-        sys.exit(130)
-    except Exception as e:  # click usage errors and the like
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        raise
+        fail("interrupted", 130)
+    except Exception as e:
+        if os.environ.get("EDGECLS_DEBUG"):
+            raise
+        fail(f"internal error: {type(e).__name__}: {e} (set EDGECLS_DEBUG=1 for the traceback)", 1)

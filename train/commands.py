@@ -1,0 +1,71 @@
+"""`edgecls train`: CLI wiring only; the work is in edgecls.train.trainer (imported lazily: it loads TensorFlow)."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from edgecls.errors import EdgeclsError
+
+
+def train(
+    data_dir: Optional[Path] = typer.Argument(None, help="Folder with one sub-folder per class (or train/ val/ test/)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder to create [default: runs/<backbone>-<time>]."),
+    backbone: str = typer.Option("mobilenet_v2", help="mobilenet_v2 | mobilenet_v3_small | mobilenet_v3_large | resnet50."),
+    alpha: float = typer.Option(1.0, help="Width multiplier (MobileNets)."),
+    img_size: int = typer.Option(160, help="Square input size in pixels (96-224)."),
+    weights: str = typer.Option("imagenet", help="imagenet | none | PATH to no-top .h5 weights."),
+    resize: str = typer.Option("stretch", help="stretch | crop | letterbox (recorded for the device)."),
+    epochs: int = typer.Option(8, help="Epochs with the backbone frozen (head only)."),
+    fine_tune_epochs: int = typer.Option(8, help="Epochs with the top of the backbone unfrozen."),
+    fine_tune_at: Optional[int] = typer.Option(None, help="First backbone layer to unfreeze [default: per backbone]."),
+    lr: float = typer.Option(1e-3, help="Head learning rate; fine-tuning uses lr/10."),
+    batch_size: int = typer.Option(32),
+    label_smoothing: float = typer.Option(0.1),
+    class_weights: bool = typer.Option(True, "--class-weights/--no-class-weights", help="Balance classes in the loss."),
+    augment: bool = typer.Option(True, "--augment/--no-augment"),
+    val_split: float = typer.Option(0.15),
+    test_split: float = typer.Option(0.15),
+    seed: int = typer.Option(1337),
+    patience: int = typer.Option(4, help="Early stopping: epochs without val-accuracy gain, per phase."),
+    strategy: str = typer.Option("auto", help="auto | mirrored | none (mirrored: all GPUs of this machine)."),
+    mixed_precision: bool = typer.Option(False, "--mixed-precision", help="float16 compute on a GPU."),
+    max_images_per_class: Optional[int] = typer.Option(None, help="Use at most N images per class (quick trials)."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run folder."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing run folder."),
+    json_out: bool = typer.Option(False, "--json", help="Print the run summary as JSON on stdout."),
+):
+    """Transfer-learn a classifier from a folder of labelled photos."""
+    from edgecls.train.config import TrainConfig
+
+    if resume is not None:
+        cfg, run_dir = None, resume
+    else:
+        if data_dir is None:
+            raise EdgeclsError("missing DATA_DIR (or --resume RUN_DIR)")
+        cfg = TrainConfig(data_dir=str(data_dir), backbone=backbone, alpha=alpha, img_size=img_size, weights=weights,
+                          resize=resize, epochs=epochs, fine_tune_epochs=fine_tune_epochs, fine_tune_at=fine_tune_at,
+                          lr=lr, batch_size=batch_size, label_smoothing=label_smoothing, class_weights=class_weights,
+                          augment=augment, val_split=val_split, test_split=test_split, seed=seed, patience=patience,
+                          strategy=strategy, mixed_precision=mixed_precision, max_images_per_class=max_images_per_class)
+        cfg.validate()  # before TensorFlow loads: bad options fail at once
+        run_dir = out or Path("runs") / f"{backbone}-{time.strftime('%Y%m%d-%H%M%S')}"
+    from edgecls.train.trainer import train as run_training
+
+    try:
+        summary = run_training(cfg, Path(run_dir), force=force, resume=resume is not None, quiet=json_out)
+    except KeyboardInterrupt:
+        raise EdgeclsError(f"interrupted; the last finished epoch is saved: edgecls train --resume {run_dir}") from None
+    if json_out:
+        typer.echo(json.dumps(summary, indent=2))
+    else:
+        acc = summary["test_accuracy"] if summary["test_accuracy"] is not None else summary["val_accuracy"]
+        typer.echo(f"run: {summary['run_dir']}  test accuracy {acc:.4f}  ({summary['train_seconds']:.0f}s)\n"
+                   f"next: edgecls export {summary['run_dir']} --int8")
+
+
+def register(app) -> None:
+    app.command("train")(train)

@@ -1,0 +1,81 @@
+"""Training configuration: parsed and checked before TensorFlow is imported, so bad input fails in milliseconds."""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from edgecls.errors import EdgeclsError
+from edgecls.preprocess import RESIZE_MODES, PreprocessSpec
+from edgecls.train.backbones import IMG_SIZE_RANGE, get_backbone
+from edgecls.train.tfenv import keras_cache_dirs
+
+
+@dataclass
+class TrainConfig:
+    data_dir: str
+    backbone: str = "mobilenet_v2"
+    alpha: float = 1.0
+    img_size: int = 160
+    weights: str = "imagenet"          # imagenet | none | path to an .h5 of no-top weights
+    resize: str = "stretch"
+    epochs: int = 8                    # head only, backbone frozen
+    fine_tune_epochs: int = 8          # top of the backbone unfrozen, lr / 10
+    fine_tune_at: int | None = None    # first backbone layer index to unfreeze (default: per backbone)
+    lr: float = 1e-3
+    batch_size: int = 32
+    label_smoothing: float = 0.1
+    dropout: float = 0.2
+    class_weights: bool = True
+    augment: bool = True
+    val_split: float = 0.15
+    test_split: float = 0.15
+    seed: int = 1337
+    patience: int = 4
+    strategy: str = "auto"             # auto | mirrored | none
+    mixed_precision: bool = False
+    max_images_per_class: int | None = None   # for quick experiments and tests
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def preprocess_spec(self) -> PreprocessSpec:
+        bb = get_backbone(self.backbone)
+        return PreprocessSpec(height=self.img_size, width=self.img_size, resize=self.resize,
+                              color_order=bb.color_order, scale=bb.scale, offset=bb.offset)
+
+    def validate(self) -> None:
+        bb = get_backbone(self.backbone)
+        bb.check_alpha(self.alpha)
+        lo, hi = IMG_SIZE_RANGE
+        if not lo <= self.img_size <= hi:
+            raise EdgeclsError(f"--img-size {self.img_size} is out of range ({lo}-{hi})")
+        if self.resize not in RESIZE_MODES:
+            raise EdgeclsError(f"--resize must be one of {', '.join(RESIZE_MODES)}")
+        if self.strategy not in ("auto", "mirrored", "none"):
+            raise EdgeclsError("--strategy must be auto, mirrored or none")
+        for name in ("epochs", "fine_tune_epochs"):
+            if getattr(self, name) < 0:
+                raise EdgeclsError(f"--{name.replace('_', '-')} must be >= 0")
+        if self.epochs + self.fine_tune_epochs == 0:
+            raise EdgeclsError("nothing to train: --epochs and --fine-tune-epochs are both 0")
+        if self.batch_size < 1 or self.lr <= 0 or not 0 <= self.label_smoothing < 1:
+            raise EdgeclsError("--batch-size must be >= 1, --lr > 0 and --label-smoothing in [0, 1)")
+        self.resolve_weights()
+
+    def resolve_weights(self) -> str | None:
+        """None (random init), a file path, or 'imagenet' (let Keras download: needs the internet)."""
+        w = self.weights
+        if w.lower() == "none":
+            return None
+        if w.lower() == "imagenet":
+            cached = get_backbone(self.backbone).cached_imagenet_weights(self.alpha, keras_cache_dirs())
+            return cached or "imagenet"
+        if not Path(w).is_file():
+            raise EdgeclsError(f"weights file not found: {w}")
+        return os.path.abspath(w)

@@ -1,0 +1,278 @@
+"""`edgecls train`: two-phase transfer learning into a resumable run folder."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edgecls import __version__
+from edgecls.dataset import load_arrays, scan, split
+from edgecls.errors import EdgeclsError
+from edgecls.fsutil import atomic_write_json, atomic_write_text
+from edgecls.metrics import classification_report
+from edgecls.progress import progress_bar, say
+from edgecls.run import LABELS_TXT, MODEL_FILE, RUN_FORMAT, RUN_JSON, RUN_VERSION, SPLITS_JSON, is_run
+from edgecls.train.config import TrainConfig
+
+CKPT = ".checkpoint"
+PHASES = ("head", "finetune")
+
+
+# ---------------------------------------------------------------- run folder
+
+def prepare_run_dir(out: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise EdgeclsError(f"--out {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            if is_run(out):
+                raise EdgeclsError(f"{out} already holds a run: `edgecls train --resume {out}` continues it, "
+                                   f"--force overwrites it")
+            raise EdgeclsError(f"{out} exists and is not an edgecls run; choose another --out (or --force to replace it)")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def versions() -> dict:
+    v = {"edgecls": __version__, "python": platform.python_version(), "numpy": np.__version__,
+         "platform": platform.platform()}
+    for mod in ("tensorflow", "tf_keras"):
+        m = sys.modules.get(mod)
+        if m is not None:
+            v[mod] = getattr(m, "__version__", "?")
+    return v
+
+
+def _write_run_json(out: Path, meta: dict) -> None:
+    atomic_write_json(out / RUN_JSON, meta)
+
+
+# ---------------------------------------------------------------- checkpoints
+
+class _State:
+    """What a resumed run needs: phase, next epoch, history, best validation accuracy."""
+
+    def __init__(self, out: Path):
+        self.dir = out / CKPT
+        self.path = self.dir / "state.json"
+        self.data = {"phase": PHASES[0], "epoch": 0, "history": [], "best_val_accuracy": -1.0,
+                     "phase_best": -1.0, "phase_best_epoch": -1}
+        if self.path.is_file():
+            self.data.update(json.loads(self.path.read_text()))
+
+    def save(self) -> None:
+        self.dir.mkdir(exist_ok=True)
+        atomic_write_json(self.path, self.data)
+
+    @property
+    def last(self) -> Path:
+        return self.dir / "last.weights.h5"
+
+    @property
+    def best(self) -> Path:
+        return self.dir / "best.weights.h5"
+
+
+def _save_weights_atomic(model, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".partial-{path.name}")  # keeps the .weights.h5 ending that selects the format
+    model.save_weights(str(tmp))
+    os.replace(tmp, path)
+
+
+def _callback(keras, state: _State, phase: str, patience: int, bar):
+    class EpochEnd(keras.callbacks.Callback):
+        """Checkpoint every epoch (so Ctrl-C loses at most one), keep the best weights, stop early."""
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t0 = time.time()
+            bar.start_epoch(phase, epoch)
+
+        def on_train_batch_end(self, batch, logs=None):
+            bar.advance(logs or {})
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = dict(logs or {})
+            row = {"phase": phase, "epoch": epoch + 1, "seconds": round(time.time() - self.t0, 2)}
+            row.update({k: round(float(v), 5) for k, v in logs.items()})
+            d = state.data
+            d["history"].append(row)
+            acc = row.get("val_accuracy", -1.0)
+            if acc > d["best_val_accuracy"]:
+                d["best_val_accuracy"] = acc
+                _save_weights_atomic(self.model, state.best)
+            if acc > d["phase_best"]:
+                d["phase_best"], d["phase_best_epoch"] = acc, epoch
+            _save_weights_atomic(self.model, state.last)
+            d["phase"], d["epoch"] = phase, epoch + 1
+            state.save()
+            bar.end_epoch(row)
+            if epoch - d["phase_best_epoch"] >= patience:
+                self.model.stop_training = True
+
+    return EpochEnd()
+
+
+# ---------------------------------------------------------------- strategy
+
+def choose_strategy(tf, name: str):
+    gpus = tf.config.list_logical_devices("GPU")
+    if name == "none" or (name == "auto" and len(gpus) < 2):
+        return tf.distribute.get_strategy(), (gpus[:1] or tf.config.list_logical_devices("CPU")[:1])
+    devices = gpus or tf.config.list_logical_devices("CPU")
+    return tf.distribute.MirroredStrategy([d.name for d in devices]), devices
+
+
+# ---------------------------------------------------------------- main entry
+
+def train(cfg: TrainConfig | None, out: Path, force: bool = False, resume: bool = False, quiet: bool = False) -> dict:
+    t_start = time.time()
+    if resume:
+        if not is_run(out):
+            raise EdgeclsError(f"cannot resume: {out} is not an edgecls run")
+        meta = json.loads((out / RUN_JSON).read_text())
+        if meta.get("status") == "complete":
+            raise EdgeclsError(f"{out} already finished training; nothing to resume")
+        if not (out / CKPT / "state.json").is_file():
+            raise EdgeclsError(f"{out} has no checkpoint to resume from; start again with --force")
+        cfg = TrainConfig.from_dict(meta["config"])
+    assert cfg is not None
+    cfg.validate()
+    weights = cfg.resolve_weights()
+    spec = cfg.preprocess_spec()
+
+    # Data: scan and check every file, then split (or reuse the recorded split when resuming).
+    with progress_bar("checking images", quiet) as bar:
+        data = scan(cfg.data_dir, progress=bar.update)
+    if cfg.max_images_per_class:
+        keep: dict[int, int] = {}
+        items = []
+        for rel, y in data.items:
+            if keep.get(y, 0) < cfg.max_images_per_class:
+                keep[y] = keep.get(y, 0) + 1
+                items.append((rel, y))
+        data.items = items
+        data.presplit = None
+    for rel, why in data.skipped:
+        say(f"warning: skipped {rel}: {why}", quiet)
+    if data.skipped:
+        say(f"warning: skipped {len(data.skipped)} file(s) in total", quiet)
+    if resume:
+        splits = json.loads((out / SPLITS_JSON).read_text())
+        if splits["classes"] != data.classes:
+            raise EdgeclsError(f"the classes in {cfg.data_dir} changed since this run started; cannot resume")
+        parts = {s: [(r, int(y)) for r, y in splits[s]] for s in ("train", "val", "test")}
+    else:
+        prepare_run_dir(out, force)
+        parts = split(data, cfg.val_split, cfg.test_split, cfg.seed)
+        atomic_write_text(out / LABELS_TXT, "\n".join(data.classes) + "\n")
+        atomic_write_json(out / SPLITS_JSON, {"root": str(Path(cfg.data_dir).resolve()), "classes": data.classes,
+                                              **{s: [[r, y] for r, y in v] for s, v in parts.items()}})
+    n_classes = len(data.classes)
+    summary = data.summary()
+    summary["split_sizes"] = {s: len(v) for s, v in parts.items()}
+    summary["content_hash"] = data.content_hash()
+    meta = {"format": RUN_FORMAT, "version": RUN_VERSION, "status": "running", "labels": data.classes,
+            "config": cfg.to_dict(), "preprocessing": spec.to_dict(), "dataset": summary}
+    _write_run_json(out, meta)
+
+    arrays = {}
+    for s in ("train", "val", "test"):
+        if parts[s]:
+            with progress_bar(f"loading {s} images", quiet) as bar:
+                arrays[s] = load_arrays(data.root, parts[s], spec, progress=bar.update)
+
+    from edgecls.train.data import balanced_class_weights, make_dataset
+    from edgecls.train.model import build_model, default_fine_tune_at, set_phase
+    from edgecls.train.tfenv import import_tf
+
+    tf, keras = import_tf()
+    keras.utils.set_random_seed(cfg.seed)
+    gpus = tf.config.list_physical_devices("GPU")
+    if cfg.mixed_precision:
+        if gpus:
+            keras.mixed_precision.set_global_policy("mixed_float16")
+        else:
+            say("warning: --mixed-precision needs a GPU; training in float32", quiet)
+    strategy, devices = choose_strategy(tf, cfg.strategy)
+    state = _State(out)
+    with strategy.scope():
+        model = build_model(cfg, n_classes, None if resume else weights)
+        if resume:
+            model.load_weights(str(state.last))
+    fine_tune_at = default_fine_tune_at(cfg, model)
+    xtr, ytr = arrays["train"]
+    xva, yva = arrays["val"]
+    ds_train = make_dataset(tf, keras, xtr, ytr, n_classes, cfg.batch_size, True, cfg.augment, cfg.seed)
+    ds_val = make_dataset(tf, keras, xva, yva, n_classes, cfg.batch_size, False, False, cfg.seed)
+    class_weight = balanced_class_weights(ytr, n_classes) if cfg.class_weights else None
+    meta["training"] = {"strategy": type(strategy).__name__, "devices": [d.name for d in devices],
+                        "gpus": len(gpus), "fine_tune_at": fine_tune_at,
+                        "mixed_precision": keras.mixed_precision.global_policy().name}
+    meta["versions"] = versions()
+    _write_run_json(out, meta)
+
+    plan = {"head": (cfg.epochs, cfg.lr), "finetune": (cfg.fine_tune_epochs, cfg.lr / 10)}
+    start_phase = PHASES.index(state.data["phase"])
+    from edgecls.progress import EpochBar
+
+    with EpochBar(len(ds_train), quiet) as bar:
+        for phase in PHASES[start_phase:]:
+            epochs, lr = plan[phase]
+            initial = state.data["epoch"] if phase == state.data["phase"] else 0
+            if initial >= epochs:
+                continue
+            if phase != state.data["phase"]:
+                state.data.update(phase=phase, epoch=0, phase_best=-1.0, phase_best_epoch=-1)
+                if state.best.is_file():  # continue from the best weights so far, not the last ones
+                    model.load_weights(str(state.best))
+                state.save()
+            with strategy.scope():
+                set_phase(model, phase, fine_tune_at, from_scratch=weights is None)
+                model.compile(optimizer=keras.optimizers.Adam(lr),
+                              loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
+                              metrics=["accuracy"])
+            model.fit(ds_train, validation_data=ds_val, epochs=epochs, initial_epoch=initial, verbose=0,
+                      class_weight=class_weight, callbacks=[_callback(keras, state, phase, cfg.patience, bar)])
+
+    if state.best.is_file():
+        model.load_weights(str(state.best))
+    classes = data.classes
+    metrics = {}
+    for s in ("val", "test"):
+        if s in arrays:
+            x, y = arrays[s]
+            pred = model.predict(x.astype(np.float32), batch_size=cfg.batch_size, verbose=0).argmax(1)
+            metrics[s] = classification_report(y, pred, classes)
+
+    from edgecls.train.plots import plot_confusion, plot_history
+
+    history = state.data["history"]
+    plot_history(history, out / "history.png")
+    final = metrics.get("test") or metrics["val"]
+    plot_confusion(final["confusion"], classes, out / "confusion.png",
+                   title=f"{'test' if 'test' in metrics else 'val'} confusion (accuracy {final['accuracy']:.3f})")
+    tmp = out / f".{MODEL_FILE}.partial.keras"
+    model.save(str(tmp))
+    os.replace(tmp, out / MODEL_FILE)
+    meta.update(status="complete", history=history, metrics=metrics,
+                train_seconds=round(time.time() - t_start, 1))
+    _write_run_json(out, meta)
+    shutil.rmtree(out / CKPT, ignore_errors=True)
+    return run_summary(out, meta)
+
+
+def run_summary(out: Path, meta: dict) -> dict:
+    m = meta.get("metrics", {})
+    return {"run_dir": str(out), "status": meta["status"], "backbone": meta["config"]["backbone"],
+            "img_size": meta["config"]["img_size"], "weights": meta["config"]["weights"],
+            "classes": len(meta["labels"]), "split_sizes": meta["dataset"]["split_sizes"],
+            "skipped": len(meta["dataset"]["skipped"]), "val_accuracy": m.get("val", {}).get("accuracy"),
+            "test_accuracy": m.get("test", {}).get("accuracy"), "train_seconds": meta.get("train_seconds"),
+            "epochs_run": len(meta.get("history", []))}
