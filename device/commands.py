@@ -1,6 +1,144 @@
-"""CLI commands of this stage (registered by edgecls.cli). Keep heavy imports inside the functions."""
+"""CLI commands of this stage (registered by edgecls.cli): run, bench, doctor.
+
+Heavy imports (OpenCV video, runtimes) happen inside the functions, and nothing here imports TensorFlow.
+"""
 from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from edgecls.errors import EdgeclsError
+from edgecls.formats import FAMILIES, PRECISIONS
+
+
+def _parse_size(text: str | None) -> tuple[int, int] | None:
+    if not text:
+        return None
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise EdgeclsError(f"bad --resolution {text!r}: expected WIDTHxHEIGHT, e.g. 1280x720") from None
+    if w <= 0 or h <= 0:
+        raise EdgeclsError(f"bad --resolution {text!r}")
+    return w, h
+
+
+def _check_choice(value: str | None, choices, flag: str) -> None:
+    if value is not None and value not in choices:
+        raise EdgeclsError(f"{flag} must be one of {', '.join(choices)} (got {value!r})")
+
+
+def _err(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run(
+    bundle: Path = typer.Argument(..., help="Bundle folder from `edgecls export` (holds edgecls.json)."),
+    source: str = typer.Argument(..., help="picam:[N] | csi://N | /dev/videoN | usb:N | rtsp://… | http://… | "
+                                           "video file | image file | folder | glob"),
+    format: Optional[str] = typer.Option(None, "--format", help=f"Model family: {'|'.join(FAMILIES)} "
+                                                               "(default: the bundle's recommended artifact)."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="int8|float"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Inference threads (default: all cores)."),
+    top_k: int = typer.Option(3, "--top-k", help="How many classes to report per frame."),
+    smooth: int = typer.Option(1, "--smooth", help="Average probabilities over the last N frames."),
+    threshold: float = typer.Option(0.0, "--threshold", help="Below this top-1 probability report 'uncertain'."),
+    headless: bool = typer.Option(False, "--headless", help="No window: one console line per result."),
+    json_lines: bool = typer.Option(False, "--json", help="One JSON line per frame on stdout, then a summary line."),
+    stream: Optional[int] = typer.Option(None, "--stream", help="Serve the annotated video as MJPEG on this port."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address for --stream (0.0.0.0 = every interface)."),
+    save: Optional[Path] = typer.Option(None, "--save", help="Write the annotated video to this file (.mp4/.avi)."),
+    resolution: Optional[str] = typer.Option(None, "--resolution", help="Camera capture size, e.g. 1280x720."),
+    fps: Optional[float] = typer.Option(None, "--fps", help="Camera capture rate."),
+    flip: str = typer.Option("none", "--flip", help="none|h|v|both"),
+    rotate: int = typer.Option(0, "--rotate", help="0|90|180|270 (clockwise)"),
+    loop: bool = typer.Option(False, "--loop", help="Files, folders: start again when exhausted."),
+    max_frames: Optional[int] = typer.Option(None, "--max-frames", help="Stop after this many results."),
+):
+    """Classify a camera, stream, video or folder live: source → model → outputs."""
+    from edgecls.device.classifier import Classifier
+    from edgecls.device.frame import Orientation
+    from edgecls.device.outputs import open_output
+    from edgecls.device.pipeline import run_pipeline
+    from edgecls.device.sources import SourceOptions, open_source
+
+    _check_choice(format, FAMILIES, "--format")
+    _check_choice(precision, PRECISIONS, "--precision")
+    if threads is not None and threads < 1:
+        raise EdgeclsError("--threads must be at least 1")
+    opts = SourceOptions(size=_parse_size(resolution), fps=fps, orientation=Orientation(flip, rotate), loop=loop)
+    net = Classifier(bundle, format, precision, threads=threads, top_k=top_k, smooth=smooth, threshold=threshold)
+    src = open_source(source, opts)
+    try:
+        output = open_output(json_lines=json_lines, headless=headless, every_frame=not src.live,
+                             stream=None if stream is None else f"{host}:{stream}", save=str(save) if save else None,
+                             save_fps=getattr(src, "fps", None) or fps or 30.0, log=_err)
+    except BaseException:
+        src.close()
+        raise
+    if not json_lines:
+        _err(f"edgecls: {src.name} → {net.artifact_key} ({net.model.runtime}, {', '.join(net.model.providers)})")
+    summary = run_pipeline(src, net, output, max_frames=max_frames)
+    if json_lines:
+        print(json.dumps({"summary": summary}), flush=True)
+    else:
+        _err(f"edgecls: {summary['frames']} frames, {summary['fps']:.1f} FPS, latency p50 "
+             f"{summary['latency_ms_p50']:.1f} ms, p95 {summary['latency_ms_p95']:.1f} ms "
+             f"(stopped: {summary['stopped_by']})")
+
+
+def bench(
+    bundle: Path = typer.Argument(..., help="Bundle folder from `edgecls export`."),
+    threads: str = typer.Option("1,2", "--threads", help="Comma-separated thread counts to try."),
+    runs: int = typer.Option(50, "--runs", help="Timed calls per row."),
+    warmup: int = typer.Option(5, "--warmup", help="Untimed calls first."),
+    formats: Optional[str] = typer.Option(None, "--formats", help="Only these artifacts, e.g. tflite-int8,tflite-float."),
+    json_out: bool = typer.Option(False, "--json", help="Print the rows as JSON."),
+):
+    """Latency (median, p95) and throughput of each artifact × thread count, with the bundle's accuracy."""
+    from edgecls.bundle import load_bundle
+    from edgecls.device.bench import bench_bundle, format_table
+    from edgecls.formats import BY_KEY
+    from edgecls.progress import progress_bar
+
+    try:
+        thread_list = [int(t) for t in threads.split(",") if t.strip()]
+    except ValueError:
+        raise EdgeclsError(f"bad --threads {threads!r}: expected e.g. 1,2,4") from None
+    if not thread_list or min(thread_list) < 1:
+        raise EdgeclsError("--threads needs positive numbers, e.g. 1,2")
+    if runs < 1 or warmup < 0:
+        raise EdgeclsError("--runs must be at least 1 and --warmup at least 0")
+    keys = [k.strip() for k in formats.split(",")] if formats else None
+    for k in keys or []:
+        _check_choice(k, list(BY_KEY), "--formats")
+    b = load_bundle(bundle)
+    with progress_bar("benchmarking", quiet=json_out) as bar:
+        rows = bench_bundle(b, thread_list, runs=runs, warmup=warmup, keys=keys, progress=bar.update)
+    if not rows:
+        raise EdgeclsError(f"bundle {bundle} has none of the requested artifacts")
+    if json_out:
+        print(json.dumps({"bundle": str(bundle), "rows": rows}, indent=2))
+    else:
+        print(format_table(rows))
+
+
+def doctor(json_out: bool = typer.Option(False, "--json", help="Print the checks as JSON.")):
+    """What this machine has for running a bundle (runtimes, OpenCV, cameras) and what to install."""
+    from edgecls.device.doctor import format_report, run_checks
+
+    checks = run_checks()
+    if json_out:
+        print(json.dumps({"checks": checks}, indent=2))
+    else:
+        print(format_report(checks))
 
 
 def register(app) -> None:
-    pass
+    app.command("run")(run)
+    app.command("bench")(bench)
+    app.command("doctor")(doctor)

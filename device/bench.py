@@ -1,0 +1,83 @@
+"""`edgecls bench`: latency and throughput of every artifact in a bundle, per thread count.
+
+Each row times `Model.predict` on one prepared image (batch 1, what a camera loop does): quantise, invoke,
+dequantise. Median and p95 over `runs` calls after `warmup` calls. The accuracy column is the bundle's own
+measurement (from `export`), not re-measured here.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from edgecls.bundle import Bundle
+from edgecls.device.runtime import load_model
+from edgecls.formats import FORMATS
+
+
+def artifact_accuracy(meta: dict) -> float | None:
+    """The accuracy `export` recorded for an artifact, wherever in its metrics block it sits."""
+    m = meta.get("metrics") or {}
+    for key in ("accuracy", "test_accuracy", "top1"):
+        if isinstance(m.get(key), (int, float)):
+            return float(m[key])
+    for split in ("test", "val"):
+        sub = m.get(split)
+        if isinstance(sub, dict) and isinstance(sub.get("accuracy"), (int, float)):
+            return float(sub["accuracy"])
+    return None
+
+
+def bench_input(bundle: Bundle, seed: int = 0) -> np.ndarray:
+    """A fixed pseudo-random prepared image: latency does not depend on content, reproducibility does."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (1, bundle.spec.height, bundle.spec.width, 3), dtype=np.uint8)
+
+
+def time_calls(fn, runs: int, warmup: int) -> np.ndarray:
+    for _ in range(warmup):
+        fn()
+    out = np.empty(runs)
+    for i in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        out[i] = (time.perf_counter() - t0) * 1000.0
+    return out
+
+
+def bench_bundle(bundle: Bundle, threads: list[int], runs: int = 50, warmup: int = 5,
+                 keys: list[str] | None = None, progress=None) -> list[dict]:
+    """One row per (artifact present in the bundle, in FORMATS order) × thread count."""
+    present = bundle.artifacts
+    plan = [(f, t) for f in FORMATS if f.key in present and (not keys or f.key in keys) for t in threads]
+    x = bench_input(bundle)
+    rows = []
+    for i, (fmt, t) in enumerate(plan):
+        art = present[fmt.key]
+        model = load_model(bundle, fmt.family, fmt.precision, threads=t)
+        ms = time_calls(lambda: model.predict(x), runs, warmup)
+        rows.append({"artifact": fmt.key, "format": fmt.family, "precision": fmt.precision, "threads": t,
+                     "runtime": model.runtime, "providers": list(model.providers),
+                     "size_mb": round(art.path.stat().st_size / 1e6, 2),
+                     "median_ms": round(float(np.median(ms)), 3), "p95_ms": round(float(np.percentile(ms, 95)), 3),
+                     "fps": round(1000.0 / float(np.mean(ms)), 1), "accuracy": artifact_accuracy(art.meta),
+                     "runs": runs})
+        if progress:
+            progress(i + 1, len(plan))
+    return rows
+
+
+COLUMNS = [("artifact", "Artifact", "{}"), ("threads", "Threads", "{}"), ("size_mb", "Size MB", "{:.2f}"),
+           ("accuracy", "Accuracy", "{:.4f}"), ("median_ms", "Median ms", "{:.2f}"), ("p95_ms", "p95 ms", "{:.2f}"),
+           ("fps", "FPS", "{:.1f}"), ("runtime", "Runtime", "{}")]
+
+
+def format_table(rows: list[dict]) -> str:
+    """A plain aligned table (like `yolo benchmark`'s), readable over ssh and in logs."""
+    cells = [[title for _, title, _ in COLUMNS]]
+    for r in rows:
+        cells.append([("-" if r[k] is None else fmt.format(r[k])) for k, _, fmt in COLUMNS])
+    widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

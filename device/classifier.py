@@ -1,0 +1,72 @@
+"""The model stage of the live loop: a bundle artifact that turns a `Frame` into a `Result`.
+
+Preprocessing comes from the bundle's edgecls.json only (via `prepare`); the frame's own channel order is
+passed along so a BGR camera frame is never converted as a whole. Optional temporal smoothing averages
+the probabilities of the last N frames; below `threshold` the answer is reported as "uncertain".
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgecls.bundle import load_bundle
+from edgecls.device.frame import Frame
+from edgecls.device.runtime import load_model
+from edgecls.errors import EdgeclsError
+from edgecls.preprocess import prepare
+
+UNCERTAIN = "uncertain"
+
+
+@dataclass
+class Result:
+    label: str                       # top-1 label, or "uncertain" below the threshold
+    confidence: float                # top-1 probability (after smoothing)
+    top: list[tuple[str, float]]     # top-k (label, probability)
+    class_index: int                 # top-1 class index (even when uncertain)
+    infer_ms: float                  # preprocess + invoke + postprocess
+    t_done: float                    # time.monotonic() when the result was ready
+
+    @property
+    def uncertain(self) -> bool:
+        return self.label == UNCERTAIN
+
+
+class Classifier:
+    def __init__(self, bundle_path, family: str | None = None, precision: str | None = None,
+                 threads: int | None = None, top_k: int = 3, smooth: int = 1, threshold: float = 0.0):
+        if smooth < 1:
+            raise EdgeclsError("--smooth must be at least 1 (frames to average)")
+        if not 0.0 <= threshold <= 1.0:
+            raise EdgeclsError("--threshold must be between 0 and 1")
+        self.bundle = load_bundle(bundle_path)
+        self.model = load_model(self.bundle, family, precision, threads=threads)
+        self.labels, self.spec = self.bundle.labels, self.bundle.spec
+        self.top_k = max(1, min(top_k, len(self.labels)))
+        self.threshold = threshold
+        self._history: deque[np.ndarray] = deque(maxlen=smooth)
+
+    @property
+    def artifact_key(self) -> str:
+        return self.model.key
+
+    def reset(self) -> None:
+        """Forget the smoothing history (e.g. when the source changes scene)."""
+        self._history.clear()
+
+    def classify(self, frame: Frame) -> Result:
+        t0 = time.perf_counter()
+        pixels = prepare(frame.image, self.spec, image_order=frame.order)
+        probs = self.model.predict(pixels[None])[0]
+        self._history.append(probs)
+        if len(self._history) > 1:
+            probs = np.mean(self._history, axis=0)
+        order = np.argsort(probs)[::-1][:self.top_k]
+        top = [(self.labels[i], float(probs[i])) for i in order]
+        best, conf = int(order[0]), float(probs[order[0]])
+        label = self.labels[best] if conf >= self.threshold else UNCERTAIN
+        now = time.perf_counter()
+        return Result(label, conf, top, best, (now - t0) * 1000.0, time.monotonic())

@@ -1,0 +1,177 @@
+"""`edgecls doctor`: what this machine has for running a bundle, and what to install when something is missing.
+
+Never imports TensorFlow (only asks whether it could be found). Each check is a dict:
+{"name", "status": ok|warn|missing|info, "detail", "fix"}.
+"""
+from __future__ import annotations
+
+import glob
+import importlib.util
+import os
+import platform
+import sys
+from importlib import metadata
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _check(name, status, detail, fix=""):
+    return {"name": name, "status": status, "detail": detail, "fix": fix}
+
+
+def _major_minor(v: str) -> tuple[int, int]:
+    parts = (v.split(".") + ["0", "0"])[:2]
+    return tuple(int("".join(ch for ch in p if ch.isdigit()) or 0) for p in parts)
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode(errors="replace").strip("\x00\n ")
+    except OSError:
+        return None
+
+
+def check_python() -> list[dict]:
+    import numpy as np
+
+    out = [_check("python", "ok" if sys.version_info >= (3, 10) else "missing",
+                  f"{platform.python_version()} ({platform.machine()}, {os.cpu_count()} CPUs)",
+                  "" if sys.version_info >= (3, 10) else "edgecls needs Python 3.10 or newer"),
+           _check("numpy", "ok", np.__version__)]
+    board = _read("/proc/device-tree/model")
+    if os.path.exists("/etc/nv_tegra_release"):
+        board = (board or "NVIDIA Jetson") + f" ({(_read('/etc/nv_tegra_release') or '').splitlines()[0][:60]})"
+    out.append(_check("board", "info", board or f"{platform.system()} {platform.machine()} (not a Pi or Jetson)"))
+    return out
+
+
+def check_tflite() -> list[dict]:
+    import numpy as np
+
+    litert, tfl = _version("ai-edge-litert"), _version("tflite-runtime")
+    out = []
+    if litert:
+        try:
+            from ai_edge_litert.interpreter import Interpreter  # noqa: F401
+            out.append(_check("litert", "ok", f"ai-edge-litert {litert} (runs .tflite)"))
+        except Exception as e:  # a broken wheel: say so rather than crash the doctor
+            out.append(_check("litert", "warn", f"ai-edge-litert {litert} installed but fails to import: {e}",
+                              "pip install --force-reinstall ai-edge-litert"))
+    if tfl:
+        out.append(_check("tflite-runtime", "ok" if not litert else "info",
+                          f"tflite-runtime {tfl}" + (" (fallback; ai-edge-litert is used first)" if litert else "")))
+        if np.__version__.startswith("2") and _major_minor(tfl) <= (2, 14):
+            out.append(_check("numpy-2-trap", "warn",
+                              f"tflite-runtime {tfl} was built for NumPy 1.x and crashes on import with NumPy "
+                              f"{np.__version__}",
+                              "pip install ai-edge-litert (preferred), or pip install 'numpy<2'"))
+    if not litert and not tfl:
+        out.append(_check("litert", "missing", "no TFLite runtime: .tflite artifacts cannot run",
+                          "pip install ai-edge-litert   (64-bit Python 3.10+; on 32-bit Pi OS: tflite-runtime)"))
+    return out
+
+
+def check_onnxruntime() -> list[dict]:
+    if not importlib.util.find_spec("onnxruntime"):
+        return [_check("onnxruntime", "missing", "not installed: .onnx artifacts cannot run",
+                       "pip install onnxruntime   (Jetson: the onnxruntime-gpu wheel for your JetPack)")]
+    import onnxruntime as ort
+
+    providers = ort.get_available_providers()
+    out = [_check("onnxruntime", "ok", f"{ort.__version__}; providers: {', '.join(providers)}")]
+    if os.path.exists("/etc/nv_tegra_release") and "CUDAExecutionProvider" not in providers:
+        out.append(_check("onnxruntime-gpu", "warn", "Jetson without the CUDA provider: ONNX runs on the CPU",
+                          "install the onnxruntime-gpu wheel built for your JetPack (NVIDIA's Jetson Zoo)"))
+    return out
+
+
+def opencv_features() -> dict[str, str]:
+    import cv2
+
+    want = {"GStreamer:": "gstreamer", "FFMPEG:": "ffmpeg", "v4l/v4l2:": "v4l2", "GUI:": "gui"}
+    found = {}
+    for line in cv2.getBuildInformation().splitlines():
+        s = line.strip()
+        for prefix, key in want.items():
+            if s.startswith(prefix) and key not in found:
+                found[key] = s[len(prefix):].strip()
+    return found
+
+
+def check_opencv() -> list[dict]:
+    import cv2
+
+    f = opencv_features()
+    yes = {k: v.upper().startswith("YES") or (k == "gui" and v.upper() not in ("", "NONE")) for k, v in f.items()}
+    detail = ", ".join(f"{k} {'yes' if yes.get(k) else 'no'}" for k in ("ffmpeg", "v4l2", "gstreamer", "gui"))
+    out = [_check("opencv", "ok", f"{cv2.__version__}: {detail}")]
+    if not yes.get("gstreamer"):
+        out.append(_check("opencv-gstreamer", "info", "no GStreamer: csi:// (Jetson CSI cameras) unavailable",
+                          "on Jetson use JetPack's OpenCV (apt python3-opencv) in a venv with --system-site-packages"))
+    if not yes.get("gui"):
+        out.append(_check("opencv-gui", "info", "no GUI: no on-screen window; use --headless/--json/--stream",
+                          "pip install opencv-python (instead of -headless) for a window on a desktop"))
+    return out
+
+
+def check_picamera() -> list[dict]:
+    if not importlib.util.find_spec("picamera2"):
+        return [_check("picamera2", "missing", "not installed: picam: sources unavailable",
+                       "Raspberry Pi OS: sudo apt install python3-picamera2; create the venv with "
+                       "--system-site-packages")]
+    try:
+        from picamera2 import Picamera2
+
+        cams = Picamera2.global_camera_info()
+        names = ", ".join(f"picam:{i} {c.get('Model', '?')}" for i, c in enumerate(cams)) or "no camera detected"
+        return [_check("picamera2", "ok" if cams else "warn", f"libcamera cameras: {names}",
+                       "" if cams else "check the ribbon cable and `rpicam-hello --list-cameras`")]
+    except Exception as e:  # libcamera missing or broken
+        return [_check("picamera2", "warn", f"installed but unusable: {str(e)[:100]}",
+                       "sudo apt install python3-libcamera python3-picamera2")]
+
+
+def check_cameras() -> list[dict]:
+    devs = sorted(glob.glob("/dev/video*"), key=lambda p: (len(p), p))
+    if not devs:
+        return [_check("v4l2-cameras", "info", "no /dev/video* devices", "plug in a USB camera, or use picam:/csi://")]
+    named = [f"{d} ({_read(f'/sys/class/video4linux/{os.path.basename(d)}/name') or '?'})" for d in devs]
+    return [_check("v4l2-cameras", "ok", ", ".join(named))]
+
+
+def check_tensorflow() -> list[dict]:
+    present = importlib.util.find_spec("tensorflow") is not None
+    return [_check("tensorflow", "info", "importable (not needed on the device)" if present
+                   else "not installed (not needed on the device)")]
+
+
+CHECKS = (check_python, check_tflite, check_onnxruntime, check_opencv, check_picamera, check_cameras, check_tensorflow)
+
+
+def run_checks() -> list[dict]:
+    out = []
+    for check in CHECKS:
+        try:
+            out += check()
+        except Exception as e:  # one broken library must not hide the others' report
+            out.append(_check(check.__name__.removeprefix("check_"), "warn", f"check failed: {type(e).__name__}: {e}"))
+    return out
+
+
+MARKS = {"ok": "ok  ", "warn": "WARN", "missing": "MISS", "info": "info"}
+
+
+def format_report(checks: list[dict]) -> str:
+    width = max(len(c["name"]) for c in checks)
+    lines = []
+    for c in checks:
+        lines.append(f"[{MARKS[c['status']]}] {c['name'].ljust(width)}  {c['detail']}")
+        if c["fix"] and c["status"] != "ok":
+            lines.append(f"       {' ' * width}  → {c['fix']}")
+    return "\n".join(lines)

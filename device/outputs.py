@@ -1,0 +1,211 @@
+"""Where results go: a window, the console, JSON lines, an MJPEG HTTP stream, an annotated video file.
+
+Each output is one object with `render(frame, result, stats)` and `close()`; `Outputs` fans a result out to
+all of them and draws the overlay at most once per frame, only when some output shows pictures.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import IO
+
+import cv2
+import numpy as np
+
+from edgecls.device.classifier import Result
+from edgecls.device.frame import Frame
+from edgecls.device.mjpeg import MjpegServer
+from edgecls.device.overlay import draw_overlay
+from edgecls.device.stats import LiveStats
+from edgecls.errors import EdgeclsError
+
+
+def result_record(frame: Frame, result: Result, stats: LiveStats) -> dict:
+    """The per-frame JSON record (one line of `edgecls run --json`)."""
+    rec = {"timestamp": round(time.time() - (time.monotonic() - frame.t_capture), 6), "frame": frame.index}
+    if frame.file is not None:
+        rec["file"] = frame.file
+    rec.update({"label": result.label, "confidence": round(result.confidence, 5),
+                "top": [{"label": lab, "p": round(p, 5)} for lab, p in result.top],
+                "latency_ms": round((result.t_done - frame.t_capture) * 1000.0, 3),
+                "infer_ms": round(result.infer_ms, 3), "fps": round(stats.fps_now, 2)})
+    return rec
+
+
+class Output:
+    shows_pictures = False   # True: render() receives the annotated BGR frame
+    wants_stop = False       # True once the user asked this output to end the run (window: q / Esc)
+
+    def render(self, frame: Frame, result: Result, stats: LiveStats, annotated: np.ndarray | None) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class JsonLinesOutput(Output):
+    def __init__(self, stream: IO[str] | None = None):
+        self.stream = stream or sys.stdout
+
+    def render(self, frame, result, stats, annotated):
+        self.stream.write(json.dumps(result_record(frame, result, stats)) + "\n")
+        self.stream.flush()
+
+
+class ConsoleOutput(Output):
+    """Human-readable lines: every frame for finite sources, at most one a second for live ones."""
+
+    def __init__(self, every_frame: bool, stream: IO[str] | None = None, interval_s: float = 1.0):
+        self.every_frame, self.stream, self.interval = every_frame, stream or sys.stdout, interval_s
+        self._last = 0.0
+
+    def render(self, frame, result, stats, annotated):
+        now = time.monotonic()
+        if not self.every_frame and now - self._last < self.interval:
+            return
+        self._last = now
+        where = frame.file if frame.file is not None else f"frame {frame.index}"
+        others = ", ".join(f"{lab} {p * 100:.1f}%" for lab, p in result.top[1:])
+        self.stream.write(f"{where}: {result.label} {result.confidence * 100:.1f}%"
+                          + (f"  ({others})" if others else "") + f"  [{stats.fps_now:.1f} FPS]\n")
+        self.stream.flush()
+
+
+class WindowOutput(Output):
+    shows_pictures = True
+
+    def __init__(self, title: str = "edgecls"):
+        self.title = title
+        try:
+            cv2.namedWindow(title, cv2.WINDOW_NORMAL)
+        except cv2.error:
+            raise EdgeclsError("no display window: this OpenCV has no GUI (opencv-python-headless) or no display "
+                               "is available; use --headless, --json, --stream or --save") from None
+
+    def render(self, frame, result, stats, annotated):
+        cv2.imshow(self.title, annotated)
+        if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
+            self.wants_stop = True
+
+    def close(self):
+        try:
+            cv2.destroyWindow(self.title)
+        except cv2.error:
+            pass
+
+
+class StreamOutput(Output):
+    shows_pictures = True
+
+    def __init__(self, host: str, port: int, log=None):
+        self.server = MjpegServer(host, port)
+        (log or (lambda m: print(m, file=sys.stderr)))(f"edgecls: streaming on {self.server.url}")
+
+    def render(self, frame, result, stats, annotated):
+        self.server.publish(annotated)
+
+    def close(self):
+        self.server.close()
+
+
+VIDEO_CODECS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
+
+
+class VideoFileOutput(Output):
+    """Annotated frames to a video file, written under a temporary name and renamed when complete."""
+
+    shows_pictures = True
+
+    def __init__(self, path: str | os.PathLike, fps: float):
+        self.path = Path(path)
+        ext = self.path.suffix.lower()
+        if ext not in VIDEO_CODECS:
+            raise EdgeclsError(f"--save {self.path}: unsupported video type {ext or '(none)'}; "
+                               f"use one of {', '.join(VIDEO_CODECS)}")
+        if not self.path.parent.is_dir():
+            raise EdgeclsError(f"--save {self.path}: folder {self.path.parent} does not exist")
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=ext, dir=self.path.parent)
+        os.close(fd)
+        self.tmp, self.fps, self.writer, self.frames = Path(tmp), fps, None, 0
+
+    def render(self, frame, result, stats, annotated):
+        if self.writer is None:
+            h, w = annotated.shape[:2]
+            fourcc = cv2.VideoWriter_fourcc(*VIDEO_CODECS[self.path.suffix.lower()])
+            self.writer = cv2.VideoWriter(str(self.tmp), fourcc, self.fps, (w, h))
+            if not self.writer.isOpened():
+                raise EdgeclsError(f"cannot write video {self.path} (codec {VIDEO_CODECS[self.path.suffix.lower()]})")
+            self.size = (w, h)
+        if annotated.shape[1::-1] != self.size:  # a live source may change resolution after a reconnect
+            annotated = cv2.resize(annotated, self.size)
+        self.writer.write(annotated)
+        self.frames += 1
+
+    def close(self):
+        if self.writer is not None:
+            self.writer.release()
+        if self.frames:
+            os.replace(self.tmp, self.path)
+        else:
+            self.tmp.unlink(missing_ok=True)
+
+
+class Outputs:
+    """All chosen outputs; draws the overlay once per frame if any of them shows pictures."""
+
+    def __init__(self, outputs: list[Output]):
+        self.outputs = outputs
+        self.shows_pictures = any(o.shows_pictures for o in outputs)
+
+    @property
+    def wants_stop(self) -> bool:
+        return any(o.wants_stop for o in self.outputs)
+
+    def render(self, frame: Frame, result: Result, stats: LiveStats) -> None:
+        annotated = draw_overlay(frame.bgr(), result, stats.fps_now) if self.shows_pictures else None
+        for out in self.outputs:
+            out.render(frame, result, stats, annotated)
+
+    def close(self) -> None:
+        errors = []
+        for out in self.outputs:
+            try:
+                out.close()
+            except Exception as e:  # close every output even if one fails
+                errors.append(e)
+        if errors:
+            raise errors[0]
+
+
+def open_output(json_lines: bool = False, headless: bool = False, every_frame: bool = True,
+                stream: str | None = None, save: str | None = None, save_fps: float = 30.0,
+                log=None) -> Outputs:
+    """The outputs the run flags ask for. `stream` is "HOST:PORT" or "PORT"; no window with --headless/--json."""
+    outs: list[Output] = []
+    if stream is not None:
+        host, port = parse_host_port(stream)
+        outs.append(StreamOutput(host, port, log))
+    if save:
+        outs.append(VideoFileOutput(save, save_fps))
+    if json_lines:
+        outs.append(JsonLinesOutput())
+    elif headless:
+        outs.append(ConsoleOutput(every_frame))
+    if not (headless or json_lines):
+        outs.append(WindowOutput())
+    return Outputs(outs)
+
+
+def parse_host_port(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    try:
+        p = int(port)
+    except ValueError:
+        raise EdgeclsError(f"bad stream address {text!r}: expected PORT or HOST:PORT") from None
+    if not 0 <= p < 65536:
+        raise EdgeclsError(f"bad port {p}")
+    return host or default_host, p

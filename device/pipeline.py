@@ -1,0 +1,73 @@
+"""The live loop, jetson-inference style: source → net → output, until the source ends or we are told to stop.
+
+    source = open_source(uri); net = Classifier(bundle); output = open_output(...)
+    for frame in source:
+        result = net.classify(frame)
+        output.render(frame, result, stats)
+
+SIGINT/SIGTERM end the loop after the current frame; the camera and outputs are always released.
+"""
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+
+from edgecls.device.classifier import Classifier
+from edgecls.device.outputs import Outputs
+from edgecls.device.sources import Source
+from edgecls.device.stats import LiveStats, rss_mb
+
+
+@contextlib.contextmanager
+def stop_on_signals(source: Source):
+    """SIGINT/SIGTERM → source.stop(): the loop finishes its frame and exits through the normal cleanup."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be installed from the main thread
+        return
+    got: list[int] = []
+
+    def handler(signum, _frame):
+        got.append(signum)
+        source.stop()
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield got
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def run_pipeline(source: Source, net: Classifier, output: Outputs, max_frames: int | None = None) -> dict:
+    """Run until the source is exhausted, max_frames are done, a signal arrives or an output asks to stop.
+    Returns the run summary (also what `--json` prints last)."""
+    stats = LiveStats()
+    rss_start = rss_mb()
+    stopped_by = "end of source"
+    try:
+        with stop_on_signals(source) as signals:
+            for frame in source:
+                result = net.classify(frame)
+                stats.update(frame.t_capture, result.t_done, result.infer_ms)
+                output.render(frame, result, stats)
+                if max_frames and stats.frames >= max_frames:
+                    stopped_by = "max frames"
+                    break
+                if output.wants_stop:
+                    stopped_by = "window closed"
+                    break
+            if signals:
+                stopped_by = signal.Signals(signals[0]).name
+    finally:
+        source.close()
+        output.close()
+    summary = {"source": source.name, "artifact": net.artifact_key, "stopped_by": stopped_by, **stats.summary()}
+    if source.live:
+        summary["captured"] = source.captured
+        summary["dropped"] = max(0, source.captured - stats.frames)  # older frames replaced by newer ones
+        summary["reconnects"] = source.reconnects
+    if getattr(source, "skipped", None):
+        summary["skipped_files"] = source.skipped
+    summary["rss_mb_start"], summary["rss_mb_end"] = round(rss_start, 1), round(rss_mb(), 1)
+    return summary

@@ -1,0 +1,253 @@
+"""Video sources by URI, each one object yielding `Frame`s: `for frame in open_source(uri): ...`.
+
+Finite sources (image file, folder, glob, video file) give every frame in order, none dropped, and end when
+exhausted (unless loop=True). Live sources (cameras, network streams) are read on their own thread that keeps
+only the newest frame, so a slow model never works on stale pictures; a device or stream that fails is
+reopened with exponential backoff while the loop keeps waiting.
+
+URIs: picam: | picam:N | csi://N | /dev/videoN | usb:N | rtsp://… | http(s)://… | video file | image file |
+folder | glob (e.g. "photos/*.jpg").
+"""
+from __future__ import annotations
+
+import glob as globlib
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import cv2
+
+from edgecls.device.cameras import NETWORK_TIMEOUT_MS, CvCapture, PicamCapture, SourceOpenError, open_csi
+from edgecls.device.frame import Frame, Orientation
+from edgecls.errors import EdgeclsError
+from edgecls.images import is_image_name, load_rgb
+
+NETWORK_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
+
+
+@dataclass
+class SourceOptions:
+    size: tuple[int, int] | None = None   # requested capture resolution (cameras)
+    fps: float | None = None              # requested capture rate (cameras)
+    orientation: Orientation = field(default_factory=Orientation)
+    loop: bool = False                    # finite sources: start again when exhausted
+    backoff: tuple[float, float] = (0.5, 10.0)  # live sources: first and longest wait between reopen attempts
+
+
+class Source:
+    live = False
+    name = ""
+
+    def __iter__(self) -> Iterator[Frame]:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Ask a running iteration to end soon (safe from a signal handler or another thread)."""
+        self._stopped = True
+
+    def close(self) -> None:
+        pass
+
+    @property
+    def stopped(self) -> bool:
+        return getattr(self, "_stopped", False)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class ImageFilesSource(Source):
+    """A list of image files, decoded like training and `eval` decode them (PIL, EXIF applied, RGB)."""
+
+    def __init__(self, files: list[Path], name: str, opts: SourceOptions):
+        self.files, self.name, self.opts = files, name, opts
+        self.skipped: list[str] = []
+
+    def __iter__(self) -> Iterator[Frame]:
+        index = 0
+        while True:
+            for path in self.files:
+                if self.stopped:
+                    return
+                try:
+                    img = load_rgb(path)
+                except Exception as e:  # a corrupt file among many: report it, keep going
+                    self.skipped.append(str(path))
+                    print(f"edgecls: warning: skipping unreadable image {path}: {type(e).__name__}", file=sys.stderr)
+                    continue
+                yield Frame(self.opts.orientation.apply(img), "RGB", time.monotonic(), index, str(path))
+                index += 1
+            if not self.opts.loop or not self.files:
+                return
+
+
+class VideoFileSource(Source):
+    """A video file decoded frame by frame: no frame is dropped, however slow the model."""
+
+    def __init__(self, path: Path, opts: SourceOptions):
+        self.path, self.name, self.opts = path, str(path), opts
+        self.cap = CvCapture(str(path))
+
+    def __iter__(self) -> Iterator[Frame]:
+        index = 0
+        while not self.stopped:
+            img = self.cap.read()
+            if img is None:
+                if not self.opts.loop or index == 0:
+                    return
+                self.cap.release()
+                self.cap = CvCapture(str(self.path))
+                continue
+            yield Frame(self.opts.orientation.apply(img), self.cap.order, time.monotonic(), index)
+            index += 1
+
+    def close(self) -> None:
+        self.cap.release()
+
+
+class LiveSource(Source):
+    """A camera or stream read on its own thread; iteration yields the newest frame not yet seen.
+
+    `opener()` returns an adapter with read()/release()/order (see cameras.py). The first open happens here
+    and its failure is fatal (SourceOpenError); later failures are retried with backoff for as long as we run.
+    """
+
+    live = True
+
+    def __init__(self, opener: Callable[[], object], name: str, opts: SourceOptions,
+                 log: Callable[[str], None] | None = None):
+        self.opener, self.name, self.opts = opener, name, opts
+        self.log = log or (lambda msg: print(f"edgecls: {msg}", file=sys.stderr))
+        self.cap = opener()
+        self.order = self.cap.order
+        self.captured = 0       # frames read from the device
+        self.reconnects = 0     # successful reopens after a failure
+        self._cond = threading.Condition()
+        self._latest: Frame | None = None
+        self._stop_event = threading.Event()
+        self._thread = threading.Thread(target=self._capture_loop, name=f"capture {name}", daemon=True)
+        self._thread.start()
+
+    def _reopen(self) -> bool:
+        """Reopen after a failure, waiting first, then longer after every failed attempt. False if stopped."""
+        with self._cond:
+            cap, self.cap = self.cap, None
+        if cap is not None:
+            cap.release()
+        delay, longest = self.opts.backoff
+        while not self._stop_event.wait(delay):
+            try:
+                cap = self.opener()
+            except EdgeclsError as e:
+                self.log(f"{self.name}: reopen failed ({e}); retrying in {min(delay * 2, longest):.1f}s")
+                delay = min(delay * 2, longest)
+                continue
+            with self._cond:
+                self.cap = cap
+            self.reconnects += 1
+            self.log(f"{self.name}: reconnected")
+            return True
+        return False
+
+    def _capture_loop(self) -> None:
+        while not self._stop_event.is_set():
+            img = self.cap.read()
+            if img is None:
+                if self._stop_event.is_set():
+                    break
+                self.log(f"{self.name}: stream lost; reopening")
+                if not self._reopen():
+                    break
+                continue
+            frame = Frame(self.opts.orientation.apply(img), self.order, time.monotonic(), self.captured)
+            with self._cond:
+                self._latest = frame
+                self.captured += 1
+                self._cond.notify_all()
+        with self._cond:
+            self._cond.notify_all()
+
+    def __iter__(self) -> Iterator[Frame]:
+        seen = -1
+        while not self.stopped:
+            with self._cond:
+                while not self.stopped and (self._latest is None or self._latest.index == seen):
+                    self._cond.wait(0.1)
+                if self.stopped:
+                    return
+                frame = self._latest
+            seen = frame.index
+            yield frame
+
+    def stop(self) -> None:
+        super().stop()
+        self._stop_event.set()
+
+    def close(self) -> None:
+        self.stop()
+        self._thread.join(timeout=2 * NETWORK_TIMEOUT_MS / 1000)  # a blocked read returns by then
+        with self._cond:
+            cap, self.cap = self.cap, None
+        if cap is not None:
+            cap.release()
+
+
+
+def _image_files(folder: Path) -> list[Path]:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        out += [Path(dirpath) / f for f in sorted(filenames) if is_image_name(f) and not f.startswith(".")]
+    return out
+
+
+def _device_index(uri: str, prefix: str) -> int:
+    rest = uri[len(prefix):].strip("/") or "0"
+    if not rest.isdigit():
+        raise EdgeclsError(f"bad source {uri!r}: expected {prefix}N with N a camera number")
+    return int(rest)
+
+
+def open_source(uri: str, opts: SourceOptions | None = None) -> Source:
+    """The source a URI names (see module doc). Raises EdgeclsError if it cannot be opened."""
+    opts = opts or SourceOptions()
+    size, fps = opts.size, opts.fps
+    if uri == "picam" or uri.startswith("picam:"):
+        idx = _device_index(uri, "picam:") if uri != "picam" else 0
+        return LiveSource(lambda: PicamCapture(idx, size, fps), f"picam:{idx}", opts)
+    if uri.startswith("csi://"):
+        idx = _device_index(uri, "csi://")
+        return LiveSource(lambda: open_csi(idx, size, fps), uri, opts)
+    if uri.startswith("usb:") or uri.startswith("/dev/video"):
+        target = _device_index(uri, "usb:") if uri.startswith("usb:") else uri
+        if isinstance(target, str) and not os.path.exists(target):
+            raise SourceOpenError(f"camera not found: {target} (see `edgecls doctor` for the cameras on this machine)")
+        return LiveSource(lambda: CvCapture(target, cv2.CAP_V4L2, size, fps), uri, opts)
+    if uri.lower().startswith(NETWORK_SCHEMES):
+        return LiveSource(lambda: CvCapture(uri, cv2.CAP_FFMPEG, timeouts=True), uri, opts)
+    if any(c in uri for c in "*?["):
+        files = sorted(Path(p) for p in globlib.glob(uri, recursive=True) if is_image_name(p))
+        if not files:
+            raise SourceOpenError(f"no image files match {uri}")
+        return ImageFilesSource(files, uri, opts)
+    path = Path(uri)
+    if path.is_dir():
+        files = _image_files(path)
+        if not files:
+            raise SourceOpenError(f"no image files in folder {path}")
+        return ImageFilesSource(files, str(path), opts)
+    if not path.exists():
+        raise SourceOpenError(f"source not found: {uri}")
+    if is_image_name(path):
+        return ImageFilesSource([path], str(path), opts)
+    try:
+        return VideoFileSource(path, opts)
+    except SourceOpenError:
+        raise SourceOpenError(f"cannot open {path} as a video (not a video file, or a codec this OpenCV lacks)") from None
