@@ -9,10 +9,18 @@ the libraries' documentation; the format handling and the pipeline string are un
 """
 from __future__ import annotations
 
+import os
+
 import cv2
 import numpy as np
 
 from edgecls.errors import EdgeclsError
+
+# FFmpeg and OpenCV print their own lines for every failed (re)connect; our one-line errors and reconnect
+# messages say it once. Set OPENCV_FFMPEG_LOGLEVEL / OPENCV_LOG_LEVEL to see them again.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET, read when FFmpeg opens a stream
+if "OPENCV_LOG_LEVEL" not in os.environ:
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # errors only: no "[ WARN:0@0.4] ... can't be used to capture by name"
 
 
 class SourceOpenError(EdgeclsError):

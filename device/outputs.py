@@ -75,12 +75,21 @@ class ConsoleOutput(Output):
         self.stream.flush()
 
 
+def opencv_window_available() -> bool:
+    """False for opencv-python-headless builds (no highgui backend) and machines without a display."""
+    gui = next((l.split(":", 1)[1].strip() for l in cv2.getBuildInformation().splitlines()
+                if l.strip().startswith("GUI:")), "NONE")
+    return gui.upper() != "NONE" and bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
 class WindowOutput(Output):
     shows_pictures = True
 
     def __init__(self, title: str = "edgecls"):
         self.title = title
         try:
+            if not opencv_window_available():
+                raise cv2.error("no GUI")
             cv2.namedWindow(title, cv2.WINDOW_NORMAL)
         except cv2.error:
             raise EdgeclsError("no display window: this OpenCV has no GUI (opencv-python-headless) or no display "
@@ -186,17 +195,21 @@ def open_output(json_lines: bool = False, headless: bool = False, every_frame: b
                 log=None) -> Outputs:
     """The outputs the run flags ask for. `stream` is "HOST:PORT" or "PORT"; no window with --headless/--json."""
     outs: list[Output] = []
-    if stream is not None:
-        host, port = parse_host_port(stream)
-        outs.append(StreamOutput(host, port, log))
-    if save:
-        outs.append(VideoFileOutput(save, save_fps))
-    if json_lines:
-        outs.append(JsonLinesOutput())
-    elif headless:
-        outs.append(ConsoleOutput(every_frame))
-    if not (headless or json_lines):
-        outs.append(WindowOutput())
+    try:
+        if not (headless or json_lines):
+            outs.append(WindowOutput())
+        if save:
+            outs.append(VideoFileOutput(save, save_fps))
+        if stream is not None:
+            host, port = parse_host_port(stream)
+            outs.append(StreamOutput(host, port, log))
+        if json_lines:
+            outs.append(JsonLinesOutput())
+        elif headless:
+            outs.append(ConsoleOutput(every_frame))
+    except BaseException:
+        Outputs(outs).close()  # e.g. the port is taken: do not leave a half-open set of outputs behind
+        raise
     return Outputs(outs)
 
 

@@ -1,0 +1,250 @@
+"""`edgecls run`, `bench`, `doctor` end to end, as the device runs them: subprocesses, real models, real files.
+
+Every run goes through a wrapper that reports whether TensorFlow (or Keras) was ever imported.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edgecls.bundle import MANIFEST, load_bundle
+from edgecls.device.mjpeg import MjpegServer
+from edgecls.device.runtime import load_model
+from edgecls.fsutil import sha256_file
+from edgecls.images import load_rgb
+from edgecls.preprocess import prepare
+
+# Runs the CLI and, at exit, says on stderr whether any TensorFlow/Keras module was loaded.
+WRAPPER = ("import atexit, sys\n"
+           "atexit.register(lambda: sys.stderr.write('TF_LOADED=%s\\n' % any(m.split('.')[0] in "
+           "('tensorflow', 'tf_keras', 'keras') for m in list(sys.modules))))\n"
+           "from edgecls.cli import main\n"
+           "main(sys.argv[1:])\n")
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+def edgecls(*args, timeout=120) -> subprocess.CompletedProcess:
+    p = subprocess.run([sys.executable, "-c", WRAPPER, *map(str, args)], capture_output=True, text=True,
+                       timeout=timeout, env=ENV)
+    assert "TF_LOADED=False" in p.stderr, f"TensorFlow was imported by the device runtime:\n{p.stderr[-2000:]}"
+    return p
+
+
+def json_lines(stdout: str) -> tuple[list[dict], dict]:
+    recs = [json.loads(line) for line in stdout.splitlines() if line.strip()]
+    assert "summary" in recs[-1]
+    return recs[:-1], recs[-1]["summary"]
+
+
+def one_line_error(p: subprocess.CompletedProcess, fragment: str) -> None:
+    err = [line for line in p.stderr.splitlines() if not line.startswith(("TF_LOADED", "INFO:"))]
+    assert p.returncode == 2, p.stderr
+    assert len(err) == 1 and err[0].startswith("edgecls: error: ") and fragment in err[0], p.stderr
+    assert "Traceback" not in p.stderr
+
+
+@pytest.fixture(scope="module")
+def photos_video(tmp_path_factory, reference_photos) -> tuple[Path, list[str]]:
+    """A real video of the reference photos, 3 frames each, and the label each frame must get."""
+    path = tmp_path_factory.mktemp("refvid") / "photos.avi"
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 5, (320, 240))
+    labels = []
+    for photo, label in reference_photos.items():
+        frame = cv2.resize(load_rgb(photo), (320, 240))[..., ::-1]
+        for _ in range(3):
+            w.write(np.ascontiguousarray(frame))
+            labels.append(label)
+    w.release()
+    return path, labels
+
+
+def test_run_video_headless_json_names_every_frame_without_tensorflow(reference_bundle, photos_video):
+    video, labels = photos_video
+    p = edgecls("run", reference_bundle, video, "--json", "--top-k", "2")
+    assert p.returncode == 0, p.stderr
+    recs, summary = json_lines(p.stdout)
+    assert [r["frame"] for r in recs] == list(range(len(labels)))
+    assert [r["label"].split(",")[0] for r in recs] == labels
+    assert all(len(r["top"]) == 2 and r["latency_ms"] > 0 for r in recs)
+    assert summary["frames"] == len(labels) and summary["stopped_by"] == "end of source"
+    assert summary["fps"] > 0 and 0 < summary["latency_ms_p50"] <= summary["latency_ms_p95"]
+
+
+def test_run_on_a_folder_is_an_evaluation_matching_the_runtime(reference_bundle, reference_photos, tmp_path):
+    for photo in reference_photos:
+        shutil.copy(photo, tmp_path / Path(photo).name)
+    p = edgecls("run", reference_bundle, tmp_path, "--json", "--top-k", "1")
+    assert p.returncode == 0, p.stderr
+    recs, _ = json_lines(p.stdout)
+    b = load_bundle(reference_bundle)
+    model = load_model(b, "tflite", "int8", threads=1)
+    by_file = {Path(r["file"]).name: r for r in recs}
+    assert sorted(by_file) == sorted(Path(x).name for x in reference_photos)
+    for photo in reference_photos:  # the very probabilities `eval` computes from the same files
+        probs = model.predict(prepare(load_rgb(photo), b.spec)[None])[0]
+        rec = by_file[Path(photo).name]
+        assert rec["label"] == b.labels[int(probs.argmax())]
+        assert abs(rec["confidence"] - float(probs.max())) < 1e-4
+
+
+def test_run_headless_console_save_and_threshold(reference_bundle, photos_video, tmp_path):
+    video, labels = photos_video
+    out = tmp_path / "annotated.avi"
+    p = edgecls("run", reference_bundle, video, "--headless", "--save", out, "--threshold", "0.95",
+                "--smooth", "2", "--max-frames", "6")
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert len(lines) == 6 and lines[0].startswith("frame 0: macaw")
+    assert any("uncertain" in line for line in lines[3:])  # the cat is ~75% sure: below 0.95
+    assert "6 frames" in p.stderr and "latency p50" in p.stderr
+    cap = cv2.VideoCapture(str(out))
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    assert n == 6
+
+
+def _bundle_copy(src: Path, dest: Path) -> Path:
+    shutil.copytree(src, dest)
+    return dest
+
+
+def _edit_manifest(bundle: Path, **changes) -> None:
+    meta = json.loads((bundle / MANIFEST).read_text())
+    for key, value in changes.items():
+        if key == "sha256":
+            meta["artifacts"]["tflite-int8"]["sha256"] = value
+        else:
+            meta["preprocessing"][key] = value
+    (bundle / MANIFEST).write_text(json.dumps(meta))
+
+
+def test_bad_bundles_and_sources_fail_in_one_line(reference_bundle, photos_video, tmp_path):
+    video, _ = photos_video
+    one_line_error(edgecls("run", tmp_path / "nope", video, "--json"), "bundle not found")
+
+    corrupt = _bundle_copy(reference_bundle, tmp_path / "corrupt")
+    (corrupt / MANIFEST).write_text("{ not json")
+    one_line_error(edgecls("run", corrupt, video, "--json"), "corrupt")
+
+    tampered = _bundle_copy(reference_bundle, tmp_path / "tampered")
+    with open(tampered / "model_int8.tflite", "r+b") as f:
+        f.seek(5000)
+        f.write(b"\x00" * 64)
+    one_line_error(edgecls("run", tampered, video, "--json"), "does not match its sha256")
+
+    truncated = _bundle_copy(reference_bundle, tmp_path / "truncated")
+    (truncated / "model_int8.tflite").write_bytes((truncated / "model_int8.tflite").read_bytes()[:1000])
+    _edit_manifest(truncated, sha256=sha256_file(truncated / "model_int8.tflite"))
+    one_line_error(edgecls("run", truncated, video, "--json"), "cannot load model_int8.tflite")
+
+    mismatch = _bundle_copy(reference_bundle, tmp_path / "mismatch")
+    _edit_manifest(mismatch, height=128, width=128)
+    one_line_error(edgecls("run", mismatch, video, "--json"), "does not match the bundle's 128x128x3")
+
+    one_line_error(edgecls("run", reference_bundle, video, "--format", "onnx", "--json"), "has no onnx-int8")
+    one_line_error(edgecls("run", reference_bundle, tmp_path / "missing.mp4", "--json"), "source not found")
+    one_line_error(edgecls("run", reference_bundle, "http://127.0.0.1:1/stream", "--json"), "cannot open")
+    one_line_error(edgecls("run", reference_bundle, video), "--headless")  # no window on this machine
+
+
+class PhotoStream:
+    """A live MJPEG camera stream on localhost, publishing a real photo ~30 times a second."""
+
+    def __init__(self, photo: str):
+        self.server = MjpegServer("127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self.server.port}/stream"
+        img = cv2.resize(load_rgb(photo), (320, 240))[..., ::-1].copy()
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=lambda: [self.server.publish(img) for _ in iter(
+            lambda: self._stop.wait(1 / 30), True)], daemon=True)
+        self._t.start()
+
+    def close(self):
+        self._stop.set()
+        self._t.join()
+        self.server.close()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_live_run_stops_cleanly_on_signals_and_releases_the_stream(reference_bundle, reference_photos, sig):
+    cam = PhotoStream(next(iter(reference_photos)))
+    try:
+        proc = subprocess.Popen([sys.executable, "-c", WRAPPER, "run", str(reference_bundle), cam.url, "--json"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+        lines = [proc.stdout.readline() for _ in range(3)]
+        assert all(json.loads(line)["label"] == "macaw" for line in lines), lines
+        assert cam.server.clients == 1
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=20)
+        assert proc.returncode == 0, err
+        summary = json.loads(out.splitlines()[-1])["summary"]
+        assert summary["stopped_by"] == sig.name and summary["frames"] >= 3 and summary["captured"] >= 3
+        assert "TF_LOADED=False" in err and "Traceback" not in err
+        deadline = time.monotonic() + 5
+        while cam.server.clients and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert cam.server.clients == 0  # the stream (our "camera") was released
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        cam.close()
+
+
+def test_bench_json_rows_per_artifact_and_thread(reference_bundle):
+    p = edgecls("bench", reference_bundle, "--threads", "1,2", "--runs", "5", "--warmup", "1", "--json")
+    assert p.returncode == 0, p.stderr
+    rows = json.loads(p.stdout)["rows"]
+    assert [(r["artifact"], r["threads"]) for r in rows] == [("tflite-int8", 1), ("tflite-int8", 2)]
+    assert all(0 < r["median_ms"] <= r["p95_ms"] and r["fps"] > 0 for r in rows)
+    table = edgecls("bench", reference_bundle, "--threads", "1", "--runs", "3", "--warmup", "0")
+    assert table.returncode == 0 and "Median ms" in table.stdout and "tflite-int8" in table.stdout
+
+
+def test_doctor_reports_this_machine(reference_bundle):
+    p = edgecls("doctor", "--json")
+    assert p.returncode == 0, p.stderr
+    checks = {c["name"]: c for c in json.loads(p.stdout)["checks"]}
+    assert checks["litert"]["status"] == "ok" and "ai-edge-litert" in checks["litert"]["detail"]
+    assert "CPUExecutionProvider" in checks["onnxruntime"]["detail"]
+    assert checks["opencv"]["detail"].startswith(cv2.__version__)
+    assert checks["picamera2"]["status"] == "missing" and "apt install python3-picamera2" in checks["picamera2"]["fix"]
+
+
+@pytest.fixture
+def digits(request):
+    """The digits bundle exported from the shared dataset (conftest's `digits_bundle`), once it exists."""
+    try:
+        return Path(request.getfixturevalue("digits_bundle"))
+    except pytest.FixtureLookupError:
+        pytest.skip("no digits_bundle fixture in conftest.py yet")
+
+
+def test_digits_video_agrees_with_per_image_predictions(digits, shared, tmp_path):
+    """A video made from dataset photos, run headless: the same answers as the model on the photos themselves."""
+    b = load_bundle(digits)
+    files = [p for c in b.labels for p in sorted((shared / "data" / "sign_language_digits" / c).glob("*.JPG"))[-3:]]
+    video = tmp_path / "digits.avi"
+    w = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (100, 100))
+    w.set(cv2.VIDEOWRITER_PROP_QUALITY, 100)
+    for f in files:
+        w.write(cv2.resize(cv2.imread(str(f)), (100, 100)))
+    w.release()
+    p = edgecls("run", digits, video, "--json", "--top-k", "1")
+    assert p.returncode == 0, p.stderr
+    recs, summary = json_lines(p.stdout)
+    model = load_model(b, threads=1)
+    direct = [b.labels[int(model.predict(prepare(load_rgb(f), b.spec)[None])[0].argmax())] for f in files]
+    agree = np.mean([r["label"] == d for r, d in zip(recs, direct)])
+    assert summary["frames"] == len(files) and agree >= 0.9, (agree, direct)
