@@ -80,6 +80,8 @@ for ((i = 0; i < N; i++)); do
 done > "$ROOT/proc/cpuinfo"
 printf 'Revision\t: c03111\nSerial\t\t: 100000000000000\nModel\t\t: Raspberry Pi 4 Model B Rev 1.1\n' >> "$ROOT/proc/cpuinfo"
 echo "0-$((N - 1))" > "$ROOT/sys/devices/system/cpu/possible"
+mkdir -p "$ROOT/proc/device-tree"   # what `edgecls doctor` reads to name the board
+printf 'Raspberry Pi 4 Model B Rev 1.1\0' > "$ROOT/proc/device-tree/model"
 echo "0-$((N - 1))" > "$ROOT/sys/devices/system/cpu/present"
 
 # ---- our wheel, built on the host -------------------------------------------------------------
@@ -133,12 +135,13 @@ env_install tflite-np2 "WHEEL" "tflite-runtime==2.14.0" "numpy>=2"
 # ---- launcher -----------------------------------------------------------------------------------
 # A clean environment, so nothing of the host's Python setup leaks into the emulated one. Paths
 # outside the rootfs (bundles, images, output files) fall through to the host's files under qemu -L.
+# PYTHONSAFEPATH: `-m edgecls` run inside a source checkout must import the installed wheel, not ./edgecls.
 cat > "$CACHE/pi-python.tmp" <<EOF
 #!/bin/sh
 # pi-python ENV ARGS...  (ENV: $(ls "$ROOT/opt/envs" | tr '\n' ' '))  QEMU_CPU: cortex-a72 (Pi 4) unless set
 ENV=\${1:?usage: pi-python ENV ARGS...}; shift
 [ -d "$ROOT/opt/envs/\$ENV" ] || { echo "pi-python: no env \$ENV" >&2; exit 2; }
-exec env -i PATH=/usr/local/bin:/usr/bin:/bin HOME=/root LANG=C.UTF-8 PYTHONDONTWRITEBYTECODE=1 \\
+exec env -i PATH=/usr/local/bin:/usr/bin:/bin HOME=/root LANG=C.UTF-8 PYTHONDONTWRITEBYTECODE=1 PYTHONSAFEPATH=1 \\
   QEMU_CPU="\${QEMU_CPU:-cortex-a72}" QEMU_LD_PREFIX="$ROOT" PYTHONPATH="/opt/envs/\$ENV" \\
   \${COLUMNS:+COLUMNS=\$COLUMNS} qemu-aarch64-static "$ROOT/usr/bin/python3.11" "\$@"
 EOF

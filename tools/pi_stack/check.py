@@ -1,0 +1,275 @@
+#!/usr/bin/env python3
+"""Does edgecls give the host's answers on a Raspberry Pi's software stack?
+
+    python tools/pi_stack/check.py BUNDLE IMAGES_DIR [--cpus cortex-a72,cortex-a53] [--json-out FILE]
+
+Builds (or reuses) the emulated Pi OS Bookworm stack with `build.sh`, then, for every int8 artifact of
+BUNDLE: runs `edgecls eval BUNDLE IMAGES --json` and `edgecls run BUNDLE IMAGES --headless --json` on the
+host and in each Pi environment, and prints per environment the share of images whose top-1 answer
+matches the host's. `edgecls doctor --json` must name the runtime each environment has, and warn about
+the tflite-runtime + NumPy 2 trap in the environment built to fall into it.
+Exit 0 when every command worked and every agreement is >= --min-agreement (default 0.99), 1 otherwise,
+2 on bad usage. Standard library only: it runs with any host python that has edgecls installed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+INT8_ARTIFACTS = {"tflite-int8": "tflite", "onnx-int8": "onnx"}   # bundle artifact key -> --format
+# Environment -> the TFLite runtime `edgecls doctor` must report there (see build.sh).
+ENVS = {"litert": "ai-edge-litert", "tflite": "tflite-runtime"}
+TRAP_ENV = "tflite-np2"
+COMMAND_TIMEOUT_S = 900
+
+
+@dataclass
+class Row:
+    cpu: str
+    env: str
+    check: str            # "eval tflite-int8", "run onnx-int8", "doctor", ...
+    ok: bool
+    seconds: float
+    agree: int = 0
+    total: int = 0
+    detail: str = ""
+    mismatches: list = field(default_factory=list)
+
+    @property
+    def agreement(self) -> float | None:
+        return self.agree / self.total if self.total else None
+
+
+@dataclass
+class Proc:
+    rc: int
+    out: str
+    err: str
+    seconds: float
+
+    def last_err(self) -> str:
+        lines = [l for l in self.err.splitlines() if l.strip()]
+        return lines[-1] if lines else f"exit {self.rc}"
+
+
+def call(argv: list[str], env: dict | None = None) -> Proc:
+    t = time.perf_counter()
+    try:
+        p = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=COMMAND_TIMEOUT_S)
+        return Proc(p.returncode, p.stdout, p.stderr, time.perf_counter() - t)
+    except subprocess.TimeoutExpired:
+        return Proc(124, "", f"timed out after {COMMAND_TIMEOUT_S}s", time.perf_counter() - t)
+
+
+# ---- reading the commands' JSON -------------------------------------------------------------------
+
+def top1_from_run(stdout: str) -> dict[str, str]:
+    """`edgecls run --json`: one record per frame with "file" and "label", then a {"summary": ...} line."""
+    out = {}
+    for line in stdout.splitlines():
+        line = line.strip()
+        if line.startswith("{"):
+            rec = json.loads(line)
+            if "file" in rec and "label" in rec:
+                out[rec["file"]] = rec["label"]
+    return out
+
+
+def top1_from_eval(stdout: str) -> dict[str, str]:
+    """`edgecls eval --json`: the per-image records (file + predicted label) of its report."""
+    doc = json.loads(stdout)
+    images = doc.get("images") if isinstance(doc, dict) else None
+    if not isinstance(images, list):
+        raise ValueError("eval --json has no 'images' list of per-image predictions")
+    return {str(r["file"]): str(r["pred"]) for r in images}
+
+
+def compare(host: dict[str, str], pi: dict[str, str]) -> tuple[int, int, list]:
+    """(same top-1, images the host classified, [(file, host label, pi label)] for the others)."""
+    diff = [(f, lab, pi.get(f, "<missing>")) for f, lab in sorted(host.items()) if pi.get(f) != lab]
+    return len(host) - len(diff), len(host), diff
+
+
+# ---- the checks ---------------------------------------------------------------------------------
+
+def cli_args(kind: str, bundle: str, images: str, fmt: str) -> list[str]:
+    if kind == "eval":
+        return ["eval", bundle, images, "--json", "--format", fmt, "--precision", "int8"]
+    return ["run", bundle, images, "--headless", "--json", "--format", fmt, "--precision", "int8"]
+
+
+PARSERS = {"eval": top1_from_eval, "run": top1_from_run}
+
+
+def predictions(proc: Proc, kind: str) -> tuple[dict[str, str] | None, str]:
+    if proc.rc != 0:
+        return None, f"exit {proc.rc}: {proc.last_err()}"
+    if "Traceback" in proc.err:
+        return None, "printed a traceback"
+    try:
+        preds = PARSERS[kind](proc.out)
+    except (ValueError, KeyError, TypeError) as e:
+        return None, f"unreadable --json output: {e}"
+    return (preds, "") if preds else (None, "no per-image predictions")
+
+
+def doctor_checks(proc: Proc) -> list[dict]:
+    if proc.rc != 0 or "Traceback" in proc.err:
+        raise ValueError(f"exit {proc.rc}: {proc.last_err()}")
+    return json.loads(proc.out)["checks"]
+
+
+def check_doctor(proc: Proc, env: str) -> tuple[bool, str]:
+    """The doctor must name the runtime the environment has (and, in the trap env, warn about NumPy 2)."""
+    try:
+        checks = doctor_checks(proc)
+    except (ValueError, KeyError, TypeError) as e:
+        return False, str(e)
+    text = lambda c: f"{c.get('name', '')} {c.get('detail', '')}".lower()   # noqa: E731
+    numpy_warn = [c for c in checks if c.get("status") == "warn" and "numpy" in text(c)]
+    if env == TRAP_ENV:
+        if not numpy_warn:
+            return False, "no warning about tflite-runtime + NumPy 2"
+        return True, f"warns: {numpy_warn[0]['detail']}"
+    want = ENVS[env]
+    found = [c for c in checks if c.get("status") == "ok" and want in text(c)]
+    if not found:
+        return False, f"does not report {want} as ok"
+    if numpy_warn:
+        return False, f"warns about NumPy where it should not: {numpy_warn[0]['detail']}"
+    return True, f"found {found[0]['detail']}"
+
+
+def check_trap_run(proc: Proc) -> tuple[bool, str]:
+    """tflite-runtime 2.14 under NumPy 2 cannot work: edgecls must stop with its one-line error."""
+    lines = [l for l in proc.err.splitlines() if l.strip()]
+    if proc.rc == 0:
+        return False, "exited 0 although tflite-runtime cannot run under NumPy 2"
+    if not lines or not lines[-1].startswith("edgecls: error:"):
+        return False, f"exit {proc.rc} without the one-line error: {lines[-1] if lines else ''}"
+    note = "" if "numpy" in lines[-1].lower() else " [the message does not name NumPy]"
+    return True, lines[-1] + note
+
+
+def int8_formats(bundle: Path) -> dict[str, str]:
+    try:
+        arts = json.loads((bundle / "edgecls.json").read_text()).get("artifacts", {})
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"check.py: error: cannot read {bundle}/edgecls.json: {e}")
+    return {key: fam for key, fam in INT8_ARTIFACTS.items() if key in arts}
+
+
+def run_checks(args, pi_python: str) -> list[Row]:
+    bundle, images = str(args.bundle), str(args.images)
+    formats = int8_formats(args.bundle)
+    if not formats:
+        raise SystemExit(f"check.py: error: {bundle} has no int8 artifact ({', '.join(INT8_ARTIFACTS)})")
+    host_py = [args.host_python, "-m", "edgecls"]
+    host_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    kinds = [k for k in ("eval", "run") if k in args.commands]
+    host: dict[tuple[str, str], dict[str, str]] = {}
+    rows: list[Row] = []
+    for kind in kinds:
+        for key, fam in formats.items():
+            p = call(host_py + cli_args(kind, bundle, images, fam), host_env)
+            preds, why = predictions(p, kind)
+            if preds is None:
+                rows.append(Row("host", "host", f"{kind} {key}", False, p.seconds, detail=why))
+            else:
+                host[kind, key] = preds
+                rows.append(Row("host", "host", f"{kind} {key}", True, p.seconds, total=len(preds),
+                                detail=f"{len(preds)} images"))
+    for cpu in args.cpus:
+        pi_env = dict(os.environ, QEMU_CPU=cpu)
+        pi = lambda env, cli: call([pi_python, env, "-m", "edgecls"] + cli, pi_env)   # noqa: E731
+        for env in args.envs:
+            p = pi(env, ["doctor", "--json"])
+            ok, why = check_doctor(p, env)
+            rows.append(Row(cpu, env, "doctor", ok, p.seconds, detail=why))
+            if env == TRAP_ENV:
+                if "tflite-int8" in formats:
+                    p = pi(env, cli_args("run", bundle, images, "tflite"))
+                    ok, why = check_trap_run(p)
+                    rows.append(Row(cpu, env, "run tflite-int8 (must fail)", ok, p.seconds, detail=why))
+                continue
+            for kind in kinds:
+                for key, fam in formats.items():
+                    if (kind, key) not in host:
+                        continue   # already failed on the host
+                    p = pi(env, cli_args(kind, bundle, images, fam))
+                    preds, why = predictions(p, kind)
+                    row = Row(cpu, env, f"{kind} {key}", preds is not None, p.seconds, detail=why)
+                    if preds is not None:
+                        row.agree, row.total, row.mismatches = compare(host[kind, key], preds)
+                        row.ok = row.agreement >= args.min_agreement
+                        row.detail = f"{row.agree}/{row.total} same top-1 as the host"
+                    rows.append(row)
+    return rows
+
+
+def report(rows: list[Row], min_agreement: float) -> str:
+    lines = [f"{'cpu':<11} {'env':<10} {'check':<28} {'agree':>7} {'time':>7}  result"]
+    for r in rows:
+        agree = f"{r.agreement * 100:6.1f}%" if r.agreement is not None and r.cpu != "host" else ""
+        lines.append(f"{r.cpu:<11} {r.env:<10} {r.check:<28} {agree:>7} {r.seconds:6.1f}s  "
+                     f"{'ok  ' if r.ok else 'FAIL'} {r.detail}")
+        for f, want, got in r.mismatches[:5]:
+            lines.append(f"{'':<12}{'':<11}  differs: {f}: host {want!r}, pi {got!r}")
+    failed = [r for r in rows if not r.ok]
+    lines.append(f"pi-stack: {len(rows) - len(failed)}/{len(rows)} checks ok "
+                 f"(top-1 agreement must be >= {min_agreement * 100:.0f}%)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("bundle", type=Path)
+    ap.add_argument("images", type=Path, help="folder of images in class sub-folders (what `edgecls eval` reads)")
+    ap.add_argument("--cpus", default="cortex-a72", help="QEMU_CPU models, comma-separated "
+                    "(cortex-a72 = Pi 4, cortex-a53 = Pi 3 / Zero 2 W, cortex-a76 = Pi 5)")
+    ap.add_argument("--envs", default=",".join([*ENVS, TRAP_ENV]), help="Pi environments (see build.sh)")
+    ap.add_argument("--commands", default="eval,run", help="which commands to compare: eval,run")
+    ap.add_argument("--min-agreement", type=float, default=0.99)
+    ap.add_argument("--host-python", default=sys.executable, help="host python with edgecls installed")
+    ap.add_argument("--pi-python", help="an existing pi-python launcher (default: run build.sh)")
+    ap.add_argument("--json-out", type=Path, help="also write the rows as JSON here")
+    args = ap.parse_args(argv)
+    args.cpus = [c for c in args.cpus.split(",") if c]
+    args.envs = [e for e in args.envs.split(",") if e]
+    args.commands = [c for c in args.commands.split(",") if c]
+    unknown = [e for e in args.envs if e not in ENVS and e != TRAP_ENV]
+    if unknown or not set(args.commands) <= set(PARSERS):
+        ap.error(f"unknown env or command: {', '.join(unknown + args.commands)}")
+    for p in (args.bundle, args.images):
+        if not p.is_dir():
+            ap.error(f"not a folder: {p}")
+    args.bundle, args.images = args.bundle.resolve(), args.images.resolve()
+
+    t0 = time.perf_counter()
+    pi_python = args.pi_python
+    if not pi_python:
+        build = subprocess.run(["bash", str(HERE / "build.sh")], stdout=subprocess.PIPE, text=True,
+                               env=dict(os.environ, PYTHON=os.environ.get("PYTHON", args.host_python)))
+        if build.returncode != 0:
+            print(f"pi-stack: build.sh failed (exit {build.returncode})", file=sys.stderr)
+            return 1
+        pi_python = build.stdout.strip().splitlines()[-1]
+    t_build = time.perf_counter() - t0
+    rows = run_checks(args, pi_python)
+    print(report(rows, args.min_agreement))
+    print(f"pi-stack: build {t_build:.0f}s, checks {time.perf_counter() - t0 - t_build:.0f}s")
+    if args.json_out:
+        args.json_out.write_text(json.dumps({"build_seconds": round(t_build, 1), "rows": [
+            dict(asdict(r), agreement=r.agreement) for r in rows]}, indent=2))
+    return 0 if all(r.ok for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
