@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from edgecls.bundle import Artifact, Bundle
@@ -81,10 +82,33 @@ class Model:
     def _to_input(self, pixels: np.ndarray) -> np.ndarray:
         io = self.input_io
         if io.quantized:
+            if pixels.dtype == np.uint8 and pixels.shape[-1] == 3:
+                return self._lookup(pixels)
             src = pixels if self.spec.in_model else model_input(pixels, self.spec)
             return _quantize(src, io.dtype, io.scale, io.zero_point)
         x = model_input(pixels, self.spec)
         return x if io.dtype == np.float32 else x.astype(io.dtype)
+
+    def _lookup(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 pixels → quantised input through a per-channel 256-entry table.
+
+        Normalisation (when outside the model) and quantisation are a fixed function of each 8-bit value, so
+        computing them once per value gives the same numbers as the float route at a fraction of the cost
+        per frame (this is the live loop's hot path). Identity tables (uint8, scale 1, zero point 0) skip it.
+        """
+        if not hasattr(self, "_lut"):
+            io = self.input_io
+            values = np.arange(256, dtype=np.float64)[:, None].repeat(3, 1)
+            if not self.spec.in_model:
+                values = values * np.asarray(self.spec.scale) + np.asarray(self.spec.offset)
+            info = np.iinfo(io.dtype)
+            lut = np.clip(np.round(values / io.scale + io.zero_point), info.min, info.max).astype(io.dtype)
+            identity = io.dtype == np.uint8 and np.array_equal(lut, values.astype(np.int64))
+            self._lut = None if identity else np.ascontiguousarray(lut.reshape(1, 256, 3))
+        if self._lut is None:
+            return pixels
+        flat = np.ascontiguousarray(pixels).reshape(-1, pixels.shape[-2], 3)
+        return cv2.LUT(flat, self._lut).reshape(pixels.shape)
 
     def _finish(self, out: np.ndarray) -> np.ndarray:
         out = out.astype(np.float32).reshape(out.shape[0], -1)
