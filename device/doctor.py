@@ -24,11 +24,6 @@ def _check(name, status, detail, fix=""):
     return {"name": name, "status": status, "detail": detail, "fix": fix}
 
 
-def _major_minor(v: str) -> tuple[int, int]:
-    parts = (v.split(".") + ["0", "0"])[:2]
-    return tuple(int("".join(ch for ch in p if ch.isdigit()) or 0) for p in parts)
-
-
 def _read(path: str) -> str | None:
     try:
         with open(path, "rb") as f:
@@ -52,7 +47,7 @@ def check_python() -> list[dict]:
 
 
 def check_tflite() -> list[dict]:
-    import numpy as np
+    from edgecls.device.runtime import numpy2_trap
 
     litert, tfl = _version("ai-edge-litert"), _version("tflite-runtime")
     out = []
@@ -64,13 +59,13 @@ def check_tflite() -> list[dict]:
             out.append(_check("litert", "warn", f"ai-edge-litert {litert} installed but fails to import: {e}",
                               "pip install --force-reinstall ai-edge-litert"))
     if tfl:
-        out.append(_check("tflite-runtime", "ok" if not litert else "info",
+        trap = numpy2_trap()
+        out.append(_check("tflite-runtime", "info" if litert else "warn" if trap else "ok",
                           f"tflite-runtime {tfl}" + (" (fallback; ai-edge-litert is used first)" if litert else "")))
-        if np.__version__.startswith("2") and _major_minor(tfl) <= (2, 14):
-            out.append(_check("numpy-2-trap", "warn",
-                              f"tflite-runtime {tfl} was built for NumPy 1.x and crashes on import with NumPy "
-                              f"{np.__version__}",
-                              "pip install ai-edge-litert (preferred), or pip install 'numpy<2'"))
+        if trap:  # it only bites when tflite-runtime is the runtime edgecls falls back to
+            message, _, fix = trap.partition(": pip")
+            out.append(_check("numpy-2-trap", "info" if litert else "warn",
+                              message + (" (harmless here: ai-edge-litert is used)" if litert else ""), "pip" + fix))
     if not litert and not tfl:
         out.append(_check("litert", "missing", "no TFLite runtime: .tflite artifacts cannot run",
                           "pip install ai-edge-litert   (64-bit Python 3.10+; on 32-bit Pi OS: tflite-runtime)"))

@@ -25,11 +25,29 @@ def tflite_interpreter_class():
         return Interpreter, "ai-edge-litert"
     except ImportError:
         pass
+    trap = numpy2_trap()
     try:
         from tflite_runtime.interpreter import Interpreter
         return Interpreter, "tflite-runtime"
-    except ImportError:
+    except Exception:  # NumPy-2 breakage surfaces as ImportError or AttributeError depending on versions
+        if trap:
+            raise EdgeclsError(trap) from None
         raise EdgeclsError("no TFLite runtime: pip install ai-edge-litert (or tflite-runtime on old systems)") from None
+
+
+def numpy2_trap() -> str | None:
+    """The message for tflite-runtime <= 2.14 (built against NumPy 1.x) next to NumPy 2, else None."""
+    from importlib import metadata
+
+    try:
+        version = metadata.version("tflite-runtime")
+    except metadata.PackageNotFoundError:
+        return None
+    major_minor = tuple(int("".join(c for c in part if c.isdigit()) or 0) for part in (version.split(".") + ["0"])[:2])
+    if int(np.__version__.split(".")[0]) >= 2 and major_minor <= (2, 14):
+        return (f"tflite-runtime {version} was built for NumPy 1.x and cannot run with NumPy {np.__version__}: "
+                f"pip install ai-edge-litert (preferred) or pip install 'numpy<2'")
+    return None
 
 
 def onnx_providers(requested: list[str] | None = None) -> list[str]:
