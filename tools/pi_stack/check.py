@@ -82,13 +82,17 @@ def top1_from_run(stdout: str) -> dict[str, str]:
     return out
 
 
-def top1_from_eval(stdout: str) -> dict[str, str]:
-    """`edgecls eval --json`: the per-image records (file + predicted label) of its report."""
+def top1_from_eval(stdout: str) -> dict[str, tuple[dict[str, str], str]]:
+    """`edgecls eval --json`: artifact key -> ({file: top-1 label}, runtime that ran it)."""
     doc = json.loads(stdout)
-    images = doc.get("images") if isinstance(doc, dict) else None
-    if not isinstance(images, list):
-        raise ValueError("eval --json has no 'images' list of per-image predictions")
-    return {str(r["file"]): str(r["pred"]) for r in images}
+    files, classes = doc["files"], doc["classes"]
+    out = {}
+    for key, art in doc["artifacts"].items():
+        preds = art["predictions"]
+        if len(preds) != len(files):
+            raise ValueError(f"{key}: {len(preds)} predictions for {len(files)} files")
+        out[key] = ({f: classes[int(i)] for f, i in zip(files, preds)}, str(art.get("runtime", "?")))
+    return out
 
 
 def compare(host: dict[str, str], pi: dict[str, str]) -> tuple[int, int, list]:
@@ -99,24 +103,28 @@ def compare(host: dict[str, str], pi: dict[str, str]) -> tuple[int, int, list]:
 
 # ---- the checks ---------------------------------------------------------------------------------
 
-def cli_args(kind: str, bundle: str, images: str, fmt: str) -> list[str]:
-    if kind == "eval":
-        return ["eval", bundle, images, "--json", "--format", fmt, "--precision", "int8"]
+def eval_args(bundle: str, images: str) -> list[str]:
+    # One eval per environment covers every int8 artifact (eval also runs the float reference, if any).
+    return ["eval", bundle, images, "--json", "--precision", "int8"]
+
+
+def run_args(bundle: str, images: str, fmt: str) -> list[str]:
     return ["run", bundle, images, "--headless", "--json", "--format", fmt, "--precision", "int8"]
 
 
 PARSERS = {"eval": top1_from_eval, "run": top1_from_run}
 
 
-def predictions(proc: Proc, kind: str) -> tuple[dict[str, str] | None, str]:
+def predictions(proc: Proc, kind: str):
+    """(parsed predictions, "") or (None, why the command failed)."""
     if proc.rc != 0:
         return None, f"exit {proc.rc}: {proc.last_err()}"
     if "Traceback" in proc.err:
         return None, "printed a traceback"
     try:
         preds = PARSERS[kind](proc.out)
-    except (ValueError, KeyError, TypeError) as e:
-        return None, f"unreadable --json output: {e}"
+    except (ValueError, KeyError, TypeError, IndexError) as e:
+        return None, f"unreadable --json output: {type(e).__name__}: {e}"
     return (preds, "") if preds else (None, "no per-image predictions")
 
 
@@ -166,51 +174,87 @@ def int8_formats(bundle: Path) -> dict[str, str]:
     return {key: fam for key, fam in INT8_ARTIFACTS.items() if key in arts}
 
 
+def host_predictions(args, formats: dict[str, str], rows: list[Row]) -> dict[tuple[str, str], dict[str, str]]:
+    """(command, artifact) -> {file: top-1} on the host, the reference every Pi answer is compared with."""
+    bundle, images = str(args.bundle), str(args.images)
+    host_py = [args.host_python, "-m", "edgecls"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    host = {}
+    for kind, key, proc in outputs(lambda cli: call(host_py + cli, env), args.commands, bundle, images, formats):
+        preds, why = predictions(proc, kind)
+        if kind == "eval" and preds is not None:
+            preds = {k: v[0] for k, v in preds.items()}
+            missing = [k for k in formats if k not in preds]
+            preds, why = (None, f"no {', '.join(missing)} in the output") if missing else (preds, why)
+        if preds is None:
+            rows += [Row("host", "host", f"{kind} {k}", False, proc.seconds, detail=why) for k in formats]
+            continue
+        for k in formats:
+            p = preds[k] if kind == "eval" else preds
+            host[kind, k] = p
+            rows.append(Row("host", "host", f"{kind} {k}", True, proc.seconds, total=len(p), detail=f"{len(p)} images"))
+    return host
+
+
+def outputs(execute, commands: list[str], bundle: str, images: str, formats: dict[str, str]):
+    """Run the compared commands: yields (command, artifact key or None for all, Proc)."""
+    if "eval" in commands:
+        yield "eval", None, execute(eval_args(bundle, images))
+    if "run" in commands:
+        for key, fam in formats.items():
+            yield "run", key, execute(run_args(bundle, images, fam))
+
+
+def compare_rows(cpu: str, env: str, kind: str, key: str | None, proc: Proc, formats, host, min_agreement) -> list[Row]:
+    preds, why = predictions(proc, kind)
+    keys = list(formats) if key is None else [key]
+    rows = []
+    for k in keys:
+        if (kind, k) not in host:
+            continue   # failed on the host already
+        row = Row(cpu, env, f"{kind} {k}", False, proc.seconds, detail=why)
+        rows.append(row)
+        if preds is None:
+            continue
+        runtime = ""
+        if kind == "eval":
+            if k not in preds:
+                row.detail = f"no {k} in the output"
+                continue
+            pi, runtime = preds[k]
+        else:
+            pi = preds
+        row.agree, row.total, row.mismatches = compare(host[kind, k], pi)
+        row.ok = row.agreement >= min_agreement
+        row.detail = f"{row.agree}/{row.total} same top-1 as the host" + (f" ({runtime})" if runtime else "")
+        want = ENVS[env]
+        if k.startswith("tflite") and runtime and not runtime.startswith(want):
+            row.ok, row.detail = False, row.detail + f": expected {want} to run it"
+    return rows
+
+
 def run_checks(args, pi_python: str) -> list[Row]:
     bundle, images = str(args.bundle), str(args.images)
     formats = int8_formats(args.bundle)
     if not formats:
         raise SystemExit(f"check.py: error: {bundle} has no int8 artifact ({', '.join(INT8_ARTIFACTS)})")
-    host_py = [args.host_python, "-m", "edgecls"]
-    host_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    kinds = [k for k in ("eval", "run") if k in args.commands]
-    host: dict[tuple[str, str], dict[str, str]] = {}
     rows: list[Row] = []
-    for kind in kinds:
-        for key, fam in formats.items():
-            p = call(host_py + cli_args(kind, bundle, images, fam), host_env)
-            preds, why = predictions(p, kind)
-            if preds is None:
-                rows.append(Row("host", "host", f"{kind} {key}", False, p.seconds, detail=why))
-            else:
-                host[kind, key] = preds
-                rows.append(Row("host", "host", f"{kind} {key}", True, p.seconds, total=len(preds),
-                                detail=f"{len(preds)} images"))
+    host = host_predictions(args, formats, rows)
     for cpu in args.cpus:
         pi_env = dict(os.environ, QEMU_CPU=cpu)
-        pi = lambda env, cli: call([pi_python, env, "-m", "edgecls"] + cli, pi_env)   # noqa: E731
         for env in args.envs:
-            p = pi(env, ["doctor", "--json"])
+            pi = lambda cli: call([pi_python, env, "-m", "edgecls"] + cli, pi_env)   # noqa: E731
+            p = pi(["doctor", "--json"])
             ok, why = check_doctor(p, env)
             rows.append(Row(cpu, env, "doctor", ok, p.seconds, detail=why))
             if env == TRAP_ENV:
                 if "tflite-int8" in formats:
-                    p = pi(env, cli_args("run", bundle, images, "tflite"))
+                    p = pi(run_args(bundle, images, "tflite"))
                     ok, why = check_trap_run(p)
                     rows.append(Row(cpu, env, "run tflite-int8 (must fail)", ok, p.seconds, detail=why))
                 continue
-            for kind in kinds:
-                for key, fam in formats.items():
-                    if (kind, key) not in host:
-                        continue   # already failed on the host
-                    p = pi(env, cli_args(kind, bundle, images, fam))
-                    preds, why = predictions(p, kind)
-                    row = Row(cpu, env, f"{kind} {key}", preds is not None, p.seconds, detail=why)
-                    if preds is not None:
-                        row.agree, row.total, row.mismatches = compare(host[kind, key], preds)
-                        row.ok = row.agreement >= args.min_agreement
-                        row.detail = f"{row.agree}/{row.total} same top-1 as the host"
-                    rows.append(row)
+            for kind, key, proc in outputs(pi, args.commands, bundle, images, formats):
+                rows += compare_rows(cpu, env, kind, key, proc, formats, host, args.min_agreement)
     return rows
 
 
@@ -266,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     print(report(rows, args.min_agreement))
     print(f"pi-stack: build {t_build:.0f}s, checks {time.perf_counter() - t0 - t_build:.0f}s")
     if args.json_out:
-        args.json_out.write_text(json.dumps({"build_seconds": round(t_build, 1), "rows": [
+        args.json_out.write_text(json.dumps({"build_seconds": round(t_build, 1), "pi_python": pi_python, "rows": [
             dict(asdict(r), agreement=r.agreement) for r in rows]}, indent=2))
     return 0 if all(r.ok for r in rows) else 1
 

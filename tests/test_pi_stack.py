@@ -1,0 +1,170 @@
+"""edgecls on the Raspberry Pi's software stack (issue 6): Debian 12 arm64, Python 3.11, aarch64 wheels,
+emulated with qemu as a Pi 4 (cortex-a72) and a Pi 3 / Zero 2 W (cortex-a53).
+
+`tools/pi_stack/check.py` builds (or reuses) the emulated stack and compares every command's per-image
+top-1 with the host's. Needs root, qemu-user-static and debootstrap (CI has them); developers without
+them set EDGECLS_SKIP_PI_STACK=1. The rootfs and wheels are cached in ~/.cache/edgecls-pi-stack
+(EDGECLS_PI_CACHE), so only the first run on a machine pays the ~1 minute build.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import DIGITS, REFERENCE, ROOT, make_reference_bundle
+
+pytestmark = pytest.mark.skipif(os.environ.get("EDGECLS_SKIP_PI_STACK") == "1",
+                                reason="EDGECLS_SKIP_PI_STACK=1 (the emulated Pi stack needs root + qemu-user-static)")
+
+CHECK = ROOT / "tools" / "pi_stack" / "check.py"
+sys.path.insert(0, str(CHECK.parent))
+import check as pi_check  # noqa: E402  (tools/pi_stack/check.py: stdlib only)
+
+IMAGES_PER_CLASS = 8   # of the digits: 80 images, so one disagreement still reads 98.8% (< 99% fails)
+
+
+def digits_subset(dest: Path, per_class: int) -> Path:
+    """The first `per_class` images of each digit, in class sub-folders (what `edgecls eval` reads)."""
+    for cls in sorted(p for p in DIGITS.iterdir() if p.is_dir()):
+        files = sorted(f for f in cls.iterdir() if f.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        (dest / cls.name).mkdir(parents=True)
+        for f in files[:per_class]:
+            shutil.copy(f, dest / cls.name / f.name)
+    return dest
+
+
+def reference_with_onnx(dest: Path) -> Path:
+    """Until the digits bundle exists: Google's int8 MobileNetV2 plus its tf2onnx int8 ONNX twin."""
+    from edgecls.fsutil import sha256_file
+
+    bundle = make_reference_bundle(dest)
+    onnx = bundle / "model_int8.onnx"
+    r = subprocess.run([sys.executable, "-m", "tf2onnx.convert", "--tflite", str(bundle / "model_int8.tflite"),
+                        "--output", str(onnx), "--opset", "17"], capture_output=True, text=True,
+                       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    meta = json.loads((bundle / "edgecls.json").read_text())
+    # uint8 input with the TFLite model's own quantisation (scale 1/128, zero point 128).
+    meta["artifacts"]["onnx-int8"] = {"file": onnx.name, "sha256": sha256_file(onnx), "output_kind": "probabilities",
+                                      "input": {"scale": 0.0078125, "zero_point": 128}}
+    (bundle / "edgecls.json").write_text(json.dumps(meta, indent=2))
+    return bundle
+
+
+@pytest.fixture(scope="module")
+def pi_case(request, tmp_path_factory, shared) -> tuple[Path, Path, list[str]]:
+    """(bundle, images, commands to compare): the small digits bundle when conftest provides it, else the
+    reference bundle (ImageNet labels, so `edgecls eval`, which needs class folders named after the
+    bundle's labels, cannot read these images: `edgecls run` only)."""
+    tmp = tmp_path_factory.mktemp("pi_stack")
+    try:
+        bundle = Path(request.getfixturevalue("digits_bundle"))
+    except pytest.FixtureLookupError:
+        bundle = None
+    if bundle is not None:
+        return bundle, digits_subset(tmp / "images", IMAGES_PER_CLASS), ["eval", "run"]
+    images = digits_subset(tmp / "images", 1)
+    photos = REFERENCE / "coral_test_data_extras"
+    (images / "photos").mkdir()
+    for f in sorted(photos.glob("*.bmp")) + sorted(photos.glob("*.jpg")):
+        shutil.copy(f, images / "photos" / f.name)
+    return reference_with_onnx(tmp / "bundle"), images, ["run"]
+
+
+def run_check(*args: str) -> tuple[int, str, list[dict], str | None]:
+    """(exit code, the printed table, rows, the pi-python launcher) of one check.py run."""
+    out = Path(os.environ.get("TMPDIR", "/tmp")) / f"pi-stack-{os.getpid()}-{len(args)}.json"
+    r = subprocess.run([sys.executable, str(CHECK), *args, "--json-out", str(out)], capture_output=True, text=True)
+    print(r.stdout)          # the agreement table: shown with -rP / -s, and in the failure report
+    print(r.stderr[-3000:], file=sys.stderr)
+    doc = json.loads(out.read_text()) if out.is_file() else {}
+    out.unlink(missing_ok=True)
+    return r.returncode, r.stdout, doc.get("rows", []), doc.get("pi_python")
+
+
+@pytest.fixture(scope="module")
+def pi_a72(pi_case):
+    """The full matrix on a Pi 4: both runtime environments, the NumPy-2 trap env, every int8 artifact."""
+    bundle, images, commands = pi_case
+    return run_check(str(bundle), str(images), "--cpus", "cortex-a72", "--commands", ",".join(commands))
+
+
+def rows_where(rows, **kw):
+    return [r for r in rows if all(r[k] == v for k, v in kw.items())]
+
+
+def test_every_check_passes_on_a_pi4(pi_a72):
+    rc, out, rows, _ = pi_a72
+    failed = [f"{r['env']} {r['check']}: {r['detail']}" for r in rows if not r["ok"]]
+    assert rc == 0 and not failed, "\n".join(failed) + "\n" + out
+
+
+@pytest.mark.parametrize("env", ["litert", "tflite"])
+@pytest.mark.parametrize("artifact", ["tflite-int8", "onnx-int8"])
+def test_top1_agrees_with_the_host(pi_case, pi_a72, env, artifact):
+    rc, out, rows, _ = pi_a72
+    commands = pi_case[2]
+    for kind in commands:
+        [row] = rows_where(rows, cpu="cortex-a72", env=env, check=f"{kind} {artifact}")
+        [host] = rows_where(rows, cpu="host", check=f"{kind} {artifact}")
+        assert row["total"] == host["total"] >= 10, out   # every image the host saw was answered on the Pi
+        assert row["agreement"] >= 0.99, out
+    if "eval" not in commands:
+        pytest.skip("no digits_bundle fixture yet: compared `edgecls run` on the reference bundle only")
+
+
+def test_doctor_names_the_runtime_and_the_numpy_trap(pi_a72):
+    rc, out, rows, _ = pi_a72
+    doctor = {r["env"]: r for r in rows_where(rows, check="doctor")}
+    assert doctor["litert"]["ok"] and "ai-edge-litert" in doctor["litert"]["detail"], out
+    assert doctor["tflite"]["ok"] and "tflite-runtime" in doctor["tflite"]["detail"], out
+    assert doctor["tflite-np2"]["ok"] and "numpy" in doctor["tflite-np2"]["detail"].lower(), out
+    [trap] = rows_where(rows, env="tflite-np2", check="run tflite-int8 (must fail)")
+    assert trap["ok"] and trap["detail"].startswith("edgecls: error:"), out
+
+
+def test_pi3_cortex_a53_gives_the_same_answers(pi_case, pi_a72):
+    """A second CPU model (Pi 3 / Zero 2 W): the LiteRT env, `edgecls run` on every int8 artifact."""
+    bundle, images, _ = pi_case
+    launcher = pi_a72[3]
+    assert launcher, pi_a72[1]
+    rc, out, rows, _ = run_check(str(bundle), str(images), "--cpus", "cortex-a53", "--envs", "litert",
+                                 "--commands", "run", "--pi-python", launcher)
+    pi_rows = rows_where(rows, cpu="cortex-a53")
+    assert rc == 0 and len(pi_rows) >= 3, out   # doctor + run for tflite-int8 and onnx-int8
+    assert all(r["ok"] for r in pi_rows), out
+
+
+# ---- the harness's own logic, on real `edgecls run --json` output from the host ------------------
+
+@pytest.fixture(scope="module")
+def host_run_output(reference_bundle, shared) -> str:
+    photos = REFERENCE / "coral_test_data_extras"
+    r = subprocess.run([sys.executable, "-m", "edgecls", "run", str(reference_bundle), str(photos), "--headless",
+                        "--json"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def test_harness_reads_run_json_and_counts_disagreements(host_run_output):
+    host = pi_check.top1_from_run(host_run_output)
+    assert len(host) >= 8 and host[str(REFERENCE / "coral_test_data_extras" / "parrot.jpg")] == "macaw"
+    assert pi_check.compare(host, dict(host))[:2] == (len(host), len(host))
+    other = dict(host)
+    first = sorted(other)[0]
+    other[first] = "something else"
+    del other[sorted(other)[1]]   # an image the Pi never answered counts as a disagreement
+    same, total, diff = pi_check.compare(host, other)
+    assert (same, total) == (len(host) - 2, len(host)) and diff[0][0] == first
+
+
+def test_harness_rejects_bad_usage(tmp_path):
+    r = subprocess.run([sys.executable, str(CHECK), str(tmp_path / "nope"), str(tmp_path)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "not a folder" in r.stderr
