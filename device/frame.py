@@ -39,6 +39,10 @@ class Orientation:
         if self.rotate not in ROTATIONS:
             raise EdgeclsError(f"--rotate must be one of 0, 90, 180, 270 (got {self.rotate})")
 
+    @property
+    def identity(self) -> bool:
+        return self.flip == "none" and self.rotate == 0
+
     def apply(self, img: np.ndarray) -> np.ndarray:
         if self.flip != "none":
             img = cv2.flip(img, _CV_FLIP[self.flip])

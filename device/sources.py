@@ -10,6 +10,7 @@ folder | glob (e.g. "photos/*.jpg").
 """
 from __future__ import annotations
 
+import dataclasses
 import glob as globlib
 import os
 import sys
@@ -145,7 +146,7 @@ class LiveSource(Source):
         while not self._stop_event.wait(delay):
             try:
                 cap = self.opener()
-            except EdgeclsError as e:
+            except Exception as e:  # EdgeclsError, or a library error from a half-present device
                 self.log(f"{self.name}: reopen failed ({e}); retrying in {min(delay * 2, longest):.1f}s")
                 delay = min(delay * 2, longest)
                 continue
@@ -156,9 +157,15 @@ class LiveSource(Source):
             return True
         return False
 
+    def _read(self):
+        try:
+            return self.cap.read()
+        except Exception:  # a library error mid-stream is a lost stream like any other
+            return None
+
     def _capture_loop(self) -> None:
         while not self._stop_event.is_set():
-            img = self.cap.read()
+            img = self._read()
             if img is None:
                 if self._stop_event.is_set():
                     break
@@ -166,7 +173,8 @@ class LiveSource(Source):
                 if not self._reopen():
                     break
                 continue
-            frame = Frame(self.opts.orientation.apply(img), self.order, time.monotonic(), self.captured)
+            # Orientation is applied by the consumer, to the frames it takes, not to every captured one.
+            frame = Frame(img, self.order, time.monotonic(), self.captured)
             with self._cond:
                 self._latest = frame
                 self.captured += 1
@@ -184,6 +192,8 @@ class LiveSource(Source):
                     return
                 frame = self._latest
             seen = frame.index
+            if not self.opts.orientation.identity:
+                frame = dataclasses.replace(frame, image=self.opts.orientation.apply(frame.image))
             yield frame
 
     def stop(self) -> None:

@@ -312,3 +312,19 @@ def test_csi_pipeline_string():
     assert "format=BGR ! appsink drop=true max-buffers=1" in p
     with pytest.raises(EdgeclsError, match="GStreamer"):  # this OpenCV has no GStreamer
         open_source("csi://0")
+
+
+def test_flip_and_rotate_options_reach_the_frames(digit_video, stream_images):
+    path, _ = digit_video
+    plain = next(iter(open_source(str(path)))).image
+    turned = next(iter(open_source(str(path), SourceOptions(orientation=Orientation("h", 90))))).image
+    assert np.array_equal(turned, np.rot90(plain[:, ::-1], k=-1))
+    srv = StreamServer(stream_images[:1])
+    try:
+        src = open_source(srv.url, SourceOptions(orientation=Orientation("v")))
+        live = next(iter(src)).image
+        src.close()
+    finally:
+        srv.close()
+    decoded = cv2.imdecode(cv2.imencode(".jpg", stream_images[0], [cv2.IMWRITE_JPEG_QUALITY, 80])[1], cv2.IMREAD_COLOR)
+    assert np.abs(live.astype(int) - decoded[::-1]).mean() < 2
