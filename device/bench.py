@@ -1,7 +1,7 @@
 """`edgecls bench`: latency and throughput of every artifact in a bundle, per thread count.
 
 Each row times `Model.predict` on one prepared image (batch 1, what a camera loop does): quantise, invoke,
-dequantise. Median and p95 over `runs` calls after `warmup` calls. The accuracy column is the bundle's own
+dequantise. Median and p95 over `runs` calls after `warmup` calls, the rows taking turns (see bench_bundle). The accuracy column is the bundle's own
 measurement (from `export`), not re-measured here.
 """
 from __future__ import annotations
@@ -34,36 +34,39 @@ def bench_input(bundle: Bundle, seed: int = 0) -> np.ndarray:
     return rng.integers(0, 256, (1, bundle.spec.height, bundle.spec.width, 3), dtype=np.uint8)
 
 
-def time_calls(fn, runs: int, warmup: int) -> np.ndarray:
-    for _ in range(warmup):
-        fn()
-    out = np.empty(runs)
-    for i in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        out[i] = (time.perf_counter() - t0) * 1000.0
-    return out
-
-
 def bench_bundle(bundle: Bundle, threads: list[int], runs: int = 50, warmup: int = 5,
-                 keys: list[str] | None = None, progress=None) -> list[dict]:
-    """One row per (artifact present in the bundle, in FORMATS order) × thread count."""
+                 keys: list[str] | None = None, progress=None, block: int = 5) -> list[dict]:
+    """One row per (artifact present in the bundle, in FORMATS order) × thread count.
+
+    All rows are loaded first and then timed in turns, `block` calls each, until every row has `runs` calls:
+    a machine whose load drifts during the benchmark (shared CPUs, thermal throttling on a Pi) then skews
+    every row alike, so the rows stay comparable with each other.
+    """
     present = bundle.artifacts
     plan = [(f, t) for f in FORMATS if f.key in present and (not keys or f.key in keys) for t in threads]
     x = bench_input(bundle)
+    models = [load_model(bundle, fmt.family, fmt.precision, threads=t) for fmt, t in plan]
+    for model in models:
+        for _ in range(warmup):
+            model.predict(x)
+    times = [[] for _ in plan]
+    while plan and len(times[-1]) < runs:
+        for model, ms in zip(models, times):
+            for _ in range(min(block, runs - len(ms))):
+                t0 = time.perf_counter()
+                model.predict(x)
+                ms.append((time.perf_counter() - t0) * 1000.0)
+        if progress:
+            progress(len(times[-1]), runs)
     rows = []
-    for i, (fmt, t) in enumerate(plan):
-        art = present[fmt.key]
-        model = load_model(bundle, fmt.family, fmt.precision, threads=t)
-        ms = time_calls(lambda: model.predict(x), runs, warmup)
+    for (fmt, t), model, ms in zip(plan, models, times):
+        art, ms = present[fmt.key], np.asarray(ms)
         rows.append({"artifact": fmt.key, "format": fmt.family, "precision": fmt.precision, "threads": t,
                      "runtime": model.runtime, "providers": list(model.providers),
                      "size_mb": round(art.path.stat().st_size / 1e6, 2),
                      "median_ms": round(float(np.median(ms)), 3), "p95_ms": round(float(np.percentile(ms, 95)), 3),
                      "fps": round(1000.0 / float(np.mean(ms)), 1), "accuracy": artifact_accuracy(art.meta),
                      "runs": runs})
-        if progress:
-            progress(i + 1, len(plan))
     return rows
 
 

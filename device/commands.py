@@ -68,8 +68,11 @@ def run(
 
     _check_choice(format, FAMILIES, "--format")
     _check_choice(precision, PRECISIONS, "--precision")
-    if threads is not None and threads < 1:
-        raise EdgeclsError("--threads must be at least 1")
+    for flag, value in (("--threads", threads), ("--max-frames", max_frames), ("--top-k", top_k)):
+        if value is not None and value < 1:
+            raise EdgeclsError(f"{flag} must be at least 1")
+    if fps is not None and fps <= 0:
+        raise EdgeclsError("--fps must be positive")
     opts = SourceOptions(size=_parse_size(resolution), fps=fps, orientation=Orientation(flip, rotate), loop=loop)
     net = Classifier(bundle, format, precision, threads=threads, top_k=top_k, smooth=smooth, threshold=threshold)
     src = open_source(source, opts)
