@@ -1,6 +1,196 @@
-"""CLI commands of this stage (registered by edgecls.cli). Keep heavy imports inside the functions."""
+"""The parity table, and `edgecls eval BUNDLE DATA_DIR`: how far each artifact is from the float model.
+
+`export` builds its report with the same `measure()` / `parity()` / `table()` as `eval`, so the numbers
+in a bundle's edgecls.json and the numbers `eval` prints on the Pi come from the same code. No TensorFlow
+here: this module runs on the device.
+"""
 from __future__ import annotations
+
+import contextlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from edgecls.metrics import agreement, confusion, per_class_accuracy
+
+Predict = Callable[[np.ndarray], np.ndarray]   # (N,H,W,3) uint8 → (N,classes) probabilities
+
+
+@dataclass
+class Measured:
+    probs: np.ndarray
+    latency_ms: float     # median over single images: what one camera frame costs on this host
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, total: int, enabled: bool = True):
+    """`with progress_bar(...) as advance: advance(done, total)` — a rich bar on stderr, or nothing."""
+    if not enabled or total <= 0:
+        yield lambda done, total=None: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(description, total=total)
+
+        def advance(done: int, total_: int | None = None):
+            bar.update(task, completed=done, total=total_ or total)
+
+        yield advance
+
+
+def measure(predict: Predict, pixels: np.ndarray, progress=None) -> Measured:
+    """Run `predict` one image at a time (batch 1, as on a camera) and time each call."""
+    predict(pixels[:1])   # warm-up: first call allocates / JIT-compiles
+    probs, times = [], []
+    for i in range(len(pixels)):
+        t0 = time.perf_counter()
+        probs.append(np.asarray(predict(pixels[i:i + 1]), np.float32).reshape(1, -1))
+        times.append(time.perf_counter() - t0)
+        if progress:
+            progress(i + 1, len(pixels))
+    return Measured(np.concatenate(probs, 0), float(np.median(times) * 1000.0))
+
+
+def parity(results: dict[str, Measured], y: np.ndarray, labels: list[str], reference: str | None) -> dict[str, dict]:
+    """Per result: top-1 accuracy, agreement with `reference`, per-class accuracy and its delta (pp) vs reference."""
+    n = len(labels)
+    ref_pred = results[reference].probs.argmax(1) if reference in results else None
+    ref_pc = per_class_accuracy(y, ref_pred, n) if ref_pred is not None else None
+    rows = {}
+    for key, m in results.items():
+        pred = m.probs.argmax(1)
+        pc = per_class_accuracy(y, pred, n)
+        row = {"accuracy": float((pred == y).mean()) if len(y) else 0.0,
+               "agreement": agreement(pred, ref_pred) if ref_pred is not None else None,
+               "latency_ms": round(m.latency_ms, 3),
+               "per_class_accuracy": {labels[i]: _num(pc[i]) for i in range(n)},
+               "per_class_delta": ({labels[i]: _num((pc[i] - ref_pc[i]) * 100.0) for i in range(n)}
+                                   if ref_pc is not None else None),
+               "confusion": confusion(y, pred, n).tolist(),
+               "predictions": pred.tolist()}
+        rows[key] = row
+    return rows
+
+
+def _num(v) -> float | None:
+    return None if v is None or np.isnan(v) else round(float(v), 4)
+
+
+def worst_class_delta(row: dict) -> tuple[str, float] | None:
+    deltas = {k: v for k, v in (row.get("per_class_delta") or {}).items() if v is not None}
+    if not deltas:
+        return None
+    k = min(deltas, key=deltas.get)
+    return k, deltas[k]
+
+
+def table(rows: dict[str, dict], reference: str | None, sizes: dict[str, int] | None = None, title: str = "",
+          reference_accuracy: float | None = None):
+    """The parity table as a rich Table (print it with a rich Console)."""
+    from rich.table import Table
+
+    t = Table(title=title or None)
+    for col in ("model", "top-1", "Δ vs float (pp)", "agreement", "worst class Δ (pp)", "latency ms", "size"):
+        t.add_column(col, justify="left" if col == "model" else "right")
+    ref_acc = rows[reference]["accuracy"] if reference in rows else reference_accuracy
+    for key, r in rows.items():
+        drop = "" if ref_acc is None or key == reference else f"{(r['accuracy'] - ref_acc) * 100:+.2f}"
+        agree = "" if r.get("agreement") is None or key == reference else f"{r['agreement'] * 100:.1f}%"
+        worst = worst_class_delta(r) if key != reference else None
+        size = (sizes or {}).get(key)
+        t.add_row(key, f"{r['accuracy'] * 100:.2f}%", drop, agree,
+                  f"{worst[1]:+.1f} ({worst[0]})" if worst else "", f"{r['latency_ms']:.2f}",
+                  f"{size / 1e6:.2f} MB" if size else "")
+    return t
+
+
+def float_reference(keys: list[str]) -> str | None:
+    """The float artifact agreement is measured against: TFLite float first, as the device runs it."""
+    from edgecls.formats import FORMATS
+
+    return next((f.key for f in FORMATS if f.precision == "float" and f.key in keys), None)
+
+
+# ---------------------------------------------------------------- the `eval` command
+
+def evaluate(bundle_dir: str, data_dir: str, family: str | None = None, precision: str | None = None,
+             threads: int | None = None, show_progress: bool = True) -> dict:
+    """Run the bundle's artifacts on every image of `data_dir` (classes must be the bundle's labels)."""
+    from edgecls.bundle import load_bundle
+    from edgecls.dataset import load_arrays, scan
+    from edgecls.device.runtime import load_model
+    from edgecls.errors import EdgeclsError
+
+    bundle = load_bundle(bundle_dir)
+    keys = [k for k, a in bundle.artifacts.items()
+            if (family is None or a.fmt.family == family) and (precision is None or a.fmt.precision == precision)]
+    if not keys:
+        raise EdgeclsError(f"bundle {bundle.root} has no artifact matching --format {family or 'any'} "
+                           f"--precision {precision or 'any'} (it has: {', '.join(bundle.artifacts) or 'none'})")
+    reference = float_reference(list(bundle.artifacts))
+    run_keys = keys + ([reference] if reference and reference not in keys else [])
+    with progress_bar("checking images", 1, show_progress) as advance:
+        found = scan(data_dir, classes=bundle.labels, progress=advance)
+    if not found.items:
+        raise EdgeclsError(f"no images to evaluate in {data_dir}")
+    with progress_bar("loading images", len(found.items), show_progress) as advance:
+        x, y = load_arrays(found.root, found.items, bundle.spec, progress=advance)
+    results, runtimes = {}, {}
+    for key in run_keys:
+        art = bundle.artifacts[key]
+        model = load_model(bundle, art.fmt.family, art.fmt.precision, threads=threads)
+        runtimes[key] = model.runtime
+        with progress_bar(f"eval {key}", len(x), show_progress) as advance:
+            results[key] = measure(model.predict, x, advance)
+    rows = parity(results, y, bundle.labels, reference)
+    artifacts = {}
+    for key in keys:
+        r = rows[key]
+        artifacts[key] = {"runtime": runtimes[key], "accuracy": r["accuracy"], "agreement": r["agreement"],
+                          "latency_ms": r["latency_ms"], "per_class_accuracy": r["per_class_accuracy"],
+                          "per_class_delta": r["per_class_delta"], "confusion": r["confusion"],
+                          "predictions": r["predictions"], "bytes": bundle.artifacts[key].path.stat().st_size}
+    return {"bundle": str(bundle.root), "data": str(found.root), "classes": bundle.labels,
+            "reference": reference, "reference_accuracy": rows[reference]["accuracy"] if reference else None, "files": [rel for rel, _ in found.items], "labels": y.tolist(),
+            "skipped": [{"file": f, "reason": r} for f, r in found.skipped], "artifacts": artifacts}
 
 
 def register(app) -> None:
-    pass
+    import typer
+
+    @app.command("eval")
+    def eval_command(
+        bundle: Path = typer.Argument(..., help="Bundle folder (written by `edgecls export`)."),
+        data_dir: Path = typer.Argument(..., help="Image folder: DATA_DIR/<class>/<image>, classes = the bundle's labels."),
+        format: str = typer.Option(None, "--format", help="Only this family: tflite or onnx (default: all)."),
+        precision: str = typer.Option(None, "--precision", help="Only this precision: int8 or float (default: all)."),
+        threads: int = typer.Option(None, "--threads", help="Inference threads (default: all cores)."),
+        as_json: bool = typer.Option(False, "--json", help="Print machine-readable results (per-image predictions)."),
+    ):
+        """Rerun the float-vs-int8 parity table on any image folder, with the device runtime only (no TensorFlow)."""
+        from edgecls.errors import EdgeclsError
+        from edgecls.formats import FAMILIES, PRECISIONS
+
+        if format is not None and format not in FAMILIES:
+            raise EdgeclsError(f"unknown --format {format!r}; expected one of {', '.join(FAMILIES)}")
+        if precision is not None and precision not in PRECISIONS:
+            raise EdgeclsError(f"unknown --precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+        out = evaluate(str(bundle), str(data_dir), format, precision, threads, show_progress=not as_json)
+        if as_json:
+            typer.echo(json.dumps(out))
+            return
+        from rich.console import Console
+
+        rows = out["artifacts"]
+        sizes = {k: v["bytes"] for k, v in rows.items()}
+        Console().print(table(rows, out["reference"], sizes, reference_accuracy=out["reference_accuracy"],
+                              title=f"{len(out['files'])} images from {out['data']} — top-1 vs the bundle's float model"))
+        if out["skipped"]:
+            typer.echo(f"skipped {len(out['skipped'])} file(s) that are not readable images", err=True)

@@ -1,0 +1,88 @@
+"""Keras → ONNX float (tf2onnx), and ONNX int8 as QDQ (onnxruntime `quantize_static`).
+
+Per-channel weights are not optional: per-tensor QDQ measured 0.416 vs 0.798 top-1 on MobileNetV2
+here. Labels and preprocessing are embedded as metadata so the .onnx file is usable on its own.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+OPSET = 17
+INPUT_NAME = "pixels"
+
+
+def to_float(model, spec, dest: Path) -> Path:
+    import tensorflow as tf
+    import tf2onnx
+
+    sig = [tf.TensorSpec([None, spec.height, spec.width, 3], tf.float32, name=INPUT_NAME)]
+    proto, _ = tf2onnx.convert.from_keras(model, input_signature=sig, opset=OPSET)
+    dest.write_bytes(proto.SerializeToString())
+    return dest
+
+
+class _Calibration:
+    """onnxruntime CalibrationDataReader over prepared training images (raw pixels, float32)."""
+
+    def __init__(self, images: Iterable[np.ndarray], input_name: str):
+        self._it = iter([{input_name: np.asarray(x, np.float32)[None]} for x in images])
+
+    def get_next(self):
+        return next(self._it, None)
+
+    def rewind(self):  # onnxruntime calls this only for multi-pass calibrators; one pass is all we use
+        pass
+
+
+def to_int8(float_onnx: Path, calib: Iterable[np.ndarray], dest: Path) -> Path:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    reader = type("Reader", (_Calibration, CalibrationDataReader), {})(calib, INPUT_NAME)
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        # Shape inference + graph fusion first, as onnxruntime recommends before static quantisation.
+        quant_pre_process(str(float_onnx), str(pre), skip_symbolic_shape=False)
+        quantize_static(str(pre), str(dest), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    return dest
+
+
+def embed_metadata(path: Path, labels: list[str], preprocessing: dict, extra: dict | None = None) -> None:
+    """Write labels and the preprocessing contract into the model's metadata_props (in place)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    props = {"edgecls.labels": json.dumps(labels), "edgecls.preprocessing": json.dumps(preprocessing),
+             **{f"edgecls.{k}": json.dumps(v) for k, v in (extra or {}).items()}}
+    kept = [p for p in model.metadata_props if p.key not in props]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    onnx.helper.set_model_props(model, {**{p.key: p.value for p in kept}, **props})
+    path.write_bytes(model.SerializeToString())
+
+
+def read_metadata(path: Path) -> dict:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return {p.key[len("edgecls."):]: json.loads(p.value) for p in model.metadata_props if p.key.startswith("edgecls.")}
+
+
+def io_details(path: Path) -> dict:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    names = {1: "float32", 2: "uint8", 3: "int8"}
+
+    def one(v):
+        t = v.type.tensor_type
+        shape = [d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim]
+        return {"dtype": names.get(t.elem_type, str(t.elem_type)), "shape": shape, "scale": 0.0, "zero_point": 0}
+
+    return {"input": one(model.graph.input[0]), "output": one(model.graph.output[0])}

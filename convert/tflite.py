@@ -1,0 +1,81 @@
+"""Keras → TFLite: float, and full-integer int8 (weights, activations and I/O).
+
+Conversion goes through a SavedModel with fixed batch-1 signatures: faster than converting from
+Keras here, and batch 1 is the shape a camera loop feeds. The model takes raw pixels 0..255; the int8
+signature declares that range with a fake-quant op on the input, so the int8 model's input scale is
+exactly 1.0 (zero point 0 for uint8, -128 for int8) whatever the calibration images' brightest pixel
+was — camera pixels go in as they are, with no rounding.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+IO_DTYPES = ("uint8", "int8")
+
+
+FLOAT_SIGNATURE = "serving_default"
+PIXELS_SIGNATURE = "pixels8"   # same model, input declared as 8-bit pixels 0..255
+
+
+def save_batch1(model, spec, dest: Path) -> Path:
+    """SavedModel of `model` with two signatures taking (1,H,W,3) float32 raw pixels."""
+    import tensorflow as tf
+
+    shape = tf.TensorSpec([1, spec.height, spec.width, 3], tf.float32, name="pixels")
+    plain = tf.function(lambda x: model(x, training=False)).get_concrete_function(shape)
+    # Identity on integer pixels 0..255; tells the converter the input range is exactly 8-bit.
+    pixels8 = tf.function(lambda x: model(tf.quantization.fake_quant_with_min_max_args(
+        x, min=0.0, max=255.0, num_bits=8), training=False)).get_concrete_function(shape)
+    tf.saved_model.save(model, str(dest), signatures={FLOAT_SIGNATURE: plain, PIXELS_SIGNATURE: pixels8})
+    return dest
+
+
+def _converter(saved_model: Path, signature: str):
+    import tensorflow as tf
+
+    return tf.lite.TFLiteConverter.from_saved_model(str(saved_model), signature_keys=[signature])
+
+
+def to_float(saved_model: Path) -> bytes:
+    return _converter(saved_model, FLOAT_SIGNATURE).convert()
+
+
+def to_int8(saved_model: Path, calib: Iterable[np.ndarray], io_dtype: str = "uint8") -> bytes:
+    """Full-integer model. `calib` yields (H,W,3) uint8 training images (the representative dataset).
+
+    For a QAT SavedModel the fake-quant ranges are used where present and `calib` covers the rest
+    (layers left float during QAT, e.g. the in-model Rescaling).
+    """
+    import tensorflow as tf
+
+    samples = [np.asarray(x, np.float32)[None] for x in calib]
+
+    def representative():
+        for s in samples:
+            yield [s]
+
+    conv = _converter(saved_model, PIXELS_SIGNATURE)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = representative
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv.inference_input_type = getattr(tf, io_dtype)
+    conv.inference_output_type = getattr(tf, io_dtype)
+    return conv.convert()
+
+
+def io_details(path: Path) -> dict:
+    """{"input": {...}, "output": {...}} as edgecls.json records them, read back from the file itself."""
+    from edgecls.device.runtime import tflite_interpreter_class
+
+    Interpreter, _ = tflite_interpreter_class()
+    interp = Interpreter(model_path=str(path))
+
+    def one(d):
+        scale, zp = d["quantization"]
+        return {"dtype": np.dtype(d["dtype"]).name, "shape": [int(v) for v in d["shape"]],
+                "scale": float(scale), "zero_point": int(zp)}
+
+    return {"input": one(interp.get_input_details()[0]), "output": one(interp.get_output_details()[0])}
