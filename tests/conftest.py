@@ -15,8 +15,45 @@ WEIGHTS = SHARED / "weights"
 REFERENCE = WEIGHTS / "reference"
 
 
+MNV2_WEIGHTS = WEIGHTS / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+
+
 def pytest_configure(config):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def cli(*args, env=None, timeout=900, cwd=None):
+    """Run the real `edgecls` command in a subprocess (fresh TensorFlow state, real exit codes)."""
+    import subprocess
+    import sys
+
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "edgecls", *map(str, args)], capture_output=True, text=True,
+                          env=full_env, timeout=timeout, cwd=cwd)
+
+
+@pytest.fixture(scope="session")
+def keras_home(tmp_path_factory, shared) -> Path:
+    """A Keras cache holding the shared MobileNetV2 weights under the name Keras looks for (offline 'imagenet')."""
+    home = tmp_path_factory.mktemp("keras_home")
+    (home / "models").mkdir()
+    (home / "models" / MNV2_WEIGHTS.name).symlink_to(MNV2_WEIGHTS)
+    os.environ["KERAS_HOME"] = str(home)  # subprocesses inherit it
+    return home
+
+
+TINY_TRAIN_ARGS = ("--img-size", "96", "--epochs", "3", "--fine-tune-epochs", "3", "--max-images-per-class", "40",
+                   "--batch-size", "32")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, keras_home) -> Path:
+    """A real, small training run on the shared digits (MobileNetV2 1.0, ImageNet weights, 96 px, ~30 s)."""
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    r = cli("train", DIGITS, "--out", out, *TINY_TRAIN_ARGS)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -109,6 +109,7 @@ def test_run_headless_console_save_and_threshold(reference_bundle, photos_video,
     assert any("uncertain" in line for line in lines[3:])  # the cat is ~75% sure: below 0.95
     assert "6 frames" in p.stderr and "latency p50" in p.stderr
     cap = cv2.VideoCapture(str(out))
+    assert cap.get(cv2.CAP_PROP_FPS) == 5  # the source video's rate
     n = 0
     while cap.read()[0]:
         n += 1

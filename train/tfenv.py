@@ -28,12 +28,11 @@ def import_tf():
     n = int(os.environ.get(_CPU_DEVICES_ENV, "0") or 0)
     if n > 1:
         cpus = tf.config.list_physical_devices("CPU")
-        try:
-            if len(tf.config.list_logical_devices("CPU")) < n:
-                tf.config.set_logical_device_configuration(
-                    cpus[0], [tf.config.LogicalDeviceConfiguration() for _ in range(n)])
+        try:  # (listing logical devices would initialise them: configure first)
+            tf.config.set_logical_device_configuration(
+                cpus[0], [tf.config.LogicalDeviceConfiguration() for _ in range(n)])
         except RuntimeError:
-            pass  # already initialised: keep what exists
+            pass  # already initialised in this process: keep what exists
     return tf, keras
 
 

@@ -72,16 +72,17 @@ class _State:
 
     @property
     def last(self) -> Path:
-        return self.dir / "last.weights.h5"
+        return self.dir / "last.h5"
 
     @property
     def best(self) -> Path:
-        return self.dir / "best.weights.h5"
+        return self.dir / "best.h5"
 
 
 def _save_weights_atomic(model, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".partial-{path.name}")  # keeps the .weights.h5 ending that selects the format
+    # Legacy HDF5 weights (not .weights.h5): that loader also restores MirroredStrategy's on-read variables.
+    tmp = path.with_name(f".partial-{path.name}")
     model.save_weights(str(tmp))
     os.replace(tmp, path)
 
@@ -231,7 +232,8 @@ def train(cfg: TrainConfig | None, out: Path, force: bool = False, resume: bool 
             if phase != state.data["phase"]:
                 state.data.update(phase=phase, epoch=0, phase_best=-1.0, phase_best_epoch=-1)
                 if state.best.is_file():  # continue from the best weights so far, not the last ones
-                    model.load_weights(str(state.best))
+                    with strategy.scope():
+                        model.load_weights(str(state.best))
                 state.save()
             with strategy.scope():
                 set_phase(model, phase, fine_tune_at, from_scratch=weights is None)
@@ -242,7 +244,8 @@ def train(cfg: TrainConfig | None, out: Path, force: bool = False, resume: bool 
                       class_weight=class_weight, callbacks=[_callback(keras, state, phase, cfg.patience, bar)])
 
     if state.best.is_file():
-        model.load_weights(str(state.best))
+        with strategy.scope():
+            model.load_weights(str(state.best))
     classes = data.classes
     metrics = {}
     for s in ("val", "test"):

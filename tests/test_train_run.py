@@ -1,0 +1,81 @@
+"""Real training runs: the run folder's contents, interrupt + resume, and the multi-device path."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from edgecls.run import load_run
+
+from conftest import DIGITS, cli
+
+
+def test_tiny_run_folder_holds_everything(tiny_run):
+    run = load_run(tiny_run)
+    meta = run.meta
+    for f in ("model.keras", "labels.txt", "run.json", "splits.json", "history.png", "confusion.png"):
+        assert (tiny_run / f).is_file(), f
+    assert not (tiny_run / ".checkpoint").exists()
+    assert run.labels == [str(i) for i in range(10)]
+    assert (tiny_run / "labels.txt").read_text().split() == run.labels
+    parts = {k: {r for r, _ in run.split_items(k)} for k in ("train", "val", "test")}
+    assert not (parts["train"] & parts["test"] or parts["val"] & parts["test"] or parts["train"] & parts["val"])
+    assert meta["dataset"]["skipped"] and all(s["reason"] for s in meta["dataset"]["skipped"])
+    assert len(meta["dataset"]["content_hash"]) == 64
+    assert meta["versions"]["tensorflow"].startswith("2.")
+    assert meta["preprocessing"]["height"] == 96 and meta["preprocessing"]["in_model"] is True
+    assert [h["phase"] for h in meta["history"]] == ["head"] * 3 + ["finetune"] * 3
+    test = meta["metrics"]["test"]
+    assert test["n"] == len(parts["test"]) and len(test["confusion"]) == 10
+    assert set(test["per_class"]["3"]) == {"precision", "recall", "f1", "support"}
+    # ImageNet features make even this 6-epoch, 40-images-per-class run far better than chance (0.1).
+    assert test["accuracy"] > 0.5, test["accuracy"]
+
+
+def test_json_summary_and_model_loads_without_custom_code(tiny_run):
+    from edgecls.train.tfenv import import_tf
+
+    tf, keras = import_tf()
+    model = keras.models.load_model(tiny_run / "model.keras")
+    assert model.output_shape == (None, 10)
+
+
+def test_interrupt_then_resume_completes_the_run(tmp_path, keras_home):
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "edgecls", "train", str(DIGITS), "--out", str(out), "--img-size", "96",
+            "--epochs", "3", "--fine-tune-epochs", "1", "--max-images-per-class", "15", "--patience", "10"]
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+    state = out / ".checkpoint" / "state.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and p.poll() is None:
+        if state.is_file() and json.loads(state.read_text())["epoch"] >= 1:
+            break
+        time.sleep(0.2)
+    assert p.poll() is None, "training finished before it could be interrupted"
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode != 0
+    assert "--resume" in err and "Traceback" not in err
+    saved = json.loads(state.read_text())
+    assert json.loads((out / "run.json").read_text())["status"] == "running"
+    r = cli("train", "--resume", out, "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    summary = json.loads(r.stdout)
+    assert summary["status"] == "complete"
+    meta = json.loads((out / "run.json").read_text())
+    # The epochs done before the interrupt are kept, and the plan was completed, not restarted.
+    assert meta["history"][:len(saved["history"])] == saved["history"]
+    assert [h["phase"] for h in meta["history"]] == ["head"] * 3 + ["finetune"]
+    assert not (out / ".checkpoint").exists()
+    assert "already finished" in cli("train", "--resume", out).stderr
+
+
+def test_mirrored_strategy_on_two_logical_cpus(tmp_path, keras_home):
+    out = tmp_path / "run"
+    r = cli("train", DIGITS, "--out", out, "--img-size", "96", "--epochs", "1", "--fine-tune-epochs", "1",
+            "--max-images-per-class", "10", "--strategy", "mirrored", env={"EDGECLS_CPU_DEVICES": "2"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    training = json.loads((out / "run.json").read_text())["training"]
+    assert training["strategy"] == "MirroredStrategy"
+    assert len(training["devices"]) == 2
