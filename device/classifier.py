@@ -35,6 +35,12 @@ class Result:
         return self.label == UNCERTAIN
 
 
+def rank(probs: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest probabilities; ties go to the lower class index, as argmax (and `eval`) does.
+    (uint8 outputs are quantised to 1/256 steps, so exact ties do happen.)"""
+    return np.argsort(-probs, kind="stable")[:k]
+
+
 class Classifier:
     def __init__(self, bundle_path, family: str | None = None, precision: str | None = None,
                  threads: int | None = None, top_k: int = 3, smooth: int = 1, threshold: float = 0.0):
@@ -64,7 +70,7 @@ class Classifier:
         self._history.append(probs)
         if len(self._history) > 1:
             probs = np.mean(self._history, axis=0)
-        order = np.argsort(probs)[::-1][:self.top_k]
+        order = rank(probs, self.top_k)
         top = [(self.labels[i], float(probs[i])) for i in order]
         best, conf = int(order[0]), float(probs[order[0]])
         label = self.labels[best] if conf >= self.threshold else UNCERTAIN

@@ -95,6 +95,7 @@ class VideoFileSource(Source):
     def __init__(self, path: Path, opts: SourceOptions):
         self.path, self.name, self.opts = path, str(path), opts
         self.cap = CvCapture(str(path))
+        self.fps = self.cap.cap.get(cv2.CAP_PROP_FPS) or None  # what --save writes at, to keep the timing
 
     def __iter__(self) -> Iterator[Frame]:
         index = 0
