@@ -1,6 +1,8 @@
 """Live statistics: frames per second and capture-to-result latency percentiles, in constant memory."""
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 WINDOW = 4096  # latencies kept for the percentiles: the most recent frames, fixed memory for a 24/7 run
@@ -17,8 +19,11 @@ class LiveStats:
         self._win_start, self._win_frames, self.fps_now = 0.0, 0, 0.0
 
     def update(self, t_capture: float, t_done: float, infer_ms: float) -> None:
+        # CPU time of the whole process (all threads): what a frame costs even when other programs share the CPU.
+        self.cpu_last = time.process_time()
         if self.t_start is None:
             self.t_start = self._win_start = t_capture
+            self.cpu_first = self.cpu_last
         i = self.frames % WINDOW
         self._lat[i], self._inf[i] = (t_done - t_capture) * 1000.0, infer_ms
         self.frames += 1
@@ -41,8 +46,12 @@ class LiveStats:
         n = min(self.frames, WINDOW)
         return float(np.percentile(arr[:n], q)) if n else 0.0
 
+    @property
+    def cpu_ms_per_frame(self) -> float:
+        return 0.0 if self.frames < 2 else (self.cpu_last - self.cpu_first) * 1000.0 / (self.frames - 1)
+
     def summary(self) -> dict:
-        return {"frames": self.frames, "fps": round(self.fps, 2),
+        return {"frames": self.frames, "fps": round(self.fps, 2), "cpu_ms_per_frame": round(self.cpu_ms_per_frame, 3),
                 "latency_ms_p50": round(self._pct(self._lat, 50), 2),
                 "latency_ms_p95": round(self._pct(self._lat, 95), 2),
                 "infer_ms_p50": round(self._pct(self._inf, 50), 2),
