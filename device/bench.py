@@ -35,7 +35,7 @@ def bench_input(bundle: Bundle, seed: int = 0) -> np.ndarray:
 
 
 def bench_bundle(bundle: Bundle, threads: list[int], runs: int = 50, warmup: int = 5,
-                 keys: list[str] | None = None, progress=None, block: int = 5) -> list[dict]:
+                 keys: list[str] | None = None, progress=None, block: int = 10) -> list[dict]:
     """One row per (artifact present in the bundle, in FORMATS order) × thread count.
 
     All rows are loaded first and then timed in turns, `block` calls each, until every row has `runs` calls:
