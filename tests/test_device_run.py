@@ -232,10 +232,18 @@ def digits(request):
         pytest.skip("no digits_bundle fixture in conftest.py yet")
 
 
-def test_digits_video_agrees_with_per_image_predictions(digits, shared, tmp_path):
-    """A lossless video made from dataset photos, run headless: the very answers the model gives the photos."""
+def test_digits_video_agrees_with_eval_on_the_same_images(digits, shared, tmp_path):
+    """A lossless video made from dataset photos, run headless: the answers `edgecls eval` gives the photos."""
     b = load_bundle(digits)
-    files = [p for c in b.labels for p in sorted((shared / "data" / "sign_language_digits" / c).glob("*.JPG"))[-3:]]
+    fmt = b.artifact(verify=False).fmt
+    folder = tmp_path / "images"
+    files = []
+    for c in b.labels:
+        photos = [f for f in sorted((shared / "data" / "sign_language_digits" / c).glob("*.JPG"))[-5:]
+                  if cv2.imread(str(f)).shape[:2] == (100, 100)]  # video frames = their exact pixels
+        for src in photos[:3]:
+            (folder / c).mkdir(parents=True, exist_ok=True)
+            files.append(Path(shutil.copy(src, folder / c / src.name)))
     video = tmp_path / "digits.mkv"
     w = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"FFV1"), 10, (100, 100))  # lossless: same pixels
     for f in files:
@@ -244,8 +252,12 @@ def test_digits_video_agrees_with_per_image_predictions(digits, shared, tmp_path
     p = edgecls("run", digits, video, "--json", "--top-k", "1")
     assert p.returncode == 0, p.stderr
     recs, summary = json_lines(p.stdout)
-    model = load_model(b)
-    frames = [cv2.resize(load_rgb(f), (100, 100), interpolation=cv2.INTER_AREA) for f in files]
-    direct = [b.labels[int(model.predict(prepare(x, b.spec)[None])[0].argmax())] for x in frames]
     assert summary["frames"] == len(files)
-    assert [r["label"] for r in recs] == direct
+    ev = edgecls("eval", digits, folder, "--json", "--format", fmt.family, "--precision", fmt.precision)
+    assert ev.returncode == 0, ev.stderr
+    out = json.loads(ev.stdout)
+    by_file = {Path(rel).name: b.labels[i] for rel, i in zip(out["files"], out["artifacts"][fmt.key]["predictions"])}
+    assert [r["label"] for r in recs] == [by_file[f.name] for f in files]
+    folder_run = edgecls("run", digits, folder, "--json", "--top-k", "1")
+    frecs, _ = json_lines(folder_run.stdout)
+    assert {Path(r["file"]).name: r["label"] for r in frecs} == by_file
