@@ -210,7 +210,6 @@ class LiveSource(Source):
             cap.release()
 
 
-
 def _image_files(folder: Path) -> list[Path]:
     out = []
     for dirpath, dirnames, filenames in os.walk(folder):

@@ -203,6 +203,31 @@ def test_live_run_stops_cleanly_on_signals_and_releases_the_stream(reference_bun
         cam.close()
 
 
+def test_run_serves_the_annotated_mjpeg_stream_on_localhost(reference_bundle, photos_video):
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:  # a free port for the child to bind
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    video, _ = photos_video
+    proc = subprocess.Popen([sys.executable, "-c", WRAPPER, "run", str(reference_bundle), str(video), "--loop",
+                             "--json", "--stream", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=ENV)
+    try:
+        for _ in range(3):
+            json.loads(proc.stdout.readline())
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/frame.jpg", timeout=10) as resp:
+            img = cv2.imdecode(np.frombuffer(resp.read(), np.uint8), cv2.IMREAD_COLOR)
+        assert img.shape == (240, 320, 3)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+        assert proc.returncode == 0 and f"streaming on http://127.0.0.1:{port}/" in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 def test_bench_json_rows_per_artifact_and_thread(reference_bundle):
     p = edgecls("bench", reference_bundle, "--threads", "1,2", "--runs", "5", "--warmup", "1", "--json")
     assert p.returncode == 0, p.stderr

@@ -138,6 +138,7 @@ def test_orientation_flips_and_rotates():
 @pytest.mark.parametrize("uri, msg", [("/nonexistent/video.mp4", "source not found"),
                                       ("usb:x", "camera number"),
                                       ("/dev/video99", "camera not found"),
+                                      ("usb:7", "cannot open video source 7"),
                                       ("/nonexistent/*.jpg", "no image files match"),
                                       ("http://127.0.0.1:1/stream", "cannot open")])
 def test_unopenable_sources_raise_one_clear_error(uri, msg):
