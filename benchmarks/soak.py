@@ -5,7 +5,8 @@
 Runs the real command (`--loop --max-frames N --json --stream 0`: JSON lines plus the overlay and JPEG
 encoding of the MJPEG stream on a random localhost port) and samples the child's VmRSS from /proc as frames go
 by. "start" is after a warm-up (--warmup frames, when lazily allocated buffers exist); "end" is the last frame.
-Exit 1 if RSS grew by more than --max-growth-mb from start to end.
+Exit 1 if RSS grew by more than --max-growth-mb from start to end. `--live` soaks the live path instead: the
+video is served as an MJPEG camera stream on localhost and read by the capture thread (newest frame only).
 """
 from __future__ import annotations
 
@@ -29,6 +30,30 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def serve_as_camera(video: Path, fps: float = 100.0) -> str:
+    """Publish the video's frames, looping, as an MJPEG stream on 127.0.0.1 (a camera stand-in); its URL."""
+    import threading
+
+    import cv2
+
+    from edgecls.device.mjpeg import MjpegServer
+
+    cap = cv2.VideoCapture(str(video))
+    frames = [f for ok, f in iter(cap.read, (False, None)) if ok]
+    cap.release()
+    server = MjpegServer("127.0.0.1", 0)
+
+    def pump():
+        i = 0
+        while True:
+            server.publish(frames[i % len(frames)])
+            i += 1
+            time.sleep(1.0 / fps)
+
+    threading.Thread(target=pump, daemon=True).start()
+    return f"http://127.0.0.1:{server.port}/stream"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("bundle", type=Path)
@@ -38,10 +63,13 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=2000)
     ap.add_argument("--warmup", type=int, default=500)
     ap.add_argument("--max-growth-mb", type=float, default=8.0)
+    ap.add_argument("--live", action="store_true",
+                    help="serve the video as an MJPEG camera stream on localhost and soak the live-source path")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         video = args.video or make_video(Path(tmp) / "soak.avi", 200)
-        cmd = [sys.executable, "-m", "edgecls", "run", str(args.bundle), str(video), "--loop", "--json",
+        source = serve_as_camera(video) if args.live else str(video)
+        cmd = [sys.executable, "-m", "edgecls", "run", str(args.bundle), source, "--loop", "--json",
                "--max-frames", str(args.frames), "--threads", str(args.threads), "--stream", "0"]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         samples: list[tuple[int, float]] = []
