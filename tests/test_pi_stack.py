@@ -26,7 +26,7 @@ CHECK = ROOT / "tools" / "pi_stack" / "check.py"
 sys.path.insert(0, str(CHECK.parent))
 import check as pi_check  # noqa: E402  (tools/pi_stack/check.py: stdlib only)
 
-IMAGES_PER_CLASS = 8   # of the digits: 80 images, so one disagreement still reads 98.8% (< 99% fails)
+IMAGES_PER_CLASS = 5   # of the digits: 50 images, so the >= 99% agreement bar means every one
 
 
 def digits_subset(dest: Path, per_class: int) -> Path:
@@ -109,7 +109,9 @@ def test_every_check_passes_on_a_pi4(pi_a72):
 @pytest.mark.parametrize("artifact", ["tflite-int8", "onnx-int8"])
 def test_top1_agrees_with_the_host(pi_case, pi_a72, env, artifact):
     rc, out, rows, _ = pi_a72
-    commands = pi_case[2]
+    commands = [k for k in pi_case[2] if k == "eval" or artifact in pi_check.RUN_ARTIFACTS[env]]
+    if not commands:
+        pytest.skip(f"`edgecls run` in the {env} env runs {', '.join(pi_check.RUN_ARTIFACTS[env])} only")
     for kind in commands:
         [row] = rows_where(rows, cpu="cortex-a72", env=env, check=f"{kind} {artifact}")
         [host] = rows_where(rows, cpu="host", check=f"{kind} {artifact}")
@@ -130,14 +132,14 @@ def test_doctor_names_the_runtime_and_the_numpy_trap(pi_a72):
 
 
 def test_pi3_cortex_a53_gives_the_same_answers(pi_case, pi_a72):
-    """A second CPU model (Pi 3 / Zero 2 W): the LiteRT env, `edgecls run` on every int8 artifact."""
+    """A second CPU model (Pi 3 / Zero 2 W): the LiteRT env, `edgecls run` on the default int8 TFLite."""
     bundle, images, _ = pi_case
     launcher = pi_a72[3]
     assert launcher, pi_a72[1]
     rc, out, rows, _ = run_check(str(bundle), str(images), "--cpus", "cortex-a53", "--envs", "litert",
-                                 "--commands", "run", "--pi-python", launcher)
+                                 "--commands", "run", "--formats", "tflite-int8", "--pi-python", launcher)
     pi_rows = rows_where(rows, cpu="cortex-a53")
-    assert rc == 0 and len(pi_rows) >= 3, out   # doctor + run for tflite-int8 and onnx-int8
+    assert rc == 0 and [r["check"] for r in pi_rows] == ["cpu features", "doctor", "run tflite-int8"], out
     assert all(r["ok"] for r in pi_rows), out
 
 

@@ -18,6 +18,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,7 +27,16 @@ HERE = Path(__file__).resolve().parent
 INT8_ARTIFACTS = {"tflite-int8": "tflite", "onnx-int8": "onnx"}   # bundle artifact key -> --format
 # Environment -> the TFLite runtime `edgecls doctor` must report there (see build.sh).
 ENVS = {"litert": "ai-edge-litert", "tflite": "tflite-runtime"}
+# `edgecls run` per environment: the tflite env exists for the TFLite fallback (its onnxruntime is the
+# litert env's, and `eval` there covers ONNX under NumPy 1 already), so it runs the TFLite artifact only.
+RUN_ARTIFACTS = {"litert": tuple(INT8_ARTIFACTS), "tflite": ("tflite-int8",)}
 TRAP_ENV = "tflite-np2"
+# The ARMv8.2 dot-product instructions (SDOT/UDOT) a Pi 4 / Pi 3 lacks: seeing them means QEMU_CPU was
+# not applied, and the default `max` CPU would hide a wheel that crashes with SIGILL on the real board.
+NO_DOTPROD_CPUS = ("cortex-a72", "cortex-a53")
+CPU_FEATURES = ("try:\n from numpy._core._multiarray_umath import __cpu_features__ as f\n"
+                "except ImportError:\n from numpy.core._multiarray_umath import __cpu_features__ as f\n"
+                "import platform; print(platform.machine(), *sorted(k for k, v in f.items() if v))")
 COMMAND_TIMEOUT_S = 900
 
 
@@ -162,16 +172,53 @@ def check_trap_run(proc: Proc) -> tuple[bool, str]:
         return False, "exited 0 although tflite-runtime cannot run under NumPy 2"
     if not lines or not lines[-1].startswith("edgecls: error:"):
         return False, f"exit {proc.rc} without the one-line error: {lines[-1] if lines else ''}"
-    note = "" if "numpy" in lines[-1].lower() else " [the message does not name NumPy]"
-    return True, lines[-1] + note
+    if "numpy" not in lines[-1].lower():
+        return False, f"the error does not name NumPy: {lines[-1]}"
+    if "Traceback" in proc.err:
+        return False, f"printed a traceback before: {lines[-1]}"
+    return True, lines[-1]
 
 
-def int8_formats(bundle: Path) -> dict[str, str]:
+def check_cpu(proc: Proc, cpu: str) -> tuple[bool, str]:
+    if proc.rc != 0:
+        return False, f"exit {proc.rc}: {proc.last_err()}"
+    machine, *features = proc.out.split()
+    if machine != "aarch64":
+        return False, f"platform.machine() is {machine}"
+    if cpu in NO_DOTPROD_CPUS and "ASIMDDP" in features:
+        return False, f"the CPU has ASIMDDP (dot product): QEMU_CPU={cpu} not applied"
+    return True, f"aarch64, NumPy sees {' '.join(features)}"
+
+
+def read_manifest(bundle: Path) -> dict:
     try:
-        arts = json.loads((bundle / "edgecls.json").read_text()).get("artifacts", {})
+        return json.loads((bundle / "edgecls.json").read_text())
     except (OSError, ValueError) as e:
         raise SystemExit(f"check.py: error: cannot read {bundle}/edgecls.json: {e}")
-    return {key: fam for key, fam in INT8_ARTIFACTS.items() if key in arts}
+
+
+def int8_formats(bundle: Path, only: list[str] | None = None) -> dict[str, str]:
+    arts = read_manifest(bundle).get("artifacts", {})
+    return {key: fam for key, fam in INT8_ARTIFACTS.items() if key in arts and (not only or key in only)}
+
+
+def int8_only_bundle(bundle: Path, dest: Path) -> Path:
+    """The bundle as a Pi would carry it: the int8 artifacts only (same files, same sha256).
+
+    `edgecls eval` also runs a bundle's float model as its parity reference; emulated, that float run
+    costs more than both int8 ones together and is not what this check compares.
+    """
+    meta = read_manifest(bundle)
+    keep = {k: v for k, v in meta.get("artifacts", {}).items() if k in INT8_ARTIFACTS}
+    dest.mkdir(parents=True, exist_ok=True)
+    for art in keep.values():
+        (dest / art["file"]).unlink(missing_ok=True)
+        os.symlink(bundle / art["file"], dest / art["file"])
+    meta["artifacts"] = keep
+    if meta.get("default_artifact") not in keep:
+        meta["default_artifact"] = next(iter(keep), None)
+    (dest / "edgecls.json").write_text(json.dumps(meta, indent=2))
+    return dest
 
 
 def host_predictions(args, formats: dict[str, str], rows: list[Row]) -> dict[tuple[str, str], dict[str, str]]:
@@ -182,27 +229,25 @@ def host_predictions(args, formats: dict[str, str], rows: list[Row]) -> dict[tup
     host = {}
     for kind, key, proc in outputs(lambda cli: call(host_py + cli, env), args.commands, bundle, images, formats):
         preds, why = predictions(proc, kind)
-        if kind == "eval" and preds is not None:
-            preds = {k: v[0] for k, v in preds.items()}
-            missing = [k for k in formats if k not in preds]
-            preds, why = (None, f"no {', '.join(missing)} in the output") if missing else (preds, why)
-        if preds is None:
-            rows += [Row("host", "host", f"{kind} {k}", False, proc.seconds, detail=why) for k in formats]
-            continue
-        for k in formats:
-            p = preds[k] if kind == "eval" else preds
+        for k in (list(formats) if key is None else [key]):
+            p = preds if kind == "run" or preds is None else preds.get(k, (None, ""))[0]
+            if p is None:
+                rows.append(Row("host", "host", f"{kind} {k}", False, proc.seconds, detail=why or f"no {k} in the output"))
+                continue
             host[kind, k] = p
             rows.append(Row("host", "host", f"{kind} {k}", True, proc.seconds, total=len(p), detail=f"{len(p)} images"))
     return host
 
 
-def outputs(execute, commands: list[str], bundle: str, images: str, formats: dict[str, str]):
+def outputs(execute, commands: list[str], bundle: str, images: str, formats: dict[str, str],
+            run_keys=tuple(INT8_ARTIFACTS)):
     """Run the compared commands: yields (command, artifact key or None for all, Proc)."""
     if "eval" in commands:
         yield "eval", None, execute(eval_args(bundle, images))
     if "run" in commands:
         for key, fam in formats.items():
-            yield "run", key, execute(run_args(bundle, images, fam))
+            if key in run_keys:
+                yield "run", key, execute(run_args(bundle, images, fam))
 
 
 def compare_rows(cpu: str, env: str, kind: str, key: str | None, proc: Proc, formats, host, min_agreement) -> list[Row]:
@@ -235,13 +280,14 @@ def compare_rows(cpu: str, env: str, kind: str, key: str | None, proc: Proc, for
 
 def run_checks(args, pi_python: str) -> list[Row]:
     bundle, images = str(args.bundle), str(args.images)
-    formats = int8_formats(args.bundle)
-    if not formats:
-        raise SystemExit(f"check.py: error: {bundle} has no int8 artifact ({', '.join(INT8_ARTIFACTS)})")
+    formats = int8_formats(args.bundle, args.formats)
     rows: list[Row] = []
     host = host_predictions(args, formats, rows)
     for cpu in args.cpus:
         pi_env = dict(os.environ, QEMU_CPU=cpu)
+        p = call([pi_python, args.envs[0], "-c", CPU_FEATURES], pi_env)
+        ok, why = check_cpu(p, cpu)
+        rows.append(Row(cpu, args.envs[0], "cpu features", ok, p.seconds, detail=why))
         for env in args.envs:
             pi = lambda cli: call([pi_python, env, "-m", "edgecls"] + cli, pi_env)   # noqa: E731
             p = pi(["doctor", "--json"])
@@ -253,7 +299,7 @@ def run_checks(args, pi_python: str) -> list[Row]:
                     ok, why = check_trap_run(p)
                     rows.append(Row(cpu, env, "run tflite-int8 (must fail)", ok, p.seconds, detail=why))
                 continue
-            for kind, key, proc in outputs(pi, args.commands, bundle, images, formats):
+            for kind, key, proc in outputs(pi, args.commands, bundle, images, formats, RUN_ARTIFACTS[env]):
                 rows += compare_rows(cpu, env, kind, key, proc, formats, host, args.min_agreement)
     return rows
 
@@ -280,6 +326,9 @@ def main(argv: list[str] | None = None) -> int:
                     "(cortex-a72 = Pi 4, cortex-a53 = Pi 3 / Zero 2 W, cortex-a76 = Pi 5)")
     ap.add_argument("--envs", default=",".join([*ENVS, TRAP_ENV]), help="Pi environments (see build.sh)")
     ap.add_argument("--commands", default="eval,run", help="which commands to compare: eval,run")
+    ap.add_argument("--formats", default=",".join(INT8_ARTIFACTS), help="which int8 artifacts to compare")
+    ap.add_argument("--with-float", action="store_true",
+                    help="keep the bundle's float artifacts (eval then also runs its float reference: slower)")
     ap.add_argument("--min-agreement", type=float, default=0.99)
     ap.add_argument("--host-python", default=sys.executable, help="host python with edgecls installed")
     ap.add_argument("--pi-python", help="an existing pi-python launcher (default: run build.sh)")
@@ -288,13 +337,24 @@ def main(argv: list[str] | None = None) -> int:
     args.cpus = [c for c in args.cpus.split(",") if c]
     args.envs = [e for e in args.envs.split(",") if e]
     args.commands = [c for c in args.commands.split(",") if c]
-    unknown = [e for e in args.envs if e not in ENVS and e != TRAP_ENV]
-    if unknown or not set(args.commands) <= set(PARSERS):
-        ap.error(f"unknown env or command: {', '.join(unknown + args.commands)}")
+    args.formats = [f for f in args.formats.split(",") if f]
+    unknown = ([e for e in args.envs if e not in ENVS and e != TRAP_ENV] + [c for c in args.commands if c not in PARSERS]
+               + [f for f in args.formats if f not in INT8_ARTIFACTS])
+    if unknown or not args.envs:
+        ap.error(f"unknown env, command or format: {', '.join(unknown)}")
     for p in (args.bundle, args.images):
         if not p.is_dir():
             ap.error(f"not a folder: {p}")
     args.bundle, args.images = args.bundle.resolve(), args.images.resolve()
+    if not int8_formats(args.bundle, args.formats):
+        ap.error(f"{args.bundle} has none of the int8 artifacts {', '.join(args.formats)}")
+    with tempfile.TemporaryDirectory(prefix="pi-stack-") as tmp:
+        if not args.with_float:
+            args.bundle = int8_only_bundle(args.bundle, Path(tmp) / "bundle")
+        return check(args)
+
+
+def check(args) -> int:
 
     t0 = time.perf_counter()
     pi_python = args.pi_python
