@@ -10,7 +10,6 @@ the whole bundle is written atomically: a failed gate or an interrupted export l
 from __future__ import annotations
 
 import importlib
-import os
 import platform
 import shutil
 import tempfile
@@ -85,9 +84,9 @@ def check_options(opts: ExportOptions) -> None:
 
 def check_dependencies(opts: ExportOptions) -> None:
     """Fail in one line before minutes of work, not after."""
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")   # tfmot needs tf_keras (Keras 2), not Keras 3
-    require("tensorflow", "tensorflow", "export")
-    require("tf_keras", "tf-keras", "export")
+    from edgecls.train.tfenv import import_tf
+
+    import_tf()   # tf_keras (Keras 2, which tfmot needs), quiet start-up; one-line error when missing
     if opts.int8 and opts.int8_method in ("auto", "qat"):
         require("tensorflow_model_optimization", "tensorflow-model-optimization", "--int8 (QAT)")
     if "onnx" in opts.families:
@@ -110,8 +109,9 @@ def output_dir(opts: ExportOptions) -> Path:
 
 
 def load_keras_model(path: Path):
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    import tf_keras as keras
+    from edgecls.train.tfenv import import_tf
+
+    _, keras = import_tf()
 
     try:
         return keras.models.load_model(str(path), compile=False)
@@ -152,7 +152,8 @@ class Context:
             steps = int(np.ceil(len(self.x_train) / qat.BATCH)) * self.opts.qat_epochs
             with progress_bar(f"QAT fine-tune ({self.opts.qat_epochs} epochs)", steps, self.opts.show_progress) as adv:
                 self._saved["qat_model"] = qat.fine_tune(self.model, self.x_train, self.opts.qat_epochs,
-                                                         lr=self.opts.qat_lr, progress=adv)
+                                                         lr=self.opts.qat_lr, progress=adv,
+                                                         calib=self.calib[:qat.CALIB_BATCH])
         return self._saved["qat_model"]
 
     def score(self, key: str, path: Path) -> dict:
@@ -200,6 +201,14 @@ def runtime_model(key: str, path: Path, spec, n_classes: int, threads: int | Non
     return BACKENDS[fmt.runtime](art, spec, n_classes, threads=threads)
 
 
+def keras_predictor(model):
+    """uint8 pixels → probabilities, through one traced graph (eager calls cost ~150 ms of Python each)."""
+    import tensorflow as tf
+
+    fn = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    return lambda px: fn(tf.constant(px, tf.float32)).numpy()
+
+
 def predict_all(model, x: np.ndarray) -> np.ndarray:
     return model.predict(x) if len(x) else np.zeros((0, model.n_classes), np.float32)
 
@@ -233,18 +242,23 @@ def build_onnx_float(ctx: Context, dest: Path) -> dict:
 
 
 def build_onnx_int8(ctx: Context, dest: Path) -> dict:
+    """QDQ from the float ONNX, calibrated on training images. (tf2onnx on the QAT graph was tried: it
+    keeps float weights behind fake-quant nodes — a 9 MB "int8" file — so it is not a candidate.)"""
     from edgecls.convert import onnx_export
 
-    def ptq(path):   # QDQ from the float ONNX, calibrated on training images (per-channel weights)
-        float_onnx = ctx.work / "float_for_int8.onnx"
-        if not float_onnx.exists():
-            onnx_export.to_float(ctx.model, ctx.spec, float_onnx)
-        onnx_export.to_int8(float_onnx, ctx.calib, path)
+    float_onnx = ctx.work / "float_for_int8.onnx"
 
-    def qat(path):   # QDQ straight from the QAT graph's fake-quant ranges
-        onnx_export.to_float(ctx.qat_model(), ctx.spec, path)
+    def route(method):
+        def build(path):
+            if not float_onnx.exists():
+                onnx_export.to_float(ctx.model, ctx.spec, float_onnx)
+            onnx_export.to_int8(float_onnx, ctx.calib, path, method)
+        return build
 
-    return ctx.choose("onnx-int8", dest, _methods(ctx.opts, {"ptq": ptq, "qat": qat}))
+    routes = {"ptq": route("minmax"), "ptq-percentile": route("percentile")}
+    if ctx.opts.int8_method != "auto":   # --int8-method qat: there is no ONNX QAT route, so plain PTQ
+        routes = {"ptq": routes["ptq"]}
+    return ctx.choose("onnx-int8", dest, routes)
 
 
 def _methods(opts: ExportOptions, routes: dict) -> dict:
@@ -333,8 +347,7 @@ def export(opts: ExportOptions, console=None) -> dict:
     x_val, y_val = arrays(items["val"], "validation images")
     x_eval, y_eval = arrays(items[eval_split], f"{eval_split} images")
 
-    def keras_predict(px):
-        return model(px.astype(np.float32), training=False).numpy()
+    keras_predict = keras_predictor(model)
 
     keras_val = np.concatenate([keras_predict(x_val[i:i + 32]) for i in range(0, len(x_val), 32)] or
                                [np.zeros((0, n_out), np.float32)])

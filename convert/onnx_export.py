@@ -39,8 +39,14 @@ class _Calibration:
         pass
 
 
-def to_int8(float_onnx: Path, calib: Iterable[np.ndarray], dest: Path) -> Path:
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+CALIBRATION = ("minmax", "percentile")
+
+
+def to_int8(float_onnx: Path, calib: Iterable[np.ndarray], dest: Path, method: str = "minmax") -> Path:
+    """QDQ int8 (uint8 activations, per-channel int8 weights). `method` sets the activation ranges:
+    minmax (as TFLite) or percentile (99.999th: ignores the rare outliers that widen a range)."""
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     reader = type("Reader", (_Calibration, CalibrationDataReader), {})(calib, INPUT_NAME)
@@ -49,7 +55,9 @@ def to_int8(float_onnx: Path, calib: Iterable[np.ndarray], dest: Path) -> Path:
         # Shape inference + graph fusion first, as onnxruntime recommends before static quantisation.
         quant_pre_process(str(float_onnx), str(pre), skip_symbolic_shape=False)
         quantize_static(str(pre), str(dest), reader, quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method={"minmax": CalibrationMethod.MinMax,
+                                          "percentile": CalibrationMethod.Percentile}[method])
     return dest
 
 

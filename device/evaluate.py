@@ -98,7 +98,7 @@ def table(rows: dict[str, dict], reference: str | None, sizes: dict[str, int] | 
 
     t = Table(title=title or None)
     for col in ("model", "top-1", "Δ vs float (pp)", "agreement", "worst class Δ (pp)", "latency ms", "size"):
-        t.add_column(col, justify="left" if col == "model" else "right")
+        t.add_column(col, justify="left" if col == "model" else "right", no_wrap=col == "model")
     ref_acc = rows[reference]["accuracy"] if reference in rows else reference_accuracy
     for key, r in rows.items():
         drop = "" if ref_acc is None or key == reference else f"{(r['accuracy'] - ref_acc) * 100:+.2f}"
@@ -158,7 +158,8 @@ def evaluate(bundle_dir: str, data_dir: str, family: str | None = None, precisio
                           "per_class_delta": r["per_class_delta"], "confusion": r["confusion"],
                           "predictions": r["predictions"], "bytes": bundle.artifacts[key].path.stat().st_size}
     return {"bundle": str(bundle.root), "data": str(found.root), "classes": bundle.labels,
-            "reference": reference, "reference_accuracy": rows[reference]["accuracy"] if reference else None, "files": [rel for rel, _ in found.items], "labels": y.tolist(),
+            "reference": reference, "reference_accuracy": rows[reference]["accuracy"] if reference else None,
+            "files": [rel for rel, _ in found.items], "labels": y.tolist(),
             "skipped": [{"file": f, "reason": r} for f, r in found.skipped], "artifacts": artifacts}
 
 

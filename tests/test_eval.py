@@ -1,0 +1,105 @@
+"""`edgecls eval BUNDLE DATA_DIR`: the parity table with the device runtime only (no TensorFlow)."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edgecls.bundle import MANIFEST
+from edgecls.run import load_run
+
+from conftest import cli
+from test_export import build_tiny_bundle, one_line_error
+
+
+@pytest.fixture(scope="session")
+def bundle(tiny_run, tmp_path_factory) -> Path:
+    return build_tiny_bundle(tiny_run, tmp_path_factory.getbasetemp())[0]
+
+
+@pytest.fixture(scope="session")
+def test_folder(tiny_run, tmp_path_factory) -> Path:
+    """The run's held-out test split as an ordinary DATA_DIR/<class>/<image> folder."""
+    run = load_run(tiny_run)
+    root = tmp_path_factory.mktemp("testsplit")
+    for rel, y in run.split_items("test"):
+        dest = root / run.labels[y] / Path(rel).name
+        dest.parent.mkdir(exist_ok=True)
+        dest.symlink_to(run.data_root / rel)
+    return root
+
+
+def eval_without_tf(*args) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """Run `edgecls eval` in a fresh interpreter; also report which TensorFlow modules it imported."""
+    code = ("import sys\nfrom edgecls.cli import main\n"
+            "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    code = e.code\nelse:\n    code = 0\n"
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'tf_keras', 'keras', 'tf2onnx')]\n"
+            "sys.stderr.write('\\nTF-MODULES ' + ','.join(bad) + '\\n'); sys.exit(code)")
+    r = subprocess.run([sys.executable, "-c", code, "eval", *map(str, args)], capture_output=True, text=True,
+                       timeout=600)
+    marker = [ln for ln in r.stderr.splitlines() if ln.startswith("TF-MODULES")]
+    assert marker, r.stderr[-2000:]
+    r.stderr = "\n".join(ln for ln in r.stderr.splitlines() if not ln.startswith("TF-MODULES"))
+    return r, [m for m in marker[-1][len("TF-MODULES "):].split(",") if m]
+
+
+def test_eval_json_reproduces_the_export_numbers_without_tensorflow(bundle, test_folder):
+    r, tf_modules = eval_without_tf(bundle, test_folder, "--json", "--threads", "2")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert tf_modules == []
+    doc = json.loads(r.stdout)
+    meta = json.loads((bundle / MANIFEST).read_text())
+    assert set(doc["artifacts"]) == set(meta["artifacts"]) and doc["reference"] == "tflite-float"
+    assert len(doc["files"]) == len(doc["labels"]) == meta["report"]["images"]
+    assert doc["classes"] == meta["labels"]
+    for key, a in doc["artifacts"].items():
+        assert len(a["predictions"]) == len(doc["files"])
+        acc = sum(p == t for p, t in zip(a["predictions"], doc["labels"])) / len(doc["labels"])
+        assert a["accuracy"] == pytest.approx(acc)
+        # Same images, same runtime, same code: eval and export agree exactly on accuracy.
+        assert a["accuracy"] == pytest.approx(meta["artifacts"][key]["metrics"]["accuracy"]), key
+        ref = doc["artifacts"]["tflite-float"]["predictions"]
+        assert a["agreement"] == pytest.approx(sum(p == q for p, q in zip(a["predictions"], ref)) / len(ref))
+        assert a["latency_ms"] > 0 and a["runtime"]
+
+
+def test_eval_filters_and_still_measures_agreement(bundle, test_folder):
+    r, tf_modules = eval_without_tf(bundle, test_folder, "--json", "--format", "onnx", "--precision", "int8")
+    assert r.returncode == 0, r.stderr[-2000:]
+    doc = json.loads(r.stdout)
+    assert list(doc["artifacts"]) == ["onnx-int8"] and tf_modules == []
+    assert doc["artifacts"]["onnx-int8"]["agreement"] is not None   # against the float model it also ran
+
+
+def test_eval_prints_the_table(bundle, test_folder):
+    r = cli("eval", bundle, test_folder, "--precision", "int8")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "tflite-int8" in r.stdout and "onnx-int8" in r.stdout and "agreement" in r.stdout
+
+
+def test_eval_rejects_classes_the_bundle_does_not_know(bundle, test_folder, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(test_folder, data, symlinks=True)
+    (data / "0").rename(data / "zero")
+    r, _ = eval_without_tf(bundle, data)
+    one_line_error(r, "classes in")
+    assert "zero" in r.stderr
+
+
+def test_eval_rejects_a_tampered_bundle(bundle, test_folder, tmp_path):
+    b = tmp_path / "b"
+    shutil.copytree(bundle, b)
+    with open(b / "model_int8.tflite", "r+b") as f:
+        f.seek(1000)
+        f.write(b"\x00\x01\x02\x03")
+    r, _ = eval_without_tf(b, test_folder, "--format", "tflite", "--precision", "int8")
+    one_line_error(r, "does not match its sha256")
+
+
+def test_eval_rejects_unknown_options_and_missing_bundles(bundle, test_folder, tmp_path):
+    one_line_error(eval_without_tf(bundle, test_folder, "--format", "pt")[0], "unknown --format")
+    one_line_error(eval_without_tf(tmp_path / "nope", test_folder)[0], "bundle not found")

@@ -1,0 +1,187 @@
+"""`edgecls export` on a real (tiny) training run: the bundle contract, float parity with Keras,
+the int8 I/O contract, the gate, atomic writes, and one-line errors for bad input."""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+
+import numpy as np
+import pytest
+
+from edgecls.bundle import MANIFEST, load_bundle
+from edgecls.dataset import load_arrays
+from edgecls.run import load_run
+
+from conftest import cli
+
+EXPORT_ARGS = ("--int8-method", "ptq", "--calib-samples", "40", "--max-drop", "50")
+
+
+def build_tiny_bundle(tiny_run, base) -> tuple:
+    """Export `tiny_run` once per session (cached on disk, so test_eval*.py shares it)."""
+    out = base / "export_tiny" / "bundle"
+    log = base / "export_tiny" / "stderr.txt"
+    if not (out / MANIFEST).is_file():
+        r = cli("export", tiny_run, "--out", out, *EXPORT_ARGS)
+        assert r.returncode == 0, r.stderr[-3000:]
+        log.write_text(r.stderr)
+    return out, log.read_text()
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_run, tmp_path_factory):
+    return build_tiny_bundle(tiny_run, tmp_path_factory.getbasetemp())[0]
+
+
+def one_line_error(r, needle):
+    assert r.returncode != 0
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("edgecls: error:"), r.stderr[-2000:]
+    assert needle in lines[0], lines[0]
+
+
+def test_bundle_holds_the_contract(tiny_run, tiny_bundle, tmp_path_factory):
+    run = load_run(tiny_run)
+    meta = json.loads((tiny_bundle / MANIFEST).read_text())
+    assert meta["format"] == "edgecls-bundle" and meta["version"] == 1
+    assert meta["labels"] == run.labels == (tiny_bundle / "labels.txt").read_text().split()
+    assert meta["preprocessing"] == run.meta["preprocessing"]
+    assert set(meta["artifacts"]) == {"tflite-float", "tflite-int8", "onnx-float", "onnx-int8"}
+    b = load_bundle(tiny_bundle)
+    for key, a in meta["artifacts"].items():
+        b.artifact(*key.split("-"))            # verifies the sha256
+        assert a["bytes"] == (tiny_bundle / a["file"]).stat().st_size
+        assert a["output_kind"] == "probabilities"
+        assert a["method"] == ("ptq" if key.endswith("int8") else "none")
+        m = a["metrics"]
+        assert 0 <= m["accuracy"] <= 1 and 0 <= m["agreement"] <= 1 and m["latency_ms"] > 0
+        assert set(m["per_class_delta"]) == set(run.labels)
+        assert (tiny_bundle / f"confusion_{key}.png").stat().st_size > 1000
+    # int8 TFLite takes raw camera pixels: uint8, scale exactly 1, zero point 0.
+    i8 = meta["artifacts"]["tflite-int8"]
+    assert i8["input"] == {"dtype": "uint8", "shape": [1, 96, 96, 3], "scale": 1.0, "zero_point": 0}
+    assert i8["output"]["dtype"] == "uint8" and i8["output"]["shape"] == [1, 10]
+    assert meta["artifacts"]["onnx-int8"]["input"]["dtype"] == "float32"
+    assert meta["default_artifact"] == "tflite-int8"
+    assert i8["bytes"] < 0.32 * meta["artifacts"]["tflite-float"]["bytes"]
+    rep = meta["report"]
+    assert rep["split"] == "test" and rep["images"] == len(run.split_items("test")) and rep["gate"]["passed"]
+    assert meta["source_run"]["model_sha256"] and meta["versions"]["tensorflow"].startswith("2.")
+    md = (tiny_bundle / "report.md").read_text()
+    assert all(k in md for k in meta["artifacts"]) and "keras-float" in md and "confusion_tflite-int8.png" in md
+    assert "<table>" in (tiny_bundle / "report.html").read_text()
+    # The printed table names every model.
+    stderr = build_tiny_bundle(tiny_run, tmp_path_factory.getbasetemp())[1]
+    assert all(k in stderr for k in ("keras-float", "tflite-int8", "onnx-int8"))
+
+
+def test_onnx_files_carry_labels_and_preprocessing(tiny_bundle):
+    from edgecls.convert.onnx_export import read_metadata
+
+    meta = json.loads((tiny_bundle / MANIFEST).read_text())
+    for key in ("onnx-float", "onnx-int8"):
+        md = read_metadata(tiny_bundle / meta["artifacts"][key]["file"])
+        assert md["labels"] == meta["labels"] and md["preprocessing"] == meta["preprocessing"]
+        assert md["artifact"] == key
+
+
+def test_float_artifacts_reproduce_keras_and_int8_tracks_it(tiny_run, tiny_bundle):
+    """Independent of export's own numbers: Keras vs the device runtime on the run's test images."""
+    from edgecls.device.runtime import load_model
+    from edgecls.train.tfenv import import_tf
+
+    _, keras = import_tf()
+    run = load_run(tiny_run)
+    x, y = load_arrays(run.data_root, run.split_items("test"), run.spec)
+    ref = keras.models.load_model(tiny_run / "model.keras").predict(x.astype(np.float32), verbose=0)
+    b = load_bundle(tiny_bundle)
+    for fam in ("tflite", "onnx"):
+        got = load_model(b, fam, "float", threads=2).predict(x)
+        assert np.abs(got - ref).max() < 1e-4, fam
+        q = load_model(b, fam, "int8", threads=2).predict(x)
+        assert q.shape == ref.shape and np.allclose(q.sum(1), 1, atol=0.05)
+        recorded = b.meta["artifacts"][f"{fam}-int8"]["metrics"]
+        assert recorded["accuracy"] == pytest.approx(float((q.argmax(1) == y).mean()))
+        assert recorded["agreement"] == pytest.approx(float((q.argmax(1) == ref.argmax(1)).mean()))
+
+
+def test_gate_failure_exits_nonzero_and_leaves_the_old_bundle(tiny_run, tiny_bundle, tmp_path):
+    """One calibration image gives int8 ranges that clip most images: the gate must catch it."""
+    out = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, out)
+    before = (out / MANIFEST).read_bytes()
+    r = cli("export", tiny_run, "--out", out, "--formats", "tflite", "--int8-method", "ptq",
+            "--calib-samples", "1", "--max-drop", "0")
+    assert r.returncode == 3, r.stderr[-2000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("edgecls: error: tflite-int8 loses") and "--int8-method qat" in last
+    assert "--calib-samples" in last and "--allow-drop" in last
+    assert "tflite-int8" in r.stderr and "keras-float" in r.stderr       # the table was printed
+    assert (out / MANIFEST).read_bytes() == before                       # the old bundle is untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]      # no half bundle beside it
+
+
+def test_interrupted_export_leaves_nothing(tiny_run, tmp_path, monkeypatch):
+    from edgecls.convert import export as ex
+
+    built = []
+
+    def interrupt(ctx, dest):
+        built.extend(p.name for p in dest.parent.iterdir())
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(ex.BUILDERS, "onnx-int8", interrupt)
+    out = tmp_path / "bundle"
+    with pytest.raises(KeyboardInterrupt):
+        ex.export(ex.ExportOptions(run_dir=tiny_run, out=out, families=("onnx",), int8_method="ptq",
+                                   calib_samples=4, show_progress=False))
+    assert "model_float.onnx" in built                     # it was interrupted mid-bundle ...
+    assert list(tmp_path.iterdir()) == []                  # ... and nothing of it is left
+
+
+def _broken_run(tiny_run, tmp_path, edit):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    edit(run)
+    return run
+
+
+@pytest.mark.parametrize("case,needle", [
+    ("not-a-run", "not an edgecls run"),
+    ("unfinished", "did not finish training"),
+    ("corrupt-model", "cannot load the run's model"),
+    ("bad-option", "unknown --io-dtype"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(tiny_run, tmp_path, case, needle):
+    def unfinished(run):
+        meta = json.loads((run / "run.json").read_text())
+        (run / "run.json").write_text(json.dumps({**meta, "status": "running"}))
+
+    def corrupt(run):
+        data = (run / "model.keras").read_bytes()
+        (run / "model.keras").write_bytes(data[: len(data) // 3])
+
+    if case == "not-a-run":
+        run = tmp_path / "run"
+        run.mkdir()
+    else:
+        run = _broken_run(tiny_run, tmp_path, {"unfinished": unfinished, "corrupt-model": corrupt,
+                                               "bad-option": lambda r: None}[case])
+    extra = ("--io-dtype", "float16") if case == "bad-option" else ()
+    out = tmp_path / "out"
+    one_line_error(cli("export", run, "--out", out, *extra), needle)
+    assert not out.exists() and not (run / "bundle").exists()
+
+
+def test_missing_int8_dependency_is_one_line(tiny_run, tmp_path):
+    """tfmot absent (import blocked) → QAT cannot run: say which package, before any slow work."""
+    import subprocess
+
+    out = tmp_path / "out"
+    code = ("import sys; sys.modules['tensorflow_model_optimization'] = None\n"
+            "from edgecls.cli import main\n"
+            f"main(['export', {str(tiny_run)!r}, '--out', {str(out)!r}, '--int8-method', 'qat'])")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    one_line_error(r, "tensorflow-model-optimization")
+    assert not out.exists()

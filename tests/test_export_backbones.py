@@ -1,0 +1,99 @@
+"""Every backbone `train` offers goes through the int8 export path (tiny, weights=None).
+
+tfmot rejects layers outside its 8-bit registry (Rescaling, MobileNetV3's hard-swish TFOpLambda
+adds/multiplies): export annotates around them. The full QAT → int8 TFLite → bundle path runs on
+MobileNetV3-Small, the backbone with the most unsupported layers.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from edgecls.train.backbones import BACKBONES
+
+from conftest import DIGITS
+
+CLASSES = ["0", "1", "2"]
+
+
+def tiny_model(backbone: str, size: int = 96):
+    from edgecls.train.config import TrainConfig
+    from edgecls.train.model import build_model
+
+    bb = BACKBONES[backbone]
+    cfg = TrainConfig(data_dir=str(DIGITS), backbone=backbone, alpha=min(bb.alphas), img_size=size, weights="none")
+    return build_model(cfg, len(CLASSES), weights=None), cfg
+
+
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
+def test_qat_annotates_around_unsupported_layers(backbone):
+    from edgecls.convert import qat
+
+    model, _ = tiny_model(backbone)
+    qmodel = qat.quantize(model)
+    kinds = {type(layer).__name__ for layer in qmodel.layers}
+    assert "QuantizeWrapperV2" in kinds
+    assert type(qmodel.get_layer("normalize")).__name__ == "Rescaling"     # left float, not rejected
+    # Explicit trainability: no BatchNorm variable trains, every wrapped conv kernel does.
+    trainable = {id(w) for w in qmodel.trainable_weights}
+    for layer in qmodel.layers:
+        inner = getattr(layer, "layer", layer)
+        if type(inner).__name__ == "BatchNormalization":
+            assert not any(id(w) in trainable for w in inner.weights), layer.name
+    x = np.random.default_rng(0).integers(0, 256, (4, 96, 96, 3)).astype(np.float32)
+    qat.calibrate_ranges(qmodel, x)
+    out = qmodel(x, training=False).numpy()
+    assert out.shape == (4, len(CLASSES)) and np.isfinite(out).all()
+    np.testing.assert_allclose(out.sum(1), 1.0, atol=1e-3)
+
+
+def test_frozen_kernels_stay_frozen_after_quantize_apply():
+    """The tfmot trap: a wrapper lists its kernel as trainable whatever `trainable` says."""
+    from edgecls.convert import qat
+
+    model, _ = tiny_model("mobilenet_v2")
+    qmodel = qat.quantize(model)
+    conv = next(layer for layer in qmodel.layers if getattr(layer, "_weight_vars", None))
+    kernel = conv._weight_vars[0][0]
+    assert any(w is kernel for w in qmodel.trainable_weights)
+    qat.set_trainable(conv, False)
+    assert not any(w is kernel for w in qmodel.trainable_weights)
+    assert any(w is kernel for w in qmodel.non_trainable_weights)
+
+
+def hand_made_run(dest, model, cfg) -> None:
+    """A run folder in the documented format (edgecls/run.py) around an untrained model."""
+    items = {c: sorted(p.name for p in (DIGITS / c).iterdir())[:8] for c in CLASSES}
+    parts = {"train": slice(0, 4), "val": slice(4, 6), "test": slice(6, 8)}
+    splits = {"root": str(DIGITS), "classes": CLASSES,
+              **{s: [[f"{c}/{n}", i] for i, c in enumerate(CLASSES) for n in items[c][sl]] for s, sl in parts.items()}}
+    dest.mkdir()
+    model.save(dest / "model.keras")
+    (dest / "labels.txt").write_text("\n".join(CLASSES) + "\n")
+    (dest / "splits.json").write_text(json.dumps(splits))
+    (dest / "run.json").write_text(json.dumps({"format": "edgecls-run", "version": 1, "status": "complete",
+                                               "labels": CLASSES, "config": cfg.to_dict(),
+                                               "preprocessing": cfg.preprocess_spec().to_dict()}))
+
+
+def test_mobilenet_v3_qat_exports_a_full_integer_bundle(tmp_path):
+    from edgecls.bundle import load_bundle
+    from edgecls.convert.export import ExportOptions, export
+    from edgecls.device.runtime import load_model
+
+    model, cfg = tiny_model("mobilenet_v3_small")
+    hand_made_run(tmp_path / "run", model, cfg)
+    out = tmp_path / "bundle"
+    manifest = export(ExportOptions(run_dir=tmp_path / "run", out=out, families=("tflite",), int8_method="qat",
+                                    qat_epochs=1, calib_samples=6, io_dtype="int8", allow_drop=True,
+                                    show_progress=False))
+    art = manifest["artifacts"]["tflite-int8"]
+    assert art["method"] == "qat" and set(art["candidates"]) == {"qat"}
+    assert art["input"]["dtype"] == "int8" and art["input"]["scale"] == 1.0 and art["input"]["zero_point"] == -128
+    b = load_bundle(out)
+    m = load_model(b, "tflite", "int8", threads=1)
+    x = np.zeros((1, 96, 96, 3), np.uint8)
+    assert m.predict(x).shape == (1, len(CLASSES))
+    assert manifest["artifacts"]["tflite-float"]["metrics"]["max_abs_diff"] < 1e-4
