@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import sys
 
+from pathlib import Path
+from typing import Optional
+
 import typer
 
 from edgecls import __version__
@@ -29,6 +32,20 @@ def _version(value: bool):
 def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                        help="Print the version and exit.")):
     pass
+
+
+@app.command("demo")
+def _demo(
+    out: Path = typer.Option(Path("demo-out"), "--out", help="Folder for the demo's run, bundle and video."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Image folder [default: the sample in demo/]."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="No-top weights .h5 [default: demo/weights/]."),
+    quick: bool = typer.Option(False, "--quick", help="Tiny settings (96 px, 4 epochs): a smoke test."),
+    seconds: float = typer.Option(5.0, "--seconds", help="Roughly how long the live loop runs."),
+):
+    """Train → export --int8 → live loop on a replayed camera, offline, on the bundled sample."""
+    from edgecls.demo import demo
+
+    demo(out, data, weights, quick, seconds)
 
 
 def _register() -> None:

@@ -33,6 +33,12 @@ def build_model(cfg: TrainConfig, n_classes: int, weights: str | None):
             raise EdgeclsError(f"ImageNet weights for {cfg.backbone} alpha {cfg.alpha} are not cached and could not "
                                f"be downloaded ({type(e).__name__}); pass --weights PATH or --weights none") from None
         raise EdgeclsError(f"cannot load weights {weights} into {cfg.backbone}: {str(e).splitlines()[0][:160]}") from None
+    if weights is None:
+        # From scratch, Keras' BatchNorm momentum (0.999 in MobileNets) leaves the moving statistics far
+        # from the batch ones for thousands of steps: validation looks like chance while training learns.
+        for layer in base.layers:
+            if layer.__class__.__name__ == "BatchNormalization":
+                layer.momentum = 0.9
     y = keras.layers.GlobalAveragePooling2D(name="pool")(base.output)
     y = keras.layers.Dropout(cfg.dropout, name="head_dropout")(y)
     # float32 output even under mixed precision: softmax in float16 loses the small probabilities.
