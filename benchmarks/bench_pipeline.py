@@ -69,12 +69,12 @@ def bare_loop(bundle_dir: Path, video: Path, threads: int) -> tuple[float, float
         shrink = img.shape[0] > size[1] and img.shape[1] > size[0]
         x = cv2.resize(img, size, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
         if b.spec.color_order == "RGB":
-            x = x[..., ::-1]
+            x = cv2.cvtColor(x, cv2.COLOR_BGR2RGB)
         if dtype == np.int8:
             x = (x.astype(np.int16) - 128).astype(np.int8)
         elif dtype == np.float32:
             x = x.astype(np.float32)
-        interp.set_tensor(inp["index"], np.ascontiguousarray(x)[None])
+        interp.set_tensor(inp["index"], x[None])
         interp.invoke()
         interp.get_tensor(out["index"]).argmax()
         n += 1
