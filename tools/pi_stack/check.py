@@ -236,7 +236,34 @@ def host_predictions(args, formats: dict[str, str], rows: list[Row]) -> dict[tup
                 continue
             host[kind, k] = p
             rows.append(Row("host", "host", f"{kind} {k}", True, proc.seconds, total=len(p), detail=f"{len(p)} images"))
+    if ("eval", "tflite-int8") in host and "tflite" in args.envs:
+        host["eval", REF_KERNELS] = reference_kernel_top1(args, rows)
     return host
+
+
+# tflite-runtime 2.14's aarch64 wheel computes what TFLite's reference kernels compute, not what LiteRT's
+# default XNNPACK kernels compute (docs/pi-stack.md, Findings): its answers are also compared with those.
+REF_KERNELS = "tflite-int8 reference kernels"
+
+
+def reference_kernel_top1(args, rows: list[Row]) -> dict[str, str]:
+    """{file: top-1} of the bundle's int8 TFLite run by the host's LiteRT with its reference kernels."""
+    with tempfile.TemporaryDirectory() as tmp:
+        saved = Path(tmp) / "kernels.json"
+        p = call([args.host_python, str(HERE / "kernels.py"), str(args.bundle), str(args.images), "--save", str(saved)],
+                 dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+        try:
+            doc = json.loads(saved.read_text())
+            labels = read_manifest(args.bundle)["labels"]
+            ref = next(v for k, v in doc["outputs"].items() if k.endswith(" reference"))
+            top1 = {f: labels[max(range(len(o)), key=o.__getitem__)] for f, o in zip(doc["files"], ref)}
+        except (OSError, ValueError, KeyError, StopIteration) as e:
+            rows.append(Row("host", "host", f"eval {REF_KERNELS}", False, p.seconds,
+                            detail=f"kernels.py: {p.last_err() if p.rc else e}"))
+            return {}
+    rows.append(Row("host", "host", f"eval {REF_KERNELS}", True, p.seconds, total=len(top1),
+                    detail=f"{len(top1)} images (tools/pi_stack/kernels.py)"))
+    return top1
 
 
 def outputs(execute, commands: list[str], bundle: str, images: str, formats: dict[str, str],
@@ -275,6 +302,12 @@ def compare_rows(cpu: str, env: str, kind: str, key: str | None, proc: Proc, for
         want = ENVS[env]
         if k.startswith("tflite") and runtime and not runtime.startswith(want):
             row.ok, row.detail = False, row.detail + f": expected {want} to run it"
+        if env == "tflite" and kind == "eval" and k == "tflite-int8" and host.get(("eval", REF_KERNELS)):
+            ref = Row(cpu, env, "eval vs reference kernels", False, 0.0)
+            ref.agree, ref.total, ref.mismatches = compare(host["eval", REF_KERNELS], pi)
+            ref.ok = ref.agreement >= min_agreement
+            ref.detail = f"{ref.agree}/{ref.total} same top-1 as the host's LiteRT reference kernels"
+            rows.append(ref)
     return rows
 
 
@@ -305,10 +338,10 @@ def run_checks(args, pi_python: str) -> list[Row]:
 
 
 def report(rows: list[Row], min_agreement: float) -> str:
-    lines = [f"{'cpu':<11} {'env':<10} {'check':<28} {'agree':>7} {'time':>7}  result"]
+    lines = [f"{'cpu':<11} {'env':<10} {'check':<34} {'agree':>7} {'time':>7}  result"]
     for r in rows:
         agree = f"{r.agreement * 100:6.1f}%" if r.agreement is not None and r.cpu != "host" else ""
-        lines.append(f"{r.cpu:<11} {r.env:<10} {r.check:<28} {agree:>7} {r.seconds:6.1f}s  "
+        lines.append(f"{r.cpu:<11} {r.env:<10} {r.check:<34} {agree:>7} {r.seconds:6.1f}s  "
                      f"{'ok  ' if r.ok else 'FAIL'} {r.detail}")
         for f, want, got in r.mismatches[:5]:
             lines.append(f"{'':<12}{'':<11}  differs: {f}: host {want!r}, pi {got!r}")
