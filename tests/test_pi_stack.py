@@ -126,6 +126,16 @@ def test_top1_agrees_with_the_host(pi_case, pi_a72, env, artifact):
         pytest.skip("no digits_bundle fixture yet: compared `edgecls run` on the reference bundle only")
 
 
+def test_tflite_runtime_computes_the_reference_kernels_answers(pi_case, pi_a72):
+    """tflite-runtime 2.14 (the fallback) against the host's LiteRT with its reference kernels: what it
+    computes on aarch64, bit for bit (docs/pi-stack.md, Findings)."""
+    rc, out, rows, _ = pi_a72
+    if "eval" not in pi_case[2]:
+        pytest.skip("no digits_bundle fixture yet: `edgecls eval` cannot read the reference bundle's images")
+    [row] = rows_where(rows, env="tflite", check="eval vs reference kernels")
+    assert row["total"] >= 10 and row["agreement"] >= 0.99, out
+
+
 def test_doctor_names_the_runtime_and_the_numpy_trap(pi_a72):
     rc, out, rows, _ = pi_a72
     doctor = {r["env"]: r for r in rows_where(rows, check="doctor")}
