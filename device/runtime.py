@@ -121,8 +121,9 @@ class Model:
                 values = values * np.asarray(self.spec.scale) + np.asarray(self.spec.offset)
             info = np.iinfo(io.dtype)
             lut = np.clip(np.round(values / io.scale + io.zero_point), info.min, info.max).astype(io.dtype)
-            identity = io.dtype == np.uint8 and np.array_equal(lut, values.astype(np.int64))
-            self._lut = None if identity else np.ascontiguousarray(lut.reshape(1, 256, 3))
+            identity = io.dtype == np.uint8 and np.array_equal(lut, np.arange(256)[:, None].repeat(3, 1))
+            same = (lut == lut[:, :1]).all()  # one table for all channels: cv2.LUT is ~2x faster with it
+            self._lut = None if identity else np.ascontiguousarray(lut[:, 0] if same else lut.reshape(1, 256, 3))
         if self._lut is None:
             return pixels
         flat = np.ascontiguousarray(pixels).reshape(-1, pixels.shape[-2], 3)
