@@ -70,6 +70,8 @@ def bare_loop(bundle_dir: Path, video: Path, threads: int) -> tuple[float, float
         x = cv2.resize(img, size, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
         if b.spec.color_order == "RGB":
             x = cv2.cvtColor(x, cv2.COLOR_BGR2RGB)
+        # edgecls models take raw pixels (uint8 I/O: scale 1, zero point 0), so these casts are exact. For a
+        # foreign model with its normalisation outside (in_model false) the bare loop skips that step: it favours bare.
         if dtype == np.int8:
             x = (x.astype(np.int16) - 128).astype(np.int8)
         elif dtype == np.float32:
