@@ -81,6 +81,22 @@ def test_run_video_headless_json_names_every_frame_without_tensorflow(reference_
     assert summary["fps"] > 0 and 0 < summary["latency_ms_p50"] <= summary["latency_ms_p95"]
 
 
+DEVICE_VENV = Path(os.environ.get("EDGECLS_DEVICE_VENV", Path(__file__).resolve().parents[2] / "venv-device"))
+
+
+@pytest.mark.skipif(not (DEVICE_VENV / "bin" / "edgecls").exists(),
+                    reason="no device-only venv (python3 -m venv venv-device && pip install -e '.[device]')")
+def test_run_in_a_device_only_venv_without_tensorflow(reference_bundle, photos_video):
+    py = str(DEVICE_VENV / "bin" / "python")
+    assert subprocess.run([py, "-c", "import tensorflow"], capture_output=True).returncode != 0
+    video, labels = photos_video
+    p = subprocess.run([str(DEVICE_VENV / "bin" / "edgecls"), "run", str(reference_bundle), str(video), "--json"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    recs, _ = json_lines(p.stdout)
+    assert [r["label"].split(",")[0] for r in recs] == labels
+
+
 def test_run_on_a_folder_is_an_evaluation_matching_the_runtime(reference_bundle, reference_photos, tmp_path):
     for photo in reference_photos:
         shutil.copy(photo, tmp_path / Path(photo).name)
