@@ -25,6 +25,7 @@ from edgecls.errors import EdgeclsError
 from edgecls.formats import BY_KEY, FAMILIES, FORMATS
 from edgecls.fsutil import atomic_dir, atomic_write_json, atomic_write_text, sha256_file
 from edgecls.device.evaluate import Measured, float_reference, measure, parity, progress_bar, table
+from edgecls.device.evaluate import console as make_console
 
 KERAS_KEY = "keras-float"        # the trained model itself: the reference every artifact is held to
 INT8_METHODS = ("auto", "ptq", "qat")
@@ -145,6 +146,15 @@ class Context:
             self._saved[which] = tflite.save_batch1(model, self.spec, self.work / f"saved_{which}")
         return self._saved[which]
 
+    def float_onnx(self) -> Path:
+        """The float ONNX, converted once: the onnx-float artifact and the source of QDQ int8."""
+        from edgecls.convert import onnx_export
+
+        path = self.work / "float.onnx"
+        if not path.exists():
+            onnx_export.to_float(self.model, self.spec, path)
+        return path
+
     def qat_model(self):
         if "qat_model" not in self._saved:
             from edgecls.convert import qat
@@ -235,9 +245,7 @@ def build_tflite_int8(ctx: Context, dest: Path) -> dict:
 
 
 def build_onnx_float(ctx: Context, dest: Path) -> dict:
-    from edgecls.convert import onnx_export
-
-    onnx_export.to_float(ctx.model, ctx.spec, dest)
+    shutil.copyfile(ctx.float_onnx(), dest)
     return {"method": "none"}
 
 
@@ -246,13 +254,9 @@ def build_onnx_int8(ctx: Context, dest: Path) -> dict:
     keeps float weights behind fake-quant nodes — a 9 MB "int8" file — so it is not a candidate.)"""
     from edgecls.convert import onnx_export
 
-    float_onnx = ctx.work / "float_for_int8.onnx"
-
     def route(method):
         def build(path):
-            if not float_onnx.exists():
-                onnx_export.to_float(ctx.model, ctx.spec, float_onnx)
-            onnx_export.to_int8(float_onnx, ctx.calib, path, method)
+            onnx_export.to_int8(ctx.float_onnx(), ctx.calib, path, method)
         return build
 
     routes = {"ptq": route("minmax"), "ptq-percentile": route("percentile")}
@@ -314,12 +318,10 @@ def calibration_subset(items: list[tuple[str, int]], n: int) -> list[tuple[str, 
 
 def export(opts: ExportOptions, console=None) -> dict:
     """Run the export; returns the manifest written. Raises EdgeclsError (GateFailed for the gate)."""
-    from rich.console import Console
-
     from edgecls.dataset import load_arrays
     from edgecls.run import load_run
 
-    console = console or Console(stderr=True)
+    console = console or make_console(stderr=True)
     check_options(opts)
     run = load_run(opts.run_dir)
     out = output_dir(opts)
@@ -355,8 +357,7 @@ def export(opts: ExportOptions, console=None) -> dict:
     with tempfile.TemporaryDirectory(prefix="edgecls-export-") as work, atomic_dir(out, overwrite=True) as tmp:
         ctx = Context(opts, model, run.spec, run.labels, Path(work), calib, x_train, x_val, y_val, keras_val)
         for key in keys:
-            with console.status(f"building {key}"):
-                ctx.built[key] = BUILDERS[key](ctx, tmp / BY_KEY[key].filename)
+            ctx.built[key] = BUILDERS[key](ctx, tmp / BY_KEY[key].filename)
             console.print(f"built {key} ({ctx.built[key]['method']})")
         manifest = write_manifest(tmp, run, keys, ctx.built, opts)
 

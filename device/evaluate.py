@@ -26,17 +26,28 @@ class Measured:
     latency_ms: float     # median over single images: what one camera frame costs on this host
 
 
+def console(stderr: bool = False):
+    """A rich Console; piped or captured, it keeps tables whole (wide) instead of 80 columns."""
+    import sys
+
+    from rich.console import Console
+
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(stderr=stderr, width=None if stream.isatty() else 140)
+
+
 @contextlib.contextmanager
 def progress_bar(description: str, total: int, enabled: bool = True):
-    """`with progress_bar(...) as advance: advance(done, total)` — a rich bar on stderr, or nothing."""
-    if not enabled or total <= 0:
+    """`with progress_bar(...) as advance: advance(done, total)` — a rich bar on a terminal's stderr, or nothing."""
+    import sys
+
+    if not enabled or total <= 0 or not sys.stderr.isatty():
         yield lambda done, total=None: None
         return
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=Console(stderr=True), transient=True) as bar:
+                  console=console(stderr=True), transient=True) as bar:
         task = bar.add_task(description, total=total)
 
         def advance(done: int, total_: int | None = None):
@@ -187,11 +198,9 @@ def register(app) -> None:
         if as_json:
             typer.echo(json.dumps(out))
             return
-        from rich.console import Console
-
         rows = out["artifacts"]
         sizes = {k: v["bytes"] for k, v in rows.items()}
-        Console().print(table(rows, out["reference"], sizes, reference_accuracy=out["reference_accuracy"],
+        console().print(table(rows, out["reference"], sizes, reference_accuracy=out["reference_accuracy"],
                               title=f"{len(out['files'])} images from {out['data']} — top-1 vs the bundle's float model"))
         if out["skipped"]:
             typer.echo(f"skipped {len(out['skipped'])} file(s) that are not readable images", err=True)

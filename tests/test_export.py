@@ -15,7 +15,7 @@ from edgecls.run import load_run
 
 from conftest import cli
 
-EXPORT_ARGS = ("--int8-method", "ptq", "--calib-samples", "40", "--max-drop", "50")
+EXPORT_ARGS = ("--int8-method", "ptq", "--calib-samples", "20", "--max-drop", "50")
 
 
 def build_tiny_bundle(tiny_run, base) -> tuple:

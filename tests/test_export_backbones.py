@@ -78,6 +78,7 @@ def hand_made_run(dest, model, cfg) -> None:
                                                "preprocessing": cfg.preprocess_spec().to_dict()}))
 
 
+@pytest.mark.slow   # ~1 min idle, 3 under load: QAT SavedModel + two TFLite conversions
 def test_mobilenet_v3_qat_exports_a_full_integer_bundle(tmp_path):
     from edgecls.bundle import load_bundle
     from edgecls.convert.export import ExportOptions, export

@@ -53,7 +53,7 @@ def test_device_input_equals_training_input(bundle, tmp_path, resize, order, in_
     trained_on = model_input(pixels, spec)
     assert pixels.shape == (1, 96, 96, 3)
     if resize == "letterbox":
-        assert (pixels[0, 0] == 114).all()                 # the photo is portrait: padded left/right
+        assert (pixels[0, :, 0] == 114).all()              # the photo is portrait: padded left/right
 
     frames = [Frame(load_rgb(PHOTO), "RGB", 0.0, 0), Frame(cv2.imread(str(PHOTO)), "BGR", 0.0, 1)]
     for precision in ("float", "int8"):
