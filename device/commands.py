@@ -38,8 +38,9 @@ def _err(msg: str) -> None:
 
 def run(
     bundle: Path = typer.Argument(..., help="Bundle folder from `edgecls export` (holds edgecls.json)."),
-    source: str = typer.Argument(..., help="picam:[N] | csi://N | /dev/videoN | usb:N | rtsp://… | http://… | "
-                                           "video file | image file | folder | glob"),
+    source_arg: Optional[str] = typer.Argument(None, metavar="[SOURCE]", help="Same as --source."),
+    source_opt: Optional[str] = typer.Option(None, "--source", "-s", help="picam:[N] | csi://N | /dev/videoN | usb:N | "
+                                             "rtsp://… | http://… | video file | image file | folder | glob"),
     format: Optional[str] = typer.Option(None, "--format", help=f"Model family: {'|'.join(FAMILIES)} "
                                                                "(default: the bundle's recommended artifact)."),
     precision: Optional[str] = typer.Option(None, "--precision", help="int8|float"),
@@ -66,6 +67,9 @@ def run(
     from edgecls.device.pipeline import run_pipeline
     from edgecls.device.sources import SourceOptions, open_source
 
+    if (source_arg is None) == (source_opt is None):
+        raise EdgeclsError("give the source once: edgecls run BUNDLE --source SOURCE")
+    source = source_opt or source_arg
     _check_choice(format, FAMILIES, "--format")
     _check_choice(precision, PRECISIONS, "--precision")
     for flag, value in (("--threads", threads), ("--max-frames", max_frames), ("--top-k", top_k)):

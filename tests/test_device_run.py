@@ -100,7 +100,7 @@ def test_run_in_a_device_only_venv_without_tensorflow(reference_bundle, photos_v
 def test_run_on_a_folder_is_an_evaluation_matching_the_runtime(reference_bundle, reference_photos, tmp_path):
     for photo in reference_photos:
         shutil.copy(photo, tmp_path / Path(photo).name)
-    p = edgecls("run", reference_bundle, tmp_path, "--json", "--top-k", "1")
+    p = edgecls("run", reference_bundle, "--source", tmp_path, "--json", "--top-k", "1")
     assert p.returncode == 0, p.stderr
     recs, _ = json_lines(p.stdout)
     b = load_bundle(reference_bundle)
@@ -174,6 +174,8 @@ def test_bad_bundles_and_sources_fail_in_one_line(reference_bundle, photos_video
     one_line_error(edgecls("run", reference_bundle, tmp_path / "missing.mp4", "--json"), "source not found")
     one_line_error(edgecls("run", reference_bundle, "http://127.0.0.1:1/stream", "--json"), "cannot open")
     one_line_error(edgecls("run", reference_bundle, video), "--headless")  # no window on this machine
+    one_line_error(edgecls("run", reference_bundle, "--json"), "give the source once")
+    one_line_error(edgecls("run", reference_bundle, video, "--source", video, "--json"), "give the source once")
 
 
 class PhotoStream:
