@@ -277,7 +277,8 @@ def outputs(execute, commands: list[str], bundle: str, images: str, formats: dic
                 yield "run", key, execute(run_args(bundle, images, fam))
 
 
-def compare_rows(cpu: str, env: str, kind: str, key: str | None, proc: Proc, formats, host, min_agreement) -> list[Row]:
+def compare_rows(cpu: str, env: str, kind: str, key: str | None, proc: Proc, formats, host, min_agreement,
+                 images: str) -> list[Row]:
     preds, why = predictions(proc, kind)
     keys = list(formats) if key is None else [key]
     rows = []
@@ -302,8 +303,10 @@ def compare_rows(cpu: str, env: str, kind: str, key: str | None, proc: Proc, for
         want = ENVS[env]
         if k.startswith("tflite") and runtime and not runtime.startswith(want):
             row.ok, row.detail = False, row.detail + f": expected {want} to run it"
-        if env == "tflite" and kind == "eval" and k == "tflite-int8" and host.get(("eval", REF_KERNELS)):
-            ref = Row(cpu, env, "eval vs reference kernels", False, 0.0)
+        if env == "tflite" and k == "tflite-int8" and host.get(("eval", REF_KERNELS)):
+            if kind == "run":   # run names files by the path it was given, eval relative to the folder
+                pi = {os.path.relpath(f, images): lab for f, lab in pi.items()}
+            ref = Row(cpu, env, f"{kind} vs reference kernels", False, 0.0)
             ref.agree, ref.total, ref.mismatches = compare(host["eval", REF_KERNELS], pi)
             ref.ok = ref.agreement >= min_agreement
             ref.detail = f"{ref.agree}/{ref.total} same top-1 as the host's LiteRT reference kernels"
@@ -333,7 +336,7 @@ def run_checks(args, pi_python: str) -> list[Row]:
                     rows.append(Row(cpu, env, "run tflite-int8 (must fail)", ok, p.seconds, detail=why))
                 continue
             for kind, key, proc in outputs(pi, args.commands, bundle, images, formats, RUN_ARTIFACTS[env]):
-                rows += compare_rows(cpu, env, kind, key, proc, formats, host, args.min_agreement)
+                rows += compare_rows(cpu, env, kind, key, proc, formats, host, args.min_agreement, images)
     return rows
 
 
