@@ -4,7 +4,7 @@
     python tools/pi_stack/check.py BUNDLE IMAGES_DIR [--cpus cortex-a72,cortex-a53] [--json-out FILE]
 
 Builds (or reuses) the emulated Pi OS Bookworm stack with `build.sh`, then, for every int8 artifact of
-BUNDLE: runs `edgecls eval BUNDLE IMAGES --json` and `edgecls run BUNDLE IMAGES --headless --json` on the
+BUNDLE: runs `edgecls eval BUNDLE IMAGES --json` and `edgecls run BUNDLE --source IMAGES --headless --json` on the
 host and in each Pi environment, and prints per environment the share of images whose top-1 answer
 matches the host's. `edgecls doctor --json` must name the runtime each environment has, and warn about
 the tflite-runtime + NumPy 2 trap in the environment built to fall into it.
@@ -119,7 +119,7 @@ def eval_args(bundle: str, images: str) -> list[str]:
 
 
 def run_args(bundle: str, images: str, fmt: str) -> list[str]:
-    return ["run", bundle, images, "--headless", "--json", "--format", fmt, "--precision", "int8"]
+    return ["run", bundle, "--source", images, "--headless", "--json", "--format", fmt, "--precision", "int8"]
 
 
 PARSERS = {"eval": top1_from_eval, "run": top1_from_run}
