@@ -152,8 +152,6 @@ def test_top1_agrees_with_the_host(pi_case, pi_a72, env, artifact):
     if explained:
         pytest.xfail(f"tflite-runtime 2.14 vs the host's LiteRT: {', '.join(explained)} same top-1; it computes "
                      "TFLite's reference kernels (100% equal), LiteRT's XNNPACK rounds differently (docs/pi-stack.md)")
-    if "eval" not in commands:
-        pytest.skip("no digits_bundle fixture yet: compared `edgecls run` on the reference bundle only")
 
 
 def test_tflite_runtime_computes_the_reference_kernels_answers(pi_case, pi_a72):
