@@ -16,7 +16,7 @@
 # Knobs (environment):
 #   EDGECLS_PI_CACHE  cache dir (default ~/.cache/edgecls-pi-stack): rootfs + downloaded wheels
 #   PYTHON            host python with pip (default: the python running edgecls, else python3)
-#   MIRROR            Debian mirror for debootstrap (default http://deb.debian.org/debian)
+#   MIRROR            Debian mirror for debootstrap (default: debootstrap's own)
 #   EDGECLS_WHEEL     a prebuilt edgecls wheel (default: built now from this checkout)
 # Needs root (debootstrap), qemu-user-static and debootstrap:
 #   apt-get install -y --no-install-recommends qemu-user-static debootstrap
@@ -25,7 +25,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 CACHE=${EDGECLS_PI_CACHE:-$HOME/.cache/edgecls-pi-stack}
-MIRROR=${MIRROR:-http://deb.debian.org/debian}
+MIRROR=${MIRROR:-}   # empty: debootstrap's default Debian mirror
 PYTHON=${PYTHON:-$(command -v python3)}
 ROOT=$CACHE/rootfs
 WHEELS=$CACHE/wheels
@@ -53,7 +53,7 @@ exec 9>"$CACHE/.lock"; flock 9   # one build at a time per cache
 if [ "$(cat "$ROOT/.recipe" 2>/dev/null)" != "$ROOTFS_RECIPE" ]; then
   step "rootfs: debootstrap --foreign arm64 bookworm minbase + python3 (download), then dpkg -x"
   rm -rf "$ROOT" "$ROOT.tmp"
-  debootstrap --arch=arm64 --foreign --variant=minbase --include=python3 bookworm "$ROOT.tmp" "$MIRROR" \
+  debootstrap --arch=arm64 --foreign --variant=minbase --include=python3 bookworm "$ROOT.tmp" ${MIRROR:+"$MIRROR"} \
     > "$CACHE/debootstrap.log" 2>&1 || { tail -20 "$CACHE/debootstrap.log" >&2; die "debootstrap failed"; }
   # No maintainer scripts run (they would need the emulated second stage): python3.11 needs none to start.
   for deb in "$ROOT.tmp"/var/cache/apt/archives/*.deb; do dpkg -x "$deb" "$ROOT.tmp"; done
