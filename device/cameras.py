@@ -19,8 +19,11 @@ from edgecls.errors import EdgeclsError
 # FFmpeg and OpenCV print their own lines for every failed (re)connect; our one-line errors and reconnect
 # messages say it once. Set OPENCV_FFMPEG_LOGLEVEL / OPENCV_LOG_LEVEL to see them again.
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET, read when FFmpeg opens a stream
-if "OPENCV_LOG_LEVEL" not in os.environ:
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # errors only: no "[ WARN:0@0.4] ... can't be used to capture by name"
+if "OPENCV_LOG_LEVEL" not in os.environ:  # errors only: no "[ WARN:0@0.4] ... can't be used to capture by name"
+    if hasattr(cv2, "utils") and hasattr(cv2.utils, "logging"):   # OpenCV 5
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    else:                                                        # OpenCV 4.x (what NumPy<2 systems get)
+        cv2.setLogLevel(2)
 
 
 class SourceOpenError(EdgeclsError):

@@ -26,12 +26,12 @@ def tflite_interpreter_class():
     except ImportError:
         pass
     trap = numpy2_trap()
+    if trap:  # on aarch64 the import succeeds and Interpreter() dies later with a SystemError: refuse first
+        raise EdgeclsError(trap)
     try:
         from tflite_runtime.interpreter import Interpreter
         return Interpreter, "tflite-runtime"
-    except Exception:  # NumPy-2 breakage surfaces as ImportError or AttributeError depending on versions
-        if trap:
-            raise EdgeclsError(trap) from None
+    except Exception:  # a broken install surfaces as ImportError or AttributeError depending on versions
         raise EdgeclsError("no TFLite runtime: pip install ai-edge-litert (or tflite-runtime on old systems)") from None
 
 
