@@ -20,6 +20,8 @@ def register(app) -> None:
         calib_samples: int = typer.Option(200, "--calib-samples", help="Training images used to calibrate int8."),
         io_dtype: str = typer.Option("uint8", "--io-dtype", help="int8 TFLite input/output type: uint8 or int8."),
         max_drop: float = typer.Option(1.0, "--max-drop", help="Most top-1 accuracy (pp) int8 may lose vs float."),
+        min_agreement: float = typer.Option(95.0, "--min-agreement",
+                                            help="Least top-1 agreement (%) of int8 with float on the test split."),
         allow_drop: bool = typer.Option(False, "--allow-drop", help="Keep the bundle even if int8 fails the gate."),
         threads: int = typer.Option(None, "--threads", help="Threads for the parity runs (default: all cores)."),
         as_json: bool = typer.Option(False, "--json", help="Print the written edgecls.json on stdout."),
@@ -32,7 +34,7 @@ def register(app) -> None:
         opts = ExportOptions(run_dir=run_dir, out=out, families=tuple(f.strip() for f in formats.split(",") if f.strip()),
                              int8=int8, int8_method="qat" if qat else int8_method, qat_epochs=qat_epochs,
                              calib_samples=calib_samples, io_dtype=io_dtype, max_drop=max_drop,
-                             allow_drop=allow_drop, threads=threads, show_progress=not as_json)
+                             min_agreement=min_agreement, allow_drop=allow_drop, threads=threads, show_progress=not as_json)
         manifest = export(opts)
         if as_json:
             typer.echo(json.dumps(manifest))
