@@ -48,7 +48,7 @@ def rows_for(method: str, m: dict, wall: float) -> list[list[str]]:
     return out
 
 
-HEADER = ["method", "artifact", "chosen", "keras top-1 %", "top-1 %", "Δ pp", "agreement %", "max|Δp|",
+HEADER = ["method", "artifact", "chosen", "keras top-1 %", "top-1 %", "Δ pp", "agreement %", "max abs Δp",
           "MB", "int8/float size", "host ms/img", "export s"]
 
 
