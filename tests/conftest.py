@@ -100,3 +100,27 @@ def reference_photos(shared) -> dict[str, str]:
     d = REFERENCE / "coral_test_data_extras"
     return {str(d / "parrot.jpg"): "macaw", str(d / "cat.bmp"): "Egyptian cat",
             str(d / "grace_hopper.bmp"): "military uniform", str(d / "hot_dog.jpg"): "hotdog"}
+
+
+# Exporting the tiny run: a weak model (trained for seconds), so the gates are opened; the gates
+# themselves are tested on their own in test_export.py.
+TINY_EXPORT_ARGS = ("--int8-method", "ptq", "--calib-samples", "20", "--max-drop", "50", "--min-agreement", "0")
+
+
+def build_tiny_bundle(tiny_run, base) -> tuple[Path, str]:
+    """Export `tiny_run` once per session (cached on disk): (bundle folder, the export's stderr)."""
+    from edgecls.bundle import MANIFEST
+
+    out = base / "export_tiny" / "bundle"
+    log = base / "export_tiny" / "stderr.txt"
+    if not (out / MANIFEST).is_file():
+        r = cli("export", tiny_run, "--out", out, *TINY_EXPORT_ARGS)
+        assert r.returncode == 0, r.stderr[-3000:]
+        log.write_text(r.stderr)
+    return out, log.read_text()
+
+
+@pytest.fixture(scope="session")
+def digits_bundle(tiny_run, tmp_path_factory) -> Path:
+    """A real bundle (float + int8, TFLite + ONNX) exported from the tiny digits run."""
+    return build_tiny_bundle(tiny_run, tmp_path_factory.getbasetemp())[0]

@@ -271,27 +271,23 @@ def test_doctor_reports_this_machine(reference_bundle):
     assert checks["tensorflow"]["detail"].endswith("(not needed on the device)")
 
 
-@pytest.fixture
-def digits(request):
-    """The digits bundle exported from the shared dataset (conftest's `digits_bundle`), once it exists."""
-    try:
-        return Path(request.getfixturevalue("digits_bundle"))
-    except pytest.FixtureLookupError:
-        pytest.skip("no digits_bundle fixture in conftest.py yet")
+def test_digits_video_agrees_with_eval_on_the_same_images(digits_bundle, tiny_run, tmp_path):
+    """A lossless video made from the run's held-out test photos, run headless: the answers `edgecls eval`
+    gives the same photos."""
+    from edgecls.run import load_run
 
-
-def test_digits_video_agrees_with_eval_on_the_same_images(digits, shared, tmp_path):
-    """A lossless video made from dataset photos, run headless: the answers `edgecls eval` gives the photos."""
+    digits = digits_bundle
     b = load_bundle(digits)
+    run = load_run(tiny_run)
     fmt = b.artifact(verify=False).fmt
     folder = tmp_path / "images"
     files = []
-    for c in b.labels:
-        photos = [f for f in sorted((shared / "data" / "sign_language_digits" / c).glob("*.JPG"))[-5:]
-                  if cv2.imread(str(f)).shape[:2] == (100, 100)]  # video frames = their exact pixels
-        for src in photos[:3]:
-            (folder / c).mkdir(parents=True, exist_ok=True)
-            files.append(Path(shutil.copy(src, folder / c / src.name)))
+    for rel, y in run.split_items("test"):
+        src = run.data_root / rel
+        if cv2.imread(str(src)).shape[:2] != (100, 100):  # video frames = their exact pixels
+            continue
+        (folder / b.labels[y]).mkdir(parents=True, exist_ok=True)
+        files.append(Path(shutil.copy(src, folder / b.labels[y] / src.name)))
     video = tmp_path / "digits.mkv"
     w = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"FFV1"), 10, (100, 100))  # lossless: same pixels
     for f in files:

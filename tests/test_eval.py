@@ -13,12 +13,12 @@ from edgecls.bundle import MANIFEST
 from edgecls.run import load_run
 
 from conftest import cli
-from test_export import build_tiny_bundle, one_line_error
+from test_export import one_line_error
 
 
 @pytest.fixture(scope="session")
-def bundle(tiny_run, tmp_path_factory) -> Path:
-    return build_tiny_bundle(tiny_run, tmp_path_factory.getbasetemp())[0]
+def bundle(digits_bundle) -> Path:
+    return digits_bundle
 
 
 @pytest.fixture(scope="session")

@@ -13,25 +13,11 @@ from edgecls.bundle import MANIFEST, load_bundle
 from edgecls.dataset import load_arrays
 from edgecls.run import load_run
 
-from conftest import cli
-
-EXPORT_ARGS = ("--int8-method", "ptq", "--calib-samples", "20", "--max-drop", "50", "--min-agreement", "0")
-
-
-def build_tiny_bundle(tiny_run, base) -> tuple:
-    """Export `tiny_run` once per session (cached on disk, so test_eval*.py shares it)."""
-    out = base / "export_tiny" / "bundle"
-    log = base / "export_tiny" / "stderr.txt"
-    if not (out / MANIFEST).is_file():
-        r = cli("export", tiny_run, "--out", out, *EXPORT_ARGS)
-        assert r.returncode == 0, r.stderr[-3000:]
-        log.write_text(r.stderr)
-    return out, log.read_text()
-
+from conftest import build_tiny_bundle, cli
 
 @pytest.fixture(scope="session")
-def tiny_bundle(tiny_run, tmp_path_factory):
-    return build_tiny_bundle(tiny_run, tmp_path_factory.getbasetemp())[0]
+def tiny_bundle(digits_bundle):
+    return digits_bundle
 
 
 def one_line_error(r, needle):

@@ -18,7 +18,7 @@ from edgecls.images import load_rgb
 from edgecls.preprocess import COLOR_ORDERS, RESIZE_MODES, PreprocessSpec, model_input, prepare
 
 from conftest import REFERENCE
-from test_export import build_tiny_bundle
+from conftest import build_tiny_bundle
 
 # A non-square photo, so crop and letterbox differ from stretch.
 PHOTO = REFERENCE / "coral_test_data_extras" / "grace_hopper.bmp"
