@@ -6,7 +6,6 @@ here: this module runs on the device.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from dataclasses import dataclass
@@ -36,24 +35,11 @@ def console(stderr: bool = False):
     return Console(stderr=stderr, width=None if stream.isatty() else 140)
 
 
-@contextlib.contextmanager
 def progress_bar(description: str, total: int, enabled: bool = True):
-    """`with progress_bar(...) as advance: advance(done, total)` — a rich bar on a terminal's stderr, or nothing."""
-    import sys
+    """The shared bar (edgecls.progress), called as `advance(done, total)`."""
+    from edgecls.progress import progress_bar as shared_bar
 
-    if not enabled or total <= 0 or not sys.stderr.isatty():
-        yield lambda done, total=None: None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=console(stderr=True), transient=True) as bar:
-        task = bar.add_task(description, total=total)
-
-        def advance(done: int, total_: int | None = None):
-            bar.update(task, completed=done, total=total_ or total)
-
-        yield advance
+    return shared_bar(description, quiet=not enabled, total=total)
 
 
 def measure(predict: Predict, pixels: np.ndarray, progress=None) -> Measured:

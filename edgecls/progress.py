@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import sys
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -17,22 +16,25 @@ def say(message: str, quiet: bool = False) -> None:
 
 def _progress(quiet: bool) -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), console=console, disable=quiet, transient=not sys.stderr.isatty())
+                    TimeRemainingColumn(), console=console, disable=quiet or not console.is_terminal,
+                    transient=True)  # bars are for terminals: a log file gets the summary lines only
 
 
 class _Bar:
     def __init__(self, progress: Progress, task):
         self.progress, self.task = progress, task
 
-    def update(self, done: int, total: int) -> None:
+    def update(self, done: int, total: int | None = None) -> None:
         self.progress.update(self.task, completed=done, total=total)
+
+    __call__ = update   # a bar is also the plain `progress(done, total)` callback
 
 
 @contextlib.contextmanager
-def progress_bar(description: str, quiet: bool = False):
-    """`with progress_bar("loading") as bar: ... bar.update(i, n)`."""
+def progress_bar(description: str, quiet: bool = False, total: int | None = None):
+    """`with progress_bar("loading") as bar: ... bar.update(i, n)` (or `bar(i, n)`)."""
     with _progress(quiet) as p:
-        yield _Bar(p, p.add_task(description, total=None))
+        yield _Bar(p, p.add_task(description, total=total))
 
 
 class EpochBar:
