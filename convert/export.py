@@ -10,7 +10,6 @@ the whole bundle is written atomically: a failed gate or an interrupted export l
 from __future__ import annotations
 
 import importlib
-import platform
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -19,10 +18,10 @@ from typing import Callable
 
 import numpy as np
 
-from edgecls import __version__
 from edgecls.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST, Artifact, load_bundle
 from edgecls.errors import EdgeclsError
 from edgecls.formats import BY_KEY, FAMILIES, FORMATS
+from edgecls.versions import library_versions
 from edgecls.fsutil import atomic_dir, atomic_write_json, atomic_write_text, sha256_file
 from edgecls.device.evaluate import Measured, float_reference, measure, parity, progress_bar, table
 from edgecls.device.evaluate import console as make_console
@@ -293,17 +292,8 @@ def io_details(key: str, path: Path) -> dict:
 # ---------------------------------------------------------------- the export
 
 def versions() -> dict:
-    out = {"edgecls": __version__, "python": platform.python_version()}
-    for mod, name in (("tensorflow", "tensorflow"), ("tf_keras", "tf-keras"),
-                      ("tensorflow_model_optimization", "tensorflow-model-optimization"), ("tf2onnx", "tf2onnx"),
-                      ("onnx", "onnx"), ("onnxruntime", "onnxruntime"), ("ai_edge_litert", "ai-edge-litert")):
-        try:
-            from importlib.metadata import version
-
-            out[name] = version(name)
-        except Exception:
-            pass
-    return out
+    return library_versions("tensorflow", "tf-keras", "tensorflow-model-optimization", "tf2onnx", "onnx",
+                            "onnxruntime", "ai-edge-litert")
 
 
 def calibration_subset(items: list[tuple[str, int]], n: int) -> list[tuple[str, int]]:

@@ -3,15 +3,12 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from edgecls import __version__
 from edgecls.dataset import load_arrays, scan, split
 from edgecls.errors import EdgeclsError
 from edgecls.fsutil import atomic_write_json, atomic_write_text
@@ -19,6 +16,7 @@ from edgecls.metrics import classification_report
 from edgecls.progress import progress_bar, say
 from edgecls.run import LABELS_TXT, MODEL_FILE, RUN_FORMAT, RUN_JSON, RUN_VERSION, SPLITS_JSON, is_run
 from edgecls.train.config import TrainConfig
+from edgecls.versions import library_versions
 
 CKPT = ".checkpoint"
 PHASES = ("head", "finetune")
@@ -37,16 +35,6 @@ def prepare_run_dir(out: Path, force: bool) -> None:
             raise EdgeclsError(f"{out} exists and is not an edgecls run; choose another --out (or --force to replace it)")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-
-
-def versions() -> dict:
-    v = {"edgecls": __version__, "python": platform.python_version(), "numpy": np.__version__,
-         "platform": platform.platform()}
-    for mod in ("tensorflow", "tf_keras"):
-        m = sys.modules.get(mod)
-        if m is not None:
-            v[mod] = getattr(m, "__version__", "?")
-    return v
 
 
 def _write_run_json(out: Path, meta: dict) -> None:
@@ -216,7 +204,7 @@ def train(cfg: TrainConfig | None, out: Path, force: bool = False, resume: bool 
     meta["training"] = {"strategy": type(strategy).__name__, "devices": [d.name for d in devices],
                         "gpus": len(gpus), "fine_tune_at": fine_tune_at,
                         "mixed_precision": keras.mixed_precision.global_policy().name}
-    meta["versions"] = versions()
+    meta["versions"] = library_versions("tensorflow", "tf-keras")
     _write_run_json(out, meta)
 
     plan = {"head": (cfg.epochs, cfg.lr), "finetune": (cfg.fine_tune_epochs, cfg.lr / 10)}
