@@ -81,7 +81,7 @@ def main() -> None:
     if a.json:
         print(json.dumps(rows, indent=2))
         return
-    print(f"| backbone | px | params | head img/s | fine-tune img/s | peak RSS MB |")
+    print("| backbone | px | params | head img/s | fine-tune img/s | peak RSS MB |")
     print("|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r:

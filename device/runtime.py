@@ -64,10 +64,8 @@ def onnx_providers(requested: list[str] | None = None) -> list[str]:
 
 
 def _quantize(x: np.ndarray, dtype, scale: float, zero_point: int) -> np.ndarray:
+    """Float → quantised input (only for non-uint8 input; uint8 pixels go through Model._lookup)."""
     info = np.iinfo(dtype)
-    if scale == 1.0 and float(zero_point).is_integer():
-        # Raw pixels map onto integers exactly: skip the float round trip (the common int8-I/O case).
-        return np.clip(x.astype(np.int32) + int(zero_point), info.min, info.max).astype(dtype)
     return np.clip(np.round(x / scale + zero_point), info.min, info.max).astype(dtype)
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgecls.errors import EdgeclsError
-from edgecls.formats import BY_KEY, FORMATS, Format, find
+from edgecls.formats import BY_KEY, Format, find
 from edgecls.fsutil import sha256_file
 from edgecls.preprocess import PreprocessSpec
 
@@ -95,7 +95,3 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
         raise EdgeclsError(f"{manifest} has no valid labels list")
     spec = PreprocessSpec.from_dict(meta.get("preprocessing") or {})
     return Bundle(root=root, meta=meta, labels=[str(x) for x in labels], spec=spec)
-
-
-def artifact_keys() -> list[str]:
-    return [f.key for f in FORMATS]
