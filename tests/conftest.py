@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,9 +26,6 @@ def pytest_configure(config):
 
 def cli(*args, env=None, timeout=900, cwd=None):
     """Run the real `edgecls` command in a subprocess (fresh TensorFlow state, real exit codes)."""
-    import subprocess
-    import sys
-
     full_env = dict(os.environ)
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-m", "edgecls", *map(str, args)], capture_output=True, text=True,
@@ -126,3 +125,19 @@ def build_tiny_bundle(tiny_run, base) -> tuple[Path, str]:
 def digits_bundle(tiny_run, tmp_path_factory) -> Path:
     """A real bundle (float + int8, TFLite + ONNX) exported from the tiny digits run."""
     return build_tiny_bundle(tiny_run, tmp_path_factory.getbasetemp())[0]
+
+
+@pytest.fixture(scope="session")
+def device_venv() -> Path:
+    """A venv with only `edgecls[device]`, as a Pi gets it (built once, cached in .edgecls-cache/)."""
+    venv = Path(os.environ.get("EDGECLS_DEVICE_VENV", ROOT / ".edgecls-cache" / "venv-device"))
+    stamp = venv / ".installed"
+    if not stamp.is_file() or stamp.read_text() != (ROOT / "pyproject.toml").read_text():
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+        r = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "-e", f"{ROOT}[device]"],
+                          capture_output=True, text=True, timeout=900)
+        assert r.returncode == 0, r.stderr[-3000:]
+        stamp.write_text((ROOT / "pyproject.toml").read_text())
+    assert subprocess.run([str(venv / "bin" / "python"), "-c", "import tensorflow"],
+                          capture_output=True).returncode != 0, "the device venv must not have TensorFlow"
+    return venv

@@ -81,25 +81,6 @@ def test_run_video_headless_json_names_every_frame_without_tensorflow(reference_
     assert summary["fps"] > 0 and 0 < summary["latency_ms_p50"] <= summary["latency_ms_p95"]
 
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="session")
-def device_venv() -> Path:
-    """A venv with only `edgecls[device]`, as a Pi gets it (built once, cached in .edgecls-cache/)."""
-    venv = Path(os.environ.get("EDGECLS_DEVICE_VENV", ROOT / ".edgecls-cache" / "venv-device"))
-    stamp = venv / ".installed"
-    if not stamp.is_file() or stamp.read_text() != (ROOT / "pyproject.toml").read_text():
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-        r = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "-e", f"{ROOT}[device]"],
-                           capture_output=True, text=True, timeout=900)
-        assert r.returncode == 0, r.stderr[-3000:]
-        stamp.write_text((ROOT / "pyproject.toml").read_text())
-    assert subprocess.run([str(venv / "bin" / "python"), "-c", "import tensorflow"],
-                          capture_output=True).returncode != 0, "the device venv must not have TensorFlow"
-    return venv
-
-
 def test_run_in_a_device_only_venv_without_tensorflow(device_venv, reference_bundle, photos_video):
     video, labels = photos_video
     p = subprocess.run([str(device_venv / "bin" / "edgecls"), "run", str(reference_bundle), str(video), "--json"],

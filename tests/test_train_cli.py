@@ -75,3 +75,12 @@ def test_help_and_validation_never_import_tensorflow(shared):
             "print('TF-MODULES', bad)")
     r = subprocess.run([sys.executable, "-c", code, str(DIGITS)], capture_output=True, text=True)
     assert "TF-MODULES []" in r.stdout, r.stdout + r.stderr
+
+
+def test_train_without_tensorflow_writes_nothing(device_venv, two_classes, tmp_path):
+    """edgecls[device] has no TensorFlow: `train` says what to install and leaves no half run folder."""
+    out = tmp_path / "run"
+    r = subprocess.run([str(device_venv / "bin" / "edgecls"), "train", str(two_classes), "--out", str(out)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "needs TensorFlow" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not out.exists()

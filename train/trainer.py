@@ -133,6 +133,9 @@ def train(cfg: TrainConfig | None, out: Path, force: bool = False, resume: bool 
         cfg = TrainConfig.from_dict(meta["config"])
     assert cfg is not None
     cfg.validate()
+    from edgecls.train.tfenv import import_tf
+
+    tf, keras = import_tf()   # before anything is written: a missing TensorFlow must not leave a half run folder
     weights = cfg.resolve_weights()
     spec = cfg.preprocess_spec()
 
@@ -179,9 +182,7 @@ def train(cfg: TrainConfig | None, out: Path, force: bool = False, resume: bool 
 
     from edgecls.train.data import balanced_class_weights, make_dataset
     from edgecls.train.model import build_model, default_fine_tune_at, set_phase
-    from edgecls.train.tfenv import import_tf
 
-    tf, keras = import_tf()
     keras.utils.set_random_seed(cfg.seed)
     gpus = tf.config.list_physical_devices("GPU")
     if cfg.mixed_precision:
