@@ -17,7 +17,7 @@ def import_tf():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
     try:
-        with _quiet_stderr():  # TF's C++ start-up chatter (oneDNN, CUDA probing) is not for users
+        with quiet_stderr():  # TF's C++ start-up chatter (oneDNN, CUDA probing) is not for users
             import tensorflow as tf
             import tf_keras as keras
 
@@ -37,7 +37,7 @@ def import_tf():
 
 
 @contextlib.contextmanager
-def _quiet_stderr():
+def quiet_stderr():
     """Silence file descriptor 2 (C++ logging bypasses sys.stderr). EDGECLS_DEBUG keeps it."""
     if os.environ.get("EDGECLS_DEBUG"):
         yield
