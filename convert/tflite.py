@@ -85,6 +85,11 @@ def compact(model: bytes) -> bytes:
     of an identical vector already written stores each distinct array once. Every value a runtime reads
     is unchanged (outputs are bit-identical under LiteRT and tflite-runtime, every op resolver: tested).
     """
+    return repack(model, share=True)
+
+
+def repack(model: bytes, share: bool) -> bytes:
+    """Re-serialise a .tflite through the schema's object API; `share` stores identical arrays once."""
     import flatbuffers
     from tensorflow.lite.python import schema_py_generated as schema
 
@@ -108,7 +113,7 @@ def compact(model: bytes) -> bytes:
             return self.EndVector()
 
     obj = schema.ModelT.InitFromObj(schema.Model.GetRootAs(model, 0))
-    builder = SharingBuilder(len(model))
+    builder = (SharingBuilder if share else flatbuffers.Builder)(len(model))
     builder.Finish(obj.Pack(builder), file_identifier=TFLITE_FILE_IDENTIFIER)
     return bytes(builder.Output())
 

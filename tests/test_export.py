@@ -66,19 +66,13 @@ def test_compact_tflite_is_smaller_and_computes_the_same(tiny_bundle, tiny_run):
     """convert.tflite.compact stores repeated arrays once; the model must compute exactly the same.
 
     The converter's layout (every array written out in full) is rebuilt from the bundle's int8 file with a
-    plain flatbuffers builder, then compacted again; both run on the run's real test photos with every op
+    plain flatbuffers builder (`repack(share=False)`), then compacted again; both run on the run's real test photos with every op
     resolver of LiteRT (XNNPACK, optimised built-ins, reference kernels)."""
-    import flatbuffers
     from ai_edge_litert import interpreter as litert
-    from tensorflow.lite.python import schema_py_generated as schema
 
-    from edgecls.convert.tflite import TFLITE_FILE_IDENTIFIER, compact
+    from edgecls.convert.tflite import compact, repack
 
-    shipped = (tiny_bundle / "model_int8.tflite").read_bytes()
-    builder = flatbuffers.Builder(len(shipped))
-    builder.Finish(schema.ModelT.InitFromObj(schema.Model.GetRootAs(shipped, 0)).Pack(builder),
-                   file_identifier=TFLITE_FILE_IDENTIFIER)
-    plain = bytes(builder.Output())
+    plain = repack((tiny_bundle / "model_int8.tflite").read_bytes(), share=False)
     compacted = compact(plain)
     assert len(compacted) < 0.93 * len(plain), (len(compacted), len(plain))
     assert len(compact(compacted)) == len(compacted)
