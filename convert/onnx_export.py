@@ -43,8 +43,12 @@ CALIBRATION = ("minmax", "percentile")
 
 
 def to_int8(float_onnx: Path, calib: Iterable[np.ndarray], dest: Path, method: str = "minmax") -> Path:
-    """QDQ int8 (uint8 activations, per-channel int8 weights). `method` sets the activation ranges:
-    minmax (as TFLite) or percentile (99.999th: ignores the rare outliers that widen a range)."""
+    """QDQ int8 (int8 activations, per-channel int8 weights). `method` sets the activation ranges:
+    minmax (as TFLite) or percentile (99.999th: ignores the rare outliers that widen a range).
+
+    int8 activations (S8S8, onnxruntime's recommended QDQ setting) rather than uint8 (U8S8): on a trained
+    digits bundle they were more accurate on x86 (97.1% vs 96.5%) and agreed better between onnxruntime's
+    x86 and ARM kernels (99.4% vs 98.7% same top-1, benchmarks/NOTES.md)."""
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -55,7 +59,7 @@ def to_int8(float_onnx: Path, calib: Iterable[np.ndarray], dest: Path, method: s
         # Shape inference + graph fusion first, as onnxruntime recommends before static quantisation.
         quant_pre_process(str(float_onnx), str(pre), skip_symbolic_shape=False)
         quantize_static(str(pre), str(dest), reader, quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                         calibrate_method={"minmax": CalibrationMethod.MinMax,
                                           "percentile": CalibrationMethod.Percentile}[method])
     return dest

@@ -117,41 +117,37 @@ def rows_where(rows, **kw):
     return [r for r in rows if all(r[k] == v for k, v in kw.items())]
 
 
-def kernel_explained(row: dict, rows: list[dict]) -> bool:
-    """A tflite-runtime answer that differs from the host's LiteRT while every answer of it equals the host's
-    LiteRT *reference* kernels: a property of tflite-runtime 2.14, not of edgecls (docs/pi-stack.md)."""
-    if row["env"] != "tflite" or row["check"] not in ("eval tflite-int8", "run tflite-int8") or not row["total"]:
-        return False
-    ref = rows_where(rows, env="tflite", check=row["check"].split()[0] + " vs reference kernels")
-    return len(ref) == 1 and ref[0]["agreement"] == 1.0
+# The small bundle CI exports is trained for seconds (about half its answers are right, with top-1
+# probabilities near 0.2): rounding differences between CPUs flip a few of its near-ties from run to run.
+# On it every difference must be a near-tie (check.py NEAR_TIE); the >= 99% bar is asserted on a trained
+# bundle below, where answers are confident and the figure is the same every run.
+TINY_MIN_AGREEMENT = 0.8
+
+
+def only_near_ties(row: dict) -> bool:
+    return row["total"] > 0 and row["near_ties"] == len(row["mismatches"]) and row["agreement"] >= TINY_MIN_AGREEMENT
 
 
 def test_every_check_passes_on_a_pi4(pi_a72):
-    """Every command works and agrees; tflite-runtime's kernel-explained differences are test_top1's xfail."""
+    """Every command works and answers every image; an agreement below 99% only from near-ties."""
     rc, out, rows, _ = pi_a72
-    failed = [f"{r['env']} {r['check']}: {r['detail']}" for r in rows if not r["ok"] and not kernel_explained(r, rows)]
+    failed = [f"{r['env']} {r['check']}: {r['detail']}" for r in rows
+              if not r["ok"] and not (r["cpu"] != "host" and r["agreement"] is not None and only_near_ties(r))]
     assert not failed, "\n".join(failed) + "\n" + out
 
 
 @pytest.mark.parametrize("env", ["litert", "tflite"])
 @pytest.mark.parametrize("artifact", ["tflite-int8", "onnx-int8"])
-def test_top1_agrees_with_the_host(pi_case, pi_a72, env, artifact):
+def test_top1_differs_from_the_host_only_on_near_ties(pi_case, pi_a72, env, artifact):
     rc, out, rows, _ = pi_a72
     commands = [k for k in pi_case[2] if k == "eval" or artifact in pi_check.RUN_ARTIFACTS[env]]
     if not commands:
         pytest.skip(f"`edgecls run` in the {env} env runs {', '.join(pi_check.RUN_ARTIFACTS[env])} only")
-    explained = []
     for kind in commands:
         [row] = rows_where(rows, cpu="cortex-a72", env=env, check=f"{kind} {artifact}")
         [host] = rows_where(rows, cpu="host", check=f"{kind} {artifact}")
         assert row["total"] == host["total"] >= 10, out   # every image the host saw was answered on the Pi
-        if row["agreement"] < 0.99 and kernel_explained(row, rows):
-            explained.append(f"{kind} {row['agree']}/{row['total']} ({row['agreement'] * 100:.1f}%)")
-            continue
-        assert row["agreement"] >= 0.99, out
-    if explained:
-        pytest.xfail(f"tflite-runtime 2.14 vs the host's LiteRT: {', '.join(explained)} same top-1; it computes "
-                     "TFLite's reference kernels (100% equal), LiteRT's XNNPACK rounds differently (docs/pi-stack.md)")
+        assert row["agreement"] == 1.0 or only_near_ties(row), out
 
 
 def test_tflite_runtime_computes_the_reference_kernels_answers(pi_case, pi_a72):
@@ -185,14 +181,13 @@ def test_pi3_cortex_a53_gives_the_same_answers(request, pi_case, pi_a72, tmp_pat
                                  "--envs", "litert", "--commands", "run", "--formats", "tflite-int8",
                                  "--pi-python", launcher)
     pi_rows = rows_where(rows, cpu="cortex-a53")
-    assert rc == 0 and [r["check"] for r in pi_rows] == ["cpu features", "doctor", "run tflite-int8"], out
-    assert all(r["ok"] for r in pi_rows), out
+    assert [r["check"] for r in pi_rows] == ["cpu features", "doctor", "run tflite-int8"], out
+    assert all(r["ok"] or (r["agreement"] is not None and only_near_ties(r)) for r in pi_rows), out
 
 
 # ---- a trained bundle: the >= 99% bar on held-out photos ------------------------------------------
 
 TRAINED = ROOT / "tests" / "data" / "digits96"
-ONNX_CROSS_ARCH_FLOOR = 0.98   # measured 306/310 (98.7%); below this something changed beyond kernel rounding
 
 
 def trained_images() -> list[str]:
@@ -220,10 +215,6 @@ def test_a_trained_bundle_gives_the_hosts_answers(pi_trained, env, artifact):
     rc, out, rows, _ = pi_trained
     [row] = rows_where(rows, cpu="cortex-a72", env=env, check=f"eval {artifact}")
     assert row["total"] == len(trained_images()), out
-    if artifact == "onnx-int8" and row["agreement"] < 0.99:
-        assert row["agreement"] >= ONNX_CROSS_ARCH_FLOOR, out
-        pytest.xfail(f"onnxruntime on ARM vs x86: {row['agree']}/{row['total']} same top-1 on held-out photos (99.5% over all "
-                     "2,062 digits): its int8 kernels round differently per CPU (docs/pi-stack.md)")
     assert row["agreement"] >= 0.99, out
 
 
@@ -248,6 +239,20 @@ def test_harness_reads_run_json_and_counts_disagreements(host_run_output):
     del other[sorted(other)[1]]   # an image the Pi never answered counts as a disagreement
     same, total, diff = pi_check.compare(host, other)
     assert (same, total) == (len(host) - 2, len(host)) and diff[0][0] == first
+
+
+def test_harness_tells_near_ties_from_confident_differences(host_run_output):
+    tops = pi_check.top_from_run(host_run_output)
+    top1 = pi_check.top1_from_run(host_run_output)
+    assert tops.keys() == top1.keys() and all(tops[f][0][0] == top1[f] for f in top1)
+    for f, top in tops.items():
+        assert [p for _, p in top] == sorted((p for _, p in top), reverse=True)
+        runner_up, p2 = top[1]
+        assert pi_check.is_near_tie(top, runner_up) == (top[0][1] - p2 <= pi_check.NEAR_TIE)
+        assert not pi_check.is_near_tie(top, "a label the host never gave")
+    assert pi_check.is_near_tie([("7", 0.42), ("8", 0.40)], "8")
+    assert not pi_check.is_near_tie([("7", 0.90), ("8", 0.05)], "8")   # a confident answer flipped: a real bug
+    assert pi_check.host_odds([("7", 0.57), ("8", 0.32)], "8") == "p 0.57 vs 0.32"
 
 
 def test_harness_rejects_bad_usage(tmp_path):

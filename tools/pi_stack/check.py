@@ -38,6 +38,10 @@ CPU_FEATURES = ("try:\n from numpy._core._multiarray_umath import __cpu_features
                 "except ImportError:\n from numpy.core._multiarray_umath import __cpu_features__ as f\n"
                 "import platform; print(platform.machine(), *sorted(k for k, v in f.items() if v))")
 COMMAND_TIMEOUT_S = 900
+# A Pi answer that differs from the host's is a *near-tie* when the host scored it at most this much below
+# its own answer: int8 kernels that round differently per CPU flip those (the widest measured: onnxruntime,
+# host 0.57 vs 0.32 on a trained bundle, docs/pi-stack.md); a preprocessing or label bug flips confident ones.
+NEAR_TIE = 0.3
 
 
 @dataclass
@@ -51,6 +55,7 @@ class Row:
     total: int = 0
     detail: str = ""
     mismatches: list = field(default_factory=list)
+    near_ties: int = 0    # of the mismatches, how many are near-ties on the host (see NEAR_TIE)
 
     @property
     def agreement(self) -> float | None:
@@ -80,16 +85,36 @@ def call(argv: list[str], env: dict | None = None) -> Proc:
 
 # ---- reading the commands' JSON -------------------------------------------------------------------
 
-def top1_from_run(stdout: str) -> dict[str, str]:
-    """`edgecls run --json`: one record per frame with "file" and "label", then a {"summary": ...} line."""
-    out = {}
+def run_records(stdout: str):
+    """`edgecls run --json`: one record per frame with "file", "label" and "top", then a {"summary": ...} line."""
     for line in stdout.splitlines():
         line = line.strip()
         if line.startswith("{"):
             rec = json.loads(line)
             if "file" in rec and "label" in rec:
-                out[rec["file"]] = rec["label"]
-    return out
+                yield rec
+
+
+def top1_from_run(stdout: str) -> dict[str, str]:
+    return {rec["file"]: rec["label"] for rec in run_records(stdout)}
+
+
+def top_from_run(stdout: str) -> dict[str, list[tuple[str, float]]]:
+    """{file: [(label, probability), ...]}, best first."""
+    return {rec["file"]: [(t["label"], float(t["p"])) for t in rec["top"]] for rec in run_records(stdout)}
+
+
+def is_near_tie(host_top: list[tuple[str, float]] | None, pi_label: str) -> bool:
+    theirs = dict(host_top or []).get(pi_label)
+    return theirs is not None and host_top[0][1] - theirs <= NEAR_TIE
+
+
+def host_odds(host_top: list[tuple[str, float]] | None, pi_label: str) -> str:
+    """How the host scored its answer and the Pi's, for the report: "p 0.52 vs 0.41"."""
+    if not host_top:
+        return ""
+    theirs = dict(host_top).get(pi_label)
+    return f"p {host_top[0][1]:.2f} vs {'?' if theirs is None else f'{theirs:.2f}'}"
 
 
 def top1_from_eval(stdout: str) -> dict[str, tuple[dict[str, str], str]]:
@@ -221,12 +246,18 @@ def int8_only_bundle(bundle: Path, dest: Path) -> Path:
     return dest
 
 
-def host_predictions(args, formats: dict[str, str], rows: list[Row]) -> dict[tuple[str, str], dict[str, str]]:
-    """(command, artifact) -> {file: top-1} on the host, the reference every Pi answer is compared with."""
+def host_predictions(args, formats: dict[str, str], rows: list[Row]) -> dict[tuple[str, str], dict]:
+    """(command, artifact) -> {file: top-1} on the host, the reference every Pi answer is compared with;
+    ("top", artifact) -> {file relative to IMAGES: the host's top-k}, to tell near-ties from real differences."""
     bundle, images = str(args.bundle), str(args.images)
     host_py = [args.host_python, "-m", "edgecls"]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     host = {}
+    # `run --json --top-k N` carries every class's probability; on the host it costs a second per artifact.
+    all_classes = ["--top-k", str(len(read_manifest(args.bundle)["labels"]))]
+    for _, key, proc in outputs(lambda cli: call(host_py + cli + all_classes, env), ["run"], bundle, images, formats):
+        if proc.rc == 0:
+            host["top", key] = {os.path.relpath(f, images): t for f, t in top_from_run(proc.out).items()}
     for kind, key, proc in outputs(lambda cli: call(host_py + cli, env), args.commands, bundle, images, formats):
         preds, why = predictions(proc, kind)
         for k in (list(formats) if key is None else [key]):
@@ -298,8 +329,14 @@ def compare_rows(cpu: str, env: str, kind: str, key: str | None, proc: Proc, for
         else:
             pi = preds
         row.agree, row.total, row.mismatches = compare(host[kind, k], pi)
+        tops = host.get(("top", k), {})
+        rel = (lambda f: os.path.relpath(f, images)) if kind == "run" else (lambda f: f)   # noqa: E731
+        row.near_ties = sum(is_near_tie(tops.get(rel(f)), got) for f, _, got in row.mismatches)
+        row.mismatches = [(f, want, got, host_odds(tops.get(rel(f)), got)) for f, want, got in row.mismatches]
         row.ok = row.agreement >= min_agreement
         row.detail = f"{row.agree}/{row.total} same top-1 as the host" + (f" ({runtime})" if runtime else "")
+        if row.mismatches:
+            row.detail += f"; {row.near_ties} of the {len(row.mismatches)} that differ are near-ties on the host"
         want = ENVS[env]
         if k.startswith("tflite") and runtime and not runtime.startswith(want):
             row.ok, row.detail = False, row.detail + f": expected {want} to run it"
@@ -346,8 +383,9 @@ def report(rows: list[Row], min_agreement: float) -> str:
         agree = f"{r.agreement * 100:6.1f}%" if r.agreement is not None and r.cpu != "host" else ""
         lines.append(f"{r.cpu:<11} {r.env:<10} {r.check:<34} {agree:>7} {r.seconds:6.1f}s  "
                      f"{'ok  ' if r.ok else 'FAIL'} {r.detail}")
-        for f, want, got in r.mismatches[:5]:
-            lines.append(f"{'':<12}{'':<11}  differs: {f}: host {want!r}, pi {got!r}")
+        for f, want, got, *odds in r.mismatches[:5]:
+            odds = f" (host {odds[0]})" if odds and odds[0] else ""
+            lines.append(f"{'':<12}{'':<11}  differs: {f}: host {want!r}, pi {got!r}{odds}")
     failed = [r for r in rows if not r.ok]
     lines.append(f"pi-stack: {len(rows) - len(failed)}/{len(rows)} checks ok "
                  f"(top-1 agreement must be >= {min_agreement * 100:.0f}%)")
