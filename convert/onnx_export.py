@@ -26,6 +26,14 @@ def to_float(model, spec, dest: Path) -> Path:
     return dest
 
 
+def from_tflite(tflite_path: Path, dest: Path) -> Path:
+    """ONNX (QDQ) converted from an int8 TFLite by tf2onnx: the same integer model, uint8/int8 I/O."""
+    import tf2onnx
+
+    tf2onnx.convert.from_tflite(str(tflite_path), opset=OPSET, output_path=str(dest))
+    return dest
+
+
 class _Calibration:
     """onnxruntime CalibrationDataReader over prepared training images (raw pixels, float32)."""
 

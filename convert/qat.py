@@ -3,6 +3,8 @@
 - Only layers tfmot's default 8-bit registry supports are annotated; the rest (Rescaling, the
   TFOpLambda adds/multiplies of MobileNetV3's hard-swish, ...) stay float in the QAT graph and get
   calibrated ranges at conversion time. `quantize_model` would reject such models outright.
+  BatchNormalization is not in the registry but is annotated where it follows a linear conv, so tfmot's
+  Conv+BN(+ReLU) transforms fold it as TFLite will (`foldable_batchnorms`).
 - Trainability is set explicitly after `quantize_apply`: its wrappers list the wrapped kernel as
   their own trainable weight, so a frozen layer's kernel trains again and `layer.trainable = False`
   alone does not stop it. Conv/dense weights train; BatchNorm layers stay frozen, i.e. in inference
@@ -32,18 +34,39 @@ def _registry():
 
 
 def annotate(model):
-    """Clone of `model` with every registry-supported layer annotated for quantisation."""
+    """Clone of `model` with every registry-supported layer annotated for quantisation, and every
+    BatchNormalization that directly follows a linear convolution, so that tfmot's Conv+BN(+ReLU)
+    transforms fold it: the registry does not list BatchNormalization, and left unannotated it made the
+    conv quantize its own output before the BN — the int8 model then ran 52 BatchNorms as separate int8
+    MUL/ADD ops (measured here: 90.1% top-1 before any fine-tuning vs 96.5% folded, float 97.7%)."""
     import tensorflow_model_optimization as tfmot
     import tf_keras as keras
 
     registry = _registry()
+    folded = set(foldable_batchnorms(model))
 
     def clone(layer):
-        if registry.supports(layer):
+        if registry.supports(layer) or layer.name in folded:
             return tfmot.quantization.keras.quantize_annotate_layer(layer)
         return layer
 
     return keras.models.clone_model(model, clone_function=clone)
+
+
+def foldable_batchnorms(model) -> list[str]:
+    """Names of the BatchNormalization layers tfmot's transforms fold into the conv before them: fed by a
+    Conv2D/DepthwiseConv2D with linear activation that feeds nothing else."""
+    import tf_keras as keras
+
+    names = []
+    for layer in model.layers:
+        if not isinstance(layer, keras.layers.BatchNormalization) or len(layer._inbound_nodes) != 1:
+            continue
+        conv = layer._inbound_nodes[0].inbound_layers
+        if (isinstance(conv, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D))
+                and conv.get_config().get("activation") == "linear" and len(conv._outbound_nodes) == 1):
+            names.append(layer.name)
+    return names
 
 
 def quantize(model):
@@ -60,14 +83,16 @@ def quantize(model):
 
 
 def set_trainable(layer, flag: bool) -> None:
+    """A QuantizeWrapper lists the wrapped layer's variables (a conv's kernel, a BatchNorm's gamma/beta)
+    in its own trainable list whatever `trainable` says, and its flag does not reach the wrapped layer:
+    freezing one means moving them by hand."""
     layer.trainable = flag
-    wrapped = [w for w, _, _ in getattr(layer, "_weight_vars", [])]   # a QuantizeWrapper's kernels
-    if not flag:
-        for k in wrapped:   # in place: Keras' attribute tracking ignores a reassigned list here
-            keep = [w for w in layer._trainable_weights if w is not k]
-            del layer._trainable_weights[:]
-            layer._trainable_weights.extend(keep)
-            layer._non_trainable_weights.append(k)
+    if hasattr(layer, "layer"):
+        layer.layer.trainable = flag   # a wrapped BatchNorm otherwise runs in training mode
+    if not flag and hasattr(layer, "_weight_vars"):
+        moved = list(layer._trainable_weights)
+        del layer._trainable_weights[:]   # in place: Keras' attribute tracking ignores a reassigned list
+        layer._non_trainable_weights.extend(w for w in moved if all(w is not n for n in layer._non_trainable_weights))
 
 
 @contextlib.contextmanager

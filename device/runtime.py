@@ -203,6 +203,10 @@ class OnnxModel(Model):
             raise EdgeclsError(f"{artifact.path.name}: unsupported input type {inp.type}")
         io = artifact.meta.get("input", {})
         self.input_io = TensorIO(np.dtype(dtype), float(io.get("scale", 0.0)), int(io.get("zero_point", 0)))
+        # An ONNX converted from an int8 TFLite keeps its uint8/int8 output; edgecls.json carries its scale.
+        out, io = self.sess.get_outputs()[0], artifact.meta.get("output", {})
+        self.output_io = TensorIO(np.dtype({"tensor(uint8)": np.uint8, "tensor(int8)": np.int8}.get(out.type, np.float32)),
+                                  float(io.get("scale", 0.0)), int(io.get("zero_point", 0)))
         self._batch_fixed = isinstance(inp.shape[0], int)
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
@@ -211,6 +215,8 @@ class OnnxModel(Model):
             out = np.concatenate([self.sess.run(None, {self._in_name: x[i:i + 1]})[0] for i in range(len(x))], 0)
         else:
             out = self.sess.run(None, {self._in_name: x})[0]
+        if self.output_io.quantized:
+            out = (out.astype(np.float32) - self.output_io.zero_point) * self.output_io.scale
         return self._finish(out)
 
 

@@ -49,6 +49,25 @@ def test_qat_annotates_around_unsupported_layers(backbone):
     np.testing.assert_allclose(out.sum(1), 1.0, atol=1e-3)
 
 
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
+def test_qat_folds_every_batchnorm_into_its_conv(backbone):
+    """No fake-quant between a conv and its BatchNorm: the QAT graph quantizes what TFLite will run
+    (BN folded into the conv), not a conv output TFLite never computes."""
+    from edgecls.convert import qat
+
+    model, _ = tiny_model(backbone)
+    bns = qat.foldable_batchnorms(model)
+    n_bn = sum(type(layer).__name__ == "BatchNormalization" for layer in model.layers)
+    assert bns and len(bns) == n_bn, (len(bns), n_bn)   # every BN of these backbones follows a linear conv
+    qmodel = qat.quantize(model)
+    for name in bns:
+        wrapper = qmodel.get_layer(f"quant_{name}")
+        assert type(wrapper.layer).__name__ == "BatchNormalization"
+        conv = wrapper._inbound_nodes[0].inbound_layers
+        assert type(conv).__name__ == "QuantizeWrapperV2", name
+        assert not [w.name for w in conv.weights if "post_activation" in w.name], (name, conv.name)
+
+
 def test_frozen_kernels_stay_frozen_after_quantize_apply():
     """The tfmot trap: a wrapper lists its kernel as trainable whatever `trainable` says."""
     from edgecls.convert import qat

@@ -16,3 +16,26 @@ def test_reference_int8_model_names_the_photos(reference_bundle, reference_photo
     got = [b.labels[i] for i in probs.argmax(1)]
     assert [g.split(",")[0] for g in got] == list(reference_photos.values())
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=0.05)
+
+
+def test_onnx_converted_from_an_int8_tflite_gives_its_probabilities(reference_bundle, reference_photos, tmp_path):
+    """export's `from-tflite` ONNX route: tf2onnx keeps the TFLite's uint8 output, and the runtime
+    dequantizes it with the scale edgecls.json records, so ONNX and TFLite report the same probabilities."""
+    from edgecls.bundle import Artifact
+    from edgecls.convert import onnx_export, tflite
+    from edgecls.device.runtime import OnnxModel
+    from edgecls.formats import BY_KEY
+
+    b = load_bundle(reference_bundle)
+    src = reference_bundle / "model_int8.tflite"
+    onnx = onnx_export.from_tflite(src, tmp_path / "model_int8.onnx")
+    io = tflite.io_details(src)
+    assert io["output"]["dtype"] == "uint8" and io["output"]["scale"] > 0
+    x = np.stack([prepare(load_rgb(p), b.spec) for p in reference_photos])
+    want = load_model(b, "tflite", "int8", threads=2).predict(x)
+    got = OnnxModel(Artifact(BY_KEY["onnx-int8"], onnx, {"output_kind": "probabilities", **io}), b.spec, 1001).predict(x)
+    assert list(got.argmax(1)) == list(want.argmax(1))
+    np.testing.assert_allclose(got.sum(1), 1.0, atol=0.05)          # dequantized, not 0..255
+    assert np.abs(got - want).max() <= 16 * io["output"]["scale"]   # integer kernels of two runtimes
+    bare = OnnxModel(Artifact(BY_KEY["onnx-int8"], onnx, {"output_kind": "probabilities"}), b.spec, 1001).predict(x)
+    assert bare.max() > 1.5   # without the recorded scale the raw uint8 would come through: the scale matters
