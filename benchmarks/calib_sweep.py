@@ -23,10 +23,20 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 
 
+def sizes(text: str) -> list[int]:
+    try:
+        out = [int(s) for s in text.split(",")]
+    except ValueError:
+        out = []
+    if not out or min(out) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, comma-separated: {text!r}")
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run_dir")
-    ap.add_argument("--sizes", default="200,500,1442")
+    ap.add_argument("--sizes", default="200,500,1442", type=sizes, help="calibration image counts, comma-separated")
     ap.add_argument("--work", help="keep the SavedModel and the .tflite files here (default: a temp folder)")
     args = ap.parse_args()
 
@@ -48,7 +58,7 @@ def main() -> int:
         work = Path(args.work or tmp)
         work.mkdir(parents=True, exist_ok=True)
         saved = tflite.save_batch1(model, run.spec, work / "saved_float")
-        for n in (int(s) for s in args.sizes.split(",")):
+        for n in args.sizes:
             calib, _ = load_arrays(run.data_root, calibration_subset(run.split_items("train"), n), run.spec)
             t = time.perf_counter()
             path = work / f"int8_calib{n}.tflite"
@@ -69,4 +79,9 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from edgecls.errors import EdgeclsError
+
+    try:
+        sys.exit(main())
+    except EdgeclsError as e:   # a folder that is not a run, a corrupt model: one line, exit 1
+        sys.exit(f"calib_sweep: error: {e}")

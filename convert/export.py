@@ -138,7 +138,6 @@ class Context:
     y_val: np.ndarray
     keras_val: np.ndarray            # Keras probabilities on x_val
     built: dict = field(default_factory=dict)   # key → {"method", "candidates"}
-    onnx_io: dict = field(default_factory=dict)  # ONNX route → {"input", "output"} when they are quantized
     _saved: dict = field(default_factory=dict)
 
     def saved_model(self, which: str = "float") -> Path:
@@ -183,11 +182,15 @@ class Context:
         least = max(MIN_AGREEMENT, self.opts.min_agreement / 100)
         return drop_pp <= self.opts.max_drop and s["val_agreement"] >= least
 
+    def candidate(self, key: str, method: str, suffix: str) -> Path:
+        """Where `choose` builds (and keeps, until the export ends) one method's file for `key`."""
+        return self.work / f"{key}.{method}{suffix}"
+
     def choose(self, key: str, dest: Path, candidates: dict[str, Callable[[Path], object]]) -> dict:
         """Build candidates in order, score each on val; keep the first good enough one, else the best."""
         tried, best = {}, None
         for name, build in candidates.items():
-            path = self.work / f"{key}.{name}{dest.suffix}"
+            path = self.candidate(key, name, dest.suffix)
             try:
                 build(path)
             except EdgeclsError:
@@ -203,7 +206,7 @@ class Context:
                 break
         if best is None:
             raise EdgeclsError(f"could not build {key}: " + "; ".join(f"{n}: {t['error']}" for n, t in tried.items()))
-        shutil.copyfile(self.work / f"{key}.{best}{dest.suffix}", dest)
+        shutil.copyfile(self.candidate(key, best, dest.suffix), dest)
         return {"method": best, "candidates": tried}
 
 
@@ -267,22 +270,23 @@ def build_onnx_int8(ctx: Context, dest: Path) -> dict:
         return build
 
     routes = {"ptq": route("minmax"), "ptq-percentile": route("percentile")}
+    io = {}   # route → the {"input", "output"} scales edgecls.json must carry for it (ONNX files have none)
     source = ctx.built.get("tflite-int8")
     if source and source["method"] == "qat":
         # The QAT TFLite measured best (digits, make_results run: ONNX from it 97.74% vs PTQ QDQ 96.13%,
         # float 97.74%), so its ONNX twin is tried first. Its uint8 I/O scales come with it.
-        src = ctx.work / "tflite-int8.qat.tflite"
+        src = ctx.candidate("tflite-int8", "qat", ".tflite")
 
         def from_tflite(path):
             onnx_export.from_tflite(src, path)
         routes = {"from-tflite": from_tflite, **routes}
-        ctx.onnx_io["from-tflite"] = tflite.io_details(src)
+        io["from-tflite"] = tflite.io_details(src)
     if ctx.opts.int8_method == "ptq":
         routes = {"ptq": routes["ptq"]}
     elif ctx.opts.int8_method == "qat":   # ONNX's QAT route is the QAT TFLite's twin, when there is one
         routes = {k: routes[k] for k in list(routes)[:1]}
     built = ctx.choose("onnx-int8", dest, routes)
-    return {**built, **ctx.onnx_io.get(built["method"], {})}
+    return {**built, **io.get(built["method"], {})}
 
 
 def _methods(opts: ExportOptions, routes: dict) -> dict:

@@ -87,12 +87,13 @@ def set_trainable(layer, flag: bool) -> None:
     in its own trainable list whatever `trainable` says, and its flag does not reach the wrapped layer:
     freezing one means moving them by hand."""
     layer.trainable = flag
-    if hasattr(layer, "layer"):
-        layer.layer.trainable = flag   # a wrapped BatchNorm otherwise runs in training mode
-    if not flag and hasattr(layer, "_weight_vars"):
+    if not hasattr(layer, "layer"):   # not a QuantizeWrapper: the flag is enough
+        return
+    layer.layer.trainable = flag   # a wrapped BatchNorm otherwise runs in training mode
+    if not flag:
         moved = list(layer._trainable_weights)
         del layer._trainable_weights[:]   # in place: Keras' attribute tracking ignores a reassigned list
-        layer._non_trainable_weights.extend(w for w in moved if all(w is not n for n in layer._non_trainable_weights))
+        layer._non_trainable_weights.extend(moved)
 
 
 @contextlib.contextmanager

@@ -85,6 +85,7 @@ class Model:
 
     runtime: str
     input_io: TensorIO
+    output_io: TensorIO
     providers: list[str]
 
     def __init__(self, artifact: Artifact, spec: PreprocessSpec, n_classes: int):
@@ -128,6 +129,8 @@ class Model:
         return cv2.LUT(flat, self._lut).reshape(pixels.shape)
 
     def _finish(self, out: np.ndarray) -> np.ndarray:
+        if self.output_io.quantized:
+            out = (out.astype(np.float32) - self.output_io.zero_point) * self.output_io.scale
         out = out.astype(np.float32).reshape(out.shape[0], -1)
         if self.logits:
             e = np.exp(out - out.max(1, keepdims=True))
@@ -172,10 +175,10 @@ class TFLiteModel(Model):
             self.interp.set_tensor(self._in_index, x[i:i + 1])
             self.interp.invoke()
             outs.append(self.interp.get_tensor(self._out_index).copy())
-        out = np.concatenate(outs, 0)
-        if self.output_io.quantized:
-            out = (out.astype(np.float32) - self.output_io.zero_point) * self.output_io.scale
-        return self._finish(out)
+        return self._finish(np.concatenate(outs, 0))
+
+
+ONNX_DTYPES = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8}
 
 
 class OnnxModel(Model):
@@ -198,16 +201,19 @@ class OnnxModel(Model):
         self._in_name = inp.name
         shape = [d if isinstance(d, int) else 1 for d in inp.shape]
         self.check_shape(shape, "edgecls.json preprocessing")
-        dtype = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8}.get(inp.type)
-        if dtype is None:
+        if inp.type not in ONNX_DTYPES:
             raise EdgeclsError(f"{artifact.path.name}: unsupported input type {inp.type}")
-        io = artifact.meta.get("input", {})
-        self.input_io = TensorIO(np.dtype(dtype), float(io.get("scale", 0.0)), int(io.get("zero_point", 0)))
-        # An ONNX converted from an int8 TFLite keeps its uint8/int8 output; edgecls.json carries its scale.
-        out, io = self.sess.get_outputs()[0], artifact.meta.get("output", {})
-        self.output_io = TensorIO(np.dtype({"tensor(uint8)": np.uint8, "tensor(int8)": np.int8}.get(out.type, np.float32)),
-                                  float(io.get("scale", 0.0)), int(io.get("zero_point", 0)))
+        # ONNX files carry no scales; edgecls.json does (an ONNX converted from an int8 TFLite keeps its
+        # uint8 input and output).
+        out = self.sess.get_outputs()[0]
+        self.input_io = self._io(inp.type, artifact.meta.get("input", {}))
+        self.output_io = self._io(out.type, artifact.meta.get("output", {}))
         self._batch_fixed = isinstance(inp.shape[0], int)
+
+    @staticmethod
+    def _io(onnx_type: str, meta: dict) -> TensorIO:
+        return TensorIO(np.dtype(ONNX_DTYPES.get(onnx_type, np.float32)), float(meta.get("scale", 0.0)),
+                        int(meta.get("zero_point", 0)))
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
         x = self._to_input(pixels)
@@ -215,8 +221,6 @@ class OnnxModel(Model):
             out = np.concatenate([self.sess.run(None, {self._in_name: x[i:i + 1]})[0] for i in range(len(x))], 0)
         else:
             out = self.sess.run(None, {self._in_name: x})[0]
-        if self.output_io.quantized:
-            out = (out.astype(np.float32) - self.output_io.zero_point) * self.output_io.scale
         return self._finish(out)
 
 
