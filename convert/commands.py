@@ -14,7 +14,7 @@ def register(app) -> None:
         formats: str = typer.Option("tflite,onnx", "--formats", help="Comma-separated families: tflite,onnx."),
         int8: bool = typer.Option(True, "--int8/--no-int8", help="Also write int8 artifacts (default: yes)."),
         int8_method: str = typer.Option("auto", "--int8-method",
-                                        help="auto: QAT (TFLite), then PTQ if QAT misses the gate on val, keep the better | ptq | qat."),
+                                        help="auto: PTQ, then QAT if PTQ misses the gate on val, keep the better | ptq | qat."),
         qat: bool = typer.Option(False, "--qat", help="Same as --int8-method qat."),
         qat_epochs: int = typer.Option(2, "--qat-epochs", help="Quantization-aware fine-tuning epochs."),
         calib_samples: int = typer.Option(200, "--calib-samples", help="Training images used to calibrate int8."),
