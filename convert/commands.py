@@ -18,6 +18,9 @@ def register(app) -> None:
         qat: bool = typer.Option(False, "--qat", help="Same as --int8-method qat."),
         qat_epochs: int = typer.Option(2, "--qat-epochs", help="Quantization-aware fine-tuning epochs."),
         calib_samples: int = typer.Option(200, "--calib-samples", help="Training images used to calibrate int8."),
+        full_int8: bool = typer.Option(False, "--full-int8",
+                                       help="Quantize every op (for NPUs); by default PTQ keeps float the few ops "
+                                            "whose int8 error is over one quantization step."),
         io_dtype: str = typer.Option("uint8", "--io-dtype", help="int8 TFLite input/output type: uint8 or int8."),
         max_drop: float = typer.Option(1.0, "--max-drop", help="Most top-1 accuracy (pp) int8 may lose vs float."),
         min_agreement: float = typer.Option(95.0, "--min-agreement",
@@ -33,7 +36,7 @@ def register(app) -> None:
 
         opts = ExportOptions(run_dir=run_dir, out=out, families=tuple(f.strip() for f in formats.split(",") if f.strip()),
                              int8=int8, int8_method="qat" if qat else int8_method, qat_epochs=qat_epochs,
-                             calib_samples=calib_samples, io_dtype=io_dtype, max_drop=max_drop,
+                             calib_samples=calib_samples, full_int8=full_int8, io_dtype=io_dtype, max_drop=max_drop,
                              min_agreement=min_agreement, allow_drop=allow_drop, threads=threads, show_progress=not as_json)
         manifest = export(opts)
         if as_json:

@@ -46,6 +46,7 @@ class ExportOptions:
     qat_epochs: int = 2
     qat_lr: float = 1e-5
     calib_samples: int = 200
+    full_int8: bool = False          # every op int8 (NPUs need it); else PTQ keeps the few ops int8 breaks float
     io_dtype: str = "uint8"
     max_drop: float = 1.0
     min_agreement: float = 95.0      # percent top-1 agreement with float an int8 artifact must reach
@@ -242,15 +243,22 @@ def build_tflite_float(ctx: Context, dest: Path) -> dict:
 def build_tflite_int8(ctx: Context, dest: Path) -> dict:
     from edgecls.convert import tflite
 
+    info = {}   # method → what edgecls.json records about how it was built
+
     def ptq(path):
-        path.write_bytes(tflite.to_int8(ctx.saved_model("float"), ctx.calib, ctx.opts.io_dtype))
+        if ctx.opts.full_int8:
+            path.write_bytes(tflite.to_int8(ctx.saved_model("float"), ctx.calib, ctx.opts.io_dtype))
+            return
+        model, info["ptq"] = tflite.to_int8_guarded(ctx.saved_model("float"), ctx.calib, ctx.opts.io_dtype)
+        path.write_bytes(model)
 
     def qat(path):
         path.write_bytes(tflite.to_int8(ctx.saved_model("qat"), ctx.calib, ctx.opts.io_dtype))
 
     # PTQ first, QAT when PTQ misses on val. QAT first was measured too (benchmarks/NOTES.md): better on one
     # digits run, worse on another and on the demo's sample (whose gate it failed), and 2.5 min slower.
-    return ctx.choose("tflite-int8", dest, _methods(ctx.opts, {"ptq": ptq, "qat": qat}))
+    built = ctx.choose("tflite-int8", dest, _methods(ctx.opts, {"ptq": ptq, "qat": qat}))
+    return {**built, **info.get(built["method"], {})}
 
 
 def build_onnx_float(ctx: Context, dest: Path) -> dict:
@@ -274,7 +282,8 @@ def build_onnx_int8(ctx: Context, dest: Path) -> dict:
     source = ctx.built.get("tflite-int8")
     if source and source["method"] == "qat":
         # The QAT TFLite measured best (digits, make_results run: ONNX from it 97.74% vs PTQ QDQ 96.13%,
-        # float 97.74%), so its ONNX twin is tried first. Its uint8 I/O scales come with it.
+        # float 97.74%), so its ONNX twin is tried first. Its uint8 I/O scales come with it. (Not for the
+        # PTQ TFLite, whose float op tf2onnx converted into a model that scored 31% on val.)
         src = ctx.candidate("tflite-int8", "qat", ".tflite")
 
         def from_tflite(path):
@@ -459,7 +468,7 @@ def write_manifest(tmp: Path, run, keys: list[str], built: dict, opts: ExportOpt
             "source_run": {"path": str(run.root.resolve()), "model_sha256": sha256_file(run.model_path),
                            "backbone": (run.meta.get("config") or {}).get("backbone")},
             "export": {"int8_method": opts.int8_method, "io_dtype": opts.io_dtype,
-                       "calib_samples": opts.calib_samples, "qat_epochs": opts.qat_epochs},
+                       "calib_samples": opts.calib_samples, "full_int8": opts.full_int8, "qat_epochs": opts.qat_epochs},
             "versions": versions()}
     atomic_write_json(tmp / MANIFEST, meta)
     return meta

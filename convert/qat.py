@@ -69,13 +69,57 @@ def foldable_batchnorms(model) -> list[str]:
     return names
 
 
+def _scheme():
+    """tfmot's default 8-bit scheme, except that depthwise kernels are fake-quantized per channel.
+
+    tfmot's per-axis conv quantizer takes the kernel's last axis as the channel axis; a depthwise kernel is
+    (h, w, channels, multiplier), so its "per-axis" range is one range for the whole layer
+    (tensorflow/model-optimization#808). TFLite quantizes depthwise kernels per channel, and the converter
+    bakes the QAT graph's per-tensor rounding into them: the QAT int8 model started 2x further from the
+    float one (mean KL on val) than PTQ's, before any fine-tuning."""
+    import tensorflow as tf
+    import tf_keras as keras
+    from tensorflow_model_optimization.python.core.quantization.keras import quant_ops
+    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
+        default_8bit_quantize_registry as registry, default_8bit_quantize_scheme as scheme,
+        default_8bit_quantizers as quantizers)
+
+    class DepthwiseWeightsQuantizer(quantizers.Default8BitConvWeightsQuantizer):
+        """Per output channel (channels x multiplier, TFLite's layout), via a reshape to (h, w, 1, c*m)."""
+
+        def build(self, tensor_shape, name, layer):
+            n = int(tensor_shape[-2]) * int(tensor_shape[-1])
+            return {k: layer.add_weight(f"{name}_{k[:3]}", shape=(n,), trainable=False,
+                                        initializer=keras.initializers.Constant(v))
+                    for k, v in (("min_var", -6.0), ("max_var", 6.0))}
+
+        def __call__(self, inputs, training, weights, **kwargs):
+            h, w, c, m = inputs.shape
+            flat = tf.reshape(inputs, (h, w, 1, c * m))
+            q = quant_ops.LastValueQuantize(flat, weights["min_var"], weights["max_var"], per_channel=True,
+                                            is_training=training, num_bits=8, narrow_range=True, symmetric=True)
+            return tf.reshape(q, inputs.shape)
+
+    class Registry(registry.Default8BitQuantizeRegistry):
+        def __init__(self):
+            super().__init__()
+            config = self._layer_quantize_map[keras.layers.DepthwiseConv2D]
+            config.weight_quantizer = DepthwiseWeightsQuantizer()
+
+    class Scheme(scheme.Default8BitQuantizeScheme):
+        def get_quantize_registry(self):
+            return Registry()
+
+    return Scheme()
+
+
 def quantize(model):
     """The QAT model (fake-quant wrappers), with explicit trainability."""
     import tensorflow_model_optimization as tfmot
     import tf_keras as keras
 
     with tfmot.quantization.keras.quantize_scope():
-        qmodel = tfmot.quantization.keras.quantize_apply(annotate(model))
+        qmodel = tfmot.quantization.keras.quantize_apply(annotate(model), scheme=_scheme())
     for layer in qmodel.layers:
         inner = getattr(layer, "layer", layer)
         set_trainable(layer, not isinstance(inner, keras.layers.BatchNormalization))
