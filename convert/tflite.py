@@ -104,13 +104,12 @@ def to_int8_guarded(saved_model: Path, calib: Iterable[np.ndarray], io_dtype: st
     with quiet_stderr():
         calibrated = conv.convert()
         errors = op_errors(calibrated, samples[::max(1, len(samples) // DEBUG_SAMPLES)])
-        worst = sorted((e, n) for n, e in errors.items() if e > FLOAT_OP_STEPS)[::-1][:MAX_FLOAT_OPS]
-        float_ops = [n for _, n in worst]
+        ranked = sorted(errors.items(), key=lambda kv: -kv[1])
+        float_ops = [n for n, e in ranked[:MAX_FLOAT_OPS] if e > FLOAT_OP_STEPS]
         model = lite_convert.mlir_quantize(calibrated, denylisted_nodes=float_ops)   # float I/O, then ours:
         dtype = getattr(tf, io_dtype)
         model = lite_util.modify_model_io_type(model, dtype, dtype)
-    top = sorted(errors.items(), key=lambda kv: -kv[1])[:5]
-    return compact(model), {"float_ops": float_ops, "op_error_steps": {n: round(e, 3) for n, e in top}}
+    return compact(model), {"float_ops": float_ops, "op_error_steps": {n: round(e, 3) for n, e in ranked[:5]}}
 
 
 def op_errors(calibrated: bytes, samples: list[np.ndarray]) -> dict[str, float]:
