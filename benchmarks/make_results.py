@@ -7,7 +7,8 @@ interrupted regeneration resumes; --fresh redoes them):
   train        edgecls train <digits> (defaults: MobileNetV2 1.0, 160 px, ImageNet weights)
   scratch      the same with --weights none
   sample-*     both again on the small sample in demo/ (40 photos per class): where transfer learning matters
-  export-*     edgecls export RUN --int8-method ptq | qat | auto (the default), float-vs-int8 parity on the test split
+  export-*     edgecls export RUN --int8-method ptq [--full-int8] | qat | auto (the default), float-vs-int8 parity
+               on the test split
   bench        edgecls bench BUNDLE --threads 1,2
   pipeline     benchmarks/bench_pipeline.py BUNDLE (edgecls run vs a bare decode→resize→invoke loop)
   soak         benchmarks/soak.py BUNDLE --frames 20000 (RSS at start and end)
@@ -138,9 +139,11 @@ def main() -> None:
     # ---- export: PTQ vs QAT vs the default (auto)
     run = runs / "train"
     exports = {}
-    for method in ("ptq", "qat", "auto"):
-        rec = st.run(f"export-{method}", [*EDGECLS, "export", run, "--out", a.work / f"bundle-{method}", "--int8-method",
-                                          method, "--allow-drop", "--json"])
+    # "ptq --full-int8" is PTQ with every op int8: what guarded PTQ's float ops buy, side by side.
+    for method, extra in (("ptq --full-int8", ["--full-int8"]), ("ptq", []), ("qat", []), ("auto", [])):
+        tag = method.replace(" --", "-")
+        rec = st.run(f"export-{tag}", [*EDGECLS, "export", run, "--out", a.work / f"bundle-{tag}", "--int8-method",
+                                       method.split()[0], *extra, "--allow-drop", "--json"])
         exports[method] = (last_json(rec["stdout"]), rec)
     lines += ["## Export: float vs int8 on the held-out test split (310 photos)", "",
               "| --int8-method | artifact | method kept | top-1 | Δ vs Keras pp | agreement with float | MB | host ms/img | export wall s | command |",
@@ -155,7 +158,10 @@ def main() -> None:
             if not art:
                 continue
             mt = art["metrics"]
-            lines.append(f"| {method} | {key} | {art.get('method', '')} | {pct(mt['accuracy'])} | "
+            kept = art.get("method", "")
+            if art.get("float_ops"):   # guarded PTQ: how many ops stayed float
+                kept += f" ({len(art['float_ops'])} float: {', '.join(o.split(';')[-1] for o in art['float_ops'])})"
+            lines.append(f"| {method} | {key} | {kept} | {pct(mt['accuracy'])} | "
                          f"{(mt['accuracy'] - keras_acc) * 100:+.2f} | {pct(mt.get('agreement'))} | "
                          f"{art['bytes'] / 1e6:.2f} | {mt.get('latency_ms', float('nan')):.2f} | {rec['seconds']:.0f} | `{rec['cmd']}` |")
         arts = m["artifacts"]

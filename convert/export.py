@@ -158,6 +158,18 @@ class Context:
             onnx_export.to_float(self.model, self.spec, path)
         return path
 
+    def guard(self) -> dict | None:
+        """PTQ's float ops, measured once for both int8 formats: {"calibrated" (TFLite), "float_ops",
+        "op_error_steps"}. None with --full-int8."""
+        from edgecls.convert import tflite
+
+        if self.opts.full_int8:
+            return None
+        if "guard" not in self._saved:
+            calibrated, samples = tflite.calibrate(self.saved_model("float"), self.calib, self.opts.io_dtype)
+            self._saved["guard"] = {"calibrated": calibrated, **tflite.guard(calibrated, samples)}
+        return self._saved["guard"]
+
     def qat_model(self):
         if "qat_model" not in self._saved:
             from edgecls.convert import qat
@@ -246,11 +258,12 @@ def build_tflite_int8(ctx: Context, dest: Path) -> dict:
     info = {}   # method → what edgecls.json records about how it was built
 
     def ptq(path):
-        if ctx.opts.full_int8:
+        guard = ctx.guard()
+        if guard is None:
             path.write_bytes(tflite.to_int8(ctx.saved_model("float"), ctx.calib, ctx.opts.io_dtype))
             return
-        model, info["ptq"] = tflite.to_int8_guarded(ctx.saved_model("float"), ctx.calib, ctx.opts.io_dtype)
-        path.write_bytes(model)
+        path.write_bytes(tflite.quantize_guarded(guard["calibrated"], guard["float_ops"], ctx.opts.io_dtype))
+        info["ptq"] = {k: guard[k] for k in ("float_ops", "op_error_steps")}
 
     def qat(path):
         path.write_bytes(tflite.to_int8(ctx.saved_model("qat"), ctx.calib, ctx.opts.io_dtype))
@@ -272,9 +285,13 @@ def build_onnx_int8(ctx: Context, dest: Path) -> dict:
     PTQ of the QAT-tuned float weights lost 1.94 pp, so QAT reaches ONNX through the int8 TFLite.)"""
     from edgecls.convert import onnx_export, tflite
 
+    def float_nodes():   # the ops PTQ keeps float (as in the TFLite), by their ONNX names
+        guard = ctx.guard()
+        return onnx_export.nodes_named(ctx.float_onnx(), guard["float_ops"]) if guard else []
+
     def route(method):
         def build(path):
-            onnx_export.to_int8(ctx.float_onnx(), ctx.calib, path, method)
+            onnx_export.to_int8(ctx.float_onnx(), ctx.calib, path, method, float_nodes=float_nodes())
         return build
 
     routes = {"ptq": route("minmax"), "ptq-percentile": route("percentile")}
@@ -282,8 +299,8 @@ def build_onnx_int8(ctx: Context, dest: Path) -> dict:
     source = ctx.built.get("tflite-int8")
     if source and source["method"] == "qat":
         # The QAT TFLite measured best (digits, make_results run: ONNX from it 97.74% vs PTQ QDQ 96.13%,
-        # float 97.74%), so its ONNX twin is tried first. Its uint8 I/O scales come with it. (Not for the
-        # PTQ TFLite, whose float op tf2onnx converted into a model that scored 31% on val.)
+        # float 97.74%), so its ONNX twin is tried first. Its uint8 I/O scales come with it. A PTQ TFLite's
+        # twin would add nothing: `ptq` below is the same method with the same ops kept float.
         src = ctx.candidate("tflite-int8", "qat", ".tflite")
 
         def from_tflite(path):
@@ -295,7 +312,8 @@ def build_onnx_int8(ctx: Context, dest: Path) -> dict:
     elif ctx.opts.int8_method == "qat":   # ONNX's QAT route is the QAT TFLite's twin, when there is one
         routes = {k: routes[k] for k in list(routes)[:1]}
     built = ctx.choose("onnx-int8", dest, routes)
-    return {**built, **io.get(built["method"], {})}
+    kept = {"float_ops": float_nodes()} if built["method"].startswith("ptq") else {}
+    return {**built, **io.get(built["method"], {}), **kept}
 
 
 def _methods(opts: ExportOptions, routes: dict) -> dict:

@@ -84,32 +84,47 @@ def to_int8(saved_model: Path, calib: Iterable[np.ndarray], io_dtype: str = "uin
     return _convert(_int8_converter(saved_model, calib, io_dtype)[0])
 
 
-def to_int8_guarded(saved_model: Path, calib: Iterable[np.ndarray], io_dtype: str = "uint8") -> tuple[bytes, dict]:
-    """PTQ int8 in which the few ops int8 measurably breaks stay float (int8 around them, same I/O).
+def calibrate(saved_model: Path, calib: Iterable[np.ndarray], io_dtype: str = "uint8") -> tuple[bytes, list]:
+    """The float model with calibrated ranges, not yet quantized (the QuantizationDebugger's input), and the
+    calibration samples as batches of one."""
+    from edgecls.train.tfenv import quiet_stderr
+
+    conv, samples = _int8_converter(saved_model, calib, io_dtype)
+    conv._experimental_calibrate_only = True   # the documented QuantizationDebugger route (selective quantization)
+    with quiet_stderr():
+        return conv.convert(), samples
+
+
+def guard(calibrated: bytes, samples: list[np.ndarray]) -> dict:
+    """Guarded PTQ: the ops int8 measurably breaks stay float (int8 around them, same I/O; `quantize_guarded`).
+    Returns {"float_ops": [...], "op_error_steps": {the five worst ops: steps}} for the manifest.
 
     TFLite's QuantizationDebugger runs every op in int8 and in float on the same int8 inputs; an op whose
-    output error exceeds FLOAT_OP_STEPS quantization steps is denylisted. Measured on MobileNetV2 (digits,
+    output error exceeds FLOAT_OP_STEPS quantization steps stays float. Measured on MobileNetV2 (digits,
     160 px): only the first depthwise conv qualifies (1.31 steps; next 0.78); keeping it float cut the
     int8 model's mean |Δp| vs float by a third and its test-split flips from 5 to 1 of 310, for 1.8 M of
-    ~200 M MACs. Returns the model and {"float_ops": [...], "op_error_steps": {op: steps}} for the manifest.
+    ~200 M MACs. The ONNX QDQ export keeps the same ops float (onnx_export.to_int8).
     """
+    from edgecls.train.tfenv import quiet_stderr
+
+    with quiet_stderr():
+        errors = op_errors(calibrated, samples[::max(1, len(samples) // DEBUG_SAMPLES)])
+    ranked = sorted(errors.items(), key=lambda kv: -kv[1])
+    return {"float_ops": [n for n, e in ranked[:MAX_FLOAT_OPS] if e > FLOAT_OP_STEPS],
+            "op_error_steps": {n: round(e, 3) for n, e in ranked[:5]}}
+
+
+def quantize_guarded(calibrated: bytes, float_ops: list[str], io_dtype: str = "uint8") -> bytes:
     import tensorflow as tf
     from tensorflow.lite.python import convert as lite_convert
     from tensorflow.lite.python import util as lite_util
 
     from edgecls.train.tfenv import quiet_stderr
 
-    conv, samples = _int8_converter(saved_model, calib, io_dtype)
-    conv._experimental_calibrate_only = True   # the documented QuantizationDebugger route (selective quantization)
     with quiet_stderr():
-        calibrated = conv.convert()
-        errors = op_errors(calibrated, samples[::max(1, len(samples) // DEBUG_SAMPLES)])
-        ranked = sorted(errors.items(), key=lambda kv: -kv[1])
-        float_ops = [n for n, e in ranked[:MAX_FLOAT_OPS] if e > FLOAT_OP_STEPS]
         model = lite_convert.mlir_quantize(calibrated, denylisted_nodes=float_ops)   # float I/O, then ours:
         dtype = getattr(tf, io_dtype)
-        model = lite_util.modify_model_io_type(model, dtype, dtype)
-    return compact(model), {"float_ops": float_ops, "op_error_steps": {n: round(e, 3) for n, e in ranked[:5]}}
+        return compact(lite_util.modify_model_io_type(model, dtype, dtype))
 
 
 def op_errors(calibrated: bytes, samples: list[np.ndarray]) -> dict[str, float]:
