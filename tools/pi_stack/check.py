@@ -277,7 +277,7 @@ def host_predictions(args, formats: dict[str, str], rows: list[Row]) -> dict[tup
             host[kind, k] = p
             rows.append(Row("host", "host", f"{kind} {k}", True, proc.seconds, total=len(p), detail=f"{len(p)} images"))
     if ("eval", "tflite-int8") in host and "tflite" in args.envs:
-        host["eval", REF_KERNELS] = reference_kernel_top1(args, rows)
+        host["eval", REF_KERNELS] = reference_kernel_top1(args, rows, host)
     return host
 
 
@@ -286,17 +286,22 @@ def host_predictions(args, formats: dict[str, str], rows: list[Row]) -> dict[tup
 REF_KERNELS = "tflite-int8 reference kernels"
 
 
-def reference_kernel_top1(args, rows: list[Row]) -> dict[str, str]:
-    """{file: top-1} of the bundle's int8 TFLite run by the host's LiteRT with its reference kernels."""
+def reference_kernel_top1(args, rows: list[Row], host: dict) -> dict[str, str]:
+    """{file: top-1} of the bundle's int8 TFLite run by the host's LiteRT with its reference kernels; their
+    {file: [(label, p), ...]} go into host["top", REF_KERNELS]."""
     with tempfile.TemporaryDirectory() as tmp:
         saved = Path(tmp) / "kernels.json"
         p = call([args.host_python, str(HERE / "kernels.py"), str(args.bundle), str(args.images), "--save", str(saved)],
                  dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
         try:
             doc = json.loads(saved.read_text())
-            labels = read_manifest(args.bundle)["labels"]
+            manifest = read_manifest(args.bundle)
+            labels, q = manifest["labels"], manifest["artifacts"]["tflite-int8"]["output"]
             ref = next(v for k, v in doc["outputs"].items() if k.endswith(" reference"))
             top1 = {f: labels[max(range(len(o)), key=o.__getitem__)] for f, o in zip(doc["files"], ref)}
+            # The reference kernels' own probabilities: a flip against them is a near-tie or not, as for the host.
+            host["top", REF_KERNELS] = {f: sorted(((lab, (v - q["zero_point"]) * q["scale"]) for lab, v in zip(labels, o)),
+                                           key=lambda t: -t[1])[:5] for f, o in zip(doc["files"], ref)}
         except (OSError, ValueError, KeyError, StopIteration) as e:
             rows.append(Row("host", "host", f"eval {REF_KERNELS}", False, p.seconds,
                             detail=f"kernels.py: {p.last_err() if p.rc else e}"))
@@ -354,8 +359,13 @@ def compare_rows(cpu: str, env: str, kind: str, key: str | None, proc: Proc, for
                 pi = {os.path.relpath(f, images): lab for f, lab in pi.items()}
             ref = Row(cpu, env, f"{kind} vs reference kernels", False, 0.0)
             ref.agree, ref.total, ref.mismatches = compare(host["eval", REF_KERNELS], pi)
+            ref_tops = host.get(("top", REF_KERNELS), {})
+            ref.near_ties = sum(is_near_tie(ref_tops.get(f), got) for f, _, got in ref.mismatches)
+            ref.mismatches = [(f, want, got, host_odds(ref_tops.get(f), got)) for f, want, got in ref.mismatches]
             ref.ok = ref.agreement >= min_agreement
             ref.detail = f"{ref.agree}/{ref.total} same top-1 as the host's LiteRT reference kernels"
+            if ref.mismatches:
+                ref.detail += f"; {ref.near_ties} of the {len(ref.mismatches)} that differ are near-ties there"
             rows.append(ref)
     return rows
 
