@@ -9,6 +9,7 @@ the whole bundle is written atomically: a failed gate or an interrupted export l
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import shutil
 import tempfile
@@ -285,6 +286,7 @@ def build_onnx_int8(ctx: Context, dest: Path) -> dict:
     PTQ of the QAT-tuned float weights lost 1.94 pp, so QAT reaches ONNX through the int8 TFLite.)"""
     from edgecls.convert import onnx_export, tflite
 
+    @functools.cache
     def float_nodes():   # the ops PTQ keeps float (as in the TFLite), by their ONNX names
         guard = ctx.guard()
         return onnx_export.nodes_named(ctx.float_onnx(), guard["float_ops"]) if guard else []

@@ -117,6 +117,14 @@ def host_odds(host_top: list[tuple[str, float]] | None, pi_label: str) -> str:
     return f"p {host_top[0][1]:.2f} vs {'?' if theirs is None else f'{theirs:.2f}'}"
 
 
+def grade_mismatches(row: Row, tops: dict, where: str, rel=lambda f: f) -> str:
+    """Count row's mismatches that are near-ties under `tops` ({file: the reference side's top-k}), attach
+    its odds to each, and return the phrase for row.detail ("" when nothing differs)."""
+    row.near_ties = sum(is_near_tie(tops.get(rel(f)), got) for f, _, got in row.mismatches)
+    row.mismatches = [(f, want, got, host_odds(tops.get(rel(f)), got)) for f, want, got in row.mismatches]
+    return f"; {row.near_ties} of the {len(row.mismatches)} that differ are near-ties {where}" if row.mismatches else ""
+
+
 def top1_from_eval(stdout: str) -> dict[str, tuple[dict[str, str], str]]:
     """`edgecls eval --json`: artifact key -> ({file: top-1 label}, runtime that ran it)."""
     doc = json.loads(stdout)
@@ -343,14 +351,10 @@ def compare_rows(cpu: str, env: str, kind: str, key: str | None, proc: Proc, for
         else:
             pi = preds
         row.agree, row.total, row.mismatches = compare(host[kind, k], pi)
-        tops = host.get(("top", k), {})
         rel = (lambda f: os.path.relpath(f, images)) if kind == "run" else (lambda f: f)   # noqa: E731
-        row.near_ties = sum(is_near_tie(tops.get(rel(f)), got) for f, _, got in row.mismatches)
-        row.mismatches = [(f, want, got, host_odds(tops.get(rel(f)), got)) for f, want, got in row.mismatches]
+        ties = grade_mismatches(row, host.get(("top", k), {}), "on the host", rel)
         row.ok = row.agreement >= min_agreement
-        row.detail = f"{row.agree}/{row.total} same top-1 as the host" + (f" ({runtime})" if runtime else "")
-        if row.mismatches:
-            row.detail += f"; {row.near_ties} of the {len(row.mismatches)} that differ are near-ties on the host"
+        row.detail = f"{row.agree}/{row.total} same top-1 as the host" + (f" ({runtime})" if runtime else "") + ties
         want = ENVS[env]
         if k.startswith("tflite") and runtime and not runtime.startswith(want):
             row.ok, row.detail = False, row.detail + f": expected {want} to run it"
@@ -359,13 +363,9 @@ def compare_rows(cpu: str, env: str, kind: str, key: str | None, proc: Proc, for
                 pi = {os.path.relpath(f, images): lab for f, lab in pi.items()}
             ref = Row(cpu, env, f"{kind} vs reference kernels", False, 0.0)
             ref.agree, ref.total, ref.mismatches = compare(host["eval", REF_KERNELS], pi)
-            ref_tops = host.get(("top", REF_KERNELS), {})
-            ref.near_ties = sum(is_near_tie(ref_tops.get(f), got) for f, _, got in ref.mismatches)
-            ref.mismatches = [(f, want, got, host_odds(ref_tops.get(f), got)) for f, want, got in ref.mismatches]
+            ties = grade_mismatches(ref, host.get(("top", REF_KERNELS), {}), "there")
             ref.ok = ref.agreement >= min_agreement
-            ref.detail = f"{ref.agree}/{ref.total} same top-1 as the host's LiteRT reference kernels"
-            if ref.mismatches:
-                ref.detail += f"; {ref.near_ties} of the {len(ref.mismatches)} that differ are near-ties there"
+            ref.detail = f"{ref.agree}/{ref.total} same top-1 as the host's LiteRT reference kernels" + ties
             rows.append(ref)
     return rows
 
