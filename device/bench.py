@@ -7,6 +7,7 @@ measurement (from `export`), not re-measured here.
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import numpy as np
 
@@ -32,6 +33,25 @@ def bench_input(bundle: Bundle, seed: int = 0) -> np.ndarray:
     """A fixed pseudo-random prepared image: latency does not depend on content, reproducibility does."""
     rng = np.random.default_rng(seed)
     return rng.integers(0, 256, (1, bundle.spec.height, bundle.spec.width, 3), dtype=np.uint8)
+
+
+def interleaved_ms(predicts: list[Callable[[np.ndarray], np.ndarray]], x: np.ndarray, rounds: int = 200,
+                   warmup: int = 5) -> list[float]:
+    """Median wall ms per call of each predict, timed in turns (A B C A B C …) in this one process.
+
+    Absolute latencies on a shared machine swing 2x from minute to minute; taking turns call by call
+    makes every model see the same load, so the *ratios* between them hold (benchmarks/NOTES.md).
+    """
+    for predict in predicts:
+        for _ in range(warmup):
+            predict(x)
+    times = [[] for _ in predicts]
+    for _ in range(rounds):
+        for predict, ms in zip(predicts, times):
+            t0 = time.perf_counter()
+            predict(x)
+            ms.append((time.perf_counter() - t0) * 1000.0)
+    return [float(np.median(ms)) for ms in times]
 
 
 def bench_bundle(bundle: Bundle, threads: list[int], runs: int = 50, warmup: int = 5,
