@@ -4,27 +4,48 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def _default(name: str):
+    """An ExportOptions default: the dataclass is the one place it is written (no TensorFlow import)."""
+    from edgecls.convert.export import default
+
+    return default(name)
+
+
 def register(app) -> None:
     import typer
+
+    from edgecls.formats import FAMILIES
+
+    D = _default
 
     @app.command("export")
     def export_command(
         run_dir: Path = typer.Argument(..., help="Training run folder (written by `edgecls train`)."),
         out: Path = typer.Option(None, "--out", help="Bundle folder to write (default: RUN_DIR/bundle)."),
-        formats: str = typer.Option("tflite,onnx", "--formats", help="Comma-separated families: tflite,onnx."),
-        int8: bool = typer.Option(True, "--int8/--no-int8", help="Also write int8 artifacts (default: yes)."),
-        int8_method: str = typer.Option("auto", "--int8-method",
-                                        help="auto: PTQ, then QAT if PTQ misses the gate on val, keep the better | ptq | qat."),
+        formats: str = typer.Option(",".join(FAMILIES), "--formats", help="Comma-separated families: tflite,onnx."),
+        int8: bool = typer.Option(D("int8"), "--int8/--no-int8", help="Also write int8 artifacts (default: yes)."),
+        int8_method: str = typer.Option(D("int8_method"), "--int8-method",
+                                        help="auto: PTQ with the mixed-precision search, then QAT if the search "
+                                             "misses --target-agreement, keep the better | ptq | qat."),
         qat: bool = typer.Option(False, "--qat", help="Same as --int8-method qat."),
-        qat_epochs: int = typer.Option(2, "--qat-epochs", help="Quantization-aware fine-tuning epochs."),
-        calib_samples: int = typer.Option(200, "--calib-samples", help="Training images used to calibrate int8."),
-        full_int8: bool = typer.Option(False, "--full-int8",
-                                       help="Quantize every op (for NPUs); by default PTQ keeps float the few ops "
-                                            "whose int8 error is over one quantization step."),
-        io_dtype: str = typer.Option("uint8", "--io-dtype", help="int8 TFLite input/output type: uint8 or int8."),
-        max_drop: float = typer.Option(1.0, "--max-drop", help="Most top-1 accuracy (pp) int8 may lose vs float."),
-        min_agreement: float = typer.Option(95.0, "--min-agreement",
-                                            help="Least top-1 agreement (%) of int8 with float on the test split."),
+        qat_epochs: int = typer.Option(D("qat_epochs"), "--qat-epochs", help="Quantization-aware fine-tuning epochs."),
+        calib_samples: int = typer.Option(D("calib_samples"), "--calib-samples", help="Training images used to calibrate int8."),
+        target_agreement: float = typer.Option(D("target_agreement"), "--target-agreement",
+                                               help="Mixed-precision search: keep the int8-sensitive ops float until "
+                                                    "top-1 agreement with float on the validation split reaches this (%)."),
+        max_latency_ratio: float = typer.Option(D("max_latency_ratio"), "--max-latency-ratio",
+                                                help="Mixed-precision search: latency budget, int8 / float "
+                                                     "(1 thread, measured interleaved on this machine)."),
+        max_float_ops: int = typer.Option(D("max_float_ops"), "--max-float-ops",
+                                          help="Mixed-precision search: most ops kept float."),
+        full_int8: bool = typer.Option(D("full_int8"), "--full-int8",
+                                       help="Quantize every op (for NPUs): no mixed-precision search."),
+        io_dtype: str = typer.Option(D("io_dtype"), "--io-dtype", help="int8 TFLite input/output type: uint8 or int8."),
+        max_drop: float = typer.Option(D("max_drop"), "--max-drop",
+                                       help="Refuse int8 when the test split shows (95% interval) a top-1 drop "
+                                            "larger than this many pp vs float."),
+        min_agreement: float = typer.Option(D("min_agreement"), "--min-agreement",
+                                            help="Least top-1 agreement (%) of int8 with float over all the run's images."),
         allow_drop: bool = typer.Option(False, "--allow-drop", help="Keep the bundle even if int8 fails the gate."),
         threads: int = typer.Option(None, "--threads", help="Threads for the parity runs (default: all cores)."),
         as_json: bool = typer.Option(False, "--json", help="Print the written edgecls.json on stdout."),
@@ -37,7 +58,9 @@ def register(app) -> None:
         opts = ExportOptions(run_dir=run_dir, out=out, families=tuple(f.strip() for f in formats.split(",") if f.strip()),
                              int8=int8, int8_method="qat" if qat else int8_method, qat_epochs=qat_epochs,
                              calib_samples=calib_samples, full_int8=full_int8, io_dtype=io_dtype, max_drop=max_drop,
-                             min_agreement=min_agreement, allow_drop=allow_drop, threads=threads, show_progress=not as_json)
+                             min_agreement=min_agreement, target_agreement=target_agreement,
+                             max_latency_ratio=max_latency_ratio, max_float_ops=max_float_ops,
+                             allow_drop=allow_drop, threads=threads, show_progress=not as_json)
         manifest = export(opts)
         if as_json:
             typer.echo(json.dumps(manifest))

@@ -1,36 +1,37 @@
 """`edgecls export RUN_DIR`: the run's Keras model → a bundle of TFLite/ONNX artifacts that is measured
 before it is allowed to exist.
 
-One builder function per format, behind one table (`BUILDERS`, keyed like `edgecls.formats.FORMATS`).
-int8 builders have candidates (PTQ, QAT, ...); `--int8-method auto` tries them in order on the run's
-validation split and keeps the first that meets the gate, else the best. The final parity table is
-measured on the held-out test split with the device runtime itself (the code `edgecls eval` uses), and
-the whole bundle is written atomically: a failed gate or an interrupted export leaves no bundle.
+One builder function per format, behind one table (`BUILDERS`, keyed like `edgecls.formats.FORMATS`); each
+builder gets what it needs as arguments (the ONNX int8 builder: the int8 TFLite's result). int8 builders
+have candidates: PTQ with the accuracy-aware mixed-precision search (convert/search.py), then QAT;
+`--int8-method auto` keeps PTQ when its search reaches --target-agreement on the validation split, else the
+candidate that agrees best with float there. Every artifact is then measured through the device runtime on
+every image the run has (agreement needs no labels) and on the held-out test split (accuracy, paired drop),
+judged by convert/gate.py, and the bundle is written atomically, edgecls.json once at the end: a failed gate
+or an interrupted export leaves no bundle.
 """
 from __future__ import annotations
 
-import functools
 import importlib
-import shutil
+import math
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from edgecls.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST, Artifact, load_bundle
+from edgecls.bundle import Artifact
+from edgecls.dataset import SPLITS
 from edgecls.errors import EdgeclsError
 from edgecls.formats import BY_KEY, FAMILIES, FORMATS
-from edgecls.versions import library_versions
-from edgecls.fsutil import atomic_dir, atomic_write_json, atomic_write_text, sha256_file
-from edgecls.device.evaluate import Measured, float_reference, measure, parity, progress_bar, table
+from edgecls.fsutil import atomic_dir
+from edgecls.device.evaluate import progress_bar
 from edgecls.device.evaluate import console as make_console
 
 KERAS_KEY = "keras-float"        # the trained model itself: the reference every artifact is held to
 INT8_METHODS = ("auto", "ptq", "qat")
-MIN_AGREEMENT = 0.98             # auto: a candidate below this top-1 agreement with float is not good enough
-FLOAT_TOLERANCE = 1e-3           # float artifacts must reproduce Keras' softmax to this (measured: ~1e-7)
+LATENCY_ROUNDS = 100             # interleaved calls per model for a latency ratio (~1 s for MobileNetV2 160 px)
 
 
 class GateFailed(EdgeclsError):
@@ -47,16 +48,24 @@ class ExportOptions:
     qat_epochs: int = 2
     qat_lr: float = 1e-5
     calib_samples: int = 200
-    full_int8: bool = False          # every op int8 (NPUs need it); else PTQ keeps the few ops int8 breaks float
+    full_int8: bool = False          # every op int8 (NPUs need it): no mixed-precision search
     io_dtype: str = "uint8"
-    max_drop: float = 1.0
-    min_agreement: float = 95.0      # percent top-1 agreement with float an int8 artifact must reach
+    max_drop: float = 1.0            # pp: refused when the test split supports a larger drop (95% interval)
+    min_agreement: float = 97.0      # percent top-1 agreement with float over all images an int8 artifact must reach
+    target_agreement: float = 99.0   # percent: the search keeps ops float until agreement on the val split reaches it
+    max_latency_ratio: float = 0.65  # the search's budget: int8 ≤ this × float latency (1 thread, interleaved)
+    max_float_ops: int = 6           # the search tries at most this many ops float
     allow_drop: bool = False
     threads: int | None = None
     show_progress: bool = True
 
     def keys(self) -> list[str]:
         return [f.key for f in FORMATS if f.family in self.families and (self.int8 or f.precision == "float")]
+
+
+def default(name: str):
+    """An ExportOptions default, for the CLI (one source per fact)."""
+    return next(f.default for f in fields(ExportOptions) if f.name == name)
 
 
 # ---------------------------------------------------------------- checks before any slow work
@@ -79,12 +88,18 @@ def check_options(opts: ExportOptions) -> None:
         raise EdgeclsError(f"unknown --int8-method {opts.int8_method!r}; expected one of {', '.join(INT8_METHODS)}")
     if opts.io_dtype not in IO_DTYPES:
         raise EdgeclsError(f"unknown --io-dtype {opts.io_dtype!r}; expected one of {', '.join(IO_DTYPES)}")
+    for name in ("max_drop", "min_agreement", "target_agreement", "max_latency_ratio", "qat_lr"):
+        if not math.isfinite(getattr(opts, name)):
+            raise EdgeclsError(f"--{name.replace('_', '-')} must be a finite number")
     if opts.calib_samples < 1:
         raise EdgeclsError("--calib-samples must be at least 1")
-    if opts.qat_epochs < 0 or opts.max_drop < 0:
-        raise EdgeclsError("--qat-epochs and --max-drop must not be negative")
-    if not 0 <= opts.min_agreement <= 100:
-        raise EdgeclsError("--min-agreement is a percentage: 0 to 100")
+    if opts.qat_epochs < 0 or opts.max_drop < 0 or opts.max_float_ops < 0:
+        raise EdgeclsError("--qat-epochs, --max-drop and --max-float-ops must not be negative")
+    for name in ("min_agreement", "target_agreement"):
+        if not 0 <= getattr(opts, name) <= 100:
+            raise EdgeclsError(f"--{name.replace('_', '-')} is a percentage: 0 to 100")
+    if opts.max_latency_ratio <= 0:
+        raise EdgeclsError("--max-latency-ratio must be positive")
 
 
 def check_dependencies(opts: ExportOptions) -> None:
@@ -100,13 +115,15 @@ def check_dependencies(opts: ExportOptions) -> None:
         require("onnxruntime", "onnxruntime", "ONNX export and its parity check")
         if opts.int8:
             require("sympy", "sympy", "--int8 ONNX (onnxruntime quantisation)")
-    if "tflite" in opts.families:
+    if "tflite" in opts.families or opts.int8:   # the search measures int8 TFLite even for ONNX-only bundles
         from edgecls.device.runtime import tflite_interpreter_class
 
         tflite_interpreter_class()
 
 
 def output_dir(opts: ExportOptions) -> Path:
+    from edgecls.bundle import MANIFEST
+
     out = Path(opts.out) if opts.out else Path(opts.run_dir) / "bundle"
     if out.exists() and not (out / MANIFEST).is_file() and (not out.is_dir() or any(out.iterdir())):
         raise EdgeclsError(f"--out {out} exists and is not an edgecls bundle; choose another folder")
@@ -125,7 +142,40 @@ def load_keras_model(path: Path):
                            f"{str(e).splitlines()[0][:160] if str(e) else 'corrupt file'}") from None
 
 
-# ---------------------------------------------------------------- the shared state builders read
+# ---------------------------------------------------------------- the run's images and Keras' answers
+
+@dataclass
+class Images:
+    """Every split's prepared images, labels and the Keras model's probabilities on them."""
+    x: dict[str, np.ndarray]
+    y: dict[str, np.ndarray]
+    keras: dict[str, np.ndarray]
+
+    @property
+    def search_splits(self) -> tuple[str, ...]:
+        """What the search and auto-selection score on: the validation split (the test split is for the
+        verdict, and training images flatter int8 — measured on flowers: all-int8 agreed with float on
+        99.5% of train+val but 97.3% of val), the training split only for a run without one."""
+        return ("val",) if len(self.x["val"]) else ("train",)
+
+    def join(self, splits) -> tuple[np.ndarray, np.ndarray]:
+        """(pixels, Keras top-1) over `splits`, in that order."""
+        splits = [s for s in splits if len(self.x[s])]
+        return (np.concatenate([self.x[s] for s in splits]),
+                np.concatenate([self.keras[s].argmax(1) for s in splits]))
+
+
+
+
+# ---------------------------------------------------------------- what builders share (built lazily, once)
+
+@dataclass
+class Built:
+    """One builder's result: the method kept and what edgecls.json records about how it was built."""
+    method: str
+    meta: dict = field(default_factory=dict)
+    source: Path | None = None   # the kept candidate's file (the ONNX from-tflite route converts it)
+
 
 @dataclass
 class Context:
@@ -135,101 +185,101 @@ class Context:
     labels: list[str]
     work: Path                       # scratch folder (SavedModels, candidates)
     calib: np.ndarray                # (N,H,W,3) uint8 from the training split
-    x_train: np.ndarray
-    x_val: np.ndarray
-    y_val: np.ndarray
-    keras_val: np.ndarray            # Keras probabilities on x_val
-    built: dict = field(default_factory=dict)   # key → {"method", "candidates"}
-    _saved: dict = field(default_factory=dict)
+    images: Images
+    _cache: dict = field(default_factory=dict)
+
+    def once(self, name: str, make: Callable[[], object]):
+        if name not in self._cache:
+            self._cache[name] = make()
+        return self._cache[name]
 
     def saved_model(self, which: str = "float") -> Path:
         from edgecls.convert import tflite
 
-        if which not in self._saved:
-            model = self.model if which == "float" else self.qat_model()
-            self._saved[which] = tflite.save_batch1(model, self.spec, self.work / f"saved_{which}")
-        return self._saved[which]
+        return self.once(f"saved_{which}", lambda: tflite.save_batch1(
+            self.model if which == "float" else self.qat_model(), self.spec, self.work / f"saved_{which}"))
+
+    def float_tflite(self) -> Path:
+        """The float TFLite, converted once: the tflite-float artifact and the search's latency reference."""
+        from edgecls.convert import tflite
+
+        def make():
+            path = self.work / "float.tflite"
+            path.write_bytes(tflite.to_float(self.saved_model("float")))
+            return path
+        return self.once("float_tflite", make)
 
     def float_onnx(self) -> Path:
         """The float ONNX, converted once: the onnx-float artifact and the source of QDQ int8."""
         from edgecls.convert import onnx_export
 
-        path = self.work / "float.onnx"
-        if not path.exists():
-            onnx_export.to_float(self.model, self.spec, path)
-        return path
-
-    def guard(self) -> dict | None:
-        """PTQ's float ops, measured once for both int8 formats: {"calibrated" (TFLite), "float_ops",
-        "op_error_steps"}. None with --full-int8."""
-        from edgecls.convert import tflite
-
-        if self.opts.full_int8:
-            return None
-        if "guard" not in self._saved:
-            calibrated, samples = tflite.calibrate(self.saved_model("float"), self.calib, self.opts.io_dtype)
-            self._saved["guard"] = {"calibrated": calibrated, **tflite.guard(calibrated, samples)}
-        return self._saved["guard"]
+        return self.once("float_onnx", lambda: onnx_export.to_float(self.model, self.spec, self.work / "float.onnx"))
 
     def qat_model(self):
-        if "qat_model" not in self._saved:
-            from edgecls.convert import qat
+        from edgecls.convert import qat
 
-            steps = int(np.ceil(len(self.x_train) / qat.BATCH)) * self.opts.qat_epochs
+        def make():
+            steps = int(np.ceil(len(self.images.x["train"]) / qat.BATCH)) * self.opts.qat_epochs
             with progress_bar(f"QAT fine-tune ({self.opts.qat_epochs} epochs)", steps, self.opts.show_progress) as adv:
-                self._saved["qat_model"] = qat.fine_tune(self.model, self.x_train, self.opts.qat_epochs,
-                                                         lr=self.opts.qat_lr, progress=adv,
-                                                         calib=self.calib[:qat.CALIB_BATCH])
-        return self._saved["qat_model"]
+                return qat.fine_tune(self.model, self.images.x["train"], self.opts.qat_epochs, lr=self.opts.qat_lr,
+                                     progress=adv, calib=self.calib[:qat.CALIB_BATCH])
+        return self.once("qat_model", make)
 
-    def score(self, key: str, path: Path) -> dict:
-        """Validation-split accuracy/agreement of a candidate file, through the device runtime."""
-        model = runtime_model(key, path, self.spec, len(self.labels), self.opts.threads)
-        pred = predict_all(model, self.x_val).argmax(1)
-        ref = self.keras_val.argmax(1)
-        return {"val_accuracy": round(float((pred == self.y_val).mean()), 4),
-                "val_agreement": round(float((pred == ref).mean()), 4),
-                "val_keras_accuracy": round(float((ref == self.y_val).mean()), 4)}
+    def ptq_search(self) -> dict:
+        """PTQ with the mixed-precision search, run once for both int8 formats (convert/search.py):
+        {"path" (the kept int8 TFLite), "float_ops", "search" (what edgecls.json records)}."""
+        return self.once("ptq_search", self._ptq_search)
 
-    def good_enough(self, s: dict) -> bool:
-        drop_pp = (s["val_keras_accuracy"] - s["val_accuracy"]) * 100
-        least = max(MIN_AGREEMENT, self.opts.min_agreement / 100)
-        return drop_pp <= self.opts.max_drop and s["val_agreement"] >= least
+    def _ptq_search(self) -> dict:
+        from edgecls.convert import search, tflite
+
+        o = self.opts
+        if o.full_int8:
+            path = self.work / "tflite-int8.ptq-full.tflite"
+            path.write_bytes(tflite.to_int8(self.saved_model("float"), self.calib, o.io_dtype))
+            return {"path": path, "float_ops": [], "search": None}
+        calibrated, samples = tflite.calibrate(self.saved_model("float"), self.calib, o.io_dtype)
+        ranked = tflite.ranked_op_errors(calibrated, samples)
+
+        def build(ops):
+            path = self.work / f"tflite-int8.ptq-{len(ops)}.tflite"
+            path.write_bytes(tflite.quantize_guarded(calibrated, ops, o.io_dtype))
+            return path
+
+        n = min(o.max_float_ops, len(ranked)) + 1
+        with progress_bar("mixed-precision search", n, o.show_progress) as adv:
+            result = search.run(ranked, build, lambda p: self.agreement("tflite-int8", p),
+                                lambda p: self.latency_ratio("tflite-int8", p, self.float_tflite()),
+                                o.target_agreement / 100, o.max_latency_ratio, o.max_float_ops, progress=adv)
+        kept = result["steps"][result["chosen"]]
+        return {"path": result["path"], "float_ops": kept.float_ops,
+                "search": search.record(result, o.target_agreement / 100, o.max_latency_ratio)}
+
+    def model_for(self, key: str, path: Path, meta: dict | None = None, threads: int | None = None):
+        from edgecls.device.runtime import BACKENDS
+
+        fmt = BY_KEY[key]
+        art = Artifact(fmt, path, meta or {"output_kind": "probabilities"})
+        return BACKENDS[fmt.runtime](art, self.spec, len(self.labels), threads=threads or self.opts.threads)
+
+    def agreement(self, key: str, path: Path, meta: dict | None = None) -> tuple[int, int]:
+        """(images where the candidate's top-1 equals Keras', images) on the search's split (Images.search_splits)."""
+        x, ref = self.images.join(self.images.search_splits)
+        pred = self.model_for(key, path, meta).predict(x).argmax(1)
+        return int((pred == ref).sum()), len(ref)
+
+    def latency_ratio(self, key: str, path: Path, float_path: Path, meta: dict | None = None) -> float:
+        """int8 / float latency, same runtime, one thread each, timed in turns in this process."""
+        from edgecls.device.bench import interleaved_ratio
+
+        float_key = key.replace("int8", "float")
+        x = self.images.x["val"][:1] if len(self.images.x["val"]) else self.calib[:1]
+        f = self.model_for(float_key, float_path, threads=1)
+        q = self.model_for(key, path, meta, threads=1)
+        return interleaved_ratio(f.predict, q.predict, x, rounds=LATENCY_ROUNDS)
 
     def candidate(self, key: str, method: str, suffix: str) -> Path:
-        """Where `choose` builds (and keeps, until the export ends) one method's file for `key`."""
         return self.work / f"{key}.{method}{suffix}"
-
-    def choose(self, key: str, dest: Path, candidates: dict[str, Callable[[Path], object]]) -> dict:
-        """Build candidates in order, score each on val; keep the first good enough one, else the best."""
-        tried, best = {}, None
-        for name, build in candidates.items():
-            path = self.candidate(key, name, dest.suffix)
-            try:
-                build(path)
-            except EdgeclsError:
-                raise
-            except Exception as e:  # one failing route must not hide the others; it is recorded
-                tried[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"}
-                continue
-            s = tried[name] = self.score(key, path)
-            if best is None or (s["val_agreement"], s["val_accuracy"]) > (tried[best]["val_agreement"],
-                                                                           tried[best]["val_accuracy"]):
-                best = name
-            if self.opts.int8_method == "auto" and self.good_enough(s):
-                break
-        if best is None:
-            raise EdgeclsError(f"could not build {key}: " + "; ".join(f"{n}: {t['error']}" for n, t in tried.items()))
-        shutil.copyfile(self.candidate(key, best, dest.suffix), dest)
-        return {"method": best, "candidates": tried}
-
-
-def runtime_model(key: str, path: Path, spec, n_classes: int, threads: int | None, meta: dict | None = None):
-    from edgecls.device.runtime import BACKENDS
-
-    fmt = BY_KEY[key]
-    art = Artifact(fmt, path, meta or {"output_kind": "probabilities"})
-    return BACKENDS[fmt.runtime](art, spec, n_classes, threads=threads)
 
 
 def keras_predictor(model):
@@ -244,107 +294,141 @@ def predict_all(model, x: np.ndarray) -> np.ndarray:
     return model.predict(x) if len(x) else np.zeros((0, model.n_classes), np.float32)
 
 
+def runtime_model(key: str, path: Path, spec, n_classes: int, threads: int | None, meta: dict | None = None):
+    from edgecls.device.runtime import BACKENDS
+
+    fmt = BY_KEY[key]
+    return BACKENDS[fmt.runtime](Artifact(fmt, path, meta or {"output_kind": "probabilities"}), spec, n_classes,
+                                 threads=threads)
+
+
+# ---------------------------------------------------------------- choosing among int8 candidates
+
+def choose(ctx: Context, key: str, candidates: dict[str, Callable[[], tuple[Path, dict]]]) -> Built:
+    """Build candidates in order; keep the first that reaches --target-agreement (auto), else the one that
+    agrees best with float on the validation split (held out from QAT's fine-tuning and from calibration)."""
+    from edgecls.convert import gate
+    from edgecls.metrics import agreement_count, paired_drop
+
+    o = ctx.opts
+    tried, kept = {}, {}
+    for name, build in candidates.items():
+        try:
+            path, meta = build()
+        except EdgeclsError:
+            raise
+        except Exception as e:  # one failing route must not hide the others; it is recorded
+            tried[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"}
+            continue
+        probs = ctx.model_for(key, path, meta).predict(ctx.images.x["val"]) if len(ctx.images.x["val"]) else None
+        y, ref = ctx.images.y["val"], ctx.images.keras["val"].argmax(1)
+        pred = probs.argmax(1) if probs is not None else ref
+        agree = agreement_count(pred, ref)
+        verdict = gate.judge(gate.Evidence(key, bool(probs is None or np.isfinite(probs).all()),
+                                           paired_drop(ref == y, pred == y), agree, split="val"),
+                             o.max_drop, o.min_agreement)
+        if meta.get("search"):
+            reached = meta["search"]["reached"]
+        else:   # the target is on the same images the search counts
+            agreed, images = ctx.agreement(key, path, meta)
+            reached = agreed >= o.target_agreement / 100 * images
+        tried[name] = {"val_agreement": agree["rate"], "val_images": agree["images"],
+                       "val_accuracy": round(float((pred == y).mean()), 4) if len(y) else None,
+                       "reached_target": bool(reached), "passed": verdict.passed}
+        kept[name] = (path, meta)
+        if o.int8_method == "auto" and reached and verdict.passed:
+            break
+    if not kept:
+        raise EdgeclsError(f"could not build {key}: " + "; ".join(f"{n}: {t['error']}" for n, t in tried.items()))
+    best = next((n for n in kept if tried[n]["reached_target"] and tried[n]["passed"]), None) or max(
+        kept, key=lambda n: (tried[n]["passed"], tried[n]["val_agreement"], tried[n]["val_accuracy"] or 0))
+    path, meta = kept[best]
+    return Built(best, {**meta, "candidates": tried}, source=path)
+
+
+def _methods(opts: ExportOptions, routes: dict) -> dict:
+    return routes if opts.int8_method == "auto" else {opts.int8_method: routes[opts.int8_method]}
+
+
 # ---------------------------------------------------------------- one builder per format
 
-def build_tflite_float(ctx: Context, dest: Path) -> dict:
+def build_tflite_float(ctx: Context) -> Built:
+    return Built("none", source=ctx.float_tflite())
+
+
+def build_tflite_int8(ctx: Context) -> Built:
     from edgecls.convert import tflite
 
-    dest.write_bytes(tflite.to_float(ctx.saved_model("float")))
-    return {"method": "none"}
+    def ptq():
+        s = ctx.ptq_search()
+        return s["path"], {"float_ops": s["float_ops"], **({"search": s["search"]} if s["search"] else {})}
 
-
-def build_tflite_int8(ctx: Context, dest: Path) -> dict:
-    from edgecls.convert import tflite
-
-    info = {}   # method → what edgecls.json records about how it was built
-
-    def ptq(path):
-        guard = ctx.guard()
-        if guard is None:
-            path.write_bytes(tflite.to_int8(ctx.saved_model("float"), ctx.calib, ctx.opts.io_dtype))
-            return
-        path.write_bytes(tflite.quantize_guarded(guard["calibrated"], guard["float_ops"], ctx.opts.io_dtype))
-        info["ptq"] = {k: guard[k] for k in ("float_ops", "op_error_steps")}
-
-    def qat(path):
+    def qat():
+        path = ctx.candidate("tflite-int8", "qat", ".tflite")
         path.write_bytes(tflite.to_int8(ctx.saved_model("qat"), ctx.calib, ctx.opts.io_dtype))
+        return path, {"float_ops": []}
 
-    # PTQ first, QAT when PTQ misses on val. QAT first was measured too (benchmarks/NOTES.md): better on one
-    # digits run, worse on another and on the demo's sample (whose gate it failed), and 2.5 min slower.
-    built = ctx.choose("tflite-int8", dest, _methods(ctx.opts, {"ptq": ptq, "qat": qat}))
-    return {**built, **info.get(built["method"], {})}
-
-
-def build_onnx_float(ctx: Context, dest: Path) -> dict:
-    shutil.copyfile(ctx.float_onnx(), dest)
-    return {"method": "none"}
+    # PTQ first, QAT when PTQ's search misses its target. QAT first was measured too (benchmarks/NOTES.md):
+    # better on one digits run, worse on another and on the demo's sample, and 2.5 min slower.
+    return choose(ctx, "tflite-int8", _methods(ctx.opts, {"ptq": ptq, "qat": qat}))
 
 
-def build_onnx_int8(ctx: Context, dest: Path) -> dict:
-    """QDQ from the float ONNX, calibrated on training images, or the int8 TFLite converted by tf2onnx.
-    (tf2onnx on the QAT graph itself keeps float weights behind fake-quant nodes — a 9 MB "int8" file — and
-    PTQ of the QAT-tuned float weights lost 1.94 pp, so QAT reaches ONNX through the int8 TFLite.)"""
+def build_onnx_float(ctx: Context) -> Built:
+    return Built("none", source=ctx.float_onnx())
+
+
+def build_onnx_int8(ctx: Context, tflite_int8: Built | None = None) -> Built:
+    """QDQ from the float ONNX, calibrated on training images, keeping float the ops the TFLite search kept
+    float; or, when the int8 TFLite is QAT's, that TFLite converted by tf2onnx. (tf2onnx on the QAT graph
+    itself keeps float weights behind fake-quant nodes — a 9 MB "int8" file — and PTQ of the QAT-tuned float
+    weights lost 1.94 pp, so QAT reaches ONNX through the int8 TFLite.)"""
     from edgecls.convert import onnx_export, tflite
 
-    @functools.cache
-    def float_nodes():   # the ops PTQ keeps float (as in the TFLite), by their ONNX names
-        guard = ctx.guard()
-        return onnx_export.nodes_named(ctx.float_onnx(), guard["float_ops"]) if guard else []
-
-    def route(method):
-        def build(path):
-            onnx_export.to_int8(ctx.float_onnx(), ctx.calib, path, method, float_nodes=float_nodes())
+    def ptq_route(method):
+        def build():
+            ops = ctx.ptq_search()["float_ops"]
+            nodes = onnx_export.nodes_named(ctx.float_onnx(), ops) if ops else []
+            path = ctx.candidate("onnx-int8", method, ".onnx")
+            onnx_export.to_int8(ctx.float_onnx(), ctx.calib, path, method, float_nodes=nodes)
+            return path, {"float_ops": nodes}
         return build
 
-    routes = {"ptq": route("minmax"), "ptq-percentile": route("percentile")}
-    io = {}   # route → the {"input", "output"} scales edgecls.json must carry for it (ONNX files have none)
-    source = ctx.built.get("tflite-int8")
-    if source and source["method"] == "qat":
-        # The QAT TFLite measured best (digits, make_results run: ONNX from it 97.74% vs PTQ QDQ 96.13%,
-        # float 97.74%), so its ONNX twin is tried first. Its uint8 I/O scales come with it. A PTQ TFLite's
-        # twin would add nothing: `ptq` below is the same method with the same ops kept float.
-        src = ctx.candidate("tflite-int8", "qat", ".tflite")
-
-        def from_tflite(path):
-            onnx_export.from_tflite(src, path)
+    routes = {"ptq": ptq_route("minmax"), "ptq-percentile": ptq_route("percentile")}
+    if tflite_int8 is not None and tflite_int8.method == "qat":
+        # The QAT TFLite measured best (digits, make_results run: ONNX from it 97.74% vs PTQ QDQ 96.13%),
+        # so its ONNX twin is tried first; its uint8 I/O scales come with it (ONNX files carry none).
+        def from_tflite():
+            path = ctx.candidate("onnx-int8", "from-tflite", ".onnx")
+            onnx_export.from_tflite(tflite_int8.source, path)
+            return path, {**tflite.io_details(tflite_int8.source), "float_ops": []}
         routes = {"from-tflite": from_tflite, **routes}
-        io["from-tflite"] = tflite.io_details(src)
     if ctx.opts.int8_method == "ptq":
         routes = {"ptq": routes["ptq"]}
     elif ctx.opts.int8_method == "qat":   # ONNX's QAT route is the QAT TFLite's twin, when there is one
         routes = {k: routes[k] for k in list(routes)[:1]}
-    built = ctx.choose("onnx-int8", dest, routes)
-    kept = {"float_ops": float_nodes()} if built["method"].startswith("ptq") else {}
-    return {**built, **io.get(built["method"], {}), **kept}
+    return choose(ctx, "onnx-int8", routes)
 
 
-def _methods(opts: ExportOptions, routes: dict) -> dict:
-    if opts.int8_method == "auto":
-        return routes
-    return {opts.int8_method: routes[opts.int8_method]}
-
-
-BUILDERS: dict[str, Callable[[Context, Path], dict]] = {
-    "tflite-float": build_tflite_float,
-    "tflite-int8": build_tflite_int8,
-    "onnx-float": build_onnx_float,
-    "onnx-int8": build_onnx_int8,
+# key → (builder, the keys whose Built results it takes as keyword arguments)
+BUILDERS: dict[str, tuple[Callable[..., Built], tuple[str, ...]]] = {
+    "tflite-float": (build_tflite_float, ()),
+    "tflite-int8": (build_tflite_int8, ()),
+    "onnx-float": (build_onnx_float, ()),
+    "onnx-int8": (build_onnx_int8, ("tflite-int8",)),
 }
 assert set(BUILDERS) == set(BY_KEY), "every format in edgecls.formats needs a builder"
 
 
-def io_details(key: str, path: Path) -> dict:
-    from edgecls.convert import onnx_export, tflite
-
-    return (tflite if BY_KEY[key].family == "tflite" else onnx_export).io_details(path)
+def build_all(ctx: Context, keys: list[str], console) -> dict[str, Built]:
+    built: dict[str, Built] = {}
+    for key in keys:
+        builder, needs = BUILDERS[key]
+        built[key] = builder(ctx, **{n.replace("-", "_"): built[n] for n in needs if n in built})
+        console.print(f"built {key} ({built[key].method})")
+    return built
 
 
 # ---------------------------------------------------------------- the export
-
-def versions() -> dict:
-    return library_versions("tensorflow", "tf-keras", "tensorflow-model-optimization", "tf2onnx", "onnx",
-                            "onnxruntime", "ai-edge-litert")
-
 
 def calibration_subset(items: list[tuple[str, int]], n: int) -> list[tuple[str, int]]:
     """Up to n training items, round-robin over classes so every class is represented."""
@@ -360,9 +444,40 @@ def calibration_subset(items: list[tuple[str, int]], n: int) -> list[tuple[str, 
     return out
 
 
+def load_images(run, opts: ExportOptions, keras_predict) -> tuple[Images, np.ndarray, str]:
+    """Every split's images with Keras' answers, the calibration images, and the split the verdict is on."""
+    from edgecls.dataset import load_arrays
+
+    items = {s: run.split_items(s) for s in SPLITS}
+    if not items["train"]:
+        raise EdgeclsError(f"run {run.root} has no training split in splits.json: nothing to calibrate on")
+    eval_split = "test" if items["test"] else "val"
+    if not items[eval_split]:
+        raise EdgeclsError(f"run {run.root} has neither a test nor a val split to measure the export on")
+    missing = [rel for s in items.values() for rel, _ in s if not (run.data_root / rel).is_file()]
+    if missing:
+        raise EdgeclsError(f"{len(missing)} of the run's images are not at {run.data_root} any more "
+                           f"(e.g. {missing[0]})")
+    x, y, keras = {}, {}, {}
+    for split in SPLITS:
+        with progress_bar(f"loading {split} images", len(items[split]), opts.show_progress) as adv:
+            x[split], y[split] = load_arrays(run.data_root, items[split], run.spec, progress=adv)
+        with progress_bar(f"Keras on {split}", len(x[split]), opts.show_progress) as adv:
+            parts = []
+            for i in range(0, len(x[split]), 32):
+                parts.append(keras_predict(x[split][i:i + 32]))
+                adv(min(i + 32, len(x[split])), len(x[split]))
+            keras[split] = np.concatenate(parts) if parts else np.zeros((0, len(run.labels)), np.float32)
+    calib_items = calibration_subset(items["train"], opts.calib_samples)
+    index = {it: i for i, it in enumerate(items["train"])}
+    calib = x["train"][[index[it] for it in calib_items]]
+    return Images(x, y, keras), calib, eval_split
+
+
 def export(opts: ExportOptions, console=None) -> dict:
     """Run the export; returns the manifest written. Raises EdgeclsError (GateFailed for the gate)."""
-    from edgecls.dataset import load_arrays
+    from edgecls.convert import manifest as bundle_manifest
+    from edgecls.convert import measure, report
     from edgecls.run import load_run
 
     console = console or make_console(stderr=True)
@@ -370,144 +485,26 @@ def export(opts: ExportOptions, console=None) -> dict:
     run = load_run(opts.run_dir)
     out = output_dir(opts)
     check_dependencies(opts)
-    items = {s: run.split_items(s) for s in ("train", "val", "test")}
-    if not items["train"]:
-        raise EdgeclsError(f"run {run.root} has no training split in splits.json: nothing to calibrate on")
-    eval_split = "test" if items["test"] else "val"
-    if not items[eval_split]:
-        raise EdgeclsError(f"run {run.root} has neither a test nor a val split to measure the export on")
-    missing = [rel for s in items.values() for rel, _ in s[:1] if not (run.data_root / rel).is_file()]
-    if missing:
-        raise EdgeclsError(f"the run's images are not at {run.data_root} any more (e.g. {missing[0]})")
     model = load_keras_model(run.model_path)
     n_out = int(model.outputs[0].shape[-1])
     if n_out != len(run.labels):
         raise EdgeclsError(f"run {run.root}: model has {n_out} outputs but labels.txt/splits.json list {len(run.labels)}")
-
-    def arrays(split_items, what):
-        with progress_bar(f"loading {what}", len(split_items), opts.show_progress) as adv:
-            return load_arrays(run.data_root, split_items, run.spec, progress=adv)
-
-    x_train, _ = arrays(items["train"], "training images")
-    calib, _ = arrays(calibration_subset(items["train"], opts.calib_samples), "calibration images")
-    x_val, y_val = arrays(items["val"], "validation images")
-    x_eval, y_eval = arrays(items[eval_split], f"{eval_split} images")
-
     keras_predict = keras_predictor(model)
-
-    keras_val = np.concatenate([keras_predict(x_val[i:i + 32]) for i in range(0, len(x_val), 32)] or
-                               [np.zeros((0, n_out), np.float32)])
+    images, calib, eval_split = load_images(run, opts, keras_predict)
     keys = opts.keys()
     with tempfile.TemporaryDirectory(prefix="edgecls-export-") as work, atomic_dir(out, overwrite=True) as tmp:
-        ctx = Context(opts, model, run.spec, run.labels, Path(work), calib, x_train, x_val, y_val, keras_val)
-        for key in keys:
-            ctx.built[key] = BUILDERS[key](ctx, tmp / BY_KEY[key].filename)
-            console.print(f"built {key} ({ctx.built[key]['method']})")
-        manifest = write_manifest(tmp, run, keys, ctx.built, opts)
-
-        # The parity table, measured on the held-out split through the device runtime itself.
-        bundle = load_bundle(tmp)
-        results: dict[str, Measured] = {}
-        with progress_bar(f"eval {KERAS_KEY}", len(x_eval), opts.show_progress) as adv:
-            results[KERAS_KEY] = measure(keras_predict, x_eval, adv)
-        for key in keys:
-            from edgecls.device.runtime import load_model
-
-            m = load_model(bundle, BY_KEY[key].family, BY_KEY[key].precision, threads=opts.threads)
-            with progress_bar(f"eval {key}", len(x_eval), opts.show_progress) as adv:
-                results[key] = measure(m.predict, x_eval, adv)
-        rows = parity(results, y_eval, run.labels, KERAS_KEY)
-        sizes = {k: (tmp / BY_KEY[k].filename).stat().st_size for k in keys}
-        sizes[KERAS_KEY] = run.model_path.stat().st_size
-        for key in keys:
-            if BY_KEY[key].precision == "float":
-                rows[key]["max_abs_diff"] = float(np.abs(results[key].probs - results[KERAS_KEY].probs).max())
-        verdict = gate(rows, keys, opts)
-        summary = {"split": eval_split, "images": int(len(y_eval)), "reference": KERAS_KEY,
-                   "keras_accuracy": rows[KERAS_KEY]["accuracy"], "gate": verdict,
-                   "files": {"markdown": "report.md", "html": "report.html"}}
-        title = (f"{len(y_eval)} {eval_split} images of {run.root.name} — int8 vs float "
-                 f"(gate: ≤ {opts.max_drop:g} pp drop, ≥ {opts.min_agreement:g}% agreement)")
-        console.print(table(rows, KERAS_KEY, sizes, title=title))
-        if not verdict["passed"] and not opts.allow_drop:
-            raise GateFailed(verdict["message"])
-        manifest = finish_manifest(tmp, manifest, rows, sizes, summary, keys)
-        from edgecls.convert import report
-
-        report.write(tmp, manifest, rows, sizes, run.labels, title)
-    if not verdict["passed"]:
-        console.print(f"[yellow]kept despite the gate (--allow-drop): {verdict['message']}[/yellow]")
+        ctx = Context(opts, model, run.spec, run.labels, Path(work), calib, images)
+        built = build_all(ctx, keys, console)
+        entries = {key: bundle_manifest.place(tmp, run, key, built[key]) for key in keys}
+        result = measure.artifacts(ctx, tmp, keys, entries, eval_split, keras_predict, run.model_path.stat().st_size)
+        console.print(result.table(run.root.name))
+        for line in result.gate["notes"]:
+            console.print(f"note: {line}", markup=False)
+        if not result.gate["passed"] and not opts.allow_drop:
+            raise GateFailed(result.gate["message"])
+        manifest = bundle_manifest.write(tmp, run, keys, entries, opts, result)
+        report.write(tmp, manifest, result, run.labels)
+    if not result.gate["passed"]:
+        console.print(f"[yellow]kept despite the gate (--allow-drop): {result.gate['message']}[/yellow]")
     console.print(f"bundle written: {out}  (default artifact: {manifest['default_artifact']})")
     return manifest
-
-
-def gate(rows: dict, keys: list[str], opts: ExportOptions) -> dict:
-    ref = rows[KERAS_KEY]["accuracy"]
-    failures = []
-    for key in keys:
-        r = rows[key]
-        if BY_KEY[key].precision == "int8":
-            drop = (ref - r["accuracy"]) * 100
-            r["drop_pp"] = round(drop, 3)
-            if drop > opts.max_drop:
-                failures.append(f"{key} loses {drop:.2f} pp top-1 vs float (limit {opts.max_drop:g})")
-            # Accuracy alone can hide an int8 model that answers differently (measured: 76.7% agreement
-            # with +1.7 pp accuracy on a small test split), so agreement is gated too.
-            if r["agreement"] * 100 < opts.min_agreement:
-                failures.append(f"{key} agrees with float on only {r['agreement'] * 100:.1f}% of images "
-                                f"(limit {opts.min_agreement:g}%)")
-        elif r.get("max_abs_diff", 0) > FLOAT_TOLERANCE:
-            failures.append(f"{key} differs from the Keras model by {r['max_abs_diff']:.2g} (limit {FLOAT_TOLERANCE:g}): "
-                            "a conversion bug, please report it")
-    if not failures:
-        return {"passed": True, "max_drop_pp": opts.max_drop, "min_agreement_pct": opts.min_agreement,
-                "message": "all int8 artifacts within the limits"}
-    hint = ("try: --int8-method qat (or more --qat-epochs), more --calib-samples, another --io-dtype, "
-            "or --allow-drop to keep it anyway")
-    return {"passed": False, "max_drop_pp": opts.max_drop, "min_agreement_pct": opts.min_agreement,
-            "failures": failures,
-            "message": "; ".join(failures) + f" — no bundle written; {hint}" if not opts.allow_drop
-            else "; ".join(failures)}
-
-
-def write_manifest(tmp: Path, run, keys: list[str], built: dict, opts: ExportOptions) -> dict:
-    """edgecls.json with every artifact's file, hash and I/O — enough for the device to load it."""
-    from edgecls.convert import onnx_export
-
-    atomic_write_text(tmp / "labels.txt", "\n".join(run.labels) + "\n")
-    artifacts = {}
-    for key in keys:
-        path = tmp / BY_KEY[key].filename
-        if BY_KEY[key].family == "onnx":
-            onnx_export.embed_metadata(path, run.labels, run.spec.to_dict(),
-                                       {"artifact": key, "method": built[key]["method"]})
-        artifacts[key] = {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size,
-                          **io_details(key, path), "output_kind": "probabilities", **built[key]}
-    meta = {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "labels": run.labels,
-            "preprocessing": run.spec.to_dict(), "default_artifact": keys[0], "artifacts": artifacts,
-            "source_run": {"path": str(run.root.resolve()), "model_sha256": sha256_file(run.model_path),
-                           "backbone": (run.meta.get("config") or {}).get("backbone")},
-            "export": {"int8_method": opts.int8_method, "io_dtype": opts.io_dtype,
-                       "calib_samples": opts.calib_samples, "full_int8": opts.full_int8, "qat_epochs": opts.qat_epochs},
-            "versions": versions()}
-    atomic_write_json(tmp / MANIFEST, meta)
-    return meta
-
-
-def finish_manifest(tmp: Path, meta: dict, rows: dict, sizes: dict, summary: dict, keys: list[str]) -> dict:
-    for key in keys:
-        r = rows[key]
-        meta["artifacts"][key]["metrics"] = {
-            k: r[k] for k in ("accuracy", "agreement", "per_class_delta", "latency_ms", "drop_pp", "max_abs_diff")
-            if k in r}
-    int8 = [k for k in keys if BY_KEY[k].precision == "int8"]
-    gate_ = summary["gate"]
-    passing = [k for k in int8 if rows[k].get("drop_pp", 0) <= gate_["max_drop_pp"]
-               and rows[k]["agreement"] * 100 >= gate_["min_agreement_pct"]]
-    # The table's order (TFLite first: fastest on a Pi) among the ones that pass; else the most accurate.
-    meta["default_artifact"] = (passing[0] if passing else max(int8, key=lambda k: rows[k]["accuracy"]) if int8
-                                else float_reference(keys) or keys[0])
-    meta["report"] = {**summary, KERAS_KEY: {k: rows[KERAS_KEY][k] for k in ("accuracy", "latency_ms")},
-                      "sizes": sizes}
-    atomic_write_json(tmp / MANIFEST, meta)
-    return meta

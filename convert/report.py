@@ -1,102 +1,110 @@
-"""report.md and report.html: the parity table a human reads, with one confusion matrix per model."""
+"""report.md and report.html: the parity table a human reads, the gate's reasoning, the mixed-precision search
+(a table and a plot), per-class deltas and one confusion matrix per model. Class names are escaped
+everywhere: they come from folder names."""
 from __future__ import annotations
 
 import html
 from pathlib import Path
 
-import numpy as np
-
 from edgecls.device.evaluate import worst_class_delta
 from edgecls.fsutil import atomic_write_text
 
-
-def confusion_png(cm: list[list[int]], labels: list[str], title: str, dest: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cm = np.asarray(cm)
-    n = len(labels)
-    size = min(12, 2 + 0.45 * n)
-    fig, ax = plt.subplots(figsize=(size, size))
-    ax.imshow(cm, cmap="Blues")
-    ax.set_xticks(range(n), labels, rotation=90 if n > 6 else 0)
-    ax.set_yticks(range(n), labels)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title)
-    if n <= 20:
-        for i in range(n):
-            for j in range(n):
-                if cm[i, j]:
-                    ax.text(j, i, int(cm[i, j]), ha="center", va="center",
-                            color="white" if cm[i, j] > cm.max() / 2 else "black", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(dest, dpi=80)
-    plt.close(fig)
+HEADER = ["model", "method", "float ops", "top-1 (95% CI)", "Δ vs float pp (95% CI)", "agreement, all images",
+          "agreement, test", "worst class Δ pp", "int8/float latency", "host ms", "size", "verdict"]
 
 
-def _rows(manifest: dict, rows: dict, sizes: dict) -> list[list[str]]:
-    ref = manifest["report"]["reference"]
-    ref_acc = rows[ref]["accuracy"]
-    out = []
-    for key, r in rows.items():
-        method = manifest["artifacts"].get(key, {}).get("method", "")
-        worst = worst_class_delta(r) if key != ref else None
-        out.append([key, method, f"{r['accuracy'] * 100:.2f}%",
-                    "" if key == ref else f"{(r['accuracy'] - ref_acc) * 100:+.2f}",
-                    "" if key == ref or r.get("agreement") is None else f"{r['agreement'] * 100:.1f}%",
-                    f"{worst[1]:+.1f} ({worst[0]})" if worst else "",
-                    f"{r['max_abs_diff']:.1e}" if "max_abs_diff" in r else "",
-                    f"{sizes.get(key, 0) / 1e6:.2f} MB", f"{r['latency_ms']:.2f}"])
-    return out
+def _cells(key: str, r: dict, entry: dict, size: int, reference: str) -> list[str]:
+    lo, hi = r["accuracy_ci95"]
+    d, a, v = r.get("drop"), r.get("agreement_all"), r.get("verdict")
+    worst = worst_class_delta(r) if key != reference else None
+    ops = entry.get("float_ops")
+    return [key, entry.get("method", ""), "" if ops is None else str(len(ops)),
+            f"{r['accuracy'] * 100:.1f}% ({lo * 100:.1f}–{hi * 100:.1f})",
+            f"{-d['drop_pp']:+.2f} ({-d['ci95_pp'][1]:+.1f} to {-d['ci95_pp'][0]:+.1f})" if d else "",
+            f"{a['rate'] * 100:.2f}% ({a['agreed']}/{a['images']})" if a else "",
+            "" if key == reference or r.get("agreement") is None else f"{r['agreement'] * 100:.1f}%",
+            f"{worst[1]:+.1f} ({worst[0]})" if worst else "",
+            f"{r['latency_ratio']:.2f}" if r.get("latency_ratio") else "",
+            f"{r['latency_ms']:.2f}", f"{size / 1e6:.2f} MB" if size else "",
+            "" if v is None else ("passed" if v["passed"] else "FAILED")]
 
 
-HEADER = ["model", "method", "top-1", "Δ vs float (pp)", "agreement", "worst class Δ (pp)",
-          "max |Δp| vs Keras", "size", "host latency ms"]
+def _search_lines(key: str, search: dict) -> list[str]:
+    md = [f"### {key}: kept {search['chosen']} op(s) float "
+          f"({'target reached' if search['reached'] else 'target not reached; best agreement within budget'})", "",
+          f"Target agreement {search['target_agreement'] * 100:g}% on the validation split; latency budget "
+          f"{search['budget']:.2f}× float (--max-latency-ratio {search['max_latency_ratio']:g}, or the all-int8 "
+          f"model's own ratio where that is higher). ![search]({key}_search.png)", "",
+          "| step | op kept float (added) | its int8 error (steps) | agreement | int8/float latency |",
+          "|---|---|---|---|---|"]
+    for i, s in enumerate(search["steps"]):
+        mark = " **kept**" if i == search["chosen"] else ""
+        md.append(f"| {i}{mark} | {html.escape(s['added'] or '— (all int8)')} | {s['error_steps'] or ''} | "
+                  f"{s['agreement'] * 100:.2f}% ({s['agreed']}/{s['images']}) | {s['latency_ratio']:.2f} |")
+    return md + [""]
 
 
-def write(dest: Path, manifest: dict, rows: dict, sizes: dict, labels: list[str], title: str) -> None:
-    table = _rows(manifest, rows, sizes)
+def write(dest: Path, manifest: dict, result, labels: list[str]) -> None:
+    from edgecls.convert.search import plot as plot_search
+    from edgecls.train.plots import plot_confusion
+
+    reference = result.reference
+    arts = manifest["artifacts"]
+    table = [_cells(k, r, arts.get(k, {}), result.sizes.get(k, 0), reference) for k, r in result.rows.items()]
     pngs = {}
-    for key, r in rows.items():
+    for key, r in result.rows.items():
         pngs[key] = f"confusion_{key}.png"
-        confusion_png(r["confusion"], labels, key, dest / pngs[key])
-    gate = manifest["report"]["gate"]
-    candidates = {k: a.get("candidates") for k, a in manifest["artifacts"].items() if a.get("candidates")}
+        plot_confusion(r["confusion"], labels, dest / pngs[key], title=key)
+    searches = {k: a["search"] for k, a in arts.items() if a.get("search")}
+    for key, s in searches.items():
+        plot_search(s, f"{key}: mixed-precision search", dest / f"{key}_search.png")
+    gate = result.gate
+    esc = html.escape
+    title = (f"{result.images} {result.split} photos, agreement over all {result.all_images} images — int8 vs "
+             f"float (gate: drop ≤ {gate['max_drop_pp']:g} pp unless the interval says more, agreement ≥ "
+             f"{gate['min_agreement_pct']:g}%)")
+    verdict = "passed" if gate["passed"] else "FAILED (kept with --allow-drop)"
+    resolution = (f"One {result.split} photo is {100 / max(result.images, 1):.2f} pp of top-1: a drop is refused only "
+                  f"when its 95% interval (paired, Agresti–Min) lies wholly above the limit; agreement with float "
+                  f"is counted over every image the run has ({result.all_images}).")
 
-    md = [f"# Export report: {title}", "",
-          "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-    md += ["| " + " | ".join(r) + " |" for r in table]
-    md += ["", f"Gate: {'passed' if gate['passed'] else 'FAILED (kept with --allow-drop)'} — {gate['message']}", "",
-           f"Default artifact: `{manifest['default_artifact']}`", ""]
-    if candidates:
+    md = [f"# Export report: {esc(title)}", "", "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    md += ["| " + " | ".join(esc(c) for c in row) + " |" for row in table]
+    md += ["", resolution, "", f"Gate: {verdict} — {esc(gate['message'])}", ""]
+    md += [f"- note: {esc(n)}" for n in gate["notes"]] + ([""] if gate["notes"] else [])
+    md += [f"Default artifact: `{manifest['default_artifact']}`", ""]
+    cands = {k: a["candidates"] for k, a in arts.items() if a.get("candidates")}
+    if cands:
         md += ["## int8 candidates (validation split)", ""]
-        for key, cands in candidates.items():
-            for name, s in cands.items():
-                md.append(f"- {key} / {name}: " + ", ".join(f"{k} {v}" for k, v in s.items()))
+        for key, tried in cands.items():
+            md += [f"- {key} / {name}: " + ", ".join(f"{k} {v}" for k, v in s.items()) for name, s in tried.items()]
         md.append("")
-    md += ["## Per-class accuracy delta vs float (pp)", "",
-           "| class | " + " | ".join(k for k in rows if rows[k].get("per_class_delta")) + " |",
-           "|---|" + "---|" * sum(1 for k in rows if rows[k].get("per_class_delta"))]
-    keys = [k for k in rows if rows[k].get("per_class_delta")]
+    if searches:
+        md += ["## Mixed-precision search", ""]
+        for key, s in searches.items():
+            md += _search_lines(key, s)
+    keys = [k for k in result.rows if result.rows[k].get("per_class_delta")]
+    md += ["## Per-class accuracy delta vs float (pp)", "", "| class | " + " | ".join(keys) + " |",
+           "|---|" + "---|" * len(keys)]
     for c in labels:
-        md.append(f"| {c} | " + " | ".join(f"{rows[k]['per_class_delta'][c]:+.1f}"
-                                           if rows[k]["per_class_delta"][c] is not None else "–" for k in keys) + " |")
+        md.append(f"| {esc(c)} | " + " | ".join(f"{result.rows[k]['per_class_delta'][c]:+.1f}"
+                                                if result.rows[k]["per_class_delta"][c] is not None else "–"
+                                                for k in keys) + " |")
     md += ["", "## Confusion matrices", ""] + [f"![{k}]({p})" for k, p in pngs.items()]
     atomic_write_text(dest / "report.md", "\n".join(md) + "\n")
 
-    esc = html.escape
     cells = "".join(f"<th>{esc(h)}</th>" for h in HEADER)
     body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in table)
     imgs = "".join(f'<figure><img src="{esc(p)}" alt="{esc(k)}"><figcaption>{esc(k)}</figcaption></figure>'
                    for k, p in pngs.items())
+    plots = "".join(f'<figure><img src="{esc(k)}_search.png" alt="{esc(k)} search"><figcaption>{esc(k)}: '
+                    f'mixed-precision search</figcaption></figure>' for k in searches)
+    notes = "".join(f"<li>{esc(n)}</li>" for n in gate["notes"])
     page = (f"<!doctype html><meta charset='utf-8'><title>edgecls export report</title>"
             f"<style>body{{font-family:sans-serif}}td,th{{padding:2px 8px;text-align:right}}"
             f"figure{{display:inline-block}}img{{max-width:420px}}</style>"
-            f"<h1>{esc(title)}</h1><table><tr>{cells}</tr>{body}</table>"
-            f"<p>Gate: {esc('passed' if gate['passed'] else 'FAILED (kept with --allow-drop)')} — "
-            f"{esc(gate['message'])}</p><p>Default artifact: <code>{esc(manifest['default_artifact'])}</code></p>"
-            f"<h2>Confusion matrices</h2>{imgs}")
+            f"<h1>{esc(title)}</h1><table><tr>{cells}</tr>{body}</table><p>{esc(resolution)}</p>"
+            f"<p>Gate: {esc(verdict)} — {esc(gate['message'])}</p>{f'<ul>{notes}</ul>' if notes else ''}"
+            f"<p>Default artifact: <code>{esc(manifest['default_artifact'])}</code></p>"
+            f"{f'<h2>Mixed-precision search</h2>{plots}' if plots else ''}<h2>Confusion matrices</h2>{imgs}")
     atomic_write_text(dest / "report.html", page)

@@ -105,13 +105,19 @@ def guard(calibrated: bytes, samples: list[np.ndarray]) -> dict:
     int8 model's mean |Δp| vs float by a third and its test-split flips from 5 to 1 of 310, for 1.8 M of
     ~200 M MACs. The ONNX QDQ export keeps the same ops float (onnx_export.to_int8).
     """
+    ranked = ranked_op_errors(calibrated, samples)
+    return {"float_ops": [n for n, e in ranked[:MAX_FLOAT_OPS] if e > FLOAT_OP_STEPS],
+            "op_error_steps": {n: round(e, 3) for n, e in ranked[:5]}}
+
+
+def ranked_op_errors(calibrated: bytes, samples: list[np.ndarray]) -> list[tuple[str, float]]:
+    """Every quantizable op with its int8 error in quantization steps (`op_errors`, on DEBUG_SAMPLES of the
+    calibration samples), worst first: the order the mixed-precision search keeps ops float in."""
     from edgecls.train.tfenv import quiet_stderr
 
     with quiet_stderr():
         errors = op_errors(calibrated, samples[::max(1, len(samples) // DEBUG_SAMPLES)])
-    ranked = sorted(errors.items(), key=lambda kv: -kv[1])
-    return {"float_ops": [n for n, e in ranked[:MAX_FLOAT_OPS] if e > FLOAT_OP_STEPS],
-            "op_error_steps": {n: round(e, 3) for n, e in ranked[:5]}}
+    return sorted(errors.items(), key=lambda kv: -kv[1])
 
 
 def quantize_guarded(calibrated: bytes, float_ops: list[str], io_dtype: str = "uint8") -> bytes:

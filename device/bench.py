@@ -35,6 +35,20 @@ def bench_input(bundle: Bundle, seed: int = 0) -> np.ndarray:
     return rng.integers(0, 256, (1, bundle.spec.height, bundle.spec.width, 3), dtype=np.uint8)
 
 
+def _interleaved(predicts, x, rounds: int, warmup: int) -> np.ndarray:
+    """(rounds, len(predicts)) wall ms of each call, the predicts taking turns (A B C A B C …)."""
+    for predict in predicts:
+        for _ in range(warmup):
+            predict(x)
+    times = np.zeros((rounds, len(predicts)))
+    for r in range(rounds):
+        for i, predict in enumerate(predicts):
+            t0 = time.perf_counter()
+            predict(x)
+            times[r, i] = (time.perf_counter() - t0) * 1000.0
+    return times
+
+
 def interleaved_ms(predicts: list[Callable[[np.ndarray], np.ndarray]], x: np.ndarray, rounds: int = 200,
                    warmup: int = 5) -> list[float]:
     """Median wall ms per call of each predict, timed in turns (A B C A B C …) in this one process.
@@ -42,16 +56,15 @@ def interleaved_ms(predicts: list[Callable[[np.ndarray], np.ndarray]], x: np.nda
     Absolute latencies on a shared machine swing 2x from minute to minute; taking turns call by call
     makes every model see the same load, so the *ratios* between them hold (benchmarks/NOTES.md).
     """
-    for predict in predicts:
-        for _ in range(warmup):
-            predict(x)
-    times = [[] for _ in predicts]
-    for _ in range(rounds):
-        for predict, ms in zip(predicts, times):
-            t0 = time.perf_counter()
-            predict(x)
-            ms.append((time.perf_counter() - t0) * 1000.0)
-    return [float(np.median(ms)) for ms in times]
+    return [float(v) for v in np.median(_interleaved(predicts, x, rounds, warmup), axis=0)]
+
+
+def interleaved_ratio(baseline: Callable, other: Callable, x: np.ndarray, rounds: int = 200, warmup: int = 5) -> float:
+    """Latency of `other` / `baseline`: the median over rounds of the ratio of two back-to-back calls.
+    Each round's pair shares the machine's load of that moment, so this holds where other programs come and
+    go (seen here: ratio of medians 0.22–0.67 for the same pair under a load of 7, on 2 cores)."""
+    t = _interleaved([baseline, other], x, rounds, warmup)
+    return float(np.median(t[:, 1] / t[:, 0]))
 
 
 def bench_bundle(bundle: Bundle, threads: list[int], runs: int = 50, warmup: int = 5,

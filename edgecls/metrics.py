@@ -41,3 +41,45 @@ def agreement(pred_a, pred_b) -> float:
     """Share of samples where two models give the same top-1 class."""
     a, b = np.asarray(pred_a), np.asarray(pred_b)
     return float((a == b).mean()) if len(a) else 0.0
+
+
+Z95 = 1.959964   # two-sided 95% normal quantile
+
+
+def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """95% interval of a proportion k/n (Wilson score): honest at 0 or n successes, unlike k/n ± z·se."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
+def paired_drop(ref_correct, new_correct, z: float = Z95) -> dict:
+    """Accuracy drop of `new` vs `ref` on the same photos, with its 95% interval, in percentage points.
+
+    Paired, because both models answer the same photos: only the photos where exactly one of them is right
+    (the discordant pairs) carry information. The interval is Agresti–Min's (2005): add 1/2 to each cell of
+    the 2×2 table, then Wald — close to nominal coverage even with a handful of discordant photos, where
+    the plain Wald interval collapses to a point. One photo is 100/n pp: `photo_pp`.
+    """
+    a, b = np.asarray(ref_correct, bool), np.asarray(new_correct, bool)
+    n = len(a)
+    lost, gained = int((a & ~b).sum()), int((~a & b).sum())
+    if n == 0:
+        return {"n": 0, "lost": 0, "gained": 0, "drop_pp": 0.0, "ci95_pp": [-100.0, 100.0], "photo_pp": 100.0}
+    nn, bb, cc = n + 2, lost + 0.5, gained + 0.5
+    d = (bb - cc) / nn
+    se = np.sqrt(max(bb + cc - (bb - cc) ** 2 / nn, 0.0)) / nn
+    return {"n": n, "lost": lost, "gained": gained, "drop_pp": round((lost - gained) / n * 100, 3),
+            "ci95_pp": [round(float(max(-1.0, d - z * se)) * 100, 3), round(float(min(1.0, d + z * se)) * 100, 3)],
+            "photo_pp": round(100 / n, 3)}
+
+
+def agreement_count(pred_a, pred_b) -> dict:
+    """Top-1 agreement as a count with its 95% interval: {"agreed", "images", "rate", "ci95"}."""
+    a, b = np.asarray(pred_a), np.asarray(pred_b)
+    k, n = int((a == b).sum()), len(a)
+    lo, hi = wilson_interval(k, n)
+    return {"agreed": k, "images": n, "rate": round(k / n, 5) if n else 0.0, "ci95": [round(lo, 5), round(hi, 5)]}

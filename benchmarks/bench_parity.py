@@ -1,0 +1,110 @@
+"""int8 parity on real photos: every int8 method side by side, and the default export on three data sets.
+
+    python benchmarks/bench_parity.py [--work DIR] [--fresh] [--only flowers,digits,flowers2]
+
+Data sets (all real photos from ../shared): `flowers` (750 photos, 5 classes), `digits` (sign_language_digits,
+2,062 photos, 10 classes) and `flowers2` (two classes of flowers, 300 photos: the small-data case whose test
+split has ~45 photos). Each is trained once with `edgecls train` defaults (cached in --work), then exported:
+flowers with every method (PTQ all-int8, PTQ + mixed-precision search, QAT, auto = the default), the others with
+the default only. Every number comes from the bundle's own edgecls.json: agreement with float over all the
+run's images, test top-1 drop with its 95% interval, int8/float latency (1 thread, interleaved), wall time.
+Writes benchmarks/results/parity.md, which make_results.py includes in RESULTS.md, and prints it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from make_results import EDGECLS, ROOT, SHARED, WEIGHTS, Stages, last_json  # noqa: E402
+
+DATA = {"flowers": SHARED / "data" / "flowers", "digits": SHARED / "data" / "sign_language_digits"}
+TWO_CLASSES = ("daisy", "dandelion")
+METHODS = {   # label → export arguments
+    "ptq --full-int8 (every op int8)": ["--int8-method", "ptq", "--full-int8"],
+    "ptq + mixed-precision search": ["--int8-method", "ptq"],
+    "qat": ["--int8-method", "qat"],
+    "auto (default)": [],
+}
+
+
+def two_class_data(work: Path) -> Path:
+    """flowers2: a folder with two of the flowers classes (links to the shared photos; nothing copied)."""
+    root = work / "data" / "flowers2"
+    for c in TWO_CLASSES:
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for photo in sorted((DATA["flowers"] / c).iterdir()):
+            link = root / c / photo.name
+            if not link.exists():
+                link.symlink_to(photo)
+    return root
+
+
+def rows_for(name: str, label: str, m: dict | None, rec: dict) -> list[str]:
+    if not m:
+        return [f"| {name} | {label} | failed (exit {rec['rc']}): {rec['stderr_tail'][-160:]!r} | | | | | | | `{rec['cmd']}` |"]
+    rep = m["report"]
+    out = []
+    for key in ("tflite-int8", "onnx-int8"):
+        art = m["artifacts"].get(key)
+        if not art:
+            continue
+        mt = art["metrics"]
+        a, d = mt["agreement_all"], mt["drop"]
+        ops = art.get("float_ops") or []
+        kept = f"{art['method']}, {len(ops)} float op(s)"
+        out.append(f"| {name} | {label} | {key}: {kept} | **{a['rate'] * 100:.2f}%** ({a['agreed']}/{a['images']}) | "
+                   f"{rep['keras_accuracy'] * 100:.1f}% → {mt['accuracy'] * 100:.1f}% (n={rep['images']}) | "
+                   f"{-d['drop_pp']:+.2f} ({-d['ci95_pp'][1]:+.1f} to {-d['ci95_pp'][0]:+.1f}) | "
+                   f"{mt.get('latency_ratio', float('nan')):.2f} | {'passed' if mt['verdict']['passed'] else 'FAILED'} | "
+                   f"{rec['seconds']:.0f} | `{rec['cmd']}` |")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", type=Path, default=ROOT / ".edgecls-cache" / "parity")
+    ap.add_argument("--fresh", action="store_true")
+    ap.add_argument("--only", default="flowers,digits,flowers2")
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "parity.md")
+    ap.add_argument("--train-only", action="store_true", help="only the (cached) training runs")
+    a = ap.parse_args()
+    st = Stages(a.work, a.fresh)
+    kh = a.work / "keras_home" / "models"
+    kh.mkdir(parents=True, exist_ok=True)
+    if not (kh / WEIGHTS.name).exists():
+        (kh / WEIGHTS.name).symlink_to(WEIGHTS)
+    data = {**DATA, "flowers2": two_class_data(a.work)}
+    lines = ["## int8 parity on real photos (`python benchmarks/bench_parity.py`)", "",
+             "Agreement = top-1 of int8 equal to the float Keras model's, over every image of the run (train + val + "
+             "test; no labels needed). Δ = test top-1 of int8 minus float, with its paired 95% interval. Latency = "
+             "int8 / float of the same runtime, 1 thread, interleaved in one process (measured during the export).",
+             "", "| data | --int8-method | artifact kept | agreement, all images | test top-1 float → int8 | Δ pp (95% CI) | "
+             "int8/float latency | gate | export s | command |", "|---|---|---|---|---|---|---|---|---|---|"]
+    train_lines = []
+    for name in a.only.split(","):
+        run = a.work / "runs" / name
+        rec = st.run(f"train-{name}", [*EDGECLS, "train", data[name], "--out", run, "--force", "--json"])
+        s = last_json(rec["stdout"]) or {}
+        train_lines.append(f"| {name} | {s.get('split_sizes')} | {s.get('test_accuracy', float('nan')) * 100:.1f}% | "
+                           f"{rec['seconds']:.0f} | `{rec['cmd']}` |")
+        methods = {} if a.train_only else METHODS if name == "flowers" else {"auto (default)": []}
+        for label, extra in methods.items():
+            tag = "-".join(x.strip("-") for x in extra) or "default"
+            rec = st.run(f"export-{name}-{tag}", [*EDGECLS, "export", run, "--out", a.work / f"bundle-{name}-{tag}",
+                                                  *extra, "--allow-drop", "--json"], ok_codes=(0, 3))
+            lines += rows_for(name, label, last_json(rec["stdout"]), rec)
+    lines += ["", "Training runs behind it (defaults: MobileNetV2 1.0, 160 px, ImageNet weights):", "",
+              "| data | split sizes | float test top-1 | train s | command |", "|---|---|---|---|---|", *train_lines, ""]
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    main()

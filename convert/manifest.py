@@ -1,0 +1,63 @@
+"""edgecls.json as export writes it: each artifact placed in the bundle with its hash and I/O (`place`), then
+the whole manifest written once, after the measurement and the gate (`write`)."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from edgecls.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST
+from edgecls.formats import BY_KEY
+from edgecls.fsutil import atomic_write_json, atomic_write_text, sha256_file
+from edgecls.versions import library_versions
+
+METRIC_KEYS = ("accuracy", "accuracy_ci95", "agreement", "agreement_all", "drop", "drop_pp", "per_class_delta",
+               "latency_ms", "latency_ratio", "max_abs_diff", "verdict")
+
+
+def place(bundle_dir: Path, run, key: str, built) -> dict:
+    """Copy a built artifact into the bundle (ONNX files get labels and preprocessing embedded) and return
+    its edgecls.json entry: file, sha256, bytes, I/O, and what the builder records (method, float ops, …).
+    The same entry is what the measurement loads the artifact with, so it is measured as the device runs it."""
+    from edgecls.convert import onnx_export, tflite
+
+    dest = bundle_dir / BY_KEY[key].filename
+    shutil.copyfile(built.source, dest)
+    family = BY_KEY[key].family
+    if family == "onnx":
+        onnx_export.embed_metadata(dest, run.labels, run.spec.to_dict(), {"artifact": key, "method": built.method})
+    io = (tflite if family == "tflite" else onnx_export).io_details(dest)
+    return {"file": dest.name, "sha256": sha256_file(dest), "bytes": dest.stat().st_size, **io,
+            "output_kind": "probabilities", "method": built.method, **built.meta}
+
+
+def versions() -> dict:
+    return library_versions("tensorflow", "tf-keras", "tensorflow-model-optimization", "tf2onnx", "onnx",
+                            "onnxruntime", "ai-edge-litert")
+
+
+def write(bundle_dir: Path, run, keys: list[str], entries: dict[str, dict], opts, result) -> dict:
+    from edgecls.convert import gate
+
+    atomic_write_text(bundle_dir / "labels.txt", "\n".join(run.labels) + "\n")
+    artifacts = {}
+    for key in keys:
+        row = result.rows[key]
+        artifacts[key] = {**entries[key], "metrics": {k: row[k] for k in METRIC_KEYS if k in row}}
+    agreement = {k: (result.rows[k].get("agreement_all") or {}).get("rate", 0.0) for k in keys}
+    ref = result.rows[result.reference]
+    meta = {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "labels": run.labels,
+            "preprocessing": run.spec.to_dict(),
+            "default_artifact": gate.default_artifact(keys, result.verdicts, agreement),
+            "artifacts": artifacts,
+            "report": {"split": result.split, "images": result.images, "all_images": result.all_images,
+                       "reference": result.reference, "keras_accuracy": ref["accuracy"], "gate": result.gate,
+                       result.reference: {k: ref[k] for k in ("accuracy", "accuracy_ci95", "latency_ms")},
+                       "sizes": result.sizes, "files": {"markdown": "report.md", "html": "report.html"}},
+            "source_run": {"path": str(run.root.resolve()), "model_sha256": sha256_file(run.model_path),
+                           "backbone": (run.meta.get("config") or {}).get("backbone")},
+            "export": {k: getattr(opts, k) for k in ("int8_method", "io_dtype", "calib_samples", "full_int8",
+                                                      "qat_epochs", "target_agreement", "max_latency_ratio",
+                                                      "max_float_ops", "max_drop", "min_agreement")},
+            "versions": versions()}
+    atomic_write_json(bundle_dir / MANIFEST, meta)
+    return meta

@@ -1,0 +1,162 @@
+"""The int8 gate's statistics (convert/gate.py), the mixed-precision search's stopping rule
+(convert/search.py), and that what edgecls.json says stayed float is what the files compute in float."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgecls.bundle import MANIFEST
+from edgecls.convert import gate, search
+from edgecls.metrics import agreement_count, paired_drop, wilson_interval
+
+from conftest import cli
+
+
+def _pairs(n: int, lost: int, gained: int, float_wrong: int = 0):
+    """Correctness of float and int8 on n photos: `lost` photos only float gets right, `gained` only int8."""
+    ref, new = np.ones(n, bool), np.ones(n, bool)
+    new[:lost] = False
+    ref[lost:lost + gained] = False
+    ref[lost + gained:lost + gained + float_wrong] = new[lost + gained:lost + gained + float_wrong] = False
+    return ref, new
+
+
+def _agreement(n: int, flips: int):
+    a = np.zeros(n, int)
+    b = a.copy()
+    b[:flips] = 1
+    return agreement_count(a, b)
+
+
+def _judge(drop, agreement, max_drop=1.0, min_agreement=97.0, finite=True):
+    return gate.judge(gate.Evidence("tflite-int8", finite, drop, agreement), max_drop, min_agreement)
+
+
+def test_two_flips_of_49_with_high_agreement_pass_and_say_why():
+    """The 2-class user's case: 2 of 49 test photos flipped ("−4.08 pp") while 99% of all images agree."""
+    d = paired_drop(*_pairs(49, lost=2, gained=0, float_wrong=5))
+    assert d["drop_pp"] == pytest.approx(4.082, abs=1e-3) and d["photo_pp"] == pytest.approx(2.041, abs=1e-3)
+    assert d["ci95_pp"][0] < 1.0 < d["ci95_pp"][1]
+    v = _judge(d, _agreement(397, 3))
+    assert v.passed, v.failures
+    assert any("49 test photos: one photo is 2.04 pp" in n and "agreement over 397 images" in n for n in v.notes)
+    assert any("within chance" in n for n in v.notes)
+
+
+def test_a_collapse_is_refused_even_on_a_small_split():
+    """Per-tensor ONNX int8 fell to 41.6% here: on 49 photos that is ~26 lost answers."""
+    d = paired_drop(*_pairs(49, lost=26, gained=1, float_wrong=3))
+    v = _judge(d, _agreement(397, 220))
+    assert not v.passed
+    assert any("loses" in f and "95% interval" in f for f in v.failures)
+    assert any("agrees with float on only" in f for f in v.failures)
+    assert not _judge(d, _agreement(397, 2)).passed   # the drop alone refuses it
+
+
+def test_a_significant_drop_is_refused_and_a_noisy_one_is_not():
+    big = paired_drop(*_pairs(310, lost=15, gained=2))
+    assert big["ci95_pp"][0] > 1.0
+    assert not _judge(big, _agreement(2062, 17)).passed
+    noisy = paired_drop(*_pairs(310, lost=5, gained=1))          # 1.29 pp, interval reaches below 1 pp
+    assert noisy["drop_pp"] > 1.0 and noisy["ci95_pp"][0] < 1.0
+    assert _judge(noisy, _agreement(2062, 6)).passed
+
+
+def test_low_agreement_alone_is_refused():
+    d = paired_drop(*_pairs(310, lost=3, gained=3))
+    v = _judge(d, _agreement(2062, 100))        # 95.2% < 97%
+    assert not v.passed and "agrees with float on only 95.2% of 2062 images (limit 97%)" in v.failures[0]
+
+
+def test_non_finite_outputs_fail_the_gate():
+    d = paired_drop(*_pairs(50, 0, 0))
+    assert not _judge(d, _agreement(100, 0), finite=False).passed
+    nan_float = gate.judge(gate.Evidence("tflite-float", max_abs_diff=float("nan")), 1.0, 97.0)
+    assert not nan_float.passed and "differs from the Keras model" in nan_float.failures[0]
+    assert gate.judge(gate.Evidence("tflite-float", max_abs_diff=1e-7), 1.0, 97.0).passed
+
+
+def test_intervals_are_honest_at_the_edges():
+    assert wilson_interval(49, 49)[0] < 1.0 and wilson_interval(0, 10)[1] > 0.0
+    zero = paired_drop(*_pairs(49, 0, 0))
+    assert zero["drop_pp"] == 0 and zero["ci95_pp"][0] < 0 < zero["ci95_pp"][1]   # no flips ≠ certainty
+
+
+def _fake_search(agreements, ratios, target=0.99, max_ratio=0.65, max_ops=6):
+    ranked = [(f"op{i}", 3.0 - i * 0.1) for i in range(10)]
+    built = []
+
+    def build(ops):
+        built.append(list(ops))
+        return Path(f"step{len(ops)}")
+
+    def score(path):
+        return agreements[int(path.name[4:])], 1000
+
+    return search.run(ranked, build, score, lambda p: ratios[int(p.name[4:])], target, max_ratio, max_ops), built
+
+
+def test_search_stops_at_the_first_step_that_reaches_the_target():
+    r, built = _fake_search([960, 975, 992, 995, 999, 999, 999], [0.6] * 7)
+    assert r["reached"] and r["chosen"] == 2 and len(r["steps"]) == 3 and built[-1] == ["op0", "op1"]
+    assert r["steps"][2].added == "op1" and r["path"] == Path("step2")
+
+
+def test_search_keeps_the_best_step_within_the_latency_budget():
+    # Step 3 would be the best but is over budget: the search stops there and keeps step 2.
+    r, _ = _fake_search([960, 975, 985, 989, 999], [0.60, 0.62, 0.64, 0.80, 0.9])
+    assert not r["reached"] and r["chosen"] == 2 and len(r["steps"]) == 4
+    # Where the all-int8 model itself misses the budget, float ops may not make it slower still.
+    r, _ = _fake_search([960, 992], [0.75, 0.76])
+    assert r["reached"] and r["chosen"] == 1 and r["budget"] == pytest.approx(0.78)
+    # Nothing reaches the target: the best agreement, fewest ops on a tie.
+    r, _ = _fake_search([960, 970, 970, 965, 940, 930, 920], [0.6] * 7)
+    assert not r["reached"] and r["chosen"] == 1 and len(r["steps"]) == 7
+
+
+def _float_outputs(tflite_file: Path) -> dict[str, str]:
+    """TFLite op → its output dtype, for the compute ops (not the (de)quantize ops around float islands)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(tflite_file))
+    tensors = {t["index"]: t for t in it.get_tensor_details()}
+    return {tensors[o["outputs"][0]]["name"]: np.dtype(tensors[o["outputs"][0]]["dtype"]).name
+            for o in it._get_ops_details() if o["op_name"] not in ("QUANTIZE", "DEQUANTIZE")}
+
+
+def test_recorded_float_ops_are_the_float_ops_in_the_files(digits_bundle):
+    import onnx
+
+    meta = json.loads((digits_bundle / MANIFEST).read_text())
+    art = meta["artifacts"]["tflite-int8"]
+    s = art["search"]
+    kept = s["steps"][s["chosen"]]
+    assert art["float_ops"] == kept["float_ops"] and len(art["float_ops"]) == s["chosen"]
+    if s["reached"]:   # the search stopped at the first step that reached the target
+        assert s["chosen"] == len(s["steps"]) - 1
+        assert all(st["agreement"] < s["target_agreement"] for st in s["steps"][:-1])
+    dtypes = _float_outputs(digits_bundle / art["file"])
+    assert sorted(n for n, d in dtypes.items() if d == "float32") == sorted(art["float_ops"])
+    graph = onnx.load(str(digits_bundle / meta["artifacts"]["onnx-int8"]["file"])).graph
+    consts = {t.name for t in graph.initializer}
+    weighted = {n.name: n for n in graph.node if n.op_type in ("Conv", "Gemm", "MatMul")}
+    float_weights = sorted(k for k, n in weighted.items() if len(n.input) > 1 and n.input[1] in consts)
+    assert float_weights == sorted(k for k in meta["artifacts"]["onnx-int8"]["float_ops"] if k in weighted)
+    assert meta["report"]["all_images"] > meta["report"]["images"]
+    m = art["metrics"]
+    assert m["agreement_all"]["images"] == meta["report"]["all_images"]
+    assert m["drop"]["n"] == meta["report"]["images"] and m["verdict"]["passed"]
+
+
+def test_a_zero_target_stops_the_search_at_all_int8(tiny_run, tmp_path):
+    out = tmp_path / "b"
+    r = cli("export", tiny_run, "--out", out, "--formats", "tflite", "--int8-method", "ptq", "--calib-samples", "8",
+            "--target-agreement", "0", "--max-drop", "100", "--min-agreement", "0")
+    assert r.returncode == 0, r.stderr[-2000:]
+    art = json.loads((out / MANIFEST).read_text())["artifacts"]["tflite-int8"]
+    assert art["search"]["chosen"] == 0 and len(art["search"]["steps"]) == 1 and art["float_ops"] == []
+    assert all(d != "float32" for d in _float_outputs(out / art["file"]).values())
+    assert (out / "tflite-int8_search.png").stat().st_size > 1000 and "Mixed-precision search" in (out / "report.md").read_text()
