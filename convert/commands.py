@@ -22,6 +22,9 @@ def register(app) -> None:
                                        help="Quantize every op (for NPUs); by default PTQ keeps float the few ops "
                                             "whose int8 error is over one quantization step."),
         io_dtype: str = typer.Option("uint8", "--io-dtype", help="int8 TFLite input/output type: uint8 or int8."),
+        onnx_target: str = typer.Option("auto", "--onnx-target",
+                                        help="CPU the int8 ONNX is for: x86 (uint8 activations, onnxruntime's fast "
+                                             "kernels there) | arm (int8 activations: Pi, Jetson) | auto (this machine's)."),
         max_drop: float = typer.Option(1.0, "--max-drop", help="Most top-1 accuracy (pp) int8 may lose vs float."),
         min_agreement: float = typer.Option(95.0, "--min-agreement",
                                             help="Least top-1 agreement (%) of int8 with float on the test split."),
@@ -36,7 +39,8 @@ def register(app) -> None:
 
         opts = ExportOptions(run_dir=run_dir, out=out, families=tuple(f.strip() for f in formats.split(",") if f.strip()),
                              int8=int8, int8_method="qat" if qat else int8_method, qat_epochs=qat_epochs,
-                             calib_samples=calib_samples, full_int8=full_int8, io_dtype=io_dtype, max_drop=max_drop,
+                             calib_samples=calib_samples, full_int8=full_int8, io_dtype=io_dtype, onnx_target=onnx_target,
+                             max_drop=max_drop,
                              min_agreement=min_agreement, allow_drop=allow_drop, threads=threads, show_progress=not as_json)
         manifest = export(opts)
         if as_json:

@@ -49,6 +49,7 @@ class ExportOptions:
     calib_samples: int = 200
     full_int8: bool = False          # every op int8 (NPUs need it); else PTQ keeps the few ops int8 breaks float
     io_dtype: str = "uint8"
+    onnx_target: str = "auto"        # the int8 ONNX's activation type: onnx_export.ONNX_TARGETS, auto = this machine
     max_drop: float = 1.0
     min_agreement: float = 95.0      # percent top-1 agreement with float an int8 artifact must reach
     allow_drop: bool = False
@@ -79,6 +80,10 @@ def check_options(opts: ExportOptions) -> None:
         raise EdgeclsError(f"unknown --int8-method {opts.int8_method!r}; expected one of {', '.join(INT8_METHODS)}")
     if opts.io_dtype not in IO_DTYPES:
         raise EdgeclsError(f"unknown --io-dtype {opts.io_dtype!r}; expected one of {', '.join(IO_DTYPES)}")
+    from edgecls.convert.onnx_export import ONNX_TARGETS
+
+    if opts.onnx_target not in (*ONNX_TARGETS, "auto"):
+        raise EdgeclsError(f"unknown --onnx-target {opts.onnx_target!r}; expected one of {', '.join(ONNX_TARGETS)}, auto")
     if opts.calib_samples < 1:
         raise EdgeclsError("--calib-samples must be at least 1")
     if opts.qat_epochs < 0 or opts.max_drop < 0:
@@ -228,7 +233,8 @@ def runtime_model(key: str, path: Path, spec, n_classes: int, threads: int | Non
     from edgecls.device.runtime import BACKENDS
 
     fmt = BY_KEY[key]
-    art = Artifact(fmt, path, meta or {"output_kind": "probabilities"})
+    # A candidate has no edgecls.json yet: its input block (input.feed) comes from the file, as it will there.
+    art = Artifact(fmt, path, meta or {"output_kind": "probabilities", **io_details(key, path)})
     return BACKENDS[fmt.runtime](art, spec, n_classes, threads=threads)
 
 
@@ -293,7 +299,8 @@ def build_onnx_int8(ctx: Context, dest: Path) -> dict:
 
     def route(method):
         def build(path):
-            onnx_export.to_int8(ctx.float_onnx(), ctx.calib, path, method, float_nodes=float_nodes())
+            onnx_export.to_int8(ctx.float_onnx(), ctx.calib, path, method, float_nodes=float_nodes(),
+                                target=ctx.opts.onnx_target)
         return build
 
     routes = {"ptq": route("minmax"), "ptq-percentile": route("percentile")}
@@ -487,7 +494,7 @@ def write_manifest(tmp: Path, run, keys: list[str], built: dict, opts: ExportOpt
             "preprocessing": run.spec.to_dict(), "default_artifact": keys[0], "artifacts": artifacts,
             "source_run": {"path": str(run.root.resolve()), "model_sha256": sha256_file(run.model_path),
                            "backbone": (run.meta.get("config") or {}).get("backbone")},
-            "export": {"int8_method": opts.int8_method, "io_dtype": opts.io_dtype,
+            "export": {"int8_method": opts.int8_method, "io_dtype": opts.io_dtype, "onnx_target": opts.onnx_target,
                        "calib_samples": opts.calib_samples, "full_int8": opts.full_int8, "qat_epochs": opts.qat_epochs},
             "versions": versions()}
     atomic_write_json(tmp / MANIFEST, meta)
