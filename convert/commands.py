@@ -41,6 +41,9 @@ def register(app) -> None:
         full_int8: bool = typer.Option(D("full_int8"), "--full-int8",
                                        help="Quantize every op (for NPUs): no mixed-precision search."),
         io_dtype: str = typer.Option(D("io_dtype"), "--io-dtype", help="int8 TFLite input/output type: uint8 or int8."),
+        onnx_target: str = typer.Option(D("onnx_target"), "--onnx-target",
+                                        help="CPU the int8 ONNX is for: x86 (uint8 activations, onnxruntime's fast "
+                                             "kernels there) | arm (int8 activations: Pi, Jetson) | auto (this machine's)."),
         max_drop: float = typer.Option(D("max_drop"), "--max-drop",
                                        help="Refuse int8 when the test split shows (95% interval) a top-1 drop "
                                             "larger than this many pp vs float."),
@@ -57,7 +60,7 @@ def register(app) -> None:
 
         opts = ExportOptions(run_dir=run_dir, out=out, families=tuple(f.strip() for f in formats.split(",") if f.strip()),
                              int8=int8, int8_method="qat" if qat else int8_method, qat_epochs=qat_epochs,
-                             calib_samples=calib_samples, full_int8=full_int8, io_dtype=io_dtype, max_drop=max_drop,
+                             calib_samples=calib_samples, full_int8=full_int8, io_dtype=io_dtype, onnx_target=onnx_target, max_drop=max_drop,
                              min_agreement=min_agreement, target_agreement=target_agreement,
                              max_latency_ratio=max_latency_ratio, max_float_ops=max_float_ops,
                              allow_drop=allow_drop, threads=threads, show_progress=not as_json)

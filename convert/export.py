@@ -50,6 +50,7 @@ class ExportOptions:
     calib_samples: int = 200
     full_int8: bool = False          # every op int8 (NPUs need it): no mixed-precision search
     io_dtype: str = "uint8"
+    onnx_target: str = "auto"        # the int8 ONNX's activation type: onnx_export.ONNX_TARGETS, auto = this machine
     max_drop: float = 1.0            # pp: refused when the test split supports a larger drop (95% interval)
     min_agreement: float = 97.0      # percent top-1 agreement with float over all images an int8 artifact must reach
     target_agreement: float = 99.0   # percent: the search keeps ops float until agreement on the val split reaches it
@@ -88,6 +89,10 @@ def check_options(opts: ExportOptions) -> None:
         raise EdgeclsError(f"unknown --int8-method {opts.int8_method!r}; expected one of {', '.join(INT8_METHODS)}")
     if opts.io_dtype not in IO_DTYPES:
         raise EdgeclsError(f"unknown --io-dtype {opts.io_dtype!r}; expected one of {', '.join(IO_DTYPES)}")
+    from edgecls.convert.onnx_export import ONNX_TARGETS
+
+    if opts.onnx_target not in (*ONNX_TARGETS, "auto"):
+        raise EdgeclsError(f"unknown --onnx-target {opts.onnx_target!r}; expected one of {', '.join(ONNX_TARGETS)}, auto")
     for name in ("max_drop", "min_agreement", "target_agreement", "max_latency_ratio", "qat_lr"):
         if not math.isfinite(getattr(opts, name)):
             raise EdgeclsError(f"--{name.replace('_', '-')} must be a finite number")
@@ -256,11 +261,7 @@ class Context:
                 "search": search.record(result, o.target_agreement / 100, o.max_latency_ratio)}
 
     def model_for(self, key: str, path: Path, meta: dict | None = None, threads: int | None = None):
-        from edgecls.device.runtime import BACKENDS
-
-        fmt = BY_KEY[key]
-        art = Artifact(fmt, path, meta or {"output_kind": "probabilities"})
-        return BACKENDS[fmt.runtime](art, self.spec, len(self.labels), threads=threads or self.opts.threads)
+        return runtime_model(key, path, self.spec, len(self.labels), threads or self.opts.threads, meta)
 
     def agreement(self, key: str, path: Path, meta: dict | None = None) -> tuple[int, int]:
         """(images where the candidate's top-1 equals Keras', images) on the search's split (Images.search_splits)."""
@@ -298,8 +299,15 @@ def runtime_model(key: str, path: Path, spec, n_classes: int, threads: int | Non
     from edgecls.device.runtime import BACKENDS
 
     fmt = BY_KEY[key]
-    return BACKENDS[fmt.runtime](Artifact(fmt, path, meta or {"output_kind": "probabilities"}), spec, n_classes,
-                                 threads=threads)
+    # A candidate has no edgecls.json entry yet: its I/O block (input.feed) comes from the file, as it will there.
+    art = Artifact(fmt, path, meta or {"output_kind": "probabilities", **io_details(key, path)})
+    return BACKENDS[fmt.runtime](art, spec, n_classes, threads=threads)
+
+
+def io_details(key: str, path: Path) -> dict:
+    from edgecls.convert import onnx_export, tflite
+
+    return (tflite if BY_KEY[key].family == "tflite" else onnx_export).io_details(path)
 
 
 # ---------------------------------------------------------------- choosing among int8 candidates
@@ -389,7 +397,8 @@ def build_onnx_int8(ctx: Context, tflite_int8: Built | None = None) -> Built:
             ops = ctx.ptq_search()["float_ops"]
             nodes = onnx_export.nodes_named(ctx.float_onnx(), ops) if ops else []
             path = ctx.candidate("onnx-int8", method, ".onnx")
-            onnx_export.to_int8(ctx.float_onnx(), ctx.calib, path, method, float_nodes=nodes)
+            onnx_export.to_int8(ctx.float_onnx(), ctx.calib, path, method, float_nodes=nodes,
+                                target=ctx.opts.onnx_target)
             return path, {"float_ops": nodes}
         return build
 

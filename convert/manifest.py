@@ -18,14 +18,15 @@ def place(bundle_dir: Path, run, key: str, built) -> dict:
     """Copy a built artifact into the bundle (ONNX files get labels and preprocessing embedded) and return
     its edgecls.json entry: file, sha256, bytes, I/O, and what the builder records (method, float ops, …).
     The same entry is what the measurement loads the artifact with, so it is measured as the device runs it."""
-    from edgecls.convert import onnx_export, tflite
+    from edgecls.convert import onnx_export
+    from edgecls.convert.export import io_details
 
     dest = bundle_dir / BY_KEY[key].filename
     shutil.copyfile(built.source, dest)
     family = BY_KEY[key].family
     if family == "onnx":
         onnx_export.embed_metadata(dest, run.labels, run.spec.to_dict(), {"artifact": key, "method": built.method})
-    io = (tflite if family == "tflite" else onnx_export).io_details(dest)
+    io = io_details(key, dest)
     return {"file": dest.name, "sha256": sha256_file(dest), "bytes": dest.stat().st_size, **io,
             "output_kind": "probabilities", "method": built.method, **built.meta}
 
@@ -55,7 +56,7 @@ def write(bundle_dir: Path, run, keys: list[str], entries: dict[str, dict], opts
                        "sizes": result.sizes, "files": {"markdown": "report.md", "html": "report.html"}},
             "source_run": {"path": str(run.root.resolve()), "model_sha256": sha256_file(run.model_path),
                            "backbone": (run.meta.get("config") or {}).get("backbone")},
-            "export": {k: getattr(opts, k) for k in ("int8_method", "io_dtype", "calib_samples", "full_int8",
+            "export": {k: getattr(opts, k) for k in ("int8_method", "io_dtype", "onnx_target", "calib_samples", "full_int8",
                                                       "qat_epochs", "target_agreement", "max_latency_ratio",
                                                       "max_float_ops", "max_drop", "min_agreement")},
             "versions": versions()}

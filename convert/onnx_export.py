@@ -51,35 +51,61 @@ class _Calibration:
 
 CALIBRATION = ("minmax", "percentile")
 
+# The int8 types per target CPU (activations, weights), both as onnxruntime's QDQ. Measured on the flowers run
+# (MobileNetV2 160 px, onnxruntime 1.32, this x86 CPU, 1 thread, interleaved vs float ONNX: benchmarks/NOTES.md):
+# S8S8 0.97-0.98x float — onnxruntime's x86 kernels run its depthwise convs as float between DequantizeLinear and
+# QuantizeLinear — U8S8 0.91-0.93x, every conv a QLinearConv, and no less accurate (val+test mean |Δp| vs float
+# 0.0105 vs 0.0109). On ARM S8S8 is onnxruntime's recommended setting, was the more accurate on two of three runs
+# and agreed better between the x86 and ARM kernels (99.35% vs 98.71%, benchmarks/NOTES.md).
+ONNX_TARGETS = {"x86": ("uint8", "int8"), "arm": ("int8", "int8")}
+
+
+def host_target() -> str:
+    """The ONNX target of the machine this runs on (what --onnx-target auto means)."""
+    import platform
+
+    machine = platform.machine().lower()
+    return "arm" if machine.startswith(("arm", "aarch64")) else "x86"
+
+
+def resolve_target(target: str | None) -> str:
+    return host_target() if target in (None, "auto") else target
+
 
 def to_int8(float_onnx: Path, calib: Iterable[np.ndarray], dest: Path, method: str = "minmax",
-            float_nodes: Sequence[str] = ()) -> Path:
-    """QDQ int8 (int8 activations, per-channel int8 weights). `method` sets the activation ranges:
-    minmax (as TFLite) or percentile (99.999th: ignores the rare outliers that widen a range).
-    `float_nodes` stay float, as PTQ keeps them in the TFLite (`nodes_named`).
-
-    int8 activations (S8S8, onnxruntime's recommended QDQ setting) rather than uint8 (U8S8): on a trained
-    digits bundle they were more accurate on x86 (97.1% vs 96.5%) and agreed better between onnxruntime's
-    x86 and ARM kernels (99.4% vs 98.7% same top-1, benchmarks/NOTES.md)."""
+            float_nodes: Sequence[str] = (), target: str | None = None) -> Path:
+    """QDQ int8 with per-channel int8 weights and the activation type of `target` (ONNX_TARGETS; None or "auto":
+    this machine's). `method` sets the activation ranges: minmax (as TFLite) or percentile (99.999th: ignores
+    the rare outliers that widen a range). `float_nodes` stay float, as PTQ keeps them in the TFLite
+    (`nodes_named`). The choice is written into the file's metadata (QUANT_META), which `io_details` reads back
+    for edgecls.json."""
     import onnx
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    target = resolve_target(target)
+    activations, weights = ONNX_TARGETS[target]
+    qtype = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
     reader = type("Reader", (_Calibration, CalibrationDataReader), {})(calib, INPUT_NAME)
     with tempfile.TemporaryDirectory() as tmp:
         pre, out = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
         # Shape inference + graph fusion first, as onnxruntime recommends before static quantisation.
         quant_pre_process(str(float_onnx), str(pre), skip_symbolic_shape=False)
         quantize_static(str(pre), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                        activation_type=qtype[activations], weight_type=qtype[weights],
                         nodes_to_exclude=list(float_nodes),
                         calibrate_method={"minmax": CalibrationMethod.MinMax,
                                           "percentile": CalibrationMethod.Percentile}[method])
         model = onnx.load(str(out))
     shield_float_weights(model)
+    onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, QUANT_META: json.dumps(
+        {"target": target, "activations": activations, "weights": weights, "format": "QDQ", "per_channel": True})})
     dest.write_bytes(model.SerializeToString())
     return dest
+
+
+QUANT_META = "edgecls.quantization"   # metadata_props entry: the int8 types to_int8 chose, and for which target
 
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm")   # the ops onnxruntime's WeightBiasQuantization rewrites
@@ -159,4 +185,8 @@ def io_details(path: Path) -> dict:
         shape = [d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim]
         return {"dtype": names.get(t.elem_type, str(t.elem_type)), "shape": shape, "scale": 0.0, "zero_point": 0}
 
-    return {"input": one(model.graph.input[0]), "output": one(model.graph.output[0])}
+    details = {"input": one(model.graph.input[0]), "output": one(model.graph.output[0])}
+    chosen = {p.key: p.value for p in model.metadata_props}.get(QUANT_META)
+    if chosen:   # an int8 file to_int8 made: edgecls.json records its types and target (artifacts.KEY.quantization)
+        details["quantization"] = json.loads(chosen)
+    return details

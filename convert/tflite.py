@@ -1,10 +1,14 @@
 """Keras → TFLite: float, and full-integer int8 (weights, activations and I/O).
 
 Conversion goes through a SavedModel with fixed batch-1 signatures: faster than converting from
-Keras here, and batch 1 is the shape a camera loop feeds. The model takes raw pixels 0..255; the int8
-signature declares that range with a fake-quant op on the input, so the int8 model's input scale is
-exactly 1.0 (zero point 0 for uint8, -128 for int8) whatever the calibration images' brightest pixel
-was — camera pixels go in as they are, with no rounding.
+Keras here, and batch 1 is the shape a camera loop feeds. The float model takes raw pixels 0..255.
+The int8 model takes 8-bit pixel codes: where the model's normalisation folds into the input
+quantization (`fold_plan`: MobileNets) it is built from the model *after* its normalisation layer, with
+the input quantization chosen so that the code of pixel p is p itself (uint8; p − 128 for int8) — the
+raw toolchain's graph, without an int8 MUL + ADD over the whole image. Otherwise (ResNet's per-channel
+means) the int8 signature declares the raw pixel range with a fake-quant op, so the input scale is
+exactly 1.0. Either way camera pixels go in as they are, with no rounding; the file's metadata entry
+INPUT_META ("pixel-codes") says which, and `io_details` puts it into edgecls.json as input.feed.
 """
 from __future__ import annotations
 
@@ -13,6 +17,8 @@ from typing import Iterable
 
 import numpy as np
 
+from edgecls.bundle import PIXEL_CODES
+
 IO_DTYPES = ("uint8", "int8")
 TFLITE_FILE_IDENTIFIER = b"TFL3"
 BUFFER_ALIGNMENT = 16
@@ -20,10 +26,16 @@ BUFFER_ALIGNMENT = 16
 
 FLOAT_SIGNATURE = "serving_default"
 PIXELS_SIGNATURE = "pixels8"   # same model, input declared as 8-bit pixels 0..255
+CODES_SIGNATURE = "codes8"     # the model after its normalisation, fed pixel codes (fold_plan)
+FOLD_FILE = "edgecls_fold.json"   # in the SavedModel folder when it has CODES_SIGNATURE: the plan
+INPUT_META = "edgecls.input_feed"   # TFLite metadata entry: how the device feeds the input (bundle.PIXEL_CODES)
 
 
-def save_batch1(model, spec, dest: Path) -> Path:
-    """SavedModel of `model` with two signatures taking (1,H,W,3) float32 raw pixels."""
+def save_batch1(model, spec, dest: Path, fold: bool = True) -> Path:
+    """SavedModel of `model` with signatures taking (1,H,W,3) float32 raw pixels, and (when `fold` and
+    `fold_plan` allows) CODES_SIGNATURE, the folded model the int8 conversion uses."""
+    import json
+
     import tensorflow as tf
 
     shape = tf.TensorSpec([1, spec.height, spec.width, 3], tf.float32, name="pixels")
@@ -31,8 +43,94 @@ def save_batch1(model, spec, dest: Path) -> Path:
     # Identity on integer pixels 0..255; tells the converter the input range is exactly 8-bit.
     pixels8 = tf.function(lambda x: model(tf.quantization.fake_quant_with_min_max_args(
         x, min=0.0, max=255.0, num_bits=8), training=False)).get_concrete_function(shape)
-    tf.saved_model.save(model, str(dest), signatures={FLOAT_SIGNATURE: plain, PIXELS_SIGNATURE: pixels8})
+    signatures = {FLOAT_SIGNATURE: plain, PIXELS_SIGNATURE: pixels8}
+    root = tf.Module()
+    root.model = model
+    plan = fold_plan(model, spec) if fold else None
+    if plan:
+        root.folded = folded = folded_model(model, plan)   # tracked by root: its weights are saved too
+        s, z = plan["scale"], plan["zero_point"]
+        # The codes' range, exactly: fake-quant's grid is then (q - z)·s, the input quantization's.
+        signatures[CODES_SIGNATURE] = tf.function(lambda x: folded(tf.quantization.fake_quant_with_min_max_args(
+            x, min=-z * s, max=(255 - z) * s, num_bits=8), training=False)).get_concrete_function(shape)
+    tf.saved_model.save(root, str(dest), signatures=signatures)
+    if plan:
+        (dest / FOLD_FILE).write_text(json.dumps(plan))
     return dest
+
+
+def fold_plan(model, spec) -> dict | None:
+    """How the model's normalisation x = p·s + o folds into its int8 input quantization, or None.
+
+    An 8-bit input with scale s and zero point z means the model computes with (q − z)·s; fed the pixel
+    itself (q = p) that is the normalisation exactly when z = −o/s. For MobileNets −o/s = 127.5: with
+    z = 128 every input is off by the same −s/2 (−1/255), and the first convolution absorbs a constant
+    input shift exactly — its output moves by −s/2·ΣW per channel, added back to its bias or to the mean
+    of the BatchNormalization after it (`folded_model`) — except where its window covers the zero
+    padding (the last row and column of a stride-2 SAME conv on an even size: off by s/2·ΣW over the
+    padded taps). Today's unfolded int8 graph is not exact either: its int8 normalised input rounds
+    (2p − 255)/255, a tie on every pixel, away from zero. None (the unfolded graph) where the
+    normalisation is per channel (ResNet's caffe means), is not the first layer of an edgecls model, or
+    is followed by something other than a convolution whose shift can be absorbed.
+    """
+    from edgecls.train.model import NORMALIZE
+
+    if not spec.in_model or len(set(spec.scale)) != 1 or len(set(spec.offset)) != 1 or spec.scale[0] <= 0:
+        return None
+    names = {layer.name for layer in model.layers}
+    if NORMALIZE not in names:
+        return None
+    norm = model.get_layer(NORMALIZE)
+    if type(norm).__name__ != "Rescaling" or len(norm._outbound_nodes) != 1:
+        return None
+    s, o = float(spec.scale[0]), float(spec.offset[0])
+    if not (np.allclose(norm.scale, s, rtol=1e-6) and np.allclose(norm.offset, o, rtol=1e-6, atol=1e-9)):
+        return None   # the layer is the truth; a spec that disagrees with it is not ours to fold
+    exact = -o / s
+    z = int(np.floor(exact + 0.5))
+    if not 0 <= z <= 255:
+        return None
+    plan = {"scale": s, "zero_point": z, "shift": (exact - z) * s}
+    if abs(exact - z) < 1e-9:
+        return plan
+    conv = norm._outbound_nodes[0].outbound_layer
+    if type(conv).__name__ != "Conv2D" or getattr(conv, "groups", 1) != 1 or len(conv._outbound_nodes) != 1:
+        return None
+    plan["conv"] = conv.name
+    if conv.use_bias:
+        return plan
+    bn = conv._outbound_nodes[0].outbound_layer
+    if type(bn).__name__ != "BatchNormalization" or list(bn.axis) not in ([3], [-1]):
+        return None
+    return {**plan, "batch_norm": bn.name}
+
+
+def folded_model(model, plan: dict):
+    """A copy of `model` from after its normalisation layer, with the first conv absorbing plan["shift"]
+    (fold_plan); the model's own weights stay untouched."""
+    from edgecls.train.model import NORMALIZE
+    from edgecls.train.tfenv import import_tf
+
+    _, keras = import_tf()
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    if "conv" in plan:
+        conv = clone.get_layer(plan["conv"])
+        moved = plan["shift"] * conv.kernel.numpy().astype(np.float64).sum(axis=(0, 1, 2))  # per output channel
+        if conv.use_bias:
+            conv.bias.assign((conv.bias.numpy() - moved).astype(conv.bias.dtype.as_numpy_dtype))
+        else:
+            bn = clone.get_layer(plan["batch_norm"])
+            bn.moving_mean.assign((bn.moving_mean.numpy() + moved).astype(bn.moving_mean.dtype.as_numpy_dtype))
+    # Same name as the model: TFLite names ops after it, and the guard's op names must match the ONNX nodes.
+    return keras.Model(clone.get_layer(NORMALIZE).output, clone.output, name=model.name)
+
+
+def read_fold(saved_model: Path) -> dict | None:
+    import json
+
+    path = Path(saved_model) / FOLD_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def _converter(saved_model: Path, signature: str):
@@ -60,13 +158,18 @@ DEBUG_SAMPLES = 50     # calibration images the per-op error is measured on
 def _int8_converter(saved_model: Path, calib: Iterable[np.ndarray], io_dtype: str):
     import tensorflow as tf
 
-    samples = [np.asarray(x, np.float32)[None] for x in calib]
+    plan = read_fold(saved_model)
+    if plan:   # the folded signature takes codes' values (p − z)·s: exactly on its input grid
+        samples = [((np.asarray(x, np.float32) - plan["zero_point"]) * np.float32(plan["scale"]))[None]
+                   for x in calib]
+    else:
+        samples = [np.asarray(x, np.float32)[None] for x in calib]
 
     def representative():
         for s in samples:
             yield [s]
 
-    conv = _converter(saved_model, PIXELS_SIGNATURE)
+    conv = _converter(saved_model, CODES_SIGNATURE if plan else PIXELS_SIGNATURE)
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
     conv.representative_dataset = representative
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
@@ -81,7 +184,8 @@ def to_int8(saved_model: Path, calib: Iterable[np.ndarray], io_dtype: str = "uin
     For a QAT SavedModel the fake-quant ranges are used where present and `calib` covers the rest
     (layers left float during QAT, e.g. the in-model Rescaling).
     """
-    return _convert(_int8_converter(saved_model, calib, io_dtype)[0])
+    return with_input_feed(_convert(_int8_converter(saved_model, calib, io_dtype)[0]),
+                           PIXEL_CODES if read_fold(saved_model) else None)
 
 
 def calibrate(saved_model: Path, calib: Iterable[np.ndarray], io_dtype: str = "uint8") -> tuple[bytes, list]:
@@ -92,7 +196,9 @@ def calibrate(saved_model: Path, calib: Iterable[np.ndarray], io_dtype: str = "u
     conv, samples = _int8_converter(saved_model, calib, io_dtype)
     conv._experimental_calibrate_only = True   # the documented QuantizationDebugger route (selective quantization)
     with quiet_stderr():
-        return conv.convert(), samples
+        calibrated = conv.convert()
+    # quantize_guarded reads the feed back from here: it gets the calibrated model, not the SavedModel.
+    return with_input_feed(calibrated, PIXEL_CODES if read_fold(saved_model) else None, share=False), samples
 
 
 def guard(calibrated: bytes, samples: list[np.ndarray]) -> dict:
@@ -130,7 +236,8 @@ def quantize_guarded(calibrated: bytes, float_ops: list[str], io_dtype: str = "u
     with quiet_stderr():
         model = lite_convert.mlir_quantize(calibrated, denylisted_nodes=float_ops)   # float I/O, then ours:
         dtype = getattr(tf, io_dtype)
-        return compact(lite_util.modify_model_io_type(model, dtype, dtype))
+        quantized = lite_util.modify_model_io_type(model, dtype, dtype)
+    return with_input_feed(quantized, input_feed(calibrated))
 
 
 def op_errors(calibrated: bytes, samples: list[np.ndarray]) -> dict[str, float]:
@@ -195,8 +302,41 @@ def repack(model: bytes, share: bool) -> bytes:
     return bytes(builder.Output())
 
 
+def with_input_feed(model: bytes, feed: str | None, share: bool = True) -> bytes:
+    """`model` (compacted when `share`) with its INPUT_META metadata entry set to `feed` (None: none)."""
+    import flatbuffers
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    obj = schema.ModelT.InitFromObj(schema.Model.GetRootAs(model, 0))
+    kept = [m for m in (obj.metadata or []) if m.name.decode() != INPUT_META]
+    if feed is not None:
+        entry = schema.MetadataT()
+        entry.name, entry.buffer = INPUT_META.encode(), len(obj.buffers)
+        data = schema.BufferT()
+        data.data = np.frombuffer(feed.encode(), np.uint8)
+        obj.buffers.append(data)
+        kept.append(entry)
+    obj.metadata = kept
+    builder = flatbuffers.Builder(len(model))
+    builder.Finish(obj.Pack(builder), file_identifier=TFLITE_FILE_IDENTIFIER)
+    return compact(bytes(builder.Output())) if share else bytes(builder.Output())
+
+
+def input_feed(model: bytes) -> str | None:
+    """The file's INPUT_META entry ("pixel-codes"), or None for a model that takes pixel values."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    root = schema.Model.GetRootAs(model, 0)
+    for i in range(root.MetadataLength()):
+        entry = root.Metadata(i)
+        if entry.Name().decode() == INPUT_META:
+            return root.Buffers(entry.Buffer()).DataAsNumpy().tobytes().decode()
+    return None
+
+
 def io_details(path: Path) -> dict:
-    """{"input": {...}, "output": {...}} as edgecls.json records them, read back from the file itself."""
+    """{"input": {...}, "output": {...}} as edgecls.json records them, read back from the file itself
+    (input.feed: "pixel-codes" when the file's metadata says so, see the module docstring)."""
     from edgecls.device.runtime import tflite_interpreter_class
 
     Interpreter, _ = tflite_interpreter_class()
@@ -207,4 +347,8 @@ def io_details(path: Path) -> dict:
         return {"dtype": np.dtype(d["dtype"]).name, "shape": [int(v) for v in d["shape"]],
                 "scale": float(scale), "zero_point": int(zp)}
 
-    return {"input": one(interp.get_input_details()[0]), "output": one(interp.get_output_details()[0])}
+    details = {"input": one(interp.get_input_details()[0]), "output": one(interp.get_output_details()[0])}
+    feed = input_feed(Path(path).read_bytes())
+    if feed:
+        details["input"]["feed"] = feed
+    return details

@@ -1,8 +1,9 @@
 """`edgecls bench`: latency and throughput of every artifact in a bundle, per thread count.
 
 Each row times `Model.predict` on one prepared image (batch 1, what a camera loop does): quantise, invoke,
-dequantise. Median and p95 over `runs` calls after `warmup` calls, the rows taking turns (see bench_bundle). The accuracy column is the bundle's own
-measurement (from `export`), not re-measured here.
+dequantise. Median and p95 over `runs` calls after `warmup` calls, the rows taking turns (see bench_bundle);
+an int8 row's `vs_float` is its median over the float artifact's of its family at the same threads, timed in
+the same turns. The accuracy column is the bundle's own measurement (from `export`), not re-measured here.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import numpy as np
 
 from edgecls.bundle import Bundle
 from edgecls.device.runtime import load_model
-from edgecls.formats import FORMATS
+from edgecls.formats import BY_KEY, FORMATS, find
 
 
 def artifact_accuracy(meta: dict) -> float | None:
@@ -35,79 +36,102 @@ def bench_input(bundle: Bundle, seed: int = 0) -> np.ndarray:
     return rng.integers(0, 256, (1, bundle.spec.height, bundle.spec.width, 3), dtype=np.uint8)
 
 
-def _interleaved(predicts, x, rounds: int, warmup: int) -> np.ndarray:
-    """(rounds, len(predicts)) wall ms of each call, the predicts taking turns (A B C A B C …)."""
+def interleaved_times(predicts: list[Callable[[np.ndarray], np.ndarray]], x: np.ndarray, rounds: int = 200,
+                      warmup: int = 5, progress=None) -> list[list[float]]:
+    """Wall ms of every call of each predict, timed in turns (A B C A B C …) in this one process.
+
+    Absolute latencies on a shared machine swing 2x from minute to minute; taking turns call by call
+    makes every model see the same load, so the *ratios* between them hold (benchmarks/NOTES.md).
+    """
     for predict in predicts:
         for _ in range(warmup):
             predict(x)
-    times = np.zeros((rounds, len(predicts)))
-    for r in range(rounds):
-        for i, predict in enumerate(predicts):
+    times = [[] for _ in predicts]
+    for i in range(rounds):
+        for predict, ms in zip(predicts, times):
             t0 = time.perf_counter()
             predict(x)
-            times[r, i] = (time.perf_counter() - t0) * 1000.0
+            ms.append((time.perf_counter() - t0) * 1000.0)
+        if progress and ((i + 1) % 10 == 0 or i + 1 == rounds):
+            progress(i + 1, rounds)
     return times
 
 
 def interleaved_ms(predicts: list[Callable[[np.ndarray], np.ndarray]], x: np.ndarray, rounds: int = 200,
                    warmup: int = 5) -> list[float]:
-    """Median wall ms per call of each predict, timed in turns (A B C A B C …) in this one process.
-
-    Absolute latencies on a shared machine swing 2x from minute to minute; taking turns call by call
-    makes every model see the same load, so the *ratios* between them hold (benchmarks/NOTES.md).
-    """
-    return [float(v) for v in np.median(_interleaved(predicts, x, rounds, warmup), axis=0)]
+    """Median wall ms per call of each predict, timed in turns (`interleaved_times`)."""
+    return [float(np.median(ms)) for ms in interleaved_times(predicts, x, rounds, warmup)]
 
 
 def interleaved_ratio(baseline: Callable, other: Callable, x: np.ndarray, rounds: int = 200, warmup: int = 5) -> float:
     """Latency of `other` / `baseline`: the median over rounds of the ratio of two back-to-back calls.
     Each round's pair shares the machine's load of that moment, so this holds where other programs come and
-    go (seen here: ratio of medians 0.22–0.67 for the same pair under a load of 7, on 2 cores)."""
-    t = _interleaved([baseline, other], x, rounds, warmup)
-    return float(np.median(t[:, 1] / t[:, 0]))
+    go (seen here: a ratio of medians read 0.22–0.67 for the same pair under a load of 7 on 2 cores)."""
+    a, b = (np.asarray(t) for t in interleaved_times([baseline, other], x, rounds, warmup))
+    return float(np.median(b / a))
+
+
+CPU_CALLS = 20   # calls per artifact for cpu_ms, each artifact alone in the process
+
+
+def cpu_ms_alone(bundle: Bundle, key: str, threads: int, x: np.ndarray, calls: int = CPU_CALLS,
+                 warmup: int = 2) -> float:
+    """Median process CPU ms per call with this artifact the only model alive.
+
+    Measured while the others are loaded, the process's CPU time also counts their runtimes' worker
+    threads, which spin for a while after each of their own calls (float TFLite at 1 thread read 8.6 ms
+    CPU for 4.5 ms wall next to 2-thread interpreters)."""
+    fmt = BY_KEY[key]
+    model = load_model(bundle, fmt.family, fmt.precision, threads=threads)
+    try:
+        for _ in range(warmup):
+            model.predict(x)
+        cpu = []
+        for _ in range(calls):
+            c0 = time.process_time()
+            model.predict(x)
+            cpu.append((time.process_time() - c0) * 1000.0)
+        return float(np.median(cpu))
+    finally:
+        del model
 
 
 def bench_bundle(bundle: Bundle, threads: list[int], runs: int = 50, warmup: int = 5,
-                 keys: list[str] | None = None, progress=None, block: int = 10) -> list[dict]:
+                 keys: list[str] | None = None, progress=None) -> list[dict]:
     """One row per (artifact present in the bundle, in FORMATS order) × thread count.
 
-    All rows are loaded first and then timed in turns, `block` calls each, until every row has `runs` calls:
+    All rows are loaded first and then timed in turns, one call each (`interleaved_times`), `runs` rounds:
     a machine whose load drifts during the benchmark (shared CPUs, thermal throttling on a Pi) then skews
-    every row alike, so the rows stay comparable with each other.
+    every row alike, so the rows stay comparable, and `vs_float` — an int8 row's median over its float
+    twin's (same family, same threads) — is a ratio measured under one load. `cpu_ms` comes after, each
+    artifact alone (`cpu_ms_alone`).
     """
     present = bundle.artifacts
     plan = [(f, t) for f in FORMATS if f.key in present and (not keys or f.key in keys) for t in threads]
     x = bench_input(bundle)
     models = [load_model(bundle, fmt.family, fmt.precision, threads=t) for fmt, t in plan]
-    for model in models:
-        for _ in range(warmup):
-            model.predict(x)
-    times, cpu_times = [[] for _ in plan], [[] for _ in plan]
-    while plan and len(times[-1]) < runs:
-        for model, ms, cpu in zip(models, times, cpu_times):
-            for _ in range(min(block, runs - len(ms))):
-                t0, c0 = time.perf_counter(), time.process_time()
-                model.predict(x)
-                ms.append((time.perf_counter() - t0) * 1000.0)
-                cpu.append((time.process_time() - c0) * 1000.0)
-        if progress:
-            progress(len(times[-1]), runs)
+    times = interleaved_times([m.predict for m in models], x, runs, warmup, progress) if plan else []
+    described = [(model.runtime, list(model.providers)) for model in models]
+    del models   # before cpu_ms: no other interpreter's threads may spin while it is measured
+    medians = {(fmt.key, t): float(np.median(ms)) for (fmt, t), ms in zip(plan, times)}
     rows = []
-    for (fmt, t), model, ms, cpu in zip(plan, models, times, cpu_times):
+    for (fmt, t), (runtime, providers), ms in zip(plan, described, times):
         art, ms = present[fmt.key], np.asarray(ms)
+        twin = medians.get((find(fmt.family, "float").key, t)) if fmt.precision != "float" else None
         rows.append({"artifact": fmt.key, "format": fmt.family, "precision": fmt.precision, "threads": t,
-                     "runtime": model.runtime, "providers": list(model.providers),
+                     "runtime": runtime, "providers": providers,
                      "size_mb": round(art.path.stat().st_size / 1e6, 2),
                      "median_ms": round(float(np.median(ms)), 3), "p95_ms": round(float(np.percentile(ms, 95)), 3),
-                     # CPU time of all threads per call: unlike wall time, barely moved by other programs' load
-                     "cpu_ms": round(float(np.median(cpu)), 3),
+                     "vs_float": round(float(np.median(ms)) / twin, 3) if twin else None,
+                     "cpu_ms": round(cpu_ms_alone(bundle, fmt.key, t, x), 3),
                      "fps": round(1000.0 / float(np.mean(ms)), 1), "accuracy": artifact_accuracy(art.meta),
                      "runs": runs})
     return rows
 
 
 COLUMNS = [("artifact", "Artifact", "{}"), ("threads", "Threads", "{}"), ("size_mb", "Size MB", "{:.2f}"),
-           ("accuracy", "Accuracy", "{:.4f}"), ("median_ms", "Median ms", "{:.2f}"), ("p95_ms", "p95 ms", "{:.2f}"), ("cpu_ms", "CPU ms", "{:.2f}"),
+           ("accuracy", "Accuracy", "{:.4f}"), ("median_ms", "Median ms", "{:.2f}"), ("p95_ms", "p95 ms", "{:.2f}"),
+           ("vs_float", "vs float", "{:.2f}x"), ("cpu_ms", "CPU ms", "{:.2f}"),
            ("fps", "FPS", "{:.1f}"), ("runtime", "Runtime", "{}")]
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from edgecls.bundle import Artifact, Bundle
+from edgecls.bundle import FEED_VALUES, INPUT_FEEDS, PIXEL_CODES, Artifact, Bundle
 from edgecls.errors import EdgeclsError
 from edgecls.preprocess import PreprocessSpec, model_input
 
@@ -69,6 +69,15 @@ def _quantize(x: np.ndarray, dtype, scale: float, zero_point: int) -> np.ndarray
     return np.clip(np.round(x / scale + zero_point), info.min, info.max).astype(dtype)
 
 
+def pixel_codes(pixels: np.ndarray, dtype) -> np.ndarray:
+    """Prepared pixels as 8-bit codes: uint8 p as it is, int8 p − 128 (the same bits with the top one flipped)."""
+    if pixels.dtype != np.uint8:
+        pixels = np.clip(np.round(pixels), 0, 255).astype(np.uint8)
+    if np.dtype(dtype) == np.uint8:
+        return pixels
+    return np.bitwise_xor(pixels, np.uint8(0x80)).view(np.int8)
+
+
 @dataclass
 class TensorIO:
     dtype: np.dtype
@@ -91,6 +100,16 @@ class Model:
     def __init__(self, artifact: Artifact, spec: PreprocessSpec, n_classes: int):
         self.artifact, self.spec, self.n_classes = artifact, spec, n_classes
         self.logits = artifact.meta.get("output_kind", "probabilities") == "logits"
+        self.feed = (artifact.meta.get("input") or {}).get("feed", FEED_VALUES)
+        if self.feed not in INPUT_FEEDS:
+            raise EdgeclsError(f"{artifact.path.name}: edgecls.json says its input is fed as {self.feed!r}, which "
+                               f"this edgecls does not know ({', '.join(INPUT_FEEDS)}) — upgrade edgecls")
+
+    def check_feed(self) -> None:
+        """Pixel codes are 8-bit integers: a model whose input is not cannot take them."""
+        if self.feed == PIXEL_CODES and np.dtype(self.input_io.dtype) not in (np.uint8, np.int8):
+            raise EdgeclsError(f"{self.artifact.path.name}: edgecls.json says its input takes pixel codes, but the "
+                               f"model's input is {np.dtype(self.input_io.dtype).name}")
 
     @property
     def key(self) -> str:
@@ -98,6 +117,8 @@ class Model:
 
     def _to_input(self, pixels: np.ndarray) -> np.ndarray:
         io = self.input_io
+        if self.feed == PIXEL_CODES:
+            return pixel_codes(pixels, io.dtype)
         if io.quantized:
             if pixels.dtype == np.uint8 and pixels.shape[-1] == 3:
                 return self._lookup(pixels)
@@ -164,6 +185,7 @@ class TFLiteModel(Model):
         self.input_io = TensorIO(np.dtype(inp["dtype"]), float(s), int(z))
         s, z = out["quantization"]
         self.output_io = TensorIO(np.dtype(out["dtype"]), float(s), int(z))
+        self.check_feed()
         if int(out["shape"][-1]) != n_classes:
             raise EdgeclsError(f"{artifact.path.name}: model has {int(out['shape'][-1])} outputs but the bundle "
                                f"has {n_classes} labels")
@@ -209,6 +231,7 @@ class OnnxModel(Model):
         self.input_io = self._io(inp.type, artifact.meta.get("input", {}))
         self.output_io = self._io(out.type, artifact.meta.get("output", {}))
         self._batch_fixed = isinstance(inp.shape[0], int)
+        self.check_feed()
 
     @staticmethod
     def _io(onnx_type: str, meta: dict) -> TensorIO:

@@ -17,7 +17,16 @@ from edgecls.preprocess import PreprocessSpec
 
 MANIFEST = "edgecls.json"
 BUNDLE_FORMAT = "edgecls-bundle"
-BUNDLE_VERSION = 1
+# 2: an int8 artifact's input may be fed as pixel codes (input.feed); a version-1 reader would feed it
+# pixel values and answer nonsense, so it must refuse the bundle instead.
+BUNDLE_VERSION = 2
+
+# How the device fills an artifact's input tensor: edgecls.json artifacts.KEY.input.feed.
+FEED_VALUES = "values"         # the default: pixel values (normalised first when the spec says it is not in the
+                               # model), quantised with the tensor's scale and zero point when it is integer
+PIXEL_CODES = "pixel-codes"    # each prepared 8-bit pixel p is the tensor's integer: uint8 p, int8 p − 128; the
+                               # model folded its normalisation into that (convert/tflite.py, fold_plan)
+INPUT_FEEDS = (FEED_VALUES, PIXEL_CODES)
 
 
 @dataclass

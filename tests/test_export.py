@@ -30,7 +30,7 @@ def one_line_error(r, needle):
 def test_bundle_holds_the_contract(tiny_run, tiny_bundle, tmp_path_factory):
     run = load_run(tiny_run)
     meta = json.loads((tiny_bundle / MANIFEST).read_text())
-    assert meta["format"] == "edgecls-bundle" and meta["version"] == 1
+    assert meta["format"] == "edgecls-bundle" and meta["version"] == 2
     assert meta["labels"] == run.labels == (tiny_bundle / "labels.txt").read_text().split()
     assert meta["preprocessing"] == run.meta["preprocessing"]
     assert set(meta["artifacts"]) == {"tflite-float", "tflite-int8", "onnx-float", "onnx-int8"}
@@ -44,9 +44,11 @@ def test_bundle_holds_the_contract(tiny_run, tiny_bundle, tmp_path_factory):
         assert 0 <= m["accuracy"] <= 1 and 0 <= m["agreement"] <= 1 and m["latency_ms"] > 0
         assert set(m["per_class_delta"]) == set(run.labels)
         assert (tiny_bundle / f"confusion_{key}.png").stat().st_size > 1000
-    # int8 TFLite takes raw camera pixels: uint8, scale exactly 1, zero point 0.
+    # int8 TFLite takes raw camera pixels as its codes: MobileNet's normalisation p/127.5 − 1 is folded into the
+    # input quantization (scale 1/127.5, zero point 128; the first conv absorbs the 1/255 offset), input.feed says so.
     i8 = meta["artifacts"]["tflite-int8"]
-    assert i8["input"] == {"dtype": "uint8", "shape": [1, 96, 96, 3], "scale": 1.0, "zero_point": 0}
+    assert i8["input"] == {"dtype": "uint8", "shape": [1, 96, 96, 3], "scale": pytest.approx(1 / 127.5),
+                           "zero_point": 128, "feed": "pixel-codes"}
     assert i8["output"]["dtype"] == "uint8" and i8["output"]["shape"] == [1, 10]
     assert meta["artifacts"]["onnx-int8"]["input"]["dtype"] == "float32"
     assert meta["default_artifact"] == "tflite-int8"

@@ -117,3 +117,41 @@ def test_mobilenet_v3_qat_exports_a_full_integer_bundle(tmp_path):
     x = np.zeros((1, 96, 96, 3), np.uint8)
     assert m.predict(x).shape == (1, len(CLASSES))
     assert manifest["artifacts"]["tflite-float"]["metrics"]["max_abs_diff"] < 1e-4
+
+
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
+def test_normalisation_folds_into_the_int8_input_only_where_exact(backbone):
+    """convert/tflite.py fold_plan: MobileNets' p/127.5 − 1 becomes the int8 input quantization (the code of pixel p
+    is p, zero point 128), its −1/255 offset absorbed by the first conv's BatchNorm; the folded model then computes
+    what the model computes on every output of that BatchNorm but the zero-padded last row and column. ResNet's
+    per-channel means cannot be one input quantization: no fold (its int8 input stays raw pixels, scale 1)."""
+    from edgecls.convert import tflite
+    from edgecls.dataset import load_arrays
+    model, cfg = tiny_model(backbone)
+    plan = tflite.fold_plan(model, cfg.preprocess_spec())
+    if backbone == "resnet50":
+        assert plan is None
+        return
+    assert plan["zero_point"] == 128 and plan["scale"] == pytest.approx(1 / 127.5) and "batch_norm" in plan
+    bn_name = plan["batch_norm"]
+    mean_before = model.get_layer(bn_name).moving_mean.numpy().copy()
+    folded = tflite.folded_model(model, plan)
+    np.testing.assert_array_equal(model.get_layer(bn_name).moving_mean.numpy(), mean_before)   # a copy was changed
+
+    items = [(f"{c}/{sorted(p.name for p in (DIGITS / c).iterdir())[0]}", i) for i, c in enumerate(CLASSES)]
+    pixels, _ = load_arrays(DIGITS, items, cfg.preprocess_spec())
+    codes_value = (pixels.astype(np.float32) - plan["zero_point"]) * np.float32(plan["scale"])
+
+    def first_batch_norm(m, x):   # normalize (when given) → first conv → its BatchNorm, called layer by layer
+        return m.get_layer(bn_name)(m.get_layer(plan["conv"])(x), training=False).numpy()
+
+    want = first_batch_norm(model, model.get_layer("normalize")(pixels.astype(np.float32)))
+    got = first_batch_norm(folded, codes_value)
+    inner = (slice(None), slice(0, -1), slice(0, -1))   # stride-2 SAME on an even size pads the last row and column
+    scale = np.abs(want[inner]).max()
+    assert np.abs(got[inner] - want[inner]).max() <= 1e-5 * scale
+    # Without the BatchNorm's correction every output would be off by the shift times its kernel's sum:
+    kernel_sums = model.get_layer(plan["conv"]).kernel.numpy().sum(axis=(0, 1, 2))
+    bn = model.get_layer(bn_name)
+    uncorrected = np.abs(plan["shift"] * kernel_sums * bn.gamma.numpy() / np.sqrt(bn.moving_variance.numpy() + bn.epsilon))
+    assert uncorrected.max() > 100 * 1e-5 * scale
