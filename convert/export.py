@@ -299,8 +299,9 @@ def runtime_model(key: str, path: Path, spec, n_classes: int, threads: int | Non
     from edgecls.device.runtime import BACKENDS
 
     fmt = BY_KEY[key]
-    # A candidate has no edgecls.json entry yet: its I/O block (input.feed) comes from the file, as it will there.
-    art = Artifact(fmt, path, meta or {"output_kind": "probabilities", **io_details(key, path)})
+    # A candidate has no edgecls.json entry yet: its I/O block (input.feed) comes from the file, as it will
+    # there; what the builder recorded goes on top (the from-tflite ONNX's uint8 scales: ONNX files carry none).
+    art = Artifact(fmt, path, {"output_kind": "probabilities", **io_details(key, path), **(meta or {})})
     return BACKENDS[fmt.runtime](art, spec, n_classes, threads=threads)
 
 
@@ -351,6 +352,9 @@ def choose(ctx: Context, key: str, candidates: dict[str, Callable[[], tuple[Path
     best = next((n for n in kept if tried[n]["reached_target"] and tried[n]["passed"]), None) or max(
         kept, key=lambda n: (tried[n]["passed"], tried[n]["val_agreement"], tried[n]["val_accuracy"] or 0))
     path, meta = kept[best]
+    for name, (_, m) in kept.items():   # a search not kept still explains why (the report shows it)
+        if name != best and m.get("search"):
+            tried[name]["search"] = m["search"]
     return Built(best, {**meta, "candidates": tried}, source=path)
 
 

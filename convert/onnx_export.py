@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -30,7 +31,9 @@ def from_tflite(tflite_path: Path, dest: Path) -> Path:
     """ONNX (QDQ) converted from an int8 TFLite by tf2onnx: the same integer model, uint8/int8 I/O."""
     import tf2onnx
 
-    model, _ = tf2onnx.convert.from_tflite(str(tflite_path), opset=OPSET)
+    with warnings.catch_warnings():   # tf2onnx reads the file with tf.lite.Interpreter, which warns it is deprecated
+        warnings.simplefilter("ignore")
+        model, _ = tf2onnx.convert.from_tflite(str(tflite_path), opset=OPSET)
     shield_float_weights(model)   # a guarded TFLite's float conv: 31% on val unshielded
     dest.write_bytes(model.SerializeToString())
     return dest

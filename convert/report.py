@@ -56,6 +56,8 @@ def write(dest: Path, manifest: dict, result, labels: list[str]) -> None:
         pngs[key] = f"confusion_{key}.png"
         plot_confusion(r["confusion"], labels, dest / pngs[key], title=key)
     searches = {k: a["search"] for k, a in arts.items() if a.get("search")}
+    searches.update({f"{k} (not kept)": c["ptq"]["search"] for k, a in arts.items()
+                     if not a.get("search") and (c := a.get("candidates") or {}).get("ptq", {}).get("search")})
     for key, s in searches.items():
         plot_search(s, f"{key}: mixed-precision search", dest / f"{key}_search.png")
     gate = result.gate
@@ -77,7 +79,8 @@ def write(dest: Path, manifest: dict, result, labels: list[str]) -> None:
     if cands:
         md += ["## int8 candidates (validation split)", ""]
         for key, tried in cands.items():
-            md += [f"- {key} / {name}: " + ", ".join(f"{k} {v}" for k, v in s.items()) for name, s in tried.items()]
+            md += [f"- {key} / {name}: " + ", ".join(f"{k} {v}" for k, v in s.items() if k != "search")
+                   for name, s in tried.items()]
         md.append("")
     if searches:
         md += ["## Mixed-precision search", ""]

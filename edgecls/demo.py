@@ -80,7 +80,7 @@ def demo(out: Path, data: Path | None, weights: Path | None, quick: bool, second
           ["train", data, "--out", run_dir, "--weights", weights, *size])
     console.print(f"[dim]the sample's test split is small: one photo is {_photo_pp(run_dir):.1f} pp, so the demo's "
                   f"gate allows one photo of difference (--max-drop/--min-agreement); on your own data keep the "
-                  f"defaults (1.0 pp, 95%)")
+                  f"defaults (1.0 pp, 97%)")
     gate = ["--max-drop", f"{_photo_pp(run_dir) + 0.01:.2f}", "--min-agreement", "90"]
     _step("2/4 export: int8 TFLite + ONNX, measured against float on held-out photos",
           ["export", run_dir, "--out", bundle, *(["--allow-drop", "--calib-samples", "50"] if quick else gate)])
