@@ -133,6 +133,9 @@ def evaluate(bundle_dir: str, data_dir: str, family: str | None = None, precisio
                            f"--precision {precision or 'any'} (it has: {', '.join(bundle.artifacts) or 'none'})")
     reference = float_reference(list(bundle.artifacts))
     run_keys = keys + ([reference] if reference and reference not in keys else [])
+    # Models first: their input shapes check the bundle's preprocessing before the images are allocated for it.
+    models = {key: load_model(bundle, bundle.artifacts[key].fmt.family, bundle.artifacts[key].fmt.precision,
+                              threads=threads) for key in run_keys}
     with progress_bar("checking images", 1, show_progress) as advance:
         found = scan(data_dir, classes=bundle.labels, progress=advance)
     if not found.items:
@@ -140,9 +143,7 @@ def evaluate(bundle_dir: str, data_dir: str, family: str | None = None, precisio
     with progress_bar("loading images", len(found.items), show_progress) as advance:
         x, y = load_arrays(found.root, found.items, bundle.spec, progress=advance)
     results, runtimes = {}, {}
-    for key in run_keys:
-        art = bundle.artifacts[key]
-        model = load_model(bundle, art.fmt.family, art.fmt.precision, threads=threads)
+    for key, model in models.items():
         runtimes[key] = model.runtime
         with progress_bar(f"eval {key}", len(x), show_progress) as advance:
             results[key] = measure(model.predict, x, advance)
