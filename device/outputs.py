@@ -52,7 +52,7 @@ class JsonLinesOutput(Output):
         self.stream = stream or sys.stdout
 
     def render(self, frame, result, stats, annotated):
-        self.stream.write(json.dumps(result_record(frame, result, stats)) + "\n")
+        self.stream.write(json.dumps(result_record(frame, result, stats), allow_nan=False) + "\n")
         self.stream.flush()
 
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
+
+from edgecls.errors import EdgeclsError
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -47,7 +50,27 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def atomic_write_json(path: str | os.PathLike, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    """Strict JSON only: a NaN or infinity (which json.dumps would write as bare `NaN`, invalid JSON that other
+    readers reject) is an error naming where it is, and nothing is written."""
+    try:
+        text = json.dumps(obj, indent=2, sort_keys=False, allow_nan=False)
+    except ValueError:
+        where = non_finite_path(obj)
+        raise EdgeclsError(f"refusing to write {path}: {where or 'a value'} is not a finite number "
+                           "(NaN or infinity)") from None
+    atomic_write_text(path, text + "\n")
+
+
+def non_finite_path(obj, where: str = "") -> str | None:
+    """The dotted path of the first NaN/infinity inside nested dicts and lists, e.g. "report.accuracy"."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return where or "(top level)"
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    for key, value in items:
+        found = non_finite_path(value, f"{where}.{key}" if where else str(key))
+        if found:
+            return found
+    return None
 
 
 @contextlib.contextmanager

@@ -207,3 +207,38 @@ def test_external_data_is_found_in_initializers_and_constant_attributes(tmp_path
     assert external_tensors((tmp_path / "ext.onnx").read_bytes()) == ["C"]
     assert external_tensors(onnx_model(tmp_path / "w.onnx", external=True).read_bytes()) == ["W"]
     assert external_tensors((DIGITS96 / "model_int8.onnx").read_bytes()) == []
+
+
+# --- 5. never invalid JSON: no bare NaN on stdout or in edgecls.json -----------------------------------
+
+def _strict_json(line: str):
+    def refuse(name):
+        raise ValueError(f"bare {name} is not JSON")
+    return json.loads(line, parse_constant=refuse)
+
+
+def test_run_json_never_prints_nan(tmp_path, one_photo):
+    """A model whose outputs are 0/0: `run --json` must fail in one line, not print `"confidence": NaN`."""
+    bundle = onnx_bundle(tmp_path / "b", nan=True)
+    p = cli("run", bundle, one_photo, "--format", "onnx", "--json", timeout=120)
+    for line in p.stdout.splitlines():
+        _strict_json(line)
+    one_line_error(p, "gave non-finite outputs")
+
+
+def test_manifest_with_nan_is_never_written_and_never_read(tmp_path):
+    from edgecls.bundle import load_bundle
+    from edgecls.errors import EdgeclsError
+    from edgecls.fsutil import atomic_write_json
+
+    target = tmp_path / "edgecls.json"
+    target.write_text('{"old": true}\n')
+    with pytest.raises(EdgeclsError, match=r"report\.rows\.1\.accuracy is not a finite number"):
+        atomic_write_json(target, {"report": {"rows": [{"accuracy": 1.0}, {"accuracy": float("nan")}]}})
+    assert target.read_text() == '{"old": true}\n' and [p.name for p in tmp_path.iterdir()] == ["edgecls.json"]
+
+    bundle = bundle_copy(tmp_path / "b")
+    text = (bundle / MANIFEST).read_text().replace('"version": 1', '"version": NaN')
+    (bundle / MANIFEST).write_text(text)
+    with pytest.raises(EdgeclsError, match="NaN is not valid JSON"):
+        load_bundle(bundle)
