@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import IO
@@ -22,6 +21,7 @@ from edgecls.device.mjpeg import MjpegServer
 from edgecls.device.overlay import draw_overlay
 from edgecls.device.stats import LiveStats
 from edgecls.errors import EdgeclsError
+from edgecls.fsutil import temp_file
 
 
 def result_record(frame: Frame, result: Result, stats: LiveStats) -> dict:
@@ -137,9 +137,8 @@ class VideoFileOutput(Output):
                                f"use one of {', '.join(VIDEO_CODECS)}")
         if not self.path.parent.is_dir():
             raise EdgeclsError(f"--save {self.path}: folder {self.path.parent} does not exist")
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=ext, dir=self.path.parent)
-        os.close(fd)
-        self.tmp, self.fps, self.writer, self.frames = Path(tmp), fps, None, 0
+        # Hidden, named by our pid (a killed run's leftover is removed by the next one), mode per the umask.
+        self.tmp, self.fps, self.writer, self.frames = temp_file(self.path.parent, f".{self.path.stem}.", ext), fps, None, 0
 
     def render(self, frame, result, stats, annotated):
         if self.writer is None:

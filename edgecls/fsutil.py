@@ -6,8 +6,10 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -28,16 +30,95 @@ def _umask() -> int:
     return mask
 
 
+def follow_umask(path: str | os.PathLike, is_dir: bool = False) -> None:
+    """Give a mkstemp/mkdtemp result (0600/0700, private) the mode any new file or folder would get."""
+    os.chmod(path, (0o777 if is_dir else 0o666) & ~_umask())
+
+
+# ---------------------------------------------------------------- temporary names, and their leftovers
+# Every temporary name edgecls makes is PREFIX + PID + "." + 8 random characters + SUFFIX, so a later start can
+# tell a leftover of a killed process (SIGKILL, power loss: no cleanup ran) from the work of a live one.
+
+STALE_AFTER_S = 6 * 3600   # older than this, a leftover is stale even if its pid is alive again (pid reuse)
+_RANDOM = r"[a-z0-9_]{8}"  # tempfile's random part
+
+
+def temp_prefix(prefix: str) -> str:
+    return f"{prefix}{os.getpid()}."
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def clean_stale(folder: str | os.PathLike, prefix: str, suffix: str = "") -> list[Path]:
+    """Remove the leftovers of dead processes in `folder` named by `temp_prefix(prefix)` … `suffix`.
+
+    Stale: the pid in the name is gone, or the entry is older than STALE_AFTER_S; names without a pid (written
+    by older versions) only by age. A live process's temporary files are never touched. Returns what was removed.
+    """
+    pattern = re.compile(re.escape(prefix) + r"(?:(\d+)\.)?" + _RANDOM + re.escape(suffix))
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    now = time.time()
+    for entry in entries:
+        m = pattern.fullmatch(entry.name)
+        if not m or entry.name.startswith(temp_prefix(prefix)):
+            continue
+        try:
+            old = now - entry.stat(follow_symlinks=False).st_mtime > STALE_AFTER_S
+        except OSError:
+            continue
+        if old or (m.group(1) is not None and not _alive(int(m.group(1)))):
+            with contextlib.suppress(OSError):
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path)
+                else:
+                    os.unlink(entry.path)
+                removed.append(Path(entry.path))
+    return removed
+
+
+def temp_file(folder: str | os.PathLike, prefix: str, suffix: str = "") -> Path:
+    """A new empty file in `folder` (mode per the umask) after cleaning stale ones of the same kind."""
+    clean_stale(folder, prefix, suffix)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(prefix), suffix=suffix, dir=folder)
+    os.close(fd)
+    follow_umask(tmp)
+    return Path(tmp)
+
+
+@contextlib.contextmanager
+def scratch_dir(prefix: str, parent: str | os.PathLike | None = None) -> Iterator[Path]:
+    """A private working folder (in the system temp folder by default), removed on exit like
+    tempfile.TemporaryDirectory; stale ones a killed process left behind are removed first."""
+    parent = parent or tempfile.gettempdir()
+    clean_stale(parent, prefix)
+    path = Path(tempfile.mkdtemp(prefix=temp_prefix(prefix), dir=parent))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = temp_file(path.parent, f".{path.name}.", ".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -84,13 +165,15 @@ def atomic_dir(final: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
     if final.exists() and not overwrite:
         raise FileExistsError(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
+    for suffix in (".partial", ".old"):
+        clean_stale(final.parent, f".{final.name}.", suffix)
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(f".{final.name}."), suffix=".partial", dir=final.parent))
+    follow_umask(tmp, is_dir=True)  # a service user must be able to read the bundle like any other folder
     try:
         yield tmp
         if final.exists():
-            old = final.with_name(f".{final.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
+            old = Path(tempfile.mkdtemp(prefix=temp_prefix(f".{final.name}."), suffix=".old", dir=final.parent))
+            os.replace(final, old)  # onto the empty folder just made: a unique name, no clash with a concurrent writer
             os.replace(tmp, final)
             shutil.rmtree(old, ignore_errors=True)
         else:

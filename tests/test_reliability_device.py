@@ -242,3 +242,104 @@ def test_manifest_with_nan_is_never_written_and_never_read(tmp_path):
     (bundle / MANIFEST).write_text(text)
     with pytest.raises(EdgeclsError, match="NaN is not valid JSON"):
         load_bundle(bundle)
+
+
+# --- 14. leftovers of a SIGKILLed process are cleaned by the next start, a live one's never ------------------
+
+HOLDER = ("import sys, time\n"
+          "from edgecls.fsutil import atomic_dir, scratch_dir\n"
+          "with atomic_dir(sys.argv[1], overwrite=True) as tmp, scratch_dir('edgecls-export-', sys.argv[2]) as w:\n"
+          "    (tmp / 'model.tflite').write_bytes(b'x' * 1000)\n"
+          "    print('ready', flush=True)\n"
+          "    time.sleep(600)\n")
+
+
+def _hold(final: Path, scratch: Path):
+    import subprocess
+    p = subprocess.Popen([sys.executable, "-c", HOLDER, str(final), str(scratch)], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "ready"
+    return p
+
+
+def test_leftovers_of_a_killed_process_are_cleaned_but_not_a_live_ones(tmp_path):
+    import os
+    import signal
+    import time
+
+    from edgecls.fsutil import atomic_dir, scratch_dir
+
+    run, scratch = tmp_path / "run", tmp_path / "tmp"
+    run.mkdir(), scratch.mkdir()
+    killed = _hold(run / "bundle", scratch)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+
+    def leftovers():
+        return sorted(p.name for p in run.iterdir()) + sorted(p.name for p in scratch.iterdir())
+    before = leftovers()
+    assert sum(f".{killed.pid}." in n for n in before) == 1 and sum(f"-{killed.pid}." in n for n in before) == 1
+    live = _hold(run / "bundle", scratch)   # a concurrent export, still working
+    try:
+        # pid-less leftovers of older versions: one a day old (stale), one fresh (maybe someone's: kept)
+        for name in (".bundle.old00000.partial", ".bundle.new00000.partial"):
+            (run / name).mkdir()
+        os.utime(run / ".bundle.old00000.partial", (time.time() - 86400,) * 2)
+        with atomic_dir(run / "bundle", overwrite=True) as tmp, scratch_dir("edgecls-export-", scratch):
+            (tmp / "model.tflite").write_bytes(b"y")
+        after = leftovers()
+        assert not any(str(killed.pid) in n for n in after), after                       # the dead one's: gone
+        assert sum(f".{live.pid}." in n for n in after) == 1 and sum(f"-{live.pid}." in n for n in after) == 1
+        assert ".bundle.old00000.partial" not in after and ".bundle.new00000.partial" in after
+        assert (run / "bundle" / "model.tflite").read_bytes() == b"y"
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_a_killed_recording_leaves_no_hidden_video_behind(tmp_path, one_photo):
+    import signal
+    import subprocess
+    import time
+
+    bundle = bundle_copy(tmp_path / "b")
+    out = tmp_path / "videos" / "clip.avi"
+    out.parent.mkdir()
+    args = [sys.executable, "-m", "edgecls", "run", str(bundle), str(one_photo), "--loop", "--headless",
+            "--save", str(out)]
+    p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not any(f.stat().st_size > 0 for f in out.parent.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    hidden = [f.name for f in out.parent.iterdir()]
+    assert len(hidden) == 1 and hidden[0].startswith(".clip.") and not out.exists(), hidden
+    r = cli("run", bundle, one_photo, "--headless", "--save", out, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert [f.name for f in out.parent.iterdir()] == ["clip.avi"]
+
+
+# --- 15. bundles and videos follow the umask, like any other file ----------------------------------------
+
+def test_bundles_and_videos_follow_the_umask(tmp_path, one_photo):
+    import os
+    import stat
+    import subprocess
+
+    from edgecls.fsutil import atomic_dir
+
+    old = os.umask(0o022)
+    try:
+        with atomic_dir(tmp_path / "bundle") as tmp:
+            (tmp / "edgecls.json").write_text("{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "bundle").stat().st_mode) == 0o755
+
+    bundle = bundle_copy(tmp_path / "b")
+    out = tmp_path / "clip.avi"
+    code = "import os, sys; os.umask(0o022); from edgecls.cli import main; main(sys.argv[1:])"
+    r = subprocess.run([sys.executable, "-c", code, "run", str(bundle), str(one_photo), "--headless", "--save",
+                        str(out)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644
