@@ -22,10 +22,13 @@ DIGITS96 = ROOT / "tests" / "data" / "digits96" / "bundle"
 
 
 def one_line_error(p, fragment: str, code: int = 2) -> None:
-    """Exit `code`, exactly one stderr line `edgecls: error: …` containing `fragment`, no traceback."""
-    err = [line for line in p.stderr.splitlines() if line.strip() and not line.startswith("INFO:")]
+    """Exit `code`, one `edgecls: error: …` line (the last) containing `fragment`, no traceback.
+    (A run may have printed its progress lines before it.)"""
+    lines = [line for line in p.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("edgecls: error: ")]
     assert p.returncode == code, p.stderr[-3000:]
-    assert len(err) == 1 and err[0].startswith("edgecls: error: ") and fragment in err[0], p.stderr[-3000:]
+    assert errors == lines[-1:] and fragment in errors[0], p.stderr[-3000:]
+    assert "Traceback" not in p.stderr, p.stderr[-3000:]
 
 
 def bundle_copy(dest: Path, **edits) -> Path:
@@ -343,3 +346,91 @@ def test_bundles_and_videos_follow_the_umask(tmp_path, one_photo):
                         str(out)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert stat.S_IMODE(out.stat().st_mode) == 0o644
+
+
+# --- 3. a full disk during --save keeps the previous recording; 8. --save checked before the run -----------
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """(folder, preexec_fn, how): a folder where writing more than ~96 KiB fails with a full disk.
+
+    As root, a real 96 KiB tmpfs mounted for the test (ENOSPC); elsewhere RLIMIT_FSIZE in the child, with
+    SIGXFSZ ignored so writes past the limit fail with EFBIG instead of killing it.
+    """
+    import os
+    import resource
+    import signal
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(disk)],
+                                            capture_output=True).returncode == 0:
+        try:
+            yield disk, None, "tmpfs"
+        finally:
+            subprocess.run(["umount", "-l", str(disk)], check=False)
+        return
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (96 * 1024, 96 * 1024))
+
+    yield disk, limit, "rlimit"
+
+
+@pytest.mark.parametrize("ext", [".avi", ".mp4"])
+def test_full_disk_during_save_keeps_the_previous_recording(tmp_path, digit_photos, small_disk, ext):
+    import subprocess
+
+    import cv2
+
+    disk, preexec, how = small_disk
+    bundle = bundle_copy(tmp_path / "b")
+    out = disk / f"clip{ext}"
+
+    def record(frames: int):
+        args = [sys.executable, "-m", "edgecls", "run", str(bundle), str(digit_photos[0].parent), "--loop",
+                "--headless", "--max-frames", str(frames), "--save", str(out)]
+        return subprocess.run(args, capture_output=True, text=True, timeout=120, preexec_fn=preexec)
+
+    good = record(2)
+    assert good.returncode == 0 and out.stat().st_size < 40 * 1024, (how, good.stderr[-2000:])
+    before = out.read_bytes()
+    full = record(60)   # ~60 x 10 KiB frames: the disk fills part-way
+    one_line_error(full, "the recording could not be written")
+    assert "previous file is kept" in full.stderr
+    assert out.read_bytes() == before and [p.name for p in disk.iterdir()] == [out.name], how
+    cap = cv2.VideoCapture(str(out))
+    assert cap.get(cv2.CAP_PROP_FRAME_COUNT) == 2 and cap.read()[0]
+
+
+def test_save_onto_a_folder_or_into_a_read_only_one_fails_before_the_run(tmp_path, one_photo):
+    import os
+    import subprocess
+    import time
+
+    bundle = bundle_copy(tmp_path / "b")
+    folder = tmp_path / "already_a_folder.mp4"
+    folder.mkdir()
+    t0 = time.monotonic()
+    p = cli("run", bundle, one_photo, "--loop", "--max-frames", "100000", "--headless", "--save", folder, timeout=120)
+    one_line_error(p, "is a folder")
+    assert time.monotonic() - t0 < 60 and "frames," not in p.stderr   # refused before the run, not after it
+
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    if os.geteuid() == 0:   # root ignores permission bits: make it a read-only mount instead
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(read_only)],
+                          capture_output=True).returncode != 0:
+            pytest.skip("root without mount: cannot make a read-only folder")
+    else:
+        read_only.chmod(0o555)
+    try:
+        p = cli("run", bundle, one_photo, "--loop", "--max-frames", "100000", "--headless", "--save",
+                read_only / "clip.mp4", timeout=120)
+        one_line_error(p, "cannot write in")
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["umount", "-l", str(read_only)], check=False)
+        read_only.chmod(0o755)
