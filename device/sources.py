@@ -22,10 +22,11 @@ from typing import Callable, Iterator
 
 import cv2
 
-from edgecls.device.cameras import NETWORK_TIMEOUT_MS, CvCapture, PicamCapture, SourceOpenError, open_csi
+from edgecls.device.cameras import (NETWORK_TIMEOUT_MS, CvCapture, FramesTooLarge, PicamCapture, SourceOpenError,
+                                    open_csi)
 from edgecls.device.frame import Frame, Orientation
 from edgecls.errors import EdgeclsError
-from edgecls.images import is_image_name, load_rgb
+from edgecls.images import ImageRefused, file_kind, is_image_name, load_rgb
 
 NETWORK_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
 
@@ -81,7 +82,8 @@ class ImageFilesSource(Source):
                     img = load_rgb(path)
                 except Exception as e:  # a corrupt file among many: report it, keep going
                     self.skipped.append(str(path))
-                    print(f"edgecls: warning: skipping unreadable image {path}: {type(e).__name__}", file=sys.stderr)
+                    why = str(e) if isinstance(e, ImageRefused) else type(e).__name__
+                    print(f"edgecls: warning: skipping unreadable image {path}: {why}", file=sys.stderr)
                     continue
                 yield Frame(self.opts.orientation.apply(img), "RGB", time.monotonic(), index, str(path))
                 index += 1
@@ -255,9 +257,14 @@ def open_source(uri: str, opts: SourceOptions | None = None) -> Source:
         return ImageFilesSource(files, str(path), opts)
     if not path.exists():
         raise SourceOpenError(f"source not found: {uri}")
+    if not path.is_file():  # a FIFO with no writer would block open() for ever, and Ctrl-C with it
+        raise SourceOpenError(f"source {uri} is {file_kind(path.stat().st_mode)}, not a video or image file "
+                              "(cameras: /dev/videoN or usb:N)")
     if is_image_name(path):
         return ImageFilesSource([path], str(path), opts)
     try:
         return VideoFileSource(path, opts)
+    except FramesTooLarge:
+        raise
     except SourceOpenError:
         raise SourceOpenError(f"cannot open {path} as a video (not a video file, or a codec this OpenCV lacks)") from None

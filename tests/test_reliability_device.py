@@ -434,3 +434,113 @@ def test_save_onto_a_folder_or_into_a_read_only_one_fails_before_the_run(tmp_pat
         if os.geteuid() == 0:
             subprocess.run(["umount", "-l", str(read_only)], check=False)
         read_only.chmod(0o755)
+
+
+# --- 4. decompression bombs refused before decoding, in one place for train, eval and run --------------------
+
+def bomb_png(path: Path, side: int = 20000) -> Path:
+    """A real, valid 1-bit PNG of side x side black pixels: ~50 KB on disk, gigabytes once decoded."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    comp, row = zlib.compressobj(9), b"\0" * (1 + (side + 7) // 8)   # filter byte + packed bits
+    idat = b"".join(comp.compress(row) for _ in range(side)) + comp.flush()
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
+                     + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return path
+
+
+PEAK = ("import resource, subprocess, sys\n"
+        "p = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+        "sys.stdout.write(p.stdout)\n"
+        "sys.stderr.write(p.stderr)\n"
+        "print('PEAK_KB=%d' % resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)\n"
+        "sys.exit(p.returncode)\n")
+
+
+def peak_run(*args) -> tuple:
+    """Run `edgecls ARGS` as the only child of a fresh process: (completed process, the child's peak RSS in MB)."""
+    import re
+    import subprocess
+
+    p = subprocess.run([sys.executable, "-c", PEAK, sys.executable, "-m", "edgecls", *map(str, args)],
+                       capture_output=True, text=True, timeout=300)
+    return p, int(re.search(r"PEAK_KB=(\d+)", p.stderr).group(1)) / 1024
+
+
+def test_decompression_bomb_is_skipped_and_named_without_decoding(tmp_path, one_photo):
+    (tmp_path / "photos" / "0").mkdir(parents=True)
+    bomb = bomb_png(tmp_path / "photos" / "0" / "bomb.png")
+    assert bomb.stat().st_size < 100_000
+    shutil.copy(one_photo, tmp_path / "photos" / "0" / "photo.jpg")
+    bundle = bundle_copy(tmp_path / "b")
+
+    base, base_mb = peak_run("run", bundle, one_photo, "--json")
+    assert base.returncode == 0, base.stderr[-2000:]
+    run, run_mb = peak_run("run", bundle, tmp_path / "photos", "--json")
+    assert run.returncode == 0, run.stderr[-2000:]
+    records = [json.loads(line) for line in run.stdout.splitlines()]
+    assert [Path(r["file"]).name for r in records[:-1]] == ["photo.jpg"]
+    assert records[-1]["summary"]["skipped_files"] == [str(bomb)]
+    assert "bomb.png: image is 20000x20000 = 400 MP, above the 50 MP limit" in run.stderr
+    # decoding it would cost ~4 GB; refused from its header, the run costs what a one-photo run costs
+    assert run_mb < base_mb + 100, (run_mb, base_mb)
+
+    ev, ev_mb = peak_run("eval", bundle, tmp_path / "photos", "--json", "--format", "tflite")
+    assert ev.returncode == 0, ev.stderr[-2000:]
+    out = json.loads(ev.stdout)
+    assert out["files"] == ["0/photo.jpg"] and out["skipped"][0]["file"] == "0/bomb.png"
+    assert "400 MP, above the 50 MP limit" in out["skipped"][0]["reason"] and ev_mb < base_mb + 200, ev_mb
+
+
+def test_training_scan_skips_a_bomb_by_name(tmp_path, digit_photos):
+    """train's dataset scan and eval's are the same function, and it names the bomb (no TensorFlow needed)."""
+    from edgecls.dataset import scan
+
+    for i, photo in enumerate(digit_photos[:2]):
+        (tmp_path / str(i)).mkdir()
+        shutil.copy(photo, tmp_path / str(i) / photo.name)
+    bomb_png(tmp_path / "1" / "bomb.png")
+    found = scan(tmp_path)
+    assert len(found.items) == 2
+    assert [(f, "400 MP" in r) for f, r in found.skipped] == [("1/bomb.png", True)]
+
+
+def test_video_frames_above_the_limit_are_refused_before_decoding(tmp_path, monkeypatch):
+    import cv2
+
+    from edgecls import images
+    from edgecls.device.sources import open_source
+    from edgecls.errors import EdgeclsError
+
+    path = tmp_path / "clip.avi"
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 5, (320, 240))
+    w.write(np.zeros((240, 320, 3), np.uint8))
+    w.release()
+    monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 320 * 240 - 1)   # a device with a smaller limit
+    with pytest.raises(EdgeclsError, match="a frame is 320x240"):
+        open_source(str(path))
+
+
+# --- 13. FIFOs (and other files that block on open) are refused, never waited on --------------------------
+
+def test_fifo_source_is_refused_at_once(tmp_path, one_photo):
+    import os
+
+    bundle = bundle_copy(tmp_path / "b")
+    os.mkfifo(tmp_path / "camera.mp4")
+    one_line_error(cli("run", bundle, tmp_path / "camera.mp4", "--json", timeout=60), "is a named pipe (FIFO)")
+    os.mkfifo(tmp_path / "frame.jpg")
+    one_line_error(cli("run", bundle, tmp_path / "frame.jpg", "--json", timeout=60), "is a named pipe (FIFO)")
+    # inside a folder (and so in eval and train's scan): skipped and named, the other images still run
+    (tmp_path / "photos").mkdir()
+    shutil.copy(one_photo, tmp_path / "photos" / "a.jpg")
+    os.mkfifo(tmp_path / "photos" / "b.jpg")
+    p = cli("run", bundle, tmp_path / "photos", "--json", timeout=60)
+    assert p.returncode == 0, p.stderr[-2000:]
+    summary = json.loads(p.stdout.splitlines()[-1])["summary"]
+    assert summary["frames"] == 1 and summary["skipped_files"] == [str(tmp_path / "photos" / "b.jpg")]
+    assert "not a regular file (a named pipe (FIFO))" in p.stderr
