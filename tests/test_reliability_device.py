@@ -544,3 +544,81 @@ def test_fifo_source_is_refused_at_once(tmp_path, one_photo):
     summary = json.loads(p.stdout.splitlines()[-1])["summary"]
     assert summary["frames"] == 1 and summary["skipped_files"] == [str(tmp_path / "photos" / "b.jpg")]
     assert "not a regular file (a named pipe (FIFO))" in p.stderr
+
+
+# --- 7. a stream that opens but never gives a frame: backoff grows, then a clear error -----------------------
+
+class EmptyVideoServer:
+    """A real HTTP server on 127.0.0.1 serving a valid AVI with no frames: OpenCV opens it, reads nothing."""
+
+    def __init__(self, folder: Path):
+        import threading
+        import time
+        from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+        import cv2
+
+        cv2.VideoWriter(str(folder / "empty.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 64)).release()
+        self.requests: list[float] = []
+        server = self
+
+        class Handler(SimpleHTTPRequestHandler):
+            def __init__(self, *a, **kw):
+                super().__init__(*a, directory=str(folder), **kw)
+
+            def do_GET(self):
+                server.requests.append(time.monotonic())
+                super().do_GET()
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/empty.avi"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_stream_without_frames_backs_off_then_gives_up(tmp_path):
+    import threading
+    import time
+
+    from edgecls.device.sources import SourceOptions, open_source
+    from edgecls.errors import EdgeclsError
+
+    srv = EmptyVideoServer(tmp_path)
+    outcome: list = []
+    try:
+        src = open_source(srv.url, SourceOptions(backoff=(0.1, 10.0), give_up_after=5))
+
+        def consume():
+            try:
+                outcome.append(sum(1 for _ in src))
+            except EdgeclsError as e:
+                outcome.append(e)
+
+        t = threading.Thread(target=consume, daemon=True)
+        t.start()
+        t.join(timeout=20)
+        src.close()
+    finally:
+        srv.close()
+    assert outcome and isinstance(outcome[0], EdgeclsError), f"still looping after 20 s: {len(srv.requests)} opens"
+    assert "opened 5 times but never gave a frame" in str(outcome[0])
+    # The waits before the 4 reopens doubled (0.1, 0.2, 0.4, 0.8 s): a successful open that gives no frame does
+    # not reset the backoff. (Measured on the server's request times; one open may make several requests.)
+    gaps = np.diff(srv.requests)
+    assert srv.requests[-1] - srv.requests[0] >= 1.4 and gaps.max() >= 0.75, gaps
+
+
+def test_run_on_a_stream_without_frames_fails_in_one_line(tmp_path):
+    srv = EmptyVideoServer(tmp_path)
+    try:
+        p = cli("run", bundle_copy(tmp_path / "b"), srv.url, "--json", timeout=90)
+    finally:
+        srv.close()
+    one_line_error(p, "never gave a frame")
+    assert p.stdout.strip() == ""
