@@ -622,3 +622,73 @@ def test_run_on_a_stream_without_frames_fails_in_one_line(tmp_path):
         srv.close()
     one_line_error(p, "never gave a frame")
     assert p.stdout.strip() == ""
+
+
+# --- 10. the MJPEG server: resets are quiet, connections are capped and time out ------------------------------
+
+def _connect(port: int):
+    import socket
+    return socket.create_connection(("127.0.0.1", port), timeout=5)
+
+
+def test_a_client_that_resets_mid_reply_prints_nothing(capfd):
+    import socket
+    import struct
+    import time
+
+    from edgecls.device.mjpeg import MjpegServer
+
+    server = MjpegServer("127.0.0.1", 0)
+    try:
+        for path in ("/frame.jpg", "/stream"):
+            s = _connect(server.port)
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            time.sleep(0.2)                      # the server is waiting for a frame to send
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.close()                            # RST: the viewer's browser tab was closed
+            for _ in range(5):                   # frames arrive; the reply goes to a reset connection
+                server.publish(np.zeros((48, 64, 3), np.uint8))
+                time.sleep(0.1)
+        time.sleep(0.3)
+        s = _connect(server.port)                # and the server still serves the next viewer
+        s.sendall(b"GET /frame.jpg HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert s.recv(64).startswith(b"HTTP/1.0 200")
+        s.close()
+    finally:
+        server.close()
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "Error" not in err, err
+
+
+def test_connections_are_capped_with_503_and_idle_ones_time_out():
+    import time
+
+    from edgecls.device.mjpeg import MjpegServer
+    from edgecls.httpserve import MAX_CONNECTIONS
+
+    server = MjpegServer("127.0.0.1", 0)          # the defaults `run --stream` uses
+    idle = []
+    try:
+        server.publish(np.zeros((48, 64, 3), np.uint8))
+        idle = [_connect(server.port) for _ in range(MAX_CONNECTIONS)]   # each would hold a thread for ever
+        time.sleep(0.5)
+        extra = _connect(server.port)
+        extra.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert extra.recv(64).startswith(b"HTTP/1.1 503"), "no cap on concurrent connections"
+        extra.close()
+    finally:
+        for s in idle:
+            s.close()
+        server.close()
+
+    quick = MjpegServer("127.0.0.1", 0, max_clients=2, timeout_s=0.5)
+    try:
+        a, b = _connect(quick.port), _connect(quick.port)
+        time.sleep(1.0)                            # both idle past the timeout: the server closed them
+        assert a.recv(1) == b"" and b.recv(1) == b""
+        c = _connect(quick.port)                   # and their slots are free again
+        c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert c.recv(64).startswith(b"HTTP/1.0 200")
+        c.close()
+    finally:
+        quick.close()
