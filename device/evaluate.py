@@ -133,13 +133,14 @@ def evaluate(bundle_dir: str, data_dir: str, family: str | None = None, precisio
                            f"--precision {precision or 'any'} (it has: {', '.join(bundle.artifacts) or 'none'})")
     reference = float_reference(list(bundle.artifacts))
     run_keys = keys + ([reference] if reference and reference not in keys else [])
-    # Models first: their input shapes check the bundle's preprocessing before the images are allocated for it.
-    models = {key: load_model(bundle, bundle.artifacts[key].fmt.family, bundle.artifacts[key].fmt.precision,
-                              threads=threads) for key in run_keys}
     with progress_bar("checking images", 1, show_progress) as advance:
         found = scan(data_dir, classes=bundle.labels, progress=advance)
     if not found.items:
         raise EdgeclsError(f"no images to evaluate in {data_dir}")
+    # The models before the images: their input shapes check the bundle's preprocessing before an
+    # N x height x width x 3 array is allocated for it.
+    models = {key: load_model(bundle, bundle.artifacts[key].fmt.family, bundle.artifacts[key].fmt.precision,
+                              threads=threads) for key in run_keys}
     with progress_bar("loading images", len(found.items), show_progress) as advance:
         x, y = load_arrays(found.root, found.items, bundle.spec, progress=advance)
     results, runtimes = {}, {}
