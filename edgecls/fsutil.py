@@ -39,7 +39,7 @@ def follow_umask(path: str | os.PathLike, is_dir: bool = False) -> None:
 # Every temporary name edgecls makes is PREFIX + PID + "." + 8 random characters + SUFFIX, so a later start can
 # tell a leftover of a killed process (SIGKILL, power loss: no cleanup ran) from the work of a live one.
 
-STALE_AFTER_S = 6 * 3600   # older than this, a leftover is stale even if its pid is alive again (pid reuse)
+STALE_AFTER_S = 6 * 3600   # names without a pid (older versions wrote them): stale once this old
 _RANDOM = r"[a-z0-9_]{8}"  # tempfile's random part
 
 
@@ -47,21 +47,37 @@ def temp_prefix(prefix: str) -> str:
     return f"{prefix}{os.getpid()}."
 
 
-def _alive(pid: int) -> bool:
+def _process_start(pid: int) -> float | None:
+    """When process `pid` started (Unix time; Linux /proc), None where that cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])   # field 22, starttime, after "pid (comm)"
+        with open("/proc/stat") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def _owner_alive(pid: int, last_modified: float) -> bool:
+    """Whether the process that wrote an entry (last modified at `last_modified`) still runs: `pid` exists and
+    started before that moment (one that started later only reuses the number of a dead one)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # someone else's live process
-        return True
-    return True
+        pass
+    started = _process_start(pid)
+    return started is None or started <= last_modified + 1.0   # btime has 1 s resolution
 
 
 def clean_stale(folder: str | os.PathLike, prefix: str, suffix: str = "") -> list[Path]:
     """Remove the leftovers of dead processes in `folder` named by `temp_prefix(prefix)` … `suffix`.
 
-    Stale: the pid in the name is gone, or the entry is older than STALE_AFTER_S; names without a pid (written
-    by older versions) only by age. A live process's temporary files are never touched. Returns what was removed.
+    Stale: the process in the name is gone (or its number now belongs to a newer process); names without a
+    pid (written by older versions) once older than STALE_AFTER_S. A live process's temporary files are never
+    touched, however long it runs. Returns what was removed.
     """
     pattern = re.compile(re.escape(prefix) + r"(?:(\d+)\.)?" + _RANDOM + re.escape(suffix))
     removed = []
@@ -69,16 +85,16 @@ def clean_stale(folder: str | os.PathLike, prefix: str, suffix: str = "") -> lis
         entries = list(os.scandir(folder))
     except OSError:
         return removed
-    now = time.time()
     for entry in entries:
         m = pattern.fullmatch(entry.name)
         if not m or entry.name.startswith(temp_prefix(prefix)):
             continue
         try:
-            old = now - entry.stat(follow_symlinks=False).st_mtime > STALE_AFTER_S
+            modified = entry.stat(follow_symlinks=False).st_mtime
         except OSError:
             continue
-        if old or (m.group(1) is not None and not _alive(int(m.group(1)))):
+        pid = m.group(1)
+        if (time.time() - modified > STALE_AFTER_S) if pid is None else not _owner_alive(int(pid), modified):
             with contextlib.suppress(OSError):
                 if entry.is_dir(follow_symlinks=False):
                     shutil.rmtree(entry.path)

@@ -287,12 +287,17 @@ def test_leftovers_of_a_killed_process_are_cleaned_but_not_a_live_ones(tmp_path)
         for name in (".bundle.old00000.partial", ".bundle.new00000.partial"):
             (run / name).mkdir()
         os.utime(run / ".bundle.old00000.partial", (time.time() - 86400,) * 2)
+        # a leftover from a day ago whose pid now belongs to a process started since (pid reuse): stale
+        reused = run / f".bundle.{live.pid}.reused00.partial"
+        reused.mkdir()
+        os.utime(reused, (time.time() - 86400,) * 2)
         with atomic_dir(run / "bundle", overwrite=True) as tmp, scratch_dir("edgecls-export-", scratch):
             (tmp / "model.tflite").write_bytes(b"y")
         after = leftovers()
         assert not any(str(killed.pid) in n for n in after), after                       # the dead one's: gone
         assert sum(f".{live.pid}." in n for n in after) == 1 and sum(f"-{live.pid}." in n for n in after) == 1
         assert ".bundle.old00000.partial" not in after and ".bundle.new00000.partial" in after
+        assert not reused.exists()
         assert (run / "bundle" / "model.tflite").read_bytes() == b"y"
     finally:
         live.kill()
