@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import importlib
 import math
-import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable
@@ -25,7 +24,7 @@ from edgecls.bundle import Artifact
 from edgecls.dataset import SPLITS
 from edgecls.errors import EdgeclsError
 from edgecls.formats import BY_KEY, FAMILIES, FORMATS
-from edgecls.fsutil import atomic_dir
+from edgecls.fsutil import atomic_dir, scratch_dir
 from edgecls.device.evaluate import progress_bar
 from edgecls.device.evaluate import console as make_console
 
@@ -505,8 +504,8 @@ def export(opts: ExportOptions, console=None) -> dict:
     keras_predict = keras_predictor(model)
     images, calib, eval_split = load_images(run, opts, keras_predict)
     keys = opts.keys()
-    with tempfile.TemporaryDirectory(prefix="edgecls-export-") as work, atomic_dir(out, overwrite=True) as tmp:
-        ctx = Context(opts, model, run.spec, run.labels, Path(work), calib, images)
+    with scratch_dir("edgecls-export-") as work, atomic_dir(out, overwrite=True) as tmp:
+        ctx = Context(opts, model, run.spec, run.labels, work, calib, images)
         built = build_all(ctx, keys, console)
         entries = {key: bundle_manifest.place(tmp, run, key, built[key]) for key in keys}
         result = measure.artifacts(ctx, tmp, keys, entries, eval_split, keras_predict, run.model_path.stat().st_size)

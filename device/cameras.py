@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from edgecls.errors import EdgeclsError
+from edgecls.images import ImageRefused, check_pixels
 
 # FFmpeg and OpenCV print their own lines for every failed (re)connect; our one-line errors and reconnect
 # messages say it once. Set OPENCV_FFMPEG_LOGLEVEL / OPENCV_LOG_LEVEL to see them again.
@@ -28,6 +29,10 @@ if "OPENCV_LOG_LEVEL" not in os.environ:  # errors only: no "[ WARN:0@0.4] ... c
 
 class SourceOpenError(EdgeclsError):
     """The source could not be opened (first open: fatal; after a disconnect: retried with backoff)."""
+
+
+class FramesTooLarge(SourceOpenError):
+    """The source opened, but its frames have more pixels than edgecls decodes (images.MAX_IMAGE_PIXELS)."""
 
 
 # --- OpenCV (V4L2 cameras, network streams, Jetson CSI through GStreamer) -------------------------------
@@ -49,6 +54,12 @@ class CvCapture:
         if not self.cap.isOpened():
             self.cap.release()
             raise SourceOpenError(f"cannot open video source {target}")
+        try:  # frames as large as a decompression bomb are refused before the first read decodes one
+            check_pixels(int(self.cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(self.cap.get(cv2.CAP_PROP_FRAME_HEIGHT)),
+                         f"video source {target}: a frame")
+        except ImageRefused as e:
+            self.cap.release()
+            raise FramesTooLarge(str(e)) from None
         if size:
             self.cap.set(cv2.CAP_PROP_FRAME_WIDTH, size[0])
             self.cap.set(cv2.CAP_PROP_FRAME_HEIGHT, size[1])

@@ -67,6 +67,9 @@ class Classifier:
         t0 = time.perf_counter()
         pixels = prepare(frame.image, self.spec, image_order=frame.order)
         probs = self.model.predict(pixels[None])[0]
+        if not np.isfinite(probs).all():  # a broken model: no answer is better than NaN passed on as one
+            raise EdgeclsError(f"{self.model.artifact.path.name} gave non-finite outputs (NaN or infinity) for "
+                               f"{frame.file or f'frame {frame.index}'}: the model is broken")
         self._history.append(probs)
         if len(self._history) > 1:
             probs = np.mean(self._history, axis=0)

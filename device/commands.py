@@ -91,7 +91,7 @@ def run(
         _err(f"edgecls: {src.name} → {net.artifact_key} ({net.model.runtime}, {', '.join(net.model.providers)})")
     summary = run_pipeline(src, net, output, max_frames=max_frames)
     if json_lines:
-        print(json.dumps({"summary": summary}), flush=True)
+        print(json.dumps({"summary": summary}, allow_nan=False), flush=True)
     else:
         _err(f"edgecls: {summary['frames']} frames, {summary['fps']:.1f} FPS, latency p50 "
              f"{summary['latency_ms_p50']:.1f} ms, p95 {summary['latency_ms_p95']:.1f} ms "

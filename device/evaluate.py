@@ -137,12 +137,14 @@ def evaluate(bundle_dir: str, data_dir: str, family: str | None = None, precisio
         found = scan(data_dir, classes=bundle.labels, progress=advance)
     if not found.items:
         raise EdgeclsError(f"no images to evaluate in {data_dir}")
+    # The models before the images: their input shapes check the bundle's preprocessing before an
+    # N x height x width x 3 array is allocated for it.
+    models = {key: load_model(bundle, bundle.artifacts[key].fmt.family, bundle.artifacts[key].fmt.precision,
+                              threads=threads) for key in run_keys}
     with progress_bar("loading images", len(found.items), show_progress) as advance:
         x, y = load_arrays(found.root, found.items, bundle.spec, progress=advance)
     results, runtimes = {}, {}
-    for key in run_keys:
-        art = bundle.artifacts[key]
-        model = load_model(bundle, art.fmt.family, art.fmt.precision, threads=threads)
+    for key, model in models.items():
         runtimes[key] = model.runtime
         with progress_bar(f"eval {key}", len(x), show_progress) as advance:
             results[key] = measure(model.predict, x, advance)

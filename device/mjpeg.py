@@ -8,12 +8,13 @@ Binds to 127.0.0.1 unless told otherwise: a camera feed should not reach the net
 from __future__ import annotations
 
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import cv2
 import numpy as np
 
 from edgecls.errors import EdgeclsError
+from edgecls.httpserve import CLIENT_GONE, MAX_CONNECTIONS, TIMEOUT_S, BoundedHTTPServer
 
 BOUNDARY = b"edgeclsframe"
 _PAGE = b"<!doctype html><title>edgecls</title><body style='margin:0;background:#000'>" \
@@ -21,7 +22,8 @@ _PAGE = b"<!doctype html><title>edgecls</title><body style='margin:0;background:
 
 
 class MjpegServer:
-    def __init__(self, host: str = "127.0.0.1", port: int = 8080, quality: int = 80):
+    def __init__(self, host: str = "127.0.0.1", port: int = 8080, quality: int = 80,
+                 max_clients: int = MAX_CONNECTIONS, timeout_s: float = TIMEOUT_S):
         self.quality = quality
         self._cond = threading.Condition()
         self._jpeg: bytes | None = None
@@ -58,10 +60,10 @@ class MjpegServer:
                 self.wfile.write(body)
 
         try:
-            self.httpd = ThreadingHTTPServer((host, port), Handler)
+            # Bounded: at most max_clients connections (503 past it), each timing out after timeout_s.
+            self.httpd = BoundedHTTPServer((host, port), Handler, max_connections=max_clients, timeout_s=timeout_s)
         except OSError as e:
             raise EdgeclsError(f"cannot serve the MJPEG stream on {host}:{port}: {e.strerror or e}") from None
-        self.httpd.daemon_threads = True
         self.host, self.port = self.httpd.server_address[:2]
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="mjpeg", daemon=True)
         self._thread.start()
@@ -100,8 +102,8 @@ class MjpegServer:
                 seq = new_seq
                 handler.wfile.write(b"--" + BOUNDARY + b"\r\nContent-Type: image/jpeg\r\nContent-Length: "
                                     + str(len(jpeg)).encode() + b"\r\n\r\n" + jpeg + b"\r\n")
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the viewer went away
+        except CLIENT_GONE:
+            pass  # the viewer went away, or stopped reading for timeout_s
         finally:
             with self._cond:
                 self.clients -= 1

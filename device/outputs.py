@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import IO
@@ -22,6 +21,7 @@ from edgecls.device.mjpeg import MjpegServer
 from edgecls.device.overlay import draw_overlay
 from edgecls.device.stats import LiveStats
 from edgecls.errors import EdgeclsError
+from edgecls.fsutil import temp_file
 
 
 def result_record(frame: Frame, result: Result, stats: LiveStats) -> dict:
@@ -52,7 +52,7 @@ class JsonLinesOutput(Output):
         self.stream = stream or sys.stdout
 
     def render(self, frame, result, stats, annotated):
-        self.stream.write(json.dumps(result_record(frame, result, stats)) + "\n")
+        self.stream.write(json.dumps(result_record(frame, result, stats), allow_nan=False) + "\n")
         self.stream.flush()
 
 
@@ -137,9 +137,15 @@ class VideoFileOutput(Output):
                                f"use one of {', '.join(VIDEO_CODECS)}")
         if not self.path.parent.is_dir():
             raise EdgeclsError(f"--save {self.path}: folder {self.path.parent} does not exist")
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=ext, dir=self.path.parent)
-        os.close(fd)
-        self.tmp, self.fps, self.writer, self.frames = Path(tmp), fps, None, 0
+        if self.path.is_dir():
+            raise EdgeclsError(f"--save {self.path} is a folder; give a video file name, e.g. {self.path / 'run.mp4'}")
+        # Checked now, not after the whole run: the temporary file is made before the first frame.
+        # Hidden, named by our pid (a killed run's leftover is removed by the next one), mode per the umask.
+        try:
+            self.tmp = temp_file(self.path.parent, f".{self.path.stem}.", ext)
+        except OSError as e:
+            raise EdgeclsError(f"--save {self.path}: cannot write in {self.path.parent} ({e.strerror or e})") from None
+        self.fps, self.writer, self.frames = fps, None, 0
 
     def render(self, frame, result, stats, annotated):
         if self.writer is None:
@@ -157,10 +163,48 @@ class VideoFileOutput(Output):
     def close(self):
         if self.writer is not None:
             self.writer.release()
-        if self.frames:
-            os.replace(self.tmp, self.path)
-        else:
+        try:
+            if self.frames:
+                # OpenCV's writer reports no write errors (a full disk goes unnoticed): read the result back
+                # before it replaces anything, and keep the previous file when it is not whole.
+                problem = unreadable_video(self.tmp, self.frames)
+                if problem:
+                    raise EdgeclsError(f"--save {self.path}: the recording could not be written ({problem}"
+                                       f"{disk_full_hint(self.path.parent)}); "
+                                       + ("the previous file is kept" if self.path.exists() else "nothing was saved"))
+                os.replace(self.tmp, self.path)
+        finally:
             self.tmp.unlink(missing_ok=True)
+
+
+def unreadable_video(path: Path, frames: int) -> str | None:
+    """None if `path` opens as a video of `frames` frames whose first and last decode, else what is wrong."""
+    if path.stat().st_size == 0:
+        return "the file is empty"
+    cap = cv2.VideoCapture(str(path))
+    try:
+        if not cap.isOpened():
+            return "the file does not open as a video"
+        count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        if count != frames:
+            return f"it holds {max(count, 0)} of the {frames} frames written"
+        if not cap.read()[0]:
+            return "its first frame does not decode"
+        # (frames > 1: FFmpeg cannot seek back to frame 0 of a 1-frame file, which the read above covered)
+        if frames > 1 and not (cap.set(cv2.CAP_PROP_POS_FRAMES, frames - 1) and cap.read()[0]):
+            return "its last frame does not decode"
+    finally:
+        cap.release()
+    return None
+
+
+def disk_full_hint(folder: Path) -> str:
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return ""
+    free = st.f_bavail * st.f_frsize
+    return f"; {folder} has {free // 1024} KiB free: disk full?" if free < (1 << 20) else ""
 
 
 class Outputs:

@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from edgecls.bundle import FEED_VALUES, INPUT_FEEDS, PIXEL_CODES, Artifact, Bundle
+from edgecls.device.onnx_scan import OnnxParseError, external_tensors
 from edgecls.errors import EdgeclsError
 from edgecls.preprocess import PreprocessSpec, model_input
 
@@ -214,10 +215,21 @@ class OnnxModel(Model):
         if threads:
             opts.intra_op_num_threads = threads
         opts.log_severity_level = 3
+        # The sha256 covers this one file: refuse weights kept in other files ("external data"), then load from
+        # the bytes just checked so onnxruntime opens nothing else.
+        model_bytes = artifact.path.read_bytes()
         try:
-            self.sess = ort.InferenceSession(str(artifact.path), sess_options=opts, providers=onnx_providers(providers))
+            external = external_tensors(model_bytes)
+        except OnnxParseError as e:
+            raise EdgeclsError(f"cannot load {artifact.path.name}: not an ONNX model ({e})") from None
+        if external:
+            raise EdgeclsError(f"cannot load {artifact.path.name}: it keeps weights ({', '.join(external[:3])}) in "
+                               "external data files, which a bundle does not allow (only the hashed file is read)")
+        try:
+            self.sess = ort.InferenceSession(model_bytes, sess_options=opts, providers=onnx_providers(providers))
         except Exception as e:  # onnxruntime raises its own exception types for a bad file
             raise EdgeclsError(f"cannot load {artifact.path.name}: {str(e).splitlines()[0][:200]}") from None
+        del model_bytes
         self.providers = self.sess.get_providers()
         inp = self.sess.get_inputs()[0]
         self._in_name = inp.name
@@ -228,6 +240,9 @@ class OnnxModel(Model):
         # ONNX files carry no scales; edgecls.json does (an ONNX converted from an int8 TFLite keeps its
         # uint8 input and output).
         out = self.sess.get_outputs()[0]
+        classes = out.shape[-1] if out.shape else None
+        if isinstance(classes, int) and classes != n_classes:
+            raise EdgeclsError(f"{artifact.path.name}: model has {classes} outputs but the bundle has {n_classes} labels")
         self.input_io = self._io(inp.type, artifact.meta.get("input", {}))
         self.output_io = self._io(out.type, artifact.meta.get("output", {}))
         self._batch_fixed = isinstance(inp.shape[0], int)

@@ -22,10 +22,11 @@ from typing import Callable, Iterator
 
 import cv2
 
-from edgecls.device.cameras import NETWORK_TIMEOUT_MS, CvCapture, PicamCapture, SourceOpenError, open_csi
+from edgecls.device.cameras import (NETWORK_TIMEOUT_MS, CvCapture, FramesTooLarge, PicamCapture, SourceOpenError,
+                                    open_csi)
 from edgecls.device.frame import Frame, Orientation
 from edgecls.errors import EdgeclsError
-from edgecls.images import is_image_name, load_rgb
+from edgecls.images import ImageRefused, file_kind, is_image_name, load_rgb
 
 NETWORK_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
 
@@ -37,6 +38,7 @@ class SourceOptions:
     orientation: Orientation = field(default_factory=Orientation)
     loop: bool = False                    # finite sources: start again when exhausted
     backoff: tuple[float, float] = (0.5, 10.0)  # live sources: first and longest wait between reopen attempts
+    give_up_after: int = 5                # live sources that never gave a frame: opens before it is an error
 
 
 class Source:
@@ -81,7 +83,8 @@ class ImageFilesSource(Source):
                     img = load_rgb(path)
                 except Exception as e:  # a corrupt file among many: report it, keep going
                     self.skipped.append(str(path))
-                    print(f"edgecls: warning: skipping unreadable image {path}: {type(e).__name__}", file=sys.stderr)
+                    why = str(e) if isinstance(e, ImageRefused) else type(e).__name__
+                    print(f"edgecls: warning: skipping unreadable image {path}: {why}", file=sys.stderr)
                     continue
                 yield Frame(self.opts.orientation.apply(img), "RGB", time.monotonic(), index, str(path))
                 index += 1
@@ -119,6 +122,8 @@ class LiveSource(Source):
 
     `opener()` returns an adapter with read()/release()/order (see cameras.py). The first open happens here
     and its failure is fatal (SourceOpenError); later failures are retried with backoff for as long as we run.
+    The backoff grows until a frame actually arrives (a successful open is not enough: a URL can open and give
+    nothing), and a source that never gave a single frame is given up after `give_up_after` opens.
     """
 
     live = True
@@ -131,6 +136,10 @@ class LiveSource(Source):
         self.order = self.cap.order
         self.captured = 0       # frames read from the device
         self.reconnects = 0     # successful reopens after a failure
+        self.error: Exception | None = None   # why the capture gave up; raised by the iteration
+        self._delay = opts.backoff[0]         # the next reopen's wait; back to the first only when a frame arrives
+        self._empty_opens = 0                 # opens in a row that gave no frame
+        self._frames_this_open = 0
         self._cond = threading.Condition()
         self._latest: Frame | None = None
         self._stop_event = threading.Event()
@@ -143,17 +152,18 @@ class LiveSource(Source):
             cap, self.cap = self.cap, None
         if cap is not None:
             cap.release()
-        delay, longest = self.opts.backoff
-        while not self._stop_event.wait(delay):
+        longest = self.opts.backoff[1]
+        while not self._stop_event.wait(self._delay):
+            self._delay = min(self._delay * 2, longest)
             try:
                 cap = self.opener()
             except Exception as e:  # EdgeclsError, or a library error from a half-present device
-                self.log(f"{self.name}: reopen failed ({e}); retrying in {min(delay * 2, longest):.1f}s")
-                delay = min(delay * 2, longest)
+                self.log(f"{self.name}: reopen failed ({e}); retrying in {self._delay:.1f}s")
                 continue
             with self._cond:
                 self.cap = cap
             self.reconnects += 1
+            self._frames_this_open = 0
             self.log(f"{self.name}: reconnected")
             return True
         return False
@@ -170,10 +180,18 @@ class LiveSource(Source):
             if img is None:
                 if self._stop_event.is_set():
                     break
-                self.log(f"{self.name}: stream lost; reopening")
+                self._empty_opens = 0 if self._frames_this_open else self._empty_opens + 1
+                if self.captured == 0 and self._empty_opens >= self.opts.give_up_after:
+                    self.error = SourceOpenError(f"{self.name} opened {self._empty_opens} times but never gave a "
+                                                 "frame (an empty or finished stream, or not a video)")
+                    break
+                self.log(f"{self.name}: " + ("stream lost; reopening" if self._frames_this_open else
+                                             f"opened but gave no frame; reopening in {self._delay:.1f}s"))
                 if not self._reopen():
                     break
                 continue
+            self._frames_this_open += 1
+            self._delay = self.opts.backoff[0]
             # Orientation is applied by the consumer, to the frames it takes, not to every captured one.
             frame = Frame(img, self.order, time.monotonic(), self.captured)
             with self._cond:
@@ -187,8 +205,10 @@ class LiveSource(Source):
         seen = -1
         while not self.stopped:
             with self._cond:
-                while not self.stopped and (self._latest is None or self._latest.index == seen):
+                while not self.stopped and self.error is None and (self._latest is None or self._latest.index == seen):
                     self._cond.wait(0.1)
+                if self.error is not None:
+                    raise self.error
                 if self.stopped:
                     return
                 frame = self._latest
@@ -255,9 +275,14 @@ def open_source(uri: str, opts: SourceOptions | None = None) -> Source:
         return ImageFilesSource(files, str(path), opts)
     if not path.exists():
         raise SourceOpenError(f"source not found: {uri}")
+    if not path.is_file():  # a FIFO with no writer would block open() for ever, and Ctrl-C with it
+        raise SourceOpenError(f"source {uri} is {file_kind(path.stat().st_mode)}, not a video or image file "
+                              "(cameras: /dev/videoN or usb:N)")
     if is_image_name(path):
         return ImageFilesSource([path], str(path), opts)
     try:
         return VideoFileSource(path, opts)
+    except FramesTooLarge:
+        raise
     except SourceOpenError:
         raise SourceOpenError(f"cannot open {path} as a video (not a video file, or a codec this OpenCV lacks)") from None

@@ -6,7 +6,9 @@ output dtype/shape/quantisation, and the measured metrics. The device reads noth
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,8 +79,81 @@ def verify_artifact(art: Artifact) -> None:
     if not art.path.is_file():
         raise EdgeclsError(f"bundle file missing: {art.path}")
     want = art.meta.get("sha256")
-    if want and sha256_file(art.path) != want:
+    if not want:  # load_bundle requires one; an Artifact built by hand (export's candidates) is not checked
+        raise EdgeclsError(f"bundle file {art.path.name} has no sha256 in {MANIFEST}")
+    if sha256_file(art.path) != want:
         raise EdgeclsError(f"bundle file {art.path.name} does not match its sha256 in {MANIFEST} (corrupt or replaced)")
+
+
+# ---------------------------------------------------------------- the one schema of edgecls.json
+# Checked on every load, before anything is allocated or opened. Unknown extra keys are allowed (newer
+# exports add fields: metrics, report, search steps...); the fields the device reads must be right.
+
+OUTPUT_KINDS = ("probabilities", "logits")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_artifact(root: Path, key: str, art, where: str) -> None:
+    if not isinstance(art, dict):
+        raise EdgeclsError(f"{where}: artifacts.{key} must be an object")
+    file = art.get("file")
+    if not isinstance(file, str) or not file or "\0" in file:
+        raise EdgeclsError(f"{where}: artifacts.{key}.file must be a file name")
+    # Confined to the bundle folder: no absolute paths, no "..", no symlink pointing out of it.
+    if Path(file).is_absolute() or not (root / file).resolve().is_relative_to(root.resolve()):
+        raise EdgeclsError(f"{where}: artifacts.{key}.file {file!r} points outside the bundle folder")
+    sha = art.get("sha256")
+    if not isinstance(sha, str) or not _SHA256.fullmatch(sha):
+        raise EdgeclsError(f"{where}: artifacts.{key}.sha256 must be the file's 64-hex-digit sha256 "
+                           f"(got {sha!r}); every model file is checked before it runs")
+    if art.get("output_kind", "probabilities") not in OUTPUT_KINDS:
+        raise EdgeclsError(f"{where}: artifacts.{key}.output_kind must be one of {', '.join(OUTPUT_KINDS)}")
+    for side in ("input", "output"):
+        io = art.get(side, {})
+        if not isinstance(io, dict):
+            raise EdgeclsError(f"{where}: artifacts.{key}.{side} must be an object")
+        if "scale" in io and not (_is_number(io["scale"]) and io["scale"] >= 0):
+            raise EdgeclsError(f"{where}: artifacts.{key}.{side}.scale must be a finite number >= 0")
+        if "zero_point" in io and not _is_int(io["zero_point"]):
+            raise EdgeclsError(f"{where}: artifacts.{key}.{side}.zero_point must be a whole number")
+
+
+def validate_manifest(meta, root: Path, where: str) -> PreprocessSpec:
+    """Check a parsed edgecls.json against the bundle schema; returns its preprocessing. EdgeclsError if wrong."""
+    if not isinstance(meta, dict) or meta.get("format") != BUNDLE_FORMAT:
+        raise EdgeclsError(f"{where} is not an edgecls bundle manifest")
+    version = meta.get("version")
+    if not _is_int(version) or version < 1:
+        raise EdgeclsError(f"{where}: version must be a whole number >= 1 (got {version!r})")
+    if version > BUNDLE_VERSION:
+        raise EdgeclsError(f"{where} is bundle version {version}; this edgecls reads up to "
+                           f"{BUNDLE_VERSION} — upgrade edgecls")
+    labels = meta.get("labels")  # repeats allowed: ImageNet's own list has two "crane"s (bird, machine)
+    if (not isinstance(labels, list) or len(labels) < 2
+            or not all(isinstance(x, str) and x.strip() for x in labels)):
+        raise EdgeclsError(f"{where} has no valid labels list (at least 2 non-empty names)")
+    try:
+        spec = PreprocessSpec.from_dict(meta.get("preprocessing"))
+    except EdgeclsError as e:
+        raise EdgeclsError(f"{where}: {e}") from None
+    arts = meta.get("artifacts")
+    if not isinstance(arts, dict) or not any(k in BY_KEY for k in arts):
+        raise EdgeclsError(f"{where}: artifacts must name at least one of {', '.join(BY_KEY)}")
+    for key, art in arts.items():
+        if key in BY_KEY:  # an artifact kind this version does not know is left alone
+            _check_artifact(root, key, art, where)
+    default = meta.get("default_artifact")
+    if default is not None and (default not in BY_KEY or default not in arts):
+        raise EdgeclsError(f"{where}: default_artifact {default!r} is not one of its artifacts")
+    return spec
 
 
 def load_bundle(path: str | os.PathLike) -> Bundle:
@@ -88,19 +163,15 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
     manifest = root / MANIFEST
     if not root.exists():
         raise EdgeclsError(f"bundle not found: {root}")
-    if not manifest.is_file():
+    if not manifest.is_file():  # also refuses a FIFO named edgecls.json, whose read would block
         raise EdgeclsError(f"not a bundle: {root} has no {MANIFEST} (make one with `edgecls export RUN_DIR`)")
     try:
-        meta = json.loads(manifest.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        meta = json.loads(manifest.read_text(), parse_constant=_refuse_constant)
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as e:
         raise EdgeclsError(f"corrupt {manifest}: {e}") from None
-    if not isinstance(meta, dict) or meta.get("format") != BUNDLE_FORMAT:
-        raise EdgeclsError(f"{manifest} is not an edgecls bundle manifest")
-    if int(meta.get("version", 0)) > BUNDLE_VERSION:
-        raise EdgeclsError(f"{manifest} is bundle version {meta.get('version')}; this edgecls reads up to "
-                           f"{BUNDLE_VERSION} — upgrade edgecls")
-    labels = meta.get("labels")
-    if not isinstance(labels, list) or len(labels) < 2:
-        raise EdgeclsError(f"{manifest} has no valid labels list")
-    spec = PreprocessSpec.from_dict(meta.get("preprocessing") or {})
-    return Bundle(root=root, meta=meta, labels=[str(x) for x in labels], spec=spec)
+    spec = validate_manifest(meta, root, str(manifest))
+    return Bundle(root=root, meta=meta, labels=list(meta["labels"]), spec=spec)
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON (a non-finite number)")

@@ -9,6 +9,7 @@ The model itself takes raw pixels (0..255) in `color_order`; the backbone's norm
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 import cv2
@@ -18,6 +19,9 @@ from edgecls.errors import EdgeclsError
 
 RESIZE_MODES = ("stretch", "crop", "letterbox")
 COLOR_ORDERS = ("RGB", "BGR")
+# Largest model input side accepted: far above any edge model, far below what would exhaust memory when
+# `eval` allocates its N x H x W x 3 batch (a tampered 100000 px would ask for hundreds of GiB).
+MAX_INPUT_SIDE = 4096
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,19 @@ class PreprocessSpec:
     in_model: bool = True
 
     def __post_init__(self):
+        for name in ("height", "width"):
+            value = getattr(self, name)
+            if not _is_int(value) or not 1 <= value <= MAX_INPUT_SIDE:
+                raise EdgeclsError(f"preprocessing.{name} must be a whole number from 1 to {MAX_INPUT_SIDE} "
+                                   f"(got {value!r})")
+        if not _is_int(self.pad_value) or not 0 <= self.pad_value <= 255:
+            raise EdgeclsError(f"preprocessing.pad_value must be a whole number from 0 to 255 (got {self.pad_value!r})")
+        for name in ("scale", "offset"):
+            value = getattr(self, name)
+            if len(value) != 3 or not all(math.isfinite(v) for v in value):
+                raise EdgeclsError(f"preprocessing.{name} must be 3 finite numbers, one per channel (got {list(value)})")
+        if not isinstance(self.in_model, bool):
+            raise EdgeclsError(f"preprocessing.in_model must be true or false (got {self.in_model!r})")
         if self.resize not in RESIZE_MODES:
             raise EdgeclsError(f"unknown resize mode {self.resize!r}; expected one of {', '.join(RESIZE_MODES)}")
         if self.color_order not in COLOR_ORDERS:
@@ -49,14 +66,28 @@ class PreprocessSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> "PreprocessSpec":
+        """From run.json / edgecls.json; types are checked, not coerced ("96" or true is not a height)."""
+        if not isinstance(d, dict):
+            raise EdgeclsError(f"invalid preprocessing block: expected an object, got {type(d).__name__}")
         try:
-            return cls(height=int(d["height"]), width=int(d["width"]), resize=d.get("resize", "stretch"),
-                       color_order=d.get("color_order", "RGB"), pad_value=int(d.get("pad_value", 0)),
-                       scale=tuple(float(v) for v in d.get("scale", (1 / 127.5,) * 3)),
-                       offset=tuple(float(v) for v in d.get("offset", (-1.0,) * 3)),
-                       in_model=bool(d.get("in_model", True)))
-        except (KeyError, TypeError, ValueError) as e:
-            raise EdgeclsError(f"invalid preprocessing block: {e}") from None
+            return cls(height=d["height"], width=d["width"], resize=d.get("resize", "stretch"),
+                       color_order=d.get("color_order", "RGB"), pad_value=d.get("pad_value", 0),
+                       scale=_numbers(d.get("scale", (1 / 127.5,) * 3)),
+                       offset=_numbers(d.get("offset", (-1.0,) * 3)),
+                       in_model=d.get("in_model", True))
+        except KeyError as e:
+            raise EdgeclsError(f"invalid preprocessing block: missing {e}") from None
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _numbers(values) -> tuple[float, ...]:
+    if not isinstance(values, (list, tuple)) or not all(
+            isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool) for v in values):
+        raise EdgeclsError(f"preprocessing scale/offset must be lists of numbers (got {values!r})")
+    return tuple(float(v) for v in values)
 
 
 def model_input(pixels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
