@@ -25,8 +25,7 @@ from edgecls.dataset import SPLITS
 from edgecls.errors import EdgeclsError
 from edgecls.formats import BY_KEY, FAMILIES, FORMATS
 from edgecls.fsutil import atomic_dir, scratch_dir
-from edgecls.device.evaluate import progress_bar
-from edgecls.device.evaluate import console as make_console
+from edgecls.progress import progress_bar, wide_console
 
 KERAS_KEY = "keras-float"        # the trained model itself: the reference every artifact is held to
 INT8_METHODS = ("auto", "ptq", "qat")
@@ -224,7 +223,8 @@ class Context:
 
         def make():
             steps = int(np.ceil(len(self.images.x["train"]) / qat.BATCH)) * self.opts.qat_epochs
-            with progress_bar(f"QAT fine-tune ({self.opts.qat_epochs} epochs)", steps, self.opts.show_progress) as adv:
+            with progress_bar(f"QAT fine-tune ({self.opts.qat_epochs} epochs)", quiet=not self.opts.show_progress,
+                              total=steps) as adv:
                 return qat.fine_tune(self.model, self.images.x["train"], self.opts.qat_epochs, lr=self.opts.qat_lr,
                                      progress=adv, calib=self.calib[:qat.CALIB_BATCH])
         return self.once("qat_model", make)
@@ -251,7 +251,7 @@ class Context:
             return path
 
         n = min(o.max_float_ops, len(ranked)) + 1
-        with progress_bar("mixed-precision search", n, o.show_progress) as adv:
+        with progress_bar("mixed-precision search", quiet=not o.show_progress, total=n) as adv:
             result = search.run(ranked, build, lambda p: self.agreement("tflite-int8", p),
                                 lambda p: self.latency_ratio("tflite-int8", p, self.float_tflite()),
                                 o.target_agreement / 100, o.max_latency_ratio, o.max_float_ops, progress=adv)
@@ -472,9 +472,10 @@ def load_images(run, opts: ExportOptions, keras_predict) -> tuple[Images, np.nda
                            f"(e.g. {missing[0]})")
     x, y, keras = {}, {}, {}
     for split in SPLITS:
-        with progress_bar(f"loading {split} images", len(items[split]), opts.show_progress) as adv:
+        with progress_bar(f"loading {split} images", quiet=not opts.show_progress,
+                          total=len(items[split])) as adv:
             x[split], y[split] = load_arrays(run.data_root, items[split], run.spec, progress=adv)
-        with progress_bar(f"Keras on {split}", len(x[split]), opts.show_progress) as adv:
+        with progress_bar(f"Keras on {split}", quiet=not opts.show_progress, total=len(x[split])) as adv:
             parts = []
             for i in range(0, len(x[split]), 32):
                 parts.append(keras_predict(x[split][i:i + 32]))
@@ -492,7 +493,7 @@ def export(opts: ExportOptions, console=None) -> dict:
     from edgecls.convert import measure, report
     from edgecls.run import load_run
 
-    console = console or make_console(stderr=True)
+    console = console or wide_console(stderr=True)
     check_options(opts)
     run = load_run(opts.run_dir)
     out = output_dir(opts)

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from edgecls.dataset import SPLITS
-from edgecls.device.evaluate import Measured, measure, parity, progress_bar
+from edgecls.device.evaluate import Measured, measure, parity
+from edgecls.progress import progress_bar
 from edgecls.formats import BY_KEY
 from edgecls.metrics import agreement_count, paired_drop, wilson_interval
 
@@ -67,13 +68,14 @@ def artifacts(ctx, bundle_dir: Path, keys: list[str], entries: dict[str, dict], 
     part = slice(start, start + len(im.x[split]))
     y = im.y[split]
 
-    with progress_bar(f"eval {KERAS_KEY}", len(y), o.show_progress) as adv:
+    with progress_bar(f"eval {KERAS_KEY}", quiet=not o.show_progress, total=len(y)) as adv:
         measured = {KERAS_KEY: measure(keras_predict, im.x[split], adv)}   # Keras' own latency, per image
     measured[KERAS_KEY].probs = im.keras[split]                             # the answers all artifacts are held to
     probs_all = {}
     for key in keys:
         model = ctx.model_for(key, bundle_dir / entries[key]["file"], entries[key])
-        with progress_bar(f"eval {key} on {len(x_all)} images", len(x_all), o.show_progress) as adv:
+        with progress_bar(f"eval {key} on {len(x_all)} images", quiet=not o.show_progress,
+                          total=len(x_all)) as adv:
             m = measure(model.predict, x_all, adv)
         probs_all[key] = m.probs
         measured[key] = Measured(m.probs[part], m.latency_ms)

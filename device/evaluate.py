@@ -15,6 +15,7 @@ from typing import Callable
 import numpy as np
 
 from edgecls.metrics import agreement, confusion, per_class_accuracy
+from edgecls.progress import progress_bar, wide_console
 
 Predict = Callable[[np.ndarray], np.ndarray]   # (N,H,W,3) uint8 → (N,classes) probabilities
 
@@ -23,23 +24,6 @@ Predict = Callable[[np.ndarray], np.ndarray]   # (N,H,W,3) uint8 → (N,classes)
 class Measured:
     probs: np.ndarray
     latency_ms: float     # median over single images: what one camera frame costs on this host
-
-
-def console(stderr: bool = False):
-    """A rich Console; piped or captured, it keeps tables whole (wide) instead of 80 columns."""
-    import sys
-
-    from rich.console import Console
-
-    stream = sys.stderr if stderr else sys.stdout
-    return Console(stderr=stderr, width=None if stream.isatty() else 140)
-
-
-def progress_bar(description: str, total: int, enabled: bool = True):
-    """The shared bar (edgecls.progress), called as `advance(done, total)`."""
-    from edgecls.progress import progress_bar as shared_bar
-
-    return shared_bar(description, quiet=not enabled, total=total)
 
 
 def measure(predict: Predict, pixels: np.ndarray, progress=None) -> Measured:
@@ -133,7 +117,7 @@ def evaluate(bundle_dir: str, data_dir: str, family: str | None = None, precisio
                            f"--precision {precision or 'any'} (it has: {', '.join(bundle.artifacts) or 'none'})")
     reference = float_reference(list(bundle.artifacts))
     run_keys = keys + ([reference] if reference and reference not in keys else [])
-    with progress_bar("checking images", 1, show_progress) as advance:
+    with progress_bar("checking images", quiet=not show_progress, total=1) as advance:
         found = scan(data_dir, classes=bundle.labels, progress=advance)
     if not found.items:
         raise EdgeclsError(f"no images to evaluate in {data_dir}")
@@ -141,12 +125,12 @@ def evaluate(bundle_dir: str, data_dir: str, family: str | None = None, precisio
     # N x height x width x 3 array is allocated for it.
     models = {key: load_model(bundle, bundle.artifacts[key].fmt.family, bundle.artifacts[key].fmt.precision,
                               threads=threads) for key in run_keys}
-    with progress_bar("loading images", len(found.items), show_progress) as advance:
+    with progress_bar("loading images", quiet=not show_progress, total=len(found.items)) as advance:
         x, y = load_arrays(found.root, found.items, bundle.spec, progress=advance)
     results, runtimes = {}, {}
     for key, model in models.items():
         runtimes[key] = model.runtime
-        with progress_bar(f"eval {key}", len(x), show_progress) as advance:
+        with progress_bar(f"eval {key}", quiet=not show_progress, total=len(x)) as advance:
             results[key] = measure(model.predict, x, advance)
     rows = parity(results, y, bundle.labels, reference)
     artifacts = {}
@@ -188,7 +172,7 @@ def register(app) -> None:
             return
         rows = out["artifacts"]
         sizes = {k: v["bytes"] for k, v in rows.items()}
-        console().print(table(rows, out["reference"], sizes, reference_accuracy=out["reference_accuracy"],
+        wide_console().print(table(rows, out["reference"], sizes, reference_accuracy=out["reference_accuracy"],
                               title=f"{len(out['files'])} images from {out['data']} — top-1 vs the bundle's float model"))
         if out["skipped"]:
             typer.echo(f"skipped {len(out['skipped'])} file(s) that are not readable images", err=True)

@@ -170,7 +170,20 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
     except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as e:
         raise EdgeclsError(f"corrupt {manifest}: {e}") from None
     spec = validate_manifest(meta, root, str(manifest))
+    check_labels_txt(root, meta["labels"])
     return Bundle(root=root, meta=meta, labels=list(meta["labels"]), spec=spec)
+
+
+LABELS_TXT = "labels.txt"
+
+
+def check_labels_txt(root: Path, labels: list[str]) -> None:
+    """labels.txt is a copy of edgecls.json's labels for other tools; one that disagrees means a hand edit or a
+    mixed-up bundle, and which of the two the device should believe cannot be known: refuse."""
+    path = root / LABELS_TXT
+    if path.is_file() and path.read_text(encoding="utf-8", errors="replace").splitlines() != list(labels):
+        raise EdgeclsError(f"{path} does not list the labels of {root / MANIFEST} (edited by hand, or from another "
+                           f"bundle): re-export, or fix one to match the other")
 
 
 def _refuse_constant(name: str):

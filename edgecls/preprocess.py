@@ -19,6 +19,7 @@ from edgecls.errors import EdgeclsError
 
 RESIZE_MODES = ("stretch", "crop", "letterbox")
 COLOR_ORDERS = ("RGB", "BGR")
+REQUIRED = ("height", "width", "resize", "color_order", "scale", "offset", "in_model")   # pad_value: 0 unless letterbox says
 # Largest model input side accepted: far above any edge model, far below what would exhaust memory when
 # `eval` allocates its N x H x W x 3 batch (a tampered 100000 px would ask for hundreds of GiB).
 MAX_INPUT_SIDE = 4096
@@ -69,14 +70,14 @@ class PreprocessSpec:
         """From run.json / edgecls.json; types are checked, not coerced ("96" or true is not a height)."""
         if not isinstance(d, dict):
             raise EdgeclsError(f"invalid preprocessing block: expected an object, got {type(d).__name__}")
-        try:
-            return cls(height=d["height"], width=d["width"], resize=d.get("resize", "stretch"),
-                       color_order=d.get("color_order", "RGB"), pad_value=d.get("pad_value", 0),
-                       scale=_numbers(d.get("scale", (1 / 127.5,) * 3)),
-                       offset=_numbers(d.get("offset", (-1.0,) * 3)),
-                       in_model=d.get("in_model", True))
-        except KeyError as e:
-            raise EdgeclsError(f"invalid preprocessing block: missing {e}") from None
+        # Every fact the pixels depend on must be written down: a missing one is refused, never guessed (a
+        # MobileNet default for scale/offset would silently feed a ResNet the wrong numbers).
+        missing = [k for k in REQUIRED if k not in d]
+        if missing:
+            raise EdgeclsError(f"invalid preprocessing block: missing {', '.join(missing)} (the device never guesses)")
+        return cls(height=d["height"], width=d["width"], resize=d["resize"], color_order=d["color_order"],
+                   pad_value=d.get("pad_value", 0), scale=_numbers(d["scale"]), offset=_numbers(d["offset"]),
+                   in_model=d["in_model"])
 
 
 def _is_int(v) -> bool:

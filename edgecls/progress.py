@@ -9,6 +9,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 console = Console(stderr=True, highlight=False, soft_wrap=True)  # logs keep long lines whole
 
 
+def wide_console(stderr: bool = False) -> Console:
+    """A Console for tables: piped or captured, it keeps them whole (140 columns) instead of 80."""
+    import sys
+
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(stderr=stderr, width=None if stream.isatty() else 140)
+
+
 def say(message: str, quiet: bool = False) -> None:
     if not quiet:
         console.print(message, markup=False)
