@@ -70,7 +70,13 @@ def require(module: str, pip_name: str, why: str):
 
 
 def check_options(opts: ExportOptions) -> None:
+    import math
+
     from edgecls.convert.tflite import IO_DTYPES
+
+    for flag, value in (("--max-drop", opts.max_drop), ("--min-agreement", opts.min_agreement)):
+        if not math.isfinite(value):  # NaN passes every comparison below and would pass the gate
+            raise EdgeclsError(f"{flag} must be a finite number, not {value}")
 
     bad = [f for f in opts.families if f not in FAMILIES]
     if bad or not opts.families:
@@ -116,10 +122,14 @@ def output_dir(opts: ExportOptions) -> Path:
 def load_keras_model(path: Path):
     from edgecls.train.tfenv import import_tf
 
+    from edgecls.train.model_file import load_model_safely
+
     _, keras = import_tf()
 
     try:
-        return keras.models.load_model(str(path), compile=False)
+        return load_model_safely(keras, path)   # refuses HDF5 posing as .keras and anything that runs code
+    except EdgeclsError:
+        raise
     except Exception as e:  # Keras raises many types (zipfile, h5py, ValueError) for a broken file
         raise EdgeclsError(f"cannot load the run's model {path}: {type(e).__name__}: "
                            f"{str(e).splitlines()[0][:160] if str(e) else 'corrupt file'}") from None
@@ -376,9 +386,9 @@ def export(opts: ExportOptions, console=None) -> dict:
     eval_split = "test" if items["test"] else "val"
     if not items[eval_split]:
         raise EdgeclsError(f"run {run.root} has neither a test nor a val split to measure the export on")
-    missing = [rel for s in items.values() for rel, _ in s[:1] if not (run.data_root / rel).is_file()]
-    if missing:
-        raise EdgeclsError(f"the run's images are not at {run.data_root} any more (e.g. {missing[0]})")
+    missing = [rel for s in items.values() for rel, _ in s if not (run.data_root / rel).is_file()]
+    if missing:   # every file (a stat each): one missing image must not become an internal error mid-export
+        raise EdgeclsError(f"{len(missing)} of the run's images are missing from {run.data_root} (e.g. {missing[0]})")
     model = load_keras_model(run.model_path)
     n_out = int(model.outputs[0].shape[-1])
     if n_out != len(run.labels):
