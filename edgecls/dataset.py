@@ -71,8 +71,8 @@ def _check_class_names(names: list[str], root: Path) -> None:
     for name in names:
         bad = [c for c in name if unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp")]
         if bad:
-            raise EdgeclsError(f"class folder {name!r} in {root} has a control or line-break character "
-                               f"({ascii(bad[0])}); rename it")
+            raise EdgeclsError(f"class folder {name!r} in {root} has a control, line-break or undecodable "
+                               f"character ({ascii(bad[0])}); rename it")
     seen: dict[str, str] = {}
     for name in names:
         key = unicodedata.normalize("NFC", name).strip()

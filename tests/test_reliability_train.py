@@ -176,8 +176,10 @@ def test_force_refuses_a_folder_that_is_not_a_run_and_does_not_suggest_it(tmp_pa
 # ---------------------------------------------------------------- 12. labels
 
 @pytest.mark.parametrize("names,needle", [
-    (("ok", "bad\nname"), "control or line-break character"),
-    (("ok", "tab\there"), "control or line-break character"),
+    (("ok", "bad\nname"), "control, line-break or undecodable character"),
+    (("ok", "tab\there"), "control, line-break or undecodable character"),
+    (("ok", "line\u2028separator"), "control, line-break or undecodable character"),
+    (("ok", os.fsdecode(b"latin1-\xe9")), "control, line-break or undecodable character"),   # not UTF-8: undecodable
     (("caf\u00e9", "cafe\u0301"), "give the same label"),       # NFC and NFD spellings of one word
     (("cat", "cat "), "give the same label"),
 ])
