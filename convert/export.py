@@ -80,6 +80,10 @@ def require(module: str, pip_name: str, why: str):
 def check_options(opts: ExportOptions) -> None:
     from edgecls.convert.tflite import IO_DTYPES
 
+    for name in ("max_drop", "min_agreement", "target_agreement", "max_latency_ratio", "qat_lr"):
+        value = getattr(opts, name)
+        if not math.isfinite(value):  # NaN passes every comparison below and would pass the gate
+            raise EdgeclsError(f"--{name.replace('_', '-')} must be a finite number, not {value}")
     bad = [f for f in opts.families if f not in FAMILIES]
     if bad or not opts.families:
         raise EdgeclsError(f"unknown --formats {','.join(bad) or '(empty)'}; expected a list of {', '.join(FAMILIES)}")
@@ -91,9 +95,6 @@ def check_options(opts: ExportOptions) -> None:
 
     if opts.onnx_target not in (*ONNX_TARGETS, "auto"):
         raise EdgeclsError(f"unknown --onnx-target {opts.onnx_target!r}; expected one of {', '.join(ONNX_TARGETS)}, auto")
-    for name in ("max_drop", "min_agreement", "target_agreement", "max_latency_ratio", "qat_lr"):
-        if not math.isfinite(getattr(opts, name)):
-            raise EdgeclsError(f"--{name.replace('_', '-')} must be a finite number")
     if opts.calib_samples < 1:
         raise EdgeclsError("--calib-samples must be at least 1")
     if opts.qat_epochs < 0 or opts.max_drop < 0 or opts.max_float_ops < 0:
@@ -134,12 +135,15 @@ def output_dir(opts: ExportOptions) -> Path:
 
 
 def load_keras_model(path: Path):
+    from edgecls.train.model_file import load_model_safely
     from edgecls.train.tfenv import import_tf
 
     _, keras = import_tf()
 
     try:
-        return keras.models.load_model(str(path), compile=False)
+        return load_model_safely(keras, path)   # refuses HDF5 posing as .keras and anything that runs code
+    except EdgeclsError:
+        raise
     except Exception as e:  # Keras raises many types (zipfile, h5py, ValueError) for a broken file
         raise EdgeclsError(f"cannot load the run's model {path}: {type(e).__name__}: "
                            f"{str(e).splitlines()[0][:160] if str(e) else 'corrupt file'}") from None
@@ -467,9 +471,8 @@ def load_images(run, opts: ExportOptions, keras_predict) -> tuple[Images, np.nda
     if not items[eval_split]:
         raise EdgeclsError(f"run {run.root} has neither a test nor a val split to measure the export on")
     missing = [rel for s in items.values() for rel, _ in s if not (run.data_root / rel).is_file()]
-    if missing:
-        raise EdgeclsError(f"{len(missing)} of the run's images are not at {run.data_root} any more "
-                           f"(e.g. {missing[0]})")
+    if missing:   # every file (a stat each): one missing image must not become an internal error mid-export
+        raise EdgeclsError(f"{len(missing)} of the run's images are missing from {run.data_root} (e.g. {missing[0]})")
     x, y, keras = {}, {}, {}
     for split in SPLITS:
         with progress_bar(f"loading {split} images", quiet=not opts.show_progress,

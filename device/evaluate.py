@@ -75,9 +75,11 @@ def worst_class_delta(row: dict) -> tuple[str, float] | None:
 def table(rows: dict[str, dict], reference: str | None, sizes: dict[str, int] | None = None, title: str = "",
           reference_accuracy: float | None = None):
     """The parity table as a rich Table (print it with a rich Console)."""
+    from rich.markup import escape
     from rich.table import Table
 
-    t = Table(title=title or None)
+    # Class names and folder names are data, not markup: "[red]x" must print as itself.
+    t = Table(title=escape(title) if title else None)
     for col in ("model", "top-1", "Δ vs float (pp)", "agreement", "worst class Δ (pp)", "latency ms", "size"):
         t.add_column(col, justify="left" if col == "model" else "right", no_wrap=col == "model")
     ref_acc = rows[reference]["accuracy"] if reference in rows else reference_accuracy
@@ -87,7 +89,7 @@ def table(rows: dict[str, dict], reference: str | None, sizes: dict[str, int] | 
         worst = worst_class_delta(r) if key != reference else None
         size = (sizes or {}).get(key)
         t.add_row(key, f"{r['accuracy'] * 100:.2f}%", drop, agree,
-                  f"{worst[1]:+.1f} ({worst[0]})" if worst else "", f"{r['latency_ms']:.2f}",
+                  f"{worst[1]:+.1f} ({escape(worst[0])})" if worst else "", f"{r['latency_ms']:.2f}",
                   f"{size / 1e6:.2f} MB" if size else "")
     return t
 

@@ -165,7 +165,7 @@ class Model:
     def check_shape(self, shape, where: str) -> None:
         h, w = int(shape[1]), int(shape[2])
         if (h, w) != (self.spec.height, self.spec.width) or int(shape[3]) != 3:
-            raise EdgeclsError(f"{self.artifact.path.name}: model input {list(shape)} does not match the bundle's "
+            raise EdgeclsError(f"{self.artifact.path.name}: model input {'x'.join(str(d) for d in shape)} does not match the bundle's "
                                f"{self.spec.height}x{self.spec.width}x3 ({where})")
 
 

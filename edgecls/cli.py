@@ -72,9 +72,14 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point. Usage errors are typer's; EdgeclsError and any unexpected failure become one line."""
     try:
         app(args=argv, prog_name="edgecls")
+    except SystemExit as e:
+        # typer turns Ctrl-C into a silent exit 130 (Exit(130) raised from the KeyboardInterrupt): say it.
+        if e.code == 130 and isinstance(getattr(e.__context__, "__cause__", None), KeyboardInterrupt):
+            fail("interrupted", 130)
+        raise
     except EdgeclsError as e:
         fail(str(e), e.exit_code)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:   # outside typer's own handling (e.g. while a command is being set up)
         fail("interrupted", 130)
     except Exception as e:
         if os.environ.get("EDGECLS_DEBUG"):

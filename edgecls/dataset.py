@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,6 +61,27 @@ def _check_image(path: Path) -> str | None:
     return None
 
 
+def _check_class_names(names: list[str], root: Path) -> None:
+    """Class names become labels: one line each in labels.txt, words in `run`'s output and in tables.
+
+    Refuse names that would break a line (control characters, line separators, undecodable bytes) and
+    names that differ only invisibly (Unicode normalisation, surrounding spaces): two labels a reader
+    cannot tell apart.
+    """
+    for name in names:
+        bad = [c for c in name if unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp")]
+        if bad:
+            raise EdgeclsError(f"class folder {name!r} in {root} has a control, line-break or undecodable "
+                               f"character ({ascii(bad[0])}); rename it")
+    seen: dict[str, str] = {}
+    for name in names:
+        key = unicodedata.normalize("NFC", name).strip()
+        if key in seen:
+            raise EdgeclsError(f"class folders {seen[key]!r} and {name!r} in {root} give the same label; "
+                               f"rename one")
+        seen[key] = name
+
+
 def _class_dirs(folder: Path) -> list[Path]:
     return sorted((p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
 
@@ -98,6 +120,7 @@ def scan(data_dir: str | os.PathLike, check: bool = True, classes: list[str] | N
                     else:
                         skipped.append((rel, "not an image file (by extension)"))
 
+    _check_class_names(sorted({c.name for _, g in groups for c in _class_dirs(g)}), root)  # before the slow part
     if check:
         ok = []
         for i, (split, cls, rel) in enumerate(found):
@@ -138,6 +161,11 @@ def scan(data_dir: str | os.PathLike, check: bool = True, classes: list[str] | N
     return Scan(root=root, classes=list(classes), items=items, skipped=skipped, presplit=pre)
 
 
+def check_split_fractions(val_split: float, test_split: float) -> None:
+    if not (0 <= test_split < 1 and 0 < val_split < 1 and val_split + test_split < 0.9):
+        raise EdgeclsError("--val-split must be in (0,1), --test-split in [0,1), and together below 0.9")
+
+
 def split(scan_: Scan, val_split: float, test_split: float, seed: int) -> dict[str, list[tuple[str, int]]]:
     """Stratified split, deterministic for (file list, fractions, seed). Pre-split folders are used as given."""
     if scan_.presplit:
@@ -145,8 +173,7 @@ def split(scan_: Scan, val_split: float, test_split: float, seed: int) -> dict[s
         if not out["val"]:
             raise EdgeclsError(f"pre-split data in {scan_.root} has no val/ images; add some or use one folder per class")
         return out
-    if not (0 <= test_split < 1 and 0 < val_split < 1 and val_split + test_split < 0.9):
-        raise EdgeclsError("--val-split must be in (0,1), --test-split in [0,1), and together below 0.9")
+    check_split_fractions(val_split, test_split)
     out: dict[str, list[tuple[str, int]]] = {s: [] for s in SPLITS}
     for y in range(len(scan_.classes)):
         files = sorted(rel for rel, lab in scan_.items if lab == y)

@@ -160,3 +160,25 @@ def test_a_zero_target_stops_the_search_at_all_int8(tiny_run, tmp_path):
     assert art["search"]["chosen"] == 0 and len(art["search"]["steps"]) == 1 and art["float_ops"] == []
     assert all(d != "float32" for d in _float_outputs(out / art["file"]).values())
     assert (out / "tflite-int8_search.png").stat().st_size > 1000 and "Mixed-precision search" in (out / "report.md").read_text()
+
+
+def test_report_escapes_class_names(tmp_path):
+    """Class names come from folder names: report.md and report.html must show them, never run them."""
+    from edgecls.convert import report
+    from edgecls.convert.gate import Verdict
+    from edgecls.convert.measure import Result
+
+    labels = ["<script>alert(1)</script>", "cat & dog"]
+    row = {"accuracy": 0.5, "accuracy_ci95": [0.2, 0.8], "latency_ms": 1.0, "confusion": [[1, 0], [1, 0]],
+           "per_class_delta": {labels[0]: -100.0, labels[1]: 0.0}, "agreement": 0.5}   # the worst class is in both
+    rows = {"keras-float": {**row, "per_class_delta": None, "agreement": None},
+            "tflite-int8": {**row, "drop": paired_drop(*_pairs(2, 1, 0)), "agreement_all": _agreement(2, 1),
+                            "verdict": {"passed": True, "failures": [], "notes": []}}}
+    gate_block = {"passed": True, "max_drop_pp": 1.0, "min_agreement_pct": 97.0, "failures": [], "notes": [],
+                  "message": "ok"}
+    result = Result(rows, {"tflite-int8": Verdict(True)}, gate_block, {"tflite-int8": 1000}, "test", 2, 2, "keras-float")
+    manifest = {"artifacts": {"tflite-int8": {"method": "ptq", "float_ops": []}}, "default_artifact": "tflite-int8"}
+    report.write(tmp_path, manifest, result, labels)
+    for name in ("report.md", "report.html"):
+        text = (tmp_path / name).read_text()
+        assert "<script>" not in text and "&lt;script&gt;" in text, name

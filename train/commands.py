@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Optional
@@ -46,7 +47,7 @@ def train(
     else:
         if data_dir is None:
             raise EdgeclsError("missing DATA_DIR (or --resume RUN_DIR)")
-        cfg = TrainConfig(data_dir=str(data_dir), backbone=backbone, alpha=alpha, img_size=img_size, weights=weights,
+        cfg = TrainConfig(data_dir=os.path.abspath(data_dir), backbone=backbone, alpha=alpha, img_size=img_size, weights=weights,
                           resize=resize, epochs=epochs, fine_tune_epochs=fine_tune_epochs, fine_tune_at=fine_tune_at,
                           lr=lr, batch_size=batch_size, label_smoothing=label_smoothing, class_weights=class_weights,
                           augment=augment, val_split=val_split, test_split=test_split, seed=seed, patience=patience,
@@ -55,10 +56,7 @@ def train(
         run_dir = out or Path("runs") / f"{backbone}-{time.strftime('%Y%m%d-%H%M%S')}"
     from edgecls.train.trainer import train as run_training
 
-    try:
-        summary = run_training(cfg, Path(run_dir), force=force, resume=resume is not None, quiet=json_out)
-    except KeyboardInterrupt:
-        raise EdgeclsError(f"interrupted; the last finished epoch is saved: edgecls train --resume {run_dir}") from None
+    summary = run_training(cfg, Path(run_dir), force=force, resume=resume is not None, quiet=json_out)
     if json_out:
         typer.echo(json.dumps(summary, indent=2))
     else:

@@ -1,10 +1,12 @@
 """Training configuration: parsed and checked before TensorFlow is imported, so bad input fails in milliseconds."""
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from edgecls.dataset import check_split_fractions
 from edgecls.errors import EdgeclsError
 from edgecls.preprocess import RESIZE_MODES, PreprocessSpec
 from edgecls.train.backbones import IMG_SIZE_RANGE, get_backbone
@@ -50,6 +52,10 @@ class TrainConfig:
                               color_order=bb.color_order, scale=bb.scale, offset=bb.offset)
 
     def validate(self) -> None:
+        for f in fields(self):  # NaN slips through every comparison below (NaN <= 0 is False): refuse it first
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise EdgeclsError(f"--{f.name.replace('_', '-')} must be a finite number, not {value}")
         bb = get_backbone(self.backbone)
         bb.check_alpha(self.alpha)
         lo, hi = IMG_SIZE_RANGE
@@ -66,6 +72,13 @@ class TrainConfig:
             raise EdgeclsError("nothing to train: --epochs and --fine-tune-epochs are both 0")
         if self.batch_size < 1 or self.lr <= 0 or not 0 <= self.label_smoothing < 1:
             raise EdgeclsError("--batch-size must be >= 1, --lr > 0 and --label-smoothing in [0, 1)")
+        if not 0 <= self.seed < 2 ** 32:  # NumPy's seed range, which Keras' set_random_seed passes it to
+            raise EdgeclsError(f"--seed must be in 0..{2 ** 32 - 1}, not {self.seed}")
+        if self.patience < 0 or (self.fine_tune_at is not None and self.fine_tune_at < 0):
+            raise EdgeclsError("--patience and --fine-tune-at must not be negative")
+        if self.max_images_per_class is not None and self.max_images_per_class < 1:
+            raise EdgeclsError("--max-images-per-class must be at least 1")
+        check_split_fractions(self.val_split, self.test_split)
         self.resolve_weights()
 
     def resolve_weights(self) -> str | None:

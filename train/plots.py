@@ -1,6 +1,7 @@
 """Pictures of a training run: learning curves and the confusion matrix (matplotlib, no display needed)."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,9 @@ def save_figure(fig, path: Path) -> None:
     import io
 
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    with warnings.catch_warnings():  # e.g. "Glyph missing from font" for CJK class names: the log is not the place
+        warnings.simplefilter("ignore")
+        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     atomic_write_bytes(path, buf.getvalue())
 
 
@@ -57,8 +60,9 @@ def plot_confusion(cm, classes: list[str], path: Path, title: str = "test confus
                 if cm[i, j]:
                     ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
                             color="white" if norm[i, j] > 0.5 else "black")
-        ax.set_xticks(range(n), classes, rotation=45, ha="right")
-        ax.set_yticks(range(n), classes)
+        names = [c.replace("$", r"\$") for c in classes]  # a class name is text, not mathtext ("$\\frac$" crashed)
+        ax.set_xticks(range(n), names, rotation=45, ha="right")
+        ax.set_yticks(range(n), names)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title)

@@ -1,40 +1,30 @@
 """`edgecls train`: two-phase transfer learning into a resumable run folder."""
 from __future__ import annotations
 
+import errno
+import io
 import json
+import math
 import os
 import shutil
+import signal
 import time
 from pathlib import Path
 
 import numpy as np
 
 from edgecls.dataset import load_arrays, scan, split
-from edgecls.errors import EdgeclsError
-from edgecls.fsutil import atomic_write_json, atomic_write_text
+from edgecls.errors import EdgeclsError, Interrupted
+from edgecls.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text
 from edgecls.metrics import classification_report
 from edgecls.progress import progress_bar, say
 from edgecls.run import LABELS_TXT, MODEL_FILE, RUN_FORMAT, RUN_JSON, RUN_VERSION, SPLITS_JSON, is_run
 from edgecls.train.config import TrainConfig
+from edgecls.train.run_folder import CKPT, STATE_JSON, Replacement, check_out_dir, has_checkpoint, recover_replaced
+from edgecls.train.stopping import StopRequest
 from edgecls.versions import library_versions
 
-CKPT = ".checkpoint"
 PHASES = ("head", "finetune")
-
-
-# ---------------------------------------------------------------- run folder
-
-def prepare_run_dir(out: Path, force: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise EdgeclsError(f"--out {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not force:
-            if is_run(out):
-                raise EdgeclsError(f"{out} already holds a run: `edgecls train --resume {out}` continues it, "
-                                   f"--force overwrites it")
-            raise EdgeclsError(f"{out} exists and is not an edgecls run; choose another --out (or --force to replace it)")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
 
 
 def _write_run_json(out: Path, meta: dict) -> None:
@@ -48,11 +38,18 @@ class _State:
 
     def __init__(self, out: Path):
         self.dir = out / CKPT
-        self.path = self.dir / "state.json"
+        self.path = self.dir / STATE_JSON
         self.data = {"phase": PHASES[0], "epoch": 0, "history": [], "best_val_accuracy": -1.0,
                      "phase_best": -1.0, "phase_best_epoch": -1}
         if self.path.is_file():
-            self.data.update(json.loads(self.path.read_text()))
+            try:
+                saved = json.loads(self.path.read_text())
+                if not isinstance(saved, dict) or saved.get("phase") not in PHASES:
+                    raise ValueError("not a checkpoint state")
+            except (ValueError, UnicodeDecodeError) as e:
+                raise EdgeclsError(f"the checkpoint state {self.path} is corrupt ({e}); the run cannot be resumed: "
+                                   f"start it again with --force") from None
+            self.data.update(saved)
 
     def save(self) -> None:
         self.dir.mkdir(exist_ok=True)
@@ -68,26 +65,70 @@ class _State:
 
 
 def _save_weights_atomic(model, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Legacy HDF5 weights (not .weights.h5): that loader also restores MirroredStrategy's on-read variables.
-    tmp = path.with_name(f".partial-{path.name}")
-    model.save_weights(str(tmp))
-    os.replace(tmp, path)
+    """Legacy HDF5 weights (not .weights.h5): that loader also restores MirroredStrategy's on-read variables.
+
+    Serialised in memory, then written with one atomic write: HDF5 writing straight to a full disk printed
+    dozens of C-level error stacks and crashed; here a full disk is one OSError and the old file stays.
+    """
+    import h5py
+    from tf_keras.src.saving.legacy import hdf5_format   # what model.save_weights(".h5") calls
+
+    buf = io.BytesIO()
+    with h5py.File(buf, "w") as f:
+        hdf5_format.save_weights_to_hdf5_group(f, model)
+    atomic_write_bytes(path, buf.getvalue())
 
 
-def _callback(keras, state: _State, phase: str, patience: int, bar):
+def _load_checkpoint(model, state: _State, quiet: bool) -> None:
+    """Resume from last.h5; if it is unreadable (truncated, corrupt), from best.h5; else say what to do."""
+    for path in (state.last, state.best):
+        if not path.is_file():
+            continue
+        try:
+            model.load_weights(str(path))
+        except (OSError, ValueError, KeyError) as e:
+            say(f"warning: cannot read the checkpoint {path.name} ({str(e).splitlines()[0][:120]})", quiet)
+            continue
+        if path == state.best:
+            say(f"warning: continuing from the best checkpoint (val accuracy {state.data['best_val_accuracy']:.3f}) "
+                f"instead of the last one", quiet)
+        return
+    raise EdgeclsError(f"no readable checkpoint in {state.dir} (last.h5, best.h5); start the run again with --force")
+
+
+def _not_finite(logs: dict) -> str | None:
+    bad = [k for k, v in logs.items() if "loss" in k and not math.isfinite(float(v))]
+    return f"{bad[0]} is {float(logs[bad[0]])}" if bad else None
+
+
+def _callback(keras, state: _State, phase: str, patience: int, bar, stop: StopRequest, first_checkpoint):
     class EpochEnd(keras.callbacks.Callback):
-        """Checkpoint every epoch (so Ctrl-C loses at most one), keep the best weights, stop early."""
+        """Checkpoint every epoch (so Ctrl-C loses at most one), keep the best weights, stop early.
+
+        After every batch and epoch: act on a pending SIGINT/SIGTERM (a safe point), and fail on a
+        non-finite loss (a diverged run must not be checkpointed or finished as if it were fine).
+        """
 
         def on_epoch_begin(self, epoch, logs=None):
-            self.t0 = time.time()
+            self.t0, self.epoch = time.time(), epoch
             bar.start_epoch(phase, epoch)
 
         def on_train_batch_end(self, batch, logs=None):
+            stop.check()
+            why = _not_finite(logs or {})
+            if why:
+                raise EdgeclsError(f"training diverged in {phase} epoch {self.epoch + 1} "
+                                   f"batch {batch + 1}: {why} (try a lower --lr)")
             bar.advance(logs or {})
+
+        def on_test_batch_end(self, batch, logs=None):
+            stop.check()
 
         def on_epoch_end(self, epoch, logs=None):
             logs = dict(logs or {})
+            why = _not_finite(logs)
+            if why:
+                raise EdgeclsError(f"training diverged in {phase} epoch {epoch + 1}: {why} (try a lower --lr)")
             row = {"phase": phase, "epoch": epoch + 1, "seconds": round(time.time() - self.t0, 2)}
             row.update({k: round(float(v), 5) for k, v in logs.items()})
             d = state.data
@@ -101,7 +142,9 @@ def _callback(keras, state: _State, phase: str, patience: int, bar):
             _save_weights_atomic(self.model, state.last)
             d["phase"], d["epoch"] = phase, epoch + 1
             state.save()
+            first_checkpoint()
             bar.end_epoch(row)
+            stop.check()
             if epoch - d["phase_best_epoch"] >= patience:
                 self.model.stop_training = True
 
@@ -120,17 +163,61 @@ def choose_strategy(tf, name: str):
 
 # ---------------------------------------------------------------- main entry
 
+# Environment failures while writing: one line, not a traceback (EFBIG: a file-size limit, RLIMIT_FSIZE).
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+CANNOT_WRITE = DISK_FULL + (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
 def train(cfg: TrainConfig | None, out: Path, force: bool = False, resume: bool = False, quiet: bool = False) -> dict:
+    """Train into `out` (or continue it). SIGINT/SIGTERM stop at the next safe point (edgecls.train.stopping)."""
+    stop = StopRequest()
+    replacement = None if resume else Replacement(out)
+    with stop.installed():
+        try:
+            return _train(cfg, out, force, resume, quiet, stop, replacement)
+        except BaseException as e:
+            if replacement is not None:
+                replacement.rollback()   # no-op once the new run has its first checkpoint
+            saved = has_checkpoint(out) and (replacement is None or replacement.committed)
+            then = f"edgecls train --resume {out}" if saved else "run the same command again"
+            if isinstance(e, KeyboardInterrupt):
+                what = ("interrupted; the last finished epoch is saved" if saved else
+                        "interrupted before the first epoch finished; nothing was kept")
+                raise Interrupted(f"{what}: {then}", stop.signum or signal.SIGINT) from None
+            if isinstance(e, OSError) and e.errno in CANNOT_WRITE:
+                where = e.filename or out
+                why = "disk full" if e.errno in DISK_FULL else (e.strerror or str(e)).lower()
+                raise EdgeclsError(f"cannot write {where} ({why}); fix that, then {then}") from None
+            raise
+
+
+def _open_for_resume(out: Path) -> tuple[dict, dict]:
+    if not is_run(out):
+        raise EdgeclsError(f"cannot resume: {out} is not an edgecls run")
+    meta = json.loads((out / RUN_JSON).read_text())
+    if meta.get("status") == "complete":
+        raise EdgeclsError(f"{out} already finished training; nothing to resume")
+    if not has_checkpoint(out):
+        raise EdgeclsError(f"{out} has no checkpoint to resume from; start again with --force")
+    try:
+        splits = json.loads((out / SPLITS_JSON).read_text())
+        splits["root"], splits["classes"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise EdgeclsError(f"cannot resume {out}: {SPLITS_JSON} is unreadable ({type(e).__name__})") from None
+    return meta, splits
+
+
+def _train(cfg: TrainConfig | None, out: Path, force: bool, resume: bool, quiet: bool, stop: StopRequest,
+           replacement: Replacement | None) -> dict:
     t_start = time.time()
+    recover_replaced(out, quiet)
     if resume:
-        if not is_run(out):
-            raise EdgeclsError(f"cannot resume: {out} is not an edgecls run")
-        meta = json.loads((out / RUN_JSON).read_text())
-        if meta.get("status") == "complete":
-            raise EdgeclsError(f"{out} already finished training; nothing to resume")
-        if not (out / CKPT / "state.json").is_file():
-            raise EdgeclsError(f"{out} has no checkpoint to resume from; start again with --force")
+        meta, splits = _open_for_resume(out)
         cfg = TrainConfig.from_dict(meta["config"])
+        cfg.data_dir = splits["root"]   # absolute (older runs kept the path as typed): resume from any folder
+        state = _State(out)             # a corrupt state.json fails here, before TensorFlow loads
+    else:
+        check_out_dir(out, cfg.data_dir, force)
     assert cfg is not None
     cfg.validate()
     from edgecls.train.tfenv import import_tf
@@ -156,23 +243,19 @@ def train(cfg: TrainConfig | None, out: Path, force: bool = False, resume: bool 
     if data.skipped:
         say(f"warning: skipped {len(data.skipped)} file(s) in total", quiet)
     if resume:
-        splits = json.loads((out / SPLITS_JSON).read_text())
         if splits["classes"] != data.classes:
             raise EdgeclsError(f"the classes in {cfg.data_dir} changed since this run started; cannot resume")
         parts = {s: [(r, int(y)) for r, y in splits[s]] for s in ("train", "val", "test")}
+        missing = [r for v in parts.values() for r, _ in v if not (data.root / r).is_file()]
+        if missing:
+            raise EdgeclsError(f"{len(missing)} image(s) of this run are missing from {data.root} (e.g. {missing[0]}); "
+                               f"put them back to resume, or start a new run")
     else:
-        prepare_run_dir(out, force)
         parts = split(data, cfg.val_split, cfg.test_split, cfg.seed)
-        atomic_write_text(out / LABELS_TXT, "\n".join(data.classes) + "\n")
-        atomic_write_json(out / SPLITS_JSON, {"root": str(Path(cfg.data_dir).resolve()), "classes": data.classes,
-                                              **{s: [[r, y] for r, y in v] for s, v in parts.items()}})
     n_classes = len(data.classes)
     summary = data.summary()
     summary["split_sizes"] = {s: len(v) for s, v in parts.items()}
     summary["content_hash"] = data.content_hash()
-    meta = {"format": RUN_FORMAT, "version": RUN_VERSION, "status": "running", "labels": data.classes,
-            "config": cfg.to_dict(), "preprocessing": spec.to_dict(), "dataset": summary}
-    _write_run_json(out, meta)
 
     arrays = {}
     for s in ("train", "val", "test"):
@@ -191,12 +274,21 @@ def train(cfg: TrainConfig | None, out: Path, force: bool = False, resume: bool 
         else:
             say("warning: --mixed-precision needs a GPU; training in float32", quiet)
     strategy, devices = choose_strategy(tf, cfg.strategy)
-    state = _State(out)
     with strategy.scope():
-        model = build_model(cfg, n_classes, None if resume else weights)
+        model = build_model(cfg, n_classes, None if resume else weights)   # a wrong --weights file fails here
         if resume:
-            model.load_weights(str(state.last))
-    fine_tune_at = default_fine_tune_at(cfg, model)
+            _load_checkpoint(model, state, quiet)
+    fine_tune_at = default_fine_tune_at(cfg, model)                        # and a wrong --fine-tune-at here
+
+    # Every check passed: only now is anything written (so a refused option leaves no stub behind).
+    if replacement is not None:
+        replacement.begin()
+        atomic_write_text(out / LABELS_TXT, "\n".join(data.classes) + "\n")
+        atomic_write_json(out / SPLITS_JSON, {"root": str(data.root.resolve()), "classes": data.classes,
+                                              **{s: [[r, y] for r, y in v] for s, v in parts.items()}})
+        state = _State(out)
+    meta = {"format": RUN_FORMAT, "version": RUN_VERSION, "status": "running", "labels": data.classes,
+            "config": cfg.to_dict(), "preprocessing": spec.to_dict(), "dataset": summary}
     xtr, ytr = arrays["train"]
     xva, yva = arrays["val"]
     ds_train = make_dataset(tf, keras, xtr, ytr, n_classes, cfg.batch_size, True, cfg.augment, cfg.seed)
@@ -210,9 +302,10 @@ def train(cfg: TrainConfig | None, out: Path, force: bool = False, resume: bool 
 
     plan = {"head": (cfg.epochs, cfg.lr), "finetune": (cfg.fine_tune_epochs, cfg.lr / 10)}
     start_phase = PHASES.index(state.data["phase"])
+    first_checkpoint = replacement.commit if replacement is not None else (lambda: None)
     from edgecls.progress import EpochBar
 
-    with EpochBar(len(ds_train), quiet) as bar:
+    with EpochBar(len(ds_train), quiet) as bar, stop.deferred():
         for phase in PHASES[start_phase:]:
             epochs, lr = plan[phase]
             initial = state.data["epoch"] if phase == state.data["phase"] else 0
@@ -230,7 +323,9 @@ def train(cfg: TrainConfig | None, out: Path, force: bool = False, resume: bool 
                               loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
                               metrics=["accuracy"])
             model.fit(ds_train, validation_data=ds_val, epochs=epochs, initial_epoch=initial, verbose=0,
-                      class_weight=class_weight, callbacks=[_callback(keras, state, phase, cfg.patience, bar)])
+                      class_weight=class_weight,
+                      callbacks=[_callback(keras, state, phase, cfg.patience, bar, stop, first_checkpoint)])
+            stop.check()
 
     if state.best.is_file():
         with strategy.scope():
@@ -251,8 +346,11 @@ def train(cfg: TrainConfig | None, out: Path, force: bool = False, resume: bool 
     plot_confusion(final["confusion"], classes, out / "confusion.png",
                    title=f"{'test' if 'test' in metrics else 'val'} confusion (accuracy {final['accuracy']:.3f})")
     tmp = out / f".{MODEL_FILE}.partial.keras"
-    model.save(str(tmp))
-    os.replace(tmp, out / MODEL_FILE)
+    try:
+        model.save(str(tmp))
+        os.replace(tmp, out / MODEL_FILE)
+    finally:
+        tmp.unlink(missing_ok=True)
     meta.update(status="complete", history=history, metrics=metrics,
                 train_seconds=round(time.time() - t_start, 1))
     _write_run_json(out, meta)
