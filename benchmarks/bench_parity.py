@@ -13,7 +13,6 @@ Writes benchmarks/results/parity.md, which make_results.py includes in RESULTS.m
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path

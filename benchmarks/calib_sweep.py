@@ -41,8 +41,8 @@ def main() -> int:
     args = ap.parse_args()
 
     from edgecls.convert import tflite
-    from edgecls.convert.export import (calibration_subset, keras_predictor, load_keras_model, predict_all,
-                                        runtime_model)
+    from edgecls.convert.context import calibration_subset, keras_predictor, predict_all, runtime_model
+    from edgecls.convert.export import load_keras_model
     from edgecls.dataset import load_arrays
     from edgecls.run import load_run
 

@@ -30,7 +30,8 @@ def main() -> None:
     a = ap.parse_args()
 
     from edgecls.convert import tflite
-    from edgecls.convert.export import keras_predictor, load_keras_model, runtime_model
+    from edgecls.convert.context import keras_predictor, runtime_model
+    from edgecls.convert.export import load_keras_model
     from edgecls.dataset import load_arrays
     from edgecls.device.bench import interleaved_ratio
     from edgecls.run import load_run

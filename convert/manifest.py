@@ -19,7 +19,7 @@ def place(bundle_dir: Path, run, key: str, built) -> dict:
     its edgecls.json entry: file, sha256, bytes, I/O, and what the builder records (method, float ops, …).
     The same entry is what the measurement loads the artifact with, so it is measured as the device runs it."""
     from edgecls.convert import onnx_export
-    from edgecls.convert.export import io_details
+    from edgecls.convert.context import io_details
 
     dest = bundle_dir / BY_KEY[key].filename
     shutil.copyfile(built.source, dest)

@@ -34,7 +34,6 @@ class Result:
 
     def table(self, run_name: str):
         """The parity table as a rich Table (printed by export; report.py writes the same numbers)."""
-        from rich.markup import escape
         from rich.table import Table
 
         t = Table(title=f"{run_name}: {self.images} {self.split} photos, agreement over all {self.all_images} images")

@@ -1,0 +1,229 @@
+"""What export's builders share: the run's images with Keras' answers (`Images`, `load_images`), and the
+`Context` that builds the expensive things once (SavedModels, the float files, QAT, the PTQ search) and
+measures candidates through the device runtime (`runtime_model`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+
+from edgecls.bundle import Artifact
+from edgecls.dataset import SPLITS
+from edgecls.errors import EdgeclsError
+from edgecls.formats import BY_KEY
+from edgecls.progress import progress_bar
+
+if TYPE_CHECKING:
+    from edgecls.convert.export import ExportOptions
+
+LATENCY_ROUNDS = 100             # interleaved calls per model for a latency ratio (~1 s for MobileNetV2 160 px)
+
+# ---------------------------------------------------------------- the run's images and Keras' answers
+
+@dataclass
+class Images:
+    """Every split's prepared images, labels and the Keras model's probabilities on them."""
+    x: dict[str, np.ndarray]
+    y: dict[str, np.ndarray]
+    keras: dict[str, np.ndarray]
+
+    @property
+    def search_splits(self) -> tuple[str, ...]:
+        """What the search and auto-selection score on: the validation split (the test split is for the
+        verdict, and training images flatter int8 — measured on flowers: all-int8 agreed with float on
+        99.5% of train+val but 97.3% of val), the training split only for a run without one."""
+        return ("val",) if len(self.x["val"]) else ("train",)
+
+    def join(self, splits) -> tuple[np.ndarray, np.ndarray]:
+        """(pixels, Keras top-1) over `splits`, in that order."""
+        splits = [s for s in splits if len(self.x[s])]
+        return (np.concatenate([self.x[s] for s in splits]),
+                np.concatenate([self.keras[s].argmax(1) for s in splits]))
+
+
+
+
+# ---------------------------------------------------------------- what builders share (built lazily, once)
+
+@dataclass
+class Built:
+    """One builder's result: the method kept and what edgecls.json records about how it was built."""
+    method: str
+    meta: dict = field(default_factory=dict)
+    source: Path | None = None   # the kept candidate's file (the ONNX from-tflite route converts it)
+
+
+@dataclass
+class Context:
+    opts: ExportOptions
+    model: object
+    spec: object
+    labels: list[str]
+    work: Path                       # scratch folder (SavedModels, candidates)
+    calib: np.ndarray                # (N,H,W,3) uint8 from the training split
+    images: Images
+    _cache: dict = field(default_factory=dict)
+
+    def once(self, name: str, make: Callable[[], object]):
+        if name not in self._cache:
+            self._cache[name] = make()
+        return self._cache[name]
+
+    def saved_model(self, which: str = "float") -> Path:
+        from edgecls.convert import tflite
+
+        return self.once(f"saved_{which}", lambda: tflite.save_batch1(
+            self.model if which == "float" else self.qat_model(), self.spec, self.work / f"saved_{which}"))
+
+    def float_tflite(self) -> Path:
+        """The float TFLite, converted once: the tflite-float artifact and the search's latency reference."""
+        from edgecls.convert import tflite
+
+        def make():
+            path = self.work / "float.tflite"
+            path.write_bytes(tflite.to_float(self.saved_model("float")))
+            return path
+        return self.once("float_tflite", make)
+
+    def float_onnx(self) -> Path:
+        """The float ONNX, converted once: the onnx-float artifact and the source of QDQ int8."""
+        from edgecls.convert import onnx_export
+
+        return self.once("float_onnx", lambda: onnx_export.to_float(self.model, self.spec, self.work / "float.onnx"))
+
+    def qat_model(self):
+        from edgecls.convert import qat
+
+        def make():
+            steps = int(np.ceil(len(self.images.x["train"]) / qat.BATCH)) * self.opts.qat_epochs
+            with progress_bar(f"QAT fine-tune ({self.opts.qat_epochs} epochs)", quiet=not self.opts.show_progress,
+                              total=steps) as adv:
+                return qat.fine_tune(self.model, self.images.x["train"], self.opts.qat_epochs, lr=self.opts.qat_lr,
+                                     progress=adv, calib=self.calib[:qat.CALIB_BATCH])
+        return self.once("qat_model", make)
+
+    def ptq_search(self) -> dict:
+        """PTQ with the mixed-precision search, run once for both int8 formats (convert/search.py):
+        {"path" (the kept int8 TFLite), "float_ops", "search" (what edgecls.json records)}."""
+        return self.once("ptq_search", self._ptq_search)
+
+    def _ptq_search(self) -> dict:
+        from edgecls.convert import search, tflite
+
+        o = self.opts
+        if o.full_int8:
+            path = self.work / "tflite-int8.ptq-full.tflite"
+            path.write_bytes(tflite.to_int8(self.saved_model("float"), self.calib, o.io_dtype))
+            return {"path": path, "float_ops": [], "search": None}
+        calibrated, samples = tflite.calibrate(self.saved_model("float"), self.calib, o.io_dtype)
+        ranked = tflite.ranked_op_errors(calibrated, samples)
+
+        def build(ops):
+            path = self.work / f"tflite-int8.ptq-{len(ops)}.tflite"
+            path.write_bytes(tflite.quantize_guarded(calibrated, ops, o.io_dtype))
+            return path
+
+        n = min(o.max_float_ops, len(ranked)) + 1
+        with progress_bar("mixed-precision search", quiet=not o.show_progress, total=n) as adv:
+            result = search.run(ranked, build, lambda p: self.agreement("tflite-int8", p),
+                                lambda p: self.latency_ratio("tflite-int8", p, self.float_tflite()),
+                                o.target_agreement / 100, o.max_latency_ratio, o.max_float_ops, progress=adv)
+        kept = result["steps"][result["chosen"]]
+        return {"path": result["path"], "float_ops": kept.float_ops,
+                "search": search.record(result, o.target_agreement / 100, o.max_latency_ratio)}
+
+    def model_for(self, key: str, path: Path, meta: dict | None = None, threads: int | None = None):
+        return runtime_model(key, path, self.spec, len(self.labels), threads or self.opts.threads, meta)
+
+    def agreement(self, key: str, path: Path, meta: dict | None = None) -> tuple[int, int]:
+        """(images where the candidate's top-1 equals Keras', images) on the search's split (Images.search_splits)."""
+        x, ref = self.images.join(self.images.search_splits)
+        pred = self.model_for(key, path, meta).predict(x).argmax(1)
+        return int((pred == ref).sum()), len(ref)
+
+    def latency_ratio(self, key: str, path: Path, float_path: Path, meta: dict | None = None) -> float:
+        """int8 / float latency, same runtime, one thread each, timed in turns in this process."""
+        from edgecls.device.bench import interleaved_ratio
+
+        float_key = key.replace("int8", "float")
+        x = self.images.x["val"][:1] if len(self.images.x["val"]) else self.calib[:1]
+        f = self.model_for(float_key, float_path, threads=1)
+        q = self.model_for(key, path, meta, threads=1)
+        return interleaved_ratio(f.predict, q.predict, x, rounds=LATENCY_ROUNDS)
+
+    def candidate(self, key: str, method: str, suffix: str) -> Path:
+        return self.work / f"{key}.{method}{suffix}"
+
+
+def keras_predictor(model):
+    """uint8 pixels → probabilities, through one traced graph (eager calls cost ~150 ms of Python each)."""
+    import tensorflow as tf
+
+    fn = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    return lambda px: fn(tf.constant(px, tf.float32)).numpy()
+
+
+def predict_all(model, x: np.ndarray) -> np.ndarray:
+    return model.predict(x) if len(x) else np.zeros((0, model.n_classes), np.float32)
+
+
+def runtime_model(key: str, path: Path, spec, n_classes: int, threads: int | None, meta: dict | None = None):
+    from edgecls.device.runtime import BACKENDS
+
+    fmt = BY_KEY[key]
+    # A candidate has no edgecls.json entry yet: its I/O block (input.feed) comes from the file, as it will
+    # there; what the builder recorded goes on top (the from-tflite ONNX's uint8 scales: ONNX files carry none).
+    art = Artifact(fmt, path, {"output_kind": "probabilities", **io_details(key, path), **(meta or {})})
+    return BACKENDS[fmt.runtime](art, spec, n_classes, threads=threads)
+
+
+def io_details(key: str, path: Path) -> dict:
+    from edgecls.convert import onnx_export, tflite
+
+    return (tflite if BY_KEY[key].family == "tflite" else onnx_export).io_details(path)
+
+
+def calibration_subset(items: list[tuple[str, int]], n: int) -> list[tuple[str, int]]:
+    """Up to n training items, round-robin over classes so every class is represented."""
+    by_class: dict[int, list] = {}
+    for it in sorted(items):
+        by_class.setdefault(it[1], []).append(it)
+    out, i = [], 0
+    while len(out) < min(n, len(items)):
+        for y in sorted(by_class):
+            if i < len(by_class[y]) and len(out) < n:
+                out.append(by_class[y][i])
+        i += 1
+    return out
+
+
+def load_images(run, opts: ExportOptions, keras_predict) -> tuple[Images, np.ndarray, str]:
+    """Every split's images with Keras' answers, the calibration images, and the split the verdict is on."""
+    from edgecls.dataset import load_arrays
+
+    items = {s: run.split_items(s) for s in SPLITS}
+    if not items["train"]:
+        raise EdgeclsError(f"run {run.root} has no training split in splits.json: nothing to calibrate on")
+    eval_split = "test" if items["test"] else "val"
+    if not items[eval_split]:
+        raise EdgeclsError(f"run {run.root} has neither a test nor a val split to measure the export on")
+    missing = [rel for s in items.values() for rel, _ in s if not (run.data_root / rel).is_file()]
+    if missing:   # every file (a stat each): one missing image must not become an internal error mid-export
+        raise EdgeclsError(f"{len(missing)} of the run's images are missing from {run.data_root} (e.g. {missing[0]})")
+    x, y, keras = {}, {}, {}
+    for split in SPLITS:
+        with progress_bar(f"loading {split} images", quiet=not opts.show_progress,
+                          total=len(items[split])) as adv:
+            x[split], y[split] = load_arrays(run.data_root, items[split], run.spec, progress=adv)
+        with progress_bar(f"Keras on {split}", quiet=not opts.show_progress, total=len(x[split])) as adv:
+            parts = []
+            for i in range(0, len(x[split]), 32):
+                parts.append(keras_predict(x[split][i:i + 32]))
+                adv(min(i + 32, len(x[split])), len(x[split]))
+            keras[split] = np.concatenate(parts) if parts else np.zeros((0, len(run.labels)), np.float32)
+    calib_items = calibration_subset(items["train"], opts.calib_samples)
+    index = {it: i for i, it in enumerate(items["train"])}
+    calib = x["train"][[index[it] for it in calib_items]]
+    return Images(x, y, keras), calib, eval_split
