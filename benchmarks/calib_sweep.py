@@ -44,7 +44,7 @@ def main() -> int:
     from edgecls.convert.context import calibration_subset, keras_predictor, predict_all, runtime_model
     from edgecls.convert.export import load_keras_model
     from edgecls.dataset import load_arrays
-    from edgecls.run import load_run
+    from edgecls.rundir import load_run
 
     run = load_run(args.run_dir)
     model = load_keras_model(run.model_path)

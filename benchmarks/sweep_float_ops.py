@@ -34,7 +34,7 @@ def main() -> None:
     from edgecls.convert.export import load_keras_model
     from edgecls.dataset import load_arrays
     from edgecls.device.bench import interleaved_ratio
-    from edgecls.run import load_run
+    from edgecls.rundir import load_run
 
     run = load_run(a.run_dir)
     model = load_keras_model(run.model_path)

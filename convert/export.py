@@ -283,7 +283,7 @@ def export(opts: ExportOptions, console=None) -> dict:
     """Run the export; returns the manifest written. Raises EdgeclsError (GateFailed for the gate)."""
     from edgecls.convert import manifest as bundle_manifest
     from edgecls.convert import measure, report
-    from edgecls.run import load_run
+    from edgecls.rundir import load_run
 
     console = console or wide_console(stderr=True)
     check_options(opts)

@@ -52,7 +52,6 @@ class _Calibration:
         pass
 
 
-CALIBRATION = ("minmax", "percentile")
 
 # The int8 types per target CPU (activations, weights), both as onnxruntime's QDQ. Measured on the flowers run
 # (MobileNetV2 160 px, onnxruntime 1.32, this x86 CPU, 1 thread, interleaved vs float ONNX: benchmarks/NOTES.md):

@@ -21,7 +21,6 @@ import contextlib
 
 import numpy as np
 
-DEFAULT_LR = 1e-5
 BATCH = 16
 CALIB_BATCH = 64
 
@@ -167,7 +166,7 @@ def calibrate_ranges(qmodel, calib: np.ndarray) -> None:
         qmodel(np.asarray(calib, np.float32), training=True)
 
 
-def fine_tune(model, x_train: np.ndarray, epochs: int, lr: float = DEFAULT_LR, progress=None, seed: int = 0,
+def fine_tune(model, x_train: np.ndarray, epochs: int, lr: float, progress=None, seed: int = 0,
               calib: np.ndarray | None = None):
     """QAT model fine-tuned for `epochs` on uint8 images `x_train`, distilled from `model`'s outputs.
     Activation ranges start from `calib` (at most CALIB_BATCH images, in one batch).

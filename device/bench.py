@@ -18,16 +18,9 @@ from edgecls.formats import BY_KEY, FORMATS, find
 
 
 def artifact_accuracy(meta: dict) -> float | None:
-    """The accuracy `export` recorded for an artifact, wherever in its metrics block it sits."""
-    m = meta.get("metrics") or {}
-    for key in ("accuracy", "test_accuracy", "top1"):
-        if isinstance(m.get(key), (int, float)):
-            return float(m[key])
-    for split in ("test", "val"):
-        sub = m.get(split)
-        if isinstance(sub, dict) and isinstance(sub.get("accuracy"), (int, float)):
-            return float(sub["accuracy"])
-    return None
+    """The test-split accuracy `export` recorded for an artifact (metrics.accuracy), if any."""
+    value = (meta.get("metrics") or {}).get("accuracy")
+    return float(value) if isinstance(value, (int, float)) else None
 
 
 def bench_input(bundle: Bundle, seed: int = 0) -> np.ndarray:

@@ -59,10 +59,6 @@ class Classifier:
     def artifact_key(self) -> str:
         return self.model.key
 
-    def reset(self) -> None:
-        """Forget the smoothing history (e.g. when the source changes scene)."""
-        self._history.clear()
-
     def classify(self, frame: Frame) -> Result:
         t0 = time.perf_counter()
         pixels = prepare(frame.image, self.spec, image_order=frame.order)

@@ -100,7 +100,6 @@ class Model:
 
     def __init__(self, artifact: Artifact, spec: PreprocessSpec, n_classes: int):
         self.artifact, self.spec, self.n_classes = artifact, spec, n_classes
-        self.logits = artifact.meta.get("output_kind", "probabilities") == "logits"
         self.feed = (artifact.meta.get("input") or {}).get("feed", FEED_VALUES)
         if self.feed not in INPUT_FEEDS:
             raise EdgeclsError(f"{artifact.path.name}: edgecls.json says its input is fed as {self.feed!r}, which "
@@ -153,11 +152,7 @@ class Model:
     def _finish(self, out: np.ndarray) -> np.ndarray:
         if self.output_io.quantized:
             out = (out.astype(np.float32) - self.output_io.zero_point) * self.output_io.scale
-        out = out.astype(np.float32).reshape(out.shape[0], -1)
-        if self.logits:
-            e = np.exp(out - out.max(1, keepdims=True))
-            out = e / e.sum(1, keepdims=True)
-        return out
+        return out.astype(np.float32).reshape(out.shape[0], -1)
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
         raise NotImplementedError

@@ -89,7 +89,7 @@ def verify_artifact(art: Artifact) -> None:
 # Checked on every load, before anything is allocated or opened. Unknown extra keys are allowed (newer
 # exports add fields: metrics, report, search steps...); the fields the device reads must be right.
 
-OUTPUT_KINDS = ("probabilities", "logits")
+OUTPUT_KINDS = ("probabilities",)   # every artifact export writes ends in its softmax
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 

@@ -34,7 +34,7 @@ def _step(title: str, args: list[str]) -> None:
 
 def _photo_pp(run_dir: Path) -> float:
     """What one test photo weighs in percentage points of accuracy."""
-    from edgecls.run import load_run
+    from edgecls.rundir import load_run
 
     return 100.0 / max(1, len(load_run(run_dir).split_items("test")))
 
@@ -44,7 +44,7 @@ def make_camera_video(run_dir: Path, dest: Path, fps: int = 15, hold: int = 3, s
     import cv2
 
     from edgecls.images import load_rgb
-    from edgecls.run import load_run
+    from edgecls.rundir import load_run
 
     run = load_run(run_dir)
     items = run.split_items("test") or run.split_items("val")

@@ -267,7 +267,7 @@ def test_doctor_reports_this_machine(reference_bundle):
 def test_digits_video_agrees_with_eval_on_the_same_images(digits_bundle, tiny_run, device_venv, tmp_path):
     """A lossless video made from the run's held-out test photos, run headless: the answers `edgecls eval`
     gives the same photos."""
-    from edgecls.run import load_run
+    from edgecls.rundir import load_run
 
     digits = digits_bundle
     b = load_bundle(digits)

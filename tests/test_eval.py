@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from edgecls.bundle import MANIFEST
-from edgecls.run import load_run
+from edgecls.rundir import load_run
 
 from conftest import cli
 from test_export import one_line_error

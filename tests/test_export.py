@@ -11,7 +11,7 @@ import pytest
 
 from edgecls.bundle import MANIFEST, load_bundle
 from edgecls.dataset import load_arrays
-from edgecls.run import load_run
+from edgecls.rundir import load_run
 
 from conftest import build_tiny_bundle, cli
 

@@ -83,7 +83,7 @@ def test_frozen_kernels_stay_frozen_after_quantize_apply():
 
 
 def hand_made_run(dest, model, cfg) -> None:
-    """A run folder in the documented format (edgecls/run.py) around an untrained model."""
+    """A run folder in the documented format (edgecls/rundir.py) around an untrained model."""
     items = {c: sorted(p.name for p in (DIGITS / c).iterdir())[:8] for c in CLASSES}
     parts = {"train": slice(0, 4), "val": slice(4, 6), "test": slice(6, 8)}
     splits = {"root": str(DIGITS), "classes": CLASSES,

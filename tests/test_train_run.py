@@ -6,7 +6,7 @@ import subprocess
 import sys
 import time
 
-from edgecls.run import load_run
+from edgecls.rundir import load_run
 
 from conftest import DIGITS, cli
 

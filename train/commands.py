@@ -4,44 +4,46 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import fields
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from edgecls.errors import EdgeclsError
+from edgecls.train.config import TrainConfig
+
+D = {f.name: f.default for f in fields(TrainConfig)}   # the CLI's defaults are the config's: one place
 
 
 def train(
     data_dir: Optional[Path] = typer.Argument(None, help="Folder with one sub-folder per class (or train/ val/ test/)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder to create [default: runs/<backbone>-<time>]."),
-    backbone: str = typer.Option("mobilenet_v2", help="mobilenet_v2 | mobilenet_v3_small | mobilenet_v3_large | resnet50."),
-    alpha: float = typer.Option(1.0, help="Width multiplier (MobileNets)."),
-    img_size: int = typer.Option(160, help="Square input size in pixels (96-224)."),
-    weights: str = typer.Option("imagenet", help="imagenet | none | PATH to no-top .h5 weights."),
-    resize: str = typer.Option("stretch", help="stretch | crop | letterbox (recorded for the device)."),
-    epochs: int = typer.Option(5, help="Epochs with the backbone frozen (head only)."),
-    fine_tune_epochs: int = typer.Option(12, help="Epochs with the top of the backbone unfrozen."),
-    fine_tune_at: Optional[int] = typer.Option(None, help="First backbone layer to unfreeze [default: per backbone]."),
-    lr: float = typer.Option(1e-3, help="Head learning rate; fine-tuning uses lr/10."),
-    batch_size: int = typer.Option(32),
-    label_smoothing: float = typer.Option(0.1),
-    class_weights: bool = typer.Option(True, "--class-weights/--no-class-weights", help="Balance classes in the loss."),
-    augment: bool = typer.Option(True, "--augment/--no-augment"),
-    val_split: float = typer.Option(0.15),
-    test_split: float = typer.Option(0.15),
-    seed: int = typer.Option(1337),
-    patience: int = typer.Option(5, help="Early stopping: epochs without val-accuracy gain, per phase."),
-    strategy: str = typer.Option("auto", help="auto | mirrored | none (mirrored: all GPUs of this machine)."),
-    mixed_precision: bool = typer.Option(False, "--mixed-precision", help="float16 compute on a GPU."),
-    max_images_per_class: Optional[int] = typer.Option(None, help="Use at most N images per class (quick trials)."),
+    backbone: str = typer.Option(D["backbone"], help="mobilenet_v2 | mobilenet_v3_small | mobilenet_v3_large | resnet50."),
+    alpha: float = typer.Option(D["alpha"], help="Width multiplier (MobileNets)."),
+    img_size: int = typer.Option(D["img_size"], help="Square input size in pixels (96-224)."),
+    weights: str = typer.Option(D["weights"], help="imagenet | none | PATH to no-top .h5 weights."),
+    resize: str = typer.Option(D["resize"], help="stretch | crop | letterbox (recorded for the device)."),
+    epochs: int = typer.Option(D["epochs"], help="Epochs with the backbone frozen (head only)."),
+    fine_tune_epochs: int = typer.Option(D["fine_tune_epochs"], help="Epochs with the top of the backbone unfrozen."),
+    fine_tune_at: Optional[int] = typer.Option(D["fine_tune_at"], help="First backbone layer to unfreeze [default: per backbone]."),
+    lr: float = typer.Option(D["lr"], help="Head learning rate; fine-tuning uses lr/10."),
+    batch_size: int = typer.Option(D["batch_size"]),
+    label_smoothing: float = typer.Option(D["label_smoothing"]),
+    class_weights: bool = typer.Option(D["class_weights"], "--class-weights/--no-class-weights", help="Balance classes in the loss."),
+    augment: bool = typer.Option(D["augment"], "--augment/--no-augment"),
+    val_split: float = typer.Option(D["val_split"]),
+    test_split: float = typer.Option(D["test_split"]),
+    seed: int = typer.Option(D["seed"]),
+    patience: int = typer.Option(D["patience"], help="Early stopping: epochs without val-accuracy gain, per phase."),
+    strategy: str = typer.Option(D["strategy"], help="auto | mirrored | none (mirrored: all GPUs of this machine)."),
+    mixed_precision: bool = typer.Option(D["mixed_precision"], "--mixed-precision", help="float16 compute on a GPU."),
+    max_images_per_class: Optional[int] = typer.Option(D["max_images_per_class"], help="Use at most N images per class (quick trials)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run folder."),
     force: bool = typer.Option(False, "--force", help="Replace an existing run folder."),
     json_out: bool = typer.Option(False, "--json", help="Print the run summary as JSON on stdout."),
 ):
     """Transfer-learn a classifier from a folder of labelled photos."""
-    from edgecls.train.config import TrainConfig
-
     if resume is not None:
         cfg, run_dir = None, resume
     else:

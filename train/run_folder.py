@@ -18,7 +18,7 @@ from pathlib import Path
 
 from edgecls.errors import EdgeclsError
 from edgecls.progress import say
-from edgecls.run import RUN_JSON, is_run
+from edgecls.rundir import RUN_JSON, is_run
 
 CKPT = ".checkpoint"
 STATE_JSON = "state.json"

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecls.dataset import load_arrays, scan, split
+from edgecls.dataset import SPLITS, load_arrays, scan, split
 from edgecls.errors import EdgeclsError, Interrupted
 from edgecls.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text
 from edgecls.metrics import classification_report
 from edgecls.progress import progress_bar, say
-from edgecls.run import LABELS_TXT, MODEL_FILE, RUN_FORMAT, RUN_JSON, RUN_VERSION, SPLITS_JSON, is_run
+from edgecls.rundir import LABELS_TXT, MODEL_FILE, RUN_FORMAT, RUN_JSON, RUN_VERSION, SPLITS_JSON, is_run
 from edgecls.train.config import TrainConfig
 from edgecls.train.run_folder import CKPT, STATE_JSON, Replacement, check_out_dir, has_checkpoint, recover_replaced
 from edgecls.train.stopping import StopRequest
@@ -245,7 +245,7 @@ def _train(cfg: TrainConfig | None, out: Path, force: bool, resume: bool, quiet:
     if resume:
         if splits["classes"] != data.classes:
             raise EdgeclsError(f"the classes in {cfg.data_dir} changed since this run started; cannot resume")
-        parts = {s: [(r, int(y)) for r, y in splits[s]] for s in ("train", "val", "test")}
+        parts = {s: [(r, int(y)) for r, y in splits[s]] for s in SPLITS}
         missing = [r for v in parts.values() for r, _ in v if not (data.root / r).is_file()]
         if missing:
             raise EdgeclsError(f"{len(missing)} image(s) of this run are missing from {data.root} (e.g. {missing[0]}); "
@@ -258,7 +258,7 @@ def _train(cfg: TrainConfig | None, out: Path, force: bool, resume: bool, quiet:
     summary["content_hash"] = data.content_hash()
 
     arrays = {}
-    for s in ("train", "val", "test"):
+    for s in SPLITS:
         if parts[s]:
             with progress_bar(f"loading {s} images", quiet) as bar:
                 arrays[s] = load_arrays(data.root, parts[s], spec, progress=bar.update)
