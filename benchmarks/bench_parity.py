@@ -5,7 +5,8 @@
 Data sets (all real photos from ../shared): `flowers` (750 photos, 5 classes), `digits` (sign_language_digits,
 2,062 photos, 10 classes) and `flowers2` (two classes of flowers, 300 photos: the small-data case whose test
 split has ~45 photos). Each is trained once with `edgecls train` defaults (cached in --work), then exported:
-flowers with every method (PTQ all-int8, PTQ + mixed-precision search, QAT, auto = the default), the others with
+flowers with every method (PTQ all-int8, guarded PTQ = the worst-ranked op float, PTQ + mixed-precision search,
+QAT, auto = the default), the others with
 the default only. Every number comes from the bundle's own edgecls.json: agreement with float over all the
 run's images, test top-1 drop with its 95% interval, int8/float latency (1 thread, interleaved), wall time.
 Writes benchmarks/results/parity.md, which make_results.py includes in RESULTS.md, and prints it.
@@ -25,6 +26,8 @@ DATA = {"flowers": SHARED / "data" / "flowers", "digits": SHARED / "data" / "sig
 TWO_CLASSES = ("daisy", "dandelion")
 METHODS = {   # label → export arguments
     "ptq --full-int8 (every op int8)": ["--int8-method", "ptq", "--full-int8"],
+    "guarded ptq (the worst op float: the previous default)": ["--int8-method", "ptq", "--max-float-ops", "1",
+                                                               "--target-agreement", "100"],
     "ptq + mixed-precision search": ["--int8-method", "ptq"],
     "qat": ["--int8-method", "qat"],
     "auto (default)": [],

@@ -228,6 +228,9 @@ def main() -> None:
         lines.append("")
     head = lines[:4] + ["## Summary", "", "| metric | value | command |", "|---|---|---|", *summary, ""]
     lines = head + lines[4:]
+    parity = HERE / "results" / "parity.md"   # written by bench_parity.py (its own cached stages)
+    if parity.is_file():
+        lines += [parity.read_text().strip(), ""]
     notes = HERE / "NOTES.md"
     if notes.is_file():
         lines += [notes.read_text().strip(), ""]
