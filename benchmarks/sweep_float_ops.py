@@ -6,7 +6,7 @@ For each calibration set (the first N training images; `all` of them; `all+augme
 plus a flipped, brightness-jittered view of each), calibrates the run's model once, ranks the ops by their int8
 error (QuantizationDebugger, as the export's search does) and, for k = 0 … --max-ops ops kept float, prints the
 int8 TFLite's flips against the Keras model on the held-out photos (val + test), its mean total variation
-from float, and its int8/float latency ratio (1 thread, interleaved: device/bench.py interleaved_ratio).
+from float, and its int8/float latency ratio (1 thread, interleaved: device/bench.py interleaved_ratios).
 One JSON line per (calibration set, k). This is a study tool: the export itself never looks at test photos.
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ def main() -> None:
     from edgecls.convert.context import keras_predictor, runtime_model
     from edgecls.convert.export import load_keras_model
     from edgecls.dataset import load_arrays
-    from edgecls.device.bench import interleaved_ratio
+    from edgecls.device.bench import interleaved_ratios
     from edgecls.rundir import load_run
 
     run = load_run(a.run_dir)
@@ -71,7 +71,7 @@ def main() -> None:
                                   "error_steps": round(ranked[k - 1][1], 3) if k else None,
                                   "held_out_flips": int((p.argmax(1) != ref.argmax(1)).sum()), "held_out": len(x),
                                   "mean_tv": round(float(np.abs(p - ref).sum(1).mean() / 2), 4),
-                                  "latency_ratio": round(interleaved_ratio(f.predict, q.predict, x[:1], rounds=100), 3)}),
+                                  "latency_ratio": round(interleaved_ratios(f.predict, [q.predict], x[:1], rounds=100)[0], 3)}),
                       flush=True)
 
 

@@ -128,7 +128,7 @@ class Context:
         n = min(o.max_float_ops, len(ranked)) + 1
         with progress_bar("mixed-precision search", quiet=not o.show_progress, total=n) as adv:
             result = search.run(ranked, build, lambda p: self.agreement("tflite-int8", p),
-                                lambda p: self.latency_ratio("tflite-int8", p, self.float_tflite()),
+                                lambda paths: self.latency_ratios("tflite-int8", paths, self.float_tflite()),
                                 o.target_agreement / 100, o.max_latency_ratio, o.max_float_ops, progress=adv)
         kept = result["steps"][result["chosen"]]
         return {"path": result["path"], "float_ops": kept.float_ops,
@@ -143,15 +143,17 @@ class Context:
         pred = self.model_for(key, path, meta).predict(x).argmax(1)
         return int((pred == ref).sum()), len(ref)
 
-    def latency_ratio(self, key: str, path: Path, float_path: Path, meta: dict | None = None) -> float:
-        """int8 / float latency, same runtime, one thread each, timed in turns in this process."""
-        from edgecls.device.bench import interleaved_ratio
+    def latency_ratios(self, key: str, paths: list[Path], float_path: Path, meta: dict | None = None) -> list[float]:
+        """int8 / float latency of each file, same runtime, one thread each, all timed in turns with the float
+        model in this process (float, q0, q1, …, float, q0, …): the median over rounds of each call's time over
+        the float call's of that round."""
+        from edgecls.device.bench import interleaved_ratios
 
         float_key = key.replace("int8", "float")
         x = self.images.x["val"][:1] if len(self.images.x["val"]) else self.calib[:1]
-        f = self.model_for(float_key, float_path, threads=1)
-        q = self.model_for(key, path, meta, threads=1)
-        return interleaved_ratio(f.predict, q.predict, x, rounds=LATENCY_ROUNDS)
+        base = self.model_for(float_key, float_path, threads=1)
+        models = [self.model_for(key, p, meta, threads=1) for p in paths]
+        return interleaved_ratios(base.predict, [m.predict for m in models], x, rounds=LATENCY_ROUNDS)
 
     def candidate(self, key: str, method: str, suffix: str) -> Path:
         return self.work / f"{key}.{method}{suffix}"

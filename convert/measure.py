@@ -97,9 +97,9 @@ def artifacts(ctx, bundle_dir: Path, keys: list[str], entries: dict[str, dict], 
             r["float_ops"] = entries[key].get("float_ops", [])
             float_key = key.replace("int8", "float")
             if float_key in keys:
-                r["latency_ratio"] = round(ctx.latency_ratio(key, bundle_dir / entries[key]["file"],
-                                                             bundle_dir / entries[float_key]["file"],
-                                                             entries[key]), 3)
+                r["latency_ratio"] = round(ctx.latency_ratios(key, [bundle_dir / entries[key]["file"]],
+                                                              bundle_dir / entries[float_key]["file"],
+                                                              entries[key])[0], 3)
             ev = gate.Evidence(key, finite, r["drop"], r["agreement_all"], split=split)
         verdicts[key] = gate.judge(ev, o.max_drop, o.min_agreement)
         r["verdict"] = verdicts[key].to_dict()

@@ -34,41 +34,37 @@ class Step:
 
 
 def run(ranked: list[tuple[str, float]], build: Callable[[list[str]], Path],
-        score: Callable[[Path], tuple[int, int]], ratio: Callable[[Path], float],
+        score: Callable[[Path], tuple[int, int]], ratios: Callable[[list[Path]], list[float]],
         target: float, max_ratio: float, max_float_ops: int, progress=None) -> dict:
     """Steps k = 0, 1, … keep the k worst-ranked ops float. Returns {"steps", "chosen", "path", "reached",
     "budget"}: `chosen` is the index of the step kept, `path` its file.
 
-    The budget is max(max_ratio, the all-int8 step's own ratio) + RATIO_SLACK: where even the all-int8 model
-    misses max_ratio on this machine, ops kept float may not make it slower still.
+    Steps are built and scored until one reaches `target` (or --max-float-ops); then all of them are timed
+    together, in turns with the float model (`ratios`), so that every step sees the same load: timed one at a
+    time, the all-int8 step read 0.37 in one export and 0.67 in the next on this shared machine, and the budget
+    decided differently. The budget is max(max_ratio, the all-int8 step's ratio) + RATIO_SLACK: where even the
+    all-int8 model misses max_ratio on this machine, ops kept float may not make it slower still.
     """
-    steps: list[Step] = []
-    paths: list[Path] = []
-    budget = max_ratio
-    for k in range(min(max_float_ops, len(ranked)) + 1):
+    built: list[tuple[list[str], tuple, int, int, Path]] = []
+    last = min(max_float_ops, len(ranked))
+    for k in range(last + 1):
         ops = [name for name, _ in ranked[:k]]
         path = build(ops)
         agreed, images = score(path)
-        added = ranked[k - 1] if k else (None, None)
-        r = ratio(path)
-        if k and r > budget:   # over budget: time it once more before stopping on it (another program's burst)
-            r = min(r, ratio(path))
-        steps.append(Step(ops, added[0], None if added[1] is None else round(added[1], 3), agreed, images,
-                          round(r, 3)))
-        paths.append(path)
+        built.append((ops, ranked[k - 1] if k else (None, None), agreed, images, path))
         if progress:
-            progress(k + 1, min(max_float_ops, len(ranked)) + 1)
-        if k == 0:
-            budget = max(max_ratio, steps[0].latency_ratio) + RATIO_SLACK
-        if steps[-1].latency_ratio > budget:
-            break   # each further step keeps more float: slower still
-        if steps[-1].agreement >= target:
+            progress(k + 1, last + 1)
+        if images and agreed >= target * images:
             break
+    timed = ratios([b[4] for b in built])
+    steps = [Step(ops, added[0], None if added[1] is None else round(added[1], 3), agreed, images, round(r, 3))
+             for (ops, added, agreed, images, _), r in zip(built, timed)]
+    budget = max(max_ratio, steps[0].latency_ratio) + RATIO_SLACK
     allowed = [i for i, s in enumerate(steps) if s.latency_ratio <= budget] or [0]
     reached = [i for i in allowed if steps[i].agreement >= target]
     # The first step that reaches the target; else the best agreement within budget (fewest ops on a tie).
     chosen = reached[0] if reached else max(allowed, key=lambda i: (steps[i].agreed, -i))
-    return {"steps": steps, "chosen": chosen, "path": paths[chosen], "reached": bool(reached), "budget": budget}
+    return {"steps": steps, "chosen": chosen, "path": built[chosen][4], "reached": bool(reached), "budget": budget}
 
 
 def record(result: dict, target: float, max_ratio: float) -> dict:

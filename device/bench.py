@@ -56,12 +56,14 @@ def interleaved_ms(predicts: list[Callable[[np.ndarray], np.ndarray]], x: np.nda
     return [float(np.median(ms)) for ms in interleaved_times(predicts, x, rounds, warmup)]
 
 
-def interleaved_ratio(baseline: Callable, other: Callable, x: np.ndarray, rounds: int = 200, warmup: int = 5) -> float:
-    """Latency of `other` / `baseline`: the median over rounds of the ratio of two back-to-back calls.
-    Each round's pair shares the machine's load of that moment, so this holds where other programs come and
-    go (seen here: a ratio of medians read 0.22–0.67 for the same pair under a load of 7 on 2 cores)."""
-    a, b = (np.asarray(t) for t in interleaved_times([baseline, other], x, rounds, warmup))
-    return float(np.median(b / a))
+def interleaved_ratios(baseline: Callable, others: list[Callable], x: np.ndarray, rounds: int = 200,
+                       warmup: int = 5) -> list[float]:
+    """Latency of each of `others` / `baseline`, all timed in turns in this process (base, o1, o2, …, base, …):
+    the median over rounds of each call's time over the baseline call's of that round. Every model sees the same
+    load, so this holds where other programs come and go (seen here: a ratio of medians read 0.22–0.67 for the
+    same pair under a load of 7 on 2 cores)."""
+    times = np.asarray(interleaved_times([baseline, *others], x, rounds, warmup))
+    return [float(np.median(t / times[0])) for t in times[1:]]
 
 
 CPU_CALLS = 20   # calls per artifact for cpu_ms, each artifact alone in the process

@@ -96,7 +96,14 @@ def _fake_search(agreements, ratios, target=0.99, max_ratio=0.65, max_ops=6):
     def score(path):
         return agreements[int(path.name[4:])], 1000
 
-    return search.run(ranked, build, score, lambda p: ratios[int(p.name[4:])], target, max_ratio, max_ops), built
+    def timed(paths):   # all built steps are timed together, once
+        timed_calls.append(len(paths))
+        return [ratios[int(p.name[4:])] for p in paths]
+
+    timed_calls = []
+    result = search.run(ranked, build, score, timed, target, max_ratio, max_ops)
+    assert timed_calls == [len(built)]
+    return result, built
 
 
 def test_search_stops_at_the_first_step_that_reaches_the_target():
@@ -106,9 +113,9 @@ def test_search_stops_at_the_first_step_that_reaches_the_target():
 
 
 def test_search_keeps_the_best_step_within_the_latency_budget():
-    # Step 3 would be the best but is over budget: the search stops there and keeps step 2.
+    # Step 4 reaches the target but is over budget, and so is step 3: step 2 is kept.
     r, _ = _fake_search([960, 975, 985, 989, 999], [0.60, 0.62, 0.64, 0.80, 0.9])
-    assert not r["reached"] and r["chosen"] == 2 and len(r["steps"]) == 4
+    assert not r["reached"] and r["chosen"] == 2 and len(r["steps"]) == 5
     # Where the all-int8 model itself misses the budget, float ops may not make it slower still.
     r, _ = _fake_search([960, 992], [0.75, 0.76])
     assert r["reached"] and r["chosen"] == 1 and r["budget"] == pytest.approx(0.78)
