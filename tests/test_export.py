@@ -129,6 +129,28 @@ def test_float_artifacts_reproduce_keras_and_int8_tracks_it(tiny_run, tiny_bundl
         assert recorded["agreement"] == pytest.approx(float((q.argmax(1) == ref.argmax(1)).mean()))
 
 
+def test_int8_takes_pixel_codes_and_answers_like_float(tiny_run, tiny_bundle):
+    """The folded int8 TFLite (edgecls.json input.feed "pixel-codes") through the device runtime, on the run's real
+    test photos, stays close to the float artifact; a runtime that ignored input.feed — quantizing pixel values with
+    the input's scale 1/127.5 and zero point 128, as it does for a model whose input means pixel values — would feed
+    saturated codes and answer something else."""
+    from edgecls.bundle import Artifact
+    from edgecls.device.runtime import TFLiteModel, load_model
+
+    run = load_run(tiny_run)
+    x, _ = load_arrays(run.data_root, run.split_items("test"), run.spec)
+    b = load_bundle(tiny_bundle)
+    ref = load_model(b, "tflite", "float", threads=2).predict(x)
+    art = b.artifact("tflite", "int8")
+    assert art.meta["input"]["feed"] == "pixel-codes"
+    got = load_model(b, "tflite", "int8", threads=2).predict(x)
+    err = float(np.abs(got - ref).mean())
+    assert err < 0.05 and (got.argmax(1) == ref.argmax(1)).mean() >= 0.8
+    values_meta = {**art.meta, "input": {k: v for k, v in art.meta["input"].items() if k != "feed"}}
+    ignored = TFLiteModel(Artifact(art.fmt, art.path, values_meta), b.spec, len(b.labels), threads=2).predict(x)
+    assert float(np.abs(ignored - ref).mean()) > 3 * err
+
+
 def test_gate_failure_exits_nonzero_and_leaves_the_old_bundle(tiny_run, tiny_bundle, tmp_path):
     """The tiny run's int8 model agrees with float on ~80% of test images (its accuracy may even be
     higher): demanding 100% agreement must stop the export, with the table and what to try."""
