@@ -251,19 +251,16 @@ def test_bench_json_rows_per_artifact_and_thread(reference_bundle):
 
 
 def test_bench_ratio_against_float_and_cpu_time_of_one_model(digits_bundle):
-    """Each int8 row's vs_float is its median over the float artifact's of the same family and threads, timed in the
-    same turns; cpu_ms is measured with that model alone, so a 1-thread row no longer counts the spinning worker
+    """Each int8 row's vs_float is its latency over the float artifact's of the same family and threads (the pair timed
+    in turns, alone); cpu_ms is measured with that model alone, so a 1-thread row no longer counts the spinning worker
     threads of the 2-thread interpreters timed next to it (it read ~2x its wall time)."""
     p = edgecls("bench", digits_bundle, "--threads", "1,2", "--runs", "20", "--warmup", "2", "--json", timeout=300)
     assert p.returncode == 0, p.stderr
     rows = {(r["artifact"], r["threads"]): r for r in json.loads(p.stdout)["rows"]}
     assert len(rows) == 8
+    assert 0 < rows[("tflite-int8", 1)]["vs_float"] < 1   # measured ~0.5 on this 96 px model
     for (key, threads), r in rows.items():
-        if key.endswith("-float"):
-            assert r["vs_float"] is None
-        else:
-            twin = rows[(key.replace("int8", "float"), threads)]
-            assert r["vs_float"] == pytest.approx(r["median_ms"] / twin["median_ms"], rel=0.01)
+        assert (r["vs_float"] is None) == key.endswith("-float")
         if threads == 1:
             assert 0 < r["cpu_ms"] <= 1.5 * r["median_ms"], r
     table = edgecls("bench", digits_bundle, "--threads", "1", "--runs", "3", "--warmup", "0", "--formats",
