@@ -4,7 +4,8 @@
 
 A run folder means its `bundle/`. Each (family, threads) pair loads the float and the int8 artifact through
 the device runtime (`Model.predict`: the input feed, invoke, dequantise — what the camera loop pays) and
-times them in turns, A B A B … (`edgecls.device.bench.interleaved_ms`), so both see the same machine load
+times them in turns, A B A B …, no other model loaded (`edgecls.device.bench.int8_vs_float_ms`, the ratio
+`edgecls bench` reports as `vs float`), so both see the same machine load
 and the ratio holds on a busy machine even when the milliseconds do not. Issue 18's target: int8 TFLite
 ≤ 0.65× float TFLite at 1 thread; int8 ONNX no slower than float ONNX.
 """
@@ -16,8 +17,7 @@ import sys
 from pathlib import Path
 
 from edgecls.bundle import MANIFEST, load_bundle
-from edgecls.device.bench import bench_input, interleaved_ms
-from edgecls.device.runtime import load_model
+from edgecls.device.bench import bench_input, int8_vs_float_ms
 from edgecls.formats import FAMILIES
 
 
@@ -33,14 +33,12 @@ def ratios(bundle_dir: Path, threads: list[int], rounds: int, warmup: int = 10) 
         if not {f"{family}-float", f"{family}-int8"} <= set(bundle.artifacts):
             continue
         for t in threads:
-            pair = [load_model(bundle, family, precision, threads=t) for precision in ("float", "int8")]
-            float_ms, int8_ms = interleaved_ms([m.predict for m in pair], x, rounds, warmup)
+            float_ms, int8_ms = int8_vs_float_ms(bundle, family, t, x, rounds, warmup)
             rows.append({"family": family, "threads": t, "float_ms": round(float_ms, 3), "int8_ms": round(int8_ms, 3),
                          "ratio": round(int8_ms / float_ms, 3), "rounds": rounds,
                          "int8_method": bundle.artifacts[f"{family}-int8"].meta.get("method"),
                          "int8_input_feed": (bundle.artifacts[f"{family}-int8"].meta.get("input") or {}).get("feed",
                                                                                                            "values")})
-            del pair   # one pair alive at a time: no other interpreter's threads spin while this one is timed
     return rows
 
 

@@ -56,8 +56,8 @@ class _Calibration:
 # The int8 types per target CPU (activations, weights), both as onnxruntime's QDQ. Measured on the flowers run
 # (MobileNetV2 160 px, onnxruntime 1.32, this x86 CPU, 1 thread, interleaved vs float ONNX: benchmarks/NOTES.md):
 # S8S8 0.97-0.98x float — onnxruntime's x86 kernels run its depthwise convs as float between DequantizeLinear and
-# QuantizeLinear — U8S8 0.91-0.93x, every conv a QLinearConv, and no less accurate (val+test mean |Δp| vs float
-# 0.0105 vs 0.0109). On ARM S8S8 is onnxruntime's recommended setting, was the more accurate on two of three runs
+# QuantizeLinear — U8S8 0.91-0.93x, every conv a QLinearConv, about as accurate (same calibration, val+test mean
+# |Δp| vs float 0.0105 vs 0.0109; the two exports on all 750 photos: 10 vs 8 answers changed). On ARM S8S8 is onnxruntime's recommended setting, was the more accurate on two of three runs
 # and agreed better between the x86 and ARM kernels (99.35% vs 98.71%, benchmarks/NOTES.md).
 ONNX_TARGETS = {"x86": ("uint8", "int8"), "arm": ("int8", "int8")}
 

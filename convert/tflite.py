@@ -274,8 +274,14 @@ def compact(model: bytes) -> bytes:
 
 def repack(model: bytes, share: bool) -> bytes:
     """Re-serialise a .tflite through the schema's object API; `share` stores identical arrays once."""
-    import flatbuffers
     from tensorflow.lite.python import schema_py_generated as schema
+
+    return _pack(schema.ModelT.InitFromObj(schema.Model.GetRootAs(model, 0)), share)
+
+
+def _pack(obj, share: bool) -> bytes:
+    """A schema ModelT → .tflite bytes; `share` stores identical arrays once (`compact`)."""
+    import flatbuffers
 
     class SharingBuilder(flatbuffers.Builder):
         def __init__(self, size: int):
@@ -296,15 +302,13 @@ def repack(model: bytes, share: bool) -> bytes:
             self.vectorNumElems = x.size
             return self.EndVector()
 
-    obj = schema.ModelT.InitFromObj(schema.Model.GetRootAs(model, 0))
-    builder = (SharingBuilder if share else flatbuffers.Builder)(len(model))
+    builder = (SharingBuilder if share else flatbuffers.Builder)(1 << 20)
     builder.Finish(obj.Pack(builder), file_identifier=TFLITE_FILE_IDENTIFIER)
     return bytes(builder.Output())
 
 
 def with_input_feed(model: bytes, feed: str | None, share: bool = True) -> bytes:
     """`model` (compacted when `share`) with its INPUT_META metadata entry set to `feed` (None: none)."""
-    import flatbuffers
     from tensorflow.lite.python import schema_py_generated as schema
 
     obj = schema.ModelT.InitFromObj(schema.Model.GetRootAs(model, 0))
@@ -317,9 +321,7 @@ def with_input_feed(model: bytes, feed: str | None, share: bool = True) -> bytes
         obj.buffers.append(data)
         kept.append(entry)
     obj.metadata = kept
-    builder = flatbuffers.Builder(len(model))
-    builder.Finish(obj.Pack(builder), file_identifier=TFLITE_FILE_IDENTIFIER)
-    return compact(bytes(builder.Output())) if share else bytes(builder.Output())
+    return _pack(obj, share)
 
 
 def input_feed(model: bytes) -> str | None:

@@ -2,8 +2,8 @@
 
 Each row times `Model.predict` on one prepared image (batch 1, what a camera loop does): quantise, invoke,
 dequantise. Median and p95 over `runs` calls after `warmup` calls, the rows taking turns (see bench_bundle);
-an int8 row's `vs_float` is its median over the float artifact's of its family at the same threads, timed in
-the same turns. The accuracy column is the bundle's own measurement (from `export`), not re-measured here.
+an int8 row's `vs_float` is its latency over the float artifact's of its family at the same threads, the two
+timed in turns with no other model loaded. The accuracy column is the bundle's own measurement (from `export`), not re-measured here.
 """
 from __future__ import annotations
 
@@ -66,6 +66,19 @@ def interleaved_ratios(baseline: Callable, others: list[Callable], x: np.ndarray
     return [float(np.median(t / times[0])) for t in times[1:]]
 
 
+def int8_vs_float_ms(bundle: Bundle, family: str, threads: int, x: np.ndarray, rounds: int,
+                     warmup: int = 5) -> tuple[float, float]:
+    """(float ms, int8 ms) of one family's two artifacts, the only models alive, timed in turns (`interleaved_ms`).
+
+    Timed among all of a bench's rows, a row pays for the worker threads of the row before it, which spin a while
+    after their own call (onnxruntime's 2-thread sessions on a 2-core host: onnx-int8 at 1 thread read 1.5x its float
+    twin there, 0.8x CPU time): a ratio is measured on its pair alone."""
+    pair = [load_model(bundle, family, precision, threads=threads) for precision in ("float", "int8")]
+    float_ms, int8_ms = interleaved_ms([m.predict for m in pair], x, rounds, warmup)
+    del pair
+    return float_ms, int8_ms
+
+
 CPU_CALLS = 20   # calls per artifact for cpu_ms, each artifact alone in the process
 
 
@@ -97,9 +110,9 @@ def bench_bundle(bundle: Bundle, threads: list[int], runs: int = 50, warmup: int
 
     All rows are loaded first and then timed in turns, one call each (`interleaved_times`), `runs` rounds:
     a machine whose load drifts during the benchmark (shared CPUs, thermal throttling on a Pi) then skews
-    every row alike, so the rows stay comparable, and `vs_float` — an int8 row's median over its float
-    twin's (same family, same threads) — is a ratio measured under one load. `cpu_ms` comes after, each
-    artifact alone (`cpu_ms_alone`).
+    every row alike, so the rows stay comparable. After that, with those models gone: `vs_float`, an int8 row's
+    latency over its float twin's (same family, same threads), each pair alone and in turns
+    (`int8_vs_float_ms`), and `cpu_ms`, each artifact alone (`cpu_ms_alone`).
     """
     present = bundle.artifacts
     plan = [(f, t) for f in FORMATS if f.key in present and (not keys or f.key in keys) for t in threads]
@@ -108,16 +121,20 @@ def bench_bundle(bundle: Bundle, threads: list[int], runs: int = 50, warmup: int
     times = interleaved_times([m.predict for m in models], x, runs, warmup, progress) if plan else []
     described = [(model.runtime, list(model.providers)) for model in models]
     del models   # before cpu_ms: no other interpreter's threads may spin while it is measured
-    medians = {(fmt.key, t): float(np.median(ms)) for (fmt, t), ms in zip(plan, times)}
+    pairs = {(fmt.family, t) for fmt, t in plan if fmt.precision == "int8" and find(fmt.family, "float").key in present}
+    ratio = {}
+    for family, t in sorted(pairs):
+        float_ms, int8_ms = int8_vs_float_ms(bundle, family, t, x, runs, warmup)
+        ratio[(family, t)] = int8_ms / float_ms
     rows = []
     for (fmt, t), (runtime, providers), ms in zip(plan, described, times):
         art, ms = present[fmt.key], np.asarray(ms)
-        twin = medians.get((find(fmt.family, "float").key, t)) if fmt.precision != "float" else None
         rows.append({"artifact": fmt.key, "format": fmt.family, "precision": fmt.precision, "threads": t,
                      "runtime": runtime, "providers": providers,
                      "size_mb": round(art.path.stat().st_size / 1e6, 2),
                      "median_ms": round(float(np.median(ms)), 3), "p95_ms": round(float(np.percentile(ms, 95)), 3),
-                     "vs_float": round(float(np.median(ms)) / twin, 3) if twin else None,
+                     "vs_float": round(ratio[(fmt.family, t)], 3) if fmt.precision == "int8" and (fmt.family, t) in ratio
+                     else None,
                      "cpu_ms": round(cpu_ms_alone(bundle, fmt.key, t, x), 3),
                      "fps": round(1000.0 / float(np.mean(ms)), 1), "accuracy": artifact_accuracy(art.meta),
                      "runs": runs})

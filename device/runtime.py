@@ -1,8 +1,11 @@
 """Loading one bundle artifact into an inference engine: LiteRT for .tflite, onnxruntime for .onnx.
 
 `load_model(bundle, family, precision)` → `Model.predict(pixels)` with pixels the (N,H,W,3) uint8
-output of `edgecls.preprocess.prepare`. Quantisation of the input and dequantisation of the output
-follow the tensor's own parameters, so the same code serves float, uint8-I/O and int8-I/O models.
+output of `edgecls.preprocess.prepare`. How pixels enter the model is edgecls.json's
+`input.feed`: "pixel-codes" (an int8 model that folded its normalisation into its input quantization:
+the pixel is the code, `pixel_codes`) or "values" (the default: quantised with the tensor's own scale and
+zero point, normalised first when the spec says the model does not); the output is dequantised with its
+own parameters. The same code serves float, uint8-I/O and int8-I/O models.
 No TensorFlow import anywhere in this package.
 """
 from __future__ import annotations

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -247,6 +248,25 @@ def test_bench_json_rows_per_artifact_and_thread(reference_bundle):
     assert all(0 < r["median_ms"] <= r["p95_ms"] and r["fps"] > 0 for r in rows)
     table = edgecls("bench", reference_bundle, "--threads", "1", "--runs", "3", "--warmup", "0")
     assert table.returncode == 0 and "Median ms" in table.stdout and "tflite-int8" in table.stdout
+
+
+def test_bench_ratio_against_float_and_cpu_time_of_one_model(digits_bundle):
+    """Each int8 row's vs_float is its latency over the float artifact's of the same family and threads (the pair timed
+    in turns, alone); cpu_ms is measured with that model alone, so a 1-thread row no longer counts the spinning worker
+    threads of the 2-thread interpreters timed next to it (it read ~2x its wall time)."""
+    p = edgecls("bench", digits_bundle, "--threads", "1,2", "--runs", "20", "--warmup", "2", "--json", timeout=300)
+    assert p.returncode == 0, p.stderr
+    rows = {(r["artifact"], r["threads"]): r for r in json.loads(p.stdout)["rows"]}
+    assert len(rows) == 8
+    assert 0 < rows[("tflite-int8", 1)]["vs_float"] < 1   # measured ~0.5 on this 96 px model
+    for (key, threads), r in rows.items():
+        assert (r["vs_float"] is None) == key.endswith("-float")
+        if threads == 1:
+            assert 0 < r["cpu_ms"] <= 1.5 * r["median_ms"], r
+    table = edgecls("bench", digits_bundle, "--threads", "1", "--runs", "3", "--warmup", "0", "--formats",
+                    "tflite-float,tflite-int8")
+    assert table.returncode == 0 and "vs float" in table.stdout
+    assert re.search(r"\d\.\d\dx", table.stdout.splitlines()[-1]), table.stdout
 
 
 def test_doctor_reports_this_machine(reference_bundle):

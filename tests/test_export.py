@@ -51,6 +51,12 @@ def test_bundle_holds_the_contract(tiny_run, tiny_bundle, tmp_path_factory):
                            "zero_point": 128, "feed": "pixel-codes"}
     assert i8["output"]["dtype"] == "uint8" and i8["output"]["shape"] == [1, 10]
     assert meta["artifacts"]["onnx-int8"]["input"]["dtype"] == "float32"
+    # --onnx-target auto: this machine's int8 types, recorded (test_onnx_int8_types_follow_the_target checks the file)
+    from edgecls.convert.onnx_export import ONNX_TARGETS, host_target
+
+    assert meta["export"]["onnx_target"] == "auto"
+    chosen = meta["artifacts"]["onnx-int8"]["quantization"]
+    assert chosen["target"] == host_target() and (chosen["activations"], chosen["weights"]) == ONNX_TARGETS[host_target()]
     assert meta["default_artifact"] == "tflite-int8"
     assert i8["bytes"] <= 0.30 * meta["artifacts"]["tflite-float"]["bytes"]   # issue 3's bound (measured 27.8%)
     rep = meta["report"]
@@ -129,6 +135,50 @@ def test_float_artifacts_reproduce_keras_and_int8_tracks_it(tiny_run, tiny_bundl
         assert recorded["agreement"] == pytest.approx(float((q.argmax(1) == ref.argmax(1)).mean()))
 
 
+def test_int8_takes_pixel_codes_and_answers_like_float(tiny_run, tiny_bundle):
+    """The folded int8 TFLite (edgecls.json input.feed "pixel-codes") through the device runtime, on the run's real
+    test photos, stays close to the float artifact; a runtime that ignored input.feed — quantizing pixel values with
+    the input's scale 1/127.5 and zero point 128, as it does for a model whose input means pixel values — would feed
+    saturated codes and answer something else."""
+    from edgecls.bundle import Artifact
+    from edgecls.device.runtime import TFLiteModel, load_model
+
+    run = load_run(tiny_run)
+    x, _ = load_arrays(run.data_root, run.split_items("test"), run.spec)
+    b = load_bundle(tiny_bundle)
+    ref = load_model(b, "tflite", "float", threads=2).predict(x)
+    art = b.artifact("tflite", "int8")
+    assert art.meta["input"]["feed"] == "pixel-codes"
+    got = load_model(b, "tflite", "int8", threads=2).predict(x)
+    err = float(np.abs(got - ref).mean())
+    assert err < 0.05 and (got.argmax(1) == ref.argmax(1)).mean() >= 0.8
+    values_meta = {**art.meta, "input": {k: v for k, v in art.meta["input"].items() if k != "feed"}}
+    ignored = TFLiteModel(Artifact(art.fmt, art.path, values_meta), b.spec, len(b.labels), threads=2).predict(x)
+    assert float(np.abs(ignored - ref).mean()) > 3 * err
+
+
+@pytest.mark.parametrize("target", ["x86", "arm"])
+def test_onnx_int8_types_follow_the_target(tiny_run, tiny_bundle, tmp_path, target):
+    """--onnx-target picks the activation type (x86: uint8, onnxruntime's fast kernels there; arm: int8), and the file
+    says which: every activation QuantizeLinear has that zero-point type, and io_details reads the record back."""
+    import onnx
+    from onnx import numpy_helper
+
+    from edgecls.convert import onnx_export
+
+    run = load_run(tiny_run)
+    calib, _ = load_arrays(run.data_root, run.split_items("train")[:8], run.spec)
+    dest = onnx_export.to_int8(tiny_bundle / "model_float.onnx", calib, tmp_path / "int8.onnx", target=target)
+    model = onnx.load(str(dest))
+    consts = {t.name: t for t in model.graph.initializer}
+    zero_points = {numpy_helper.to_array(consts[n.input[2]]).dtype.name
+                   for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    activations, weights = onnx_export.ONNX_TARGETS[target]
+    assert zero_points == {activations}
+    assert onnx_export.io_details(dest)["quantization"] == {"target": target, "activations": activations,
+                                                            "weights": weights, "format": "QDQ", "per_channel": True}
+
+
 def test_gate_failure_exits_nonzero_and_leaves_the_old_bundle(tiny_run, tiny_bundle, tmp_path):
     """The tiny run's int8 model agrees with float on ~80% of test images (its accuracy may even be
     higher): demanding 100% agreement must stop the export, with the table and what to try."""
@@ -178,6 +228,7 @@ def _broken_run(tiny_run, tmp_path, edit):
     ("unfinished", "did not finish training"),
     ("corrupt-model", "cannot load the run's model"),
     ("bad-option", "unknown --io-dtype"),
+    ("bad-onnx-target", "unknown --onnx-target 'riscv'"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tiny_run, tmp_path, case, needle):
     def unfinished(run):
@@ -193,8 +244,8 @@ def test_bad_input_is_one_line_and_writes_nothing(tiny_run, tmp_path, case, need
         run.mkdir()
     else:
         run = _broken_run(tiny_run, tmp_path, {"unfinished": unfinished, "corrupt-model": corrupt,
-                                               "bad-option": lambda r: None}[case])
-    extra = ("--io-dtype", "float16") if case == "bad-option" else ()
+                                               "bad-option": lambda r: None, "bad-onnx-target": lambda r: None}[case])
+    extra = {"bad-option": ("--io-dtype", "float16"), "bad-onnx-target": ("--onnx-target", "riscv")}.get(case, ())
     out = tmp_path / "out"
     one_line_error(cli("export", run, "--out", out, *extra), needle)
     assert not out.exists() and not (run / "bundle").exists()

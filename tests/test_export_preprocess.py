@@ -64,6 +64,11 @@ def test_device_input_equals_training_input(bundle, tmp_path, resize, order, in_
             if precision == "float":
                 np.testing.assert_array_equal(fed, trained_on)
             elif in_model:
-                io = clf.model.input_io                     # uint8, scale 1, zero point 0: the pixels themselves
-                assert fed.dtype == np.uint8 and (io.scale, io.zero_point) == (1.0, 0)
-                np.testing.assert_array_equal((fed.astype(np.float32) - io.zero_point) * io.scale, trained_on)
+                # Pixel codes: the pixels themselves. The input quantization (scale 1/127.5, zero point 128) turns
+                # them into the training normalisation less the constant 1/255 the first conv absorbs.
+                io = clf.model.input_io
+                assert clf.model.feed == "pixel-codes" and fed.dtype == np.uint8
+                np.testing.assert_array_equal(fed, device_pixels[None])
+                normalised = trained_on * np.float32(spec.scale[0]) + np.float32(spec.offset[0])
+                got = (fed.astype(np.float32) - io.zero_point) * np.float32(io.scale)
+                np.testing.assert_allclose(got - normalised, -0.5 * io.scale, atol=1e-6)

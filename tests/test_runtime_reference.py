@@ -39,3 +39,32 @@ def test_onnx_converted_from_an_int8_tflite_gives_its_probabilities(reference_bu
     assert np.abs(got - want).max() <= 16 * io["output"]["scale"]   # integer kernels of two runtimes
     bare = OnnxModel(Artifact(BY_KEY["onnx-int8"], onnx, {"output_kind": "probabilities"}), b.spec, 1001).predict(x)
     assert bare.max() > 1.5   # without the recorded scale the raw uint8 would come through: the scale matters
+
+
+
+def test_runtime_refuses_an_input_feed_it_does_not_know(reference_bundle, tmp_path):
+    """edgecls.json input.feed decides how pixels enter the model; a value this edgecls does not know (a newer
+    bundle) is refused, never guessed."""
+    import json
+    import shutil
+
+    import pytest
+
+    from edgecls.errors import EdgeclsError
+
+    assert load_model(load_bundle(reference_bundle), "tflite", "int8", threads=1).feed == "values"   # the default
+    dest = tmp_path / "bundle"
+    shutil.copytree(reference_bundle, dest)
+    meta = json.loads((dest / "edgecls.json").read_text())
+    meta["artifacts"]["tflite-int8"]["input"] = {"feed": "bits"}
+    (dest / "edgecls.json").write_text(json.dumps(meta))
+    with pytest.raises(EdgeclsError, match="'bits'.*upgrade edgecls"):
+        load_model(load_bundle(dest), "tflite", "int8", threads=1)
+
+
+def test_pixel_codes_are_the_pixels_in_the_input_type():
+    from edgecls.device.runtime import pixel_codes
+
+    p = np.array([[0, 1, 127, 128, 255]], np.uint8)
+    assert pixel_codes(p, np.uint8) is p
+    assert pixel_codes(p, np.int8).tolist() == [[-128, -127, -1, 0, 127]]
