@@ -29,8 +29,8 @@ def _cells(key: str, r: dict, entry: dict, size: int, reference: str) -> list[st
             "" if v is None else ("passed" if v["passed"] else "FAILED")]
 
 
-def _search_lines(key: str, search: dict) -> list[str]:
-    md = [f"### {key}: kept {search['chosen']} op(s) float "
+def _search_lines(title: str, key: str, search: dict) -> list[str]:
+    md = [f"### {title}: kept {search['chosen']} op(s) float "
           f"({'target reached' if search['reached'] else 'target not reached; best agreement within budget'})", "",
           f"Target agreement {search['target_agreement'] * 100:g}% on the validation split; latency budget "
           f"{search['budget']:.2f}× float (--max-latency-ratio {search['max_latency_ratio']:g}, or the all-int8 "
@@ -45,34 +45,42 @@ def _search_lines(key: str, search: dict) -> list[str]:
 
 
 def write(dest: Path, manifest: dict, result, labels: list[str]) -> None:
+    """Draw the figures, then write report.md and report.html from the same table and notes."""
     from edgecls.convert.search import plot as plot_search
     from edgecls.train.plots import plot_confusion
 
-    reference = result.reference
     arts = manifest["artifacts"]
-    table = [_cells(k, r, arts.get(k, {}), result.sizes.get(k, 0), reference) for k, r in result.rows.items()]
+    table = [_cells(k, r, arts.get(k, {}), result.sizes.get(k, 0), result.reference) for k, r in result.rows.items()]
     pngs = {}
     for key, r in result.rows.items():
         pngs[key] = f"confusion_{key}.png"
         plot_confusion(r["confusion"], labels, dest / pngs[key], title=key)
-    searches = {k: a["search"] for k, a in arts.items() if a.get("search")}
-    searches.update({f"{k} (not kept)": c["ptq"]["search"] for k, a in arts.items()
-                     if not a.get("search") and (c := a.get("candidates") or {}).get("ptq", {}).get("search")})
+    # Each int8 artifact's search, also when QAT was kept instead (it then explains why).
+    searches = {}
+    for key, art in arts.items():
+        found = art.get("search") or (art.get("candidates") or {}).get("ptq", {}).get("search")
+        if found:
+            searches[key] = found
     for key, s in searches.items():
-        plot_search(s, f"{key}: mixed-precision search", dest / f"{key}_search.png")
+        kept = "" if arts[key].get("search") else " (not kept)"
+        plot_search(s, f"{key}: mixed-precision search{kept}", dest / f"{key}_search.png")
     gate = result.gate
-    esc = html.escape
-    title = (f"{result.images} {result.split} photos, agreement over all {result.all_images} images — int8 vs "
-             f"float (gate: drop ≤ {gate['max_drop_pp']:g} pp unless the interval says more, agreement ≥ "
-             f"{gate['min_agreement_pct']:g}%)")
-    verdict = "passed" if gate["passed"] else "FAILED (kept with --allow-drop)"
-    resolution = (f"One {result.split} photo is {100 / max(result.images, 1):.2f} pp of top-1: a drop is refused only "
-                  f"when its 95% interval (paired, Agresti–Min) lies wholly above the limit; agreement with float "
-                  f"is counted over every image the run has ({result.all_images}).")
+    text = {"title": (f"{result.images} {result.split} photos, agreement over all {result.all_images} images — int8 "
+                      f"vs float (gate: drop ≤ {gate['max_drop_pp']:g} pp unless the interval says more, agreement ≥ "
+                      f"{gate['min_agreement_pct']:g}%)"),
+            "verdict": "passed" if gate["passed"] else "FAILED (kept with --allow-drop)",
+            "resolution": (f"One {result.split} photo is {100 / max(result.images, 1):.2f} pp of top-1: a drop is "
+                           f"refused only when its 95% interval (paired, Agresti–Min) lies wholly above the limit; "
+                           f"agreement with float is counted over every image the run has ({result.all_images}).")}
+    atomic_write_text(dest / "report.md", _markdown(manifest, result, labels, table, pngs, searches, text))
+    atomic_write_text(dest / "report.html", _html(manifest, gate, table, pngs, searches, text))
 
-    md = [f"# Export report: {esc(title)}", "", "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+
+def _markdown(manifest, result, labels, table, pngs, searches, text) -> str:
+    esc, gate, arts = html.escape, result.gate, manifest["artifacts"]
+    md = [f"# Export report: {esc(text['title'])}", "", "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     md += ["| " + " | ".join(esc(c) for c in row) + " |" for row in table]
-    md += ["", resolution, "", f"Gate: {verdict} — {esc(gate['message'])}", ""]
+    md += ["", text["resolution"], "", f"Gate: {text['verdict']} — {esc(gate['message'])}", ""]
     md += [f"- note: {esc(n)}" for n in gate["notes"]] + ([""] if gate["notes"] else [])
     md += [f"Default artifact: `{manifest['default_artifact']}`", ""]
     cands = {k: a["candidates"] for k, a in arts.items() if a.get("candidates")}
@@ -85,7 +93,7 @@ def write(dest: Path, manifest: dict, result, labels: list[str]) -> None:
     if searches:
         md += ["## Mixed-precision search", ""]
         for key, s in searches.items():
-            md += _search_lines(key, s)
+            md += _search_lines(key + ("" if arts[key].get("search") else " (not kept)"), key, s)
     keys = [k for k in result.rows if result.rows[k].get("per_class_delta")]
     md += ["## Per-class accuracy delta vs float (pp)", "", "| class | " + " | ".join(keys) + " |",
            "|---|" + "---|" * len(keys)]
@@ -94,8 +102,11 @@ def write(dest: Path, manifest: dict, result, labels: list[str]) -> None:
                                                 if result.rows[k]["per_class_delta"][c] is not None else "–"
                                                 for k in keys) + " |")
     md += ["", "## Confusion matrices", ""] + [f"![{k}]({p})" for k, p in pngs.items()]
-    atomic_write_text(dest / "report.md", "\n".join(md) + "\n")
+    return "\n".join(md) + "\n"
 
+
+def _html(manifest, gate, table, pngs, searches, text) -> str:
+    esc = html.escape
     cells = "".join(f"<th>{esc(h)}</th>" for h in HEADER)
     body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in table)
     imgs = "".join(f'<figure><img src="{esc(p)}" alt="{esc(k)}"><figcaption>{esc(k)}</figcaption></figure>'
@@ -103,11 +114,10 @@ def write(dest: Path, manifest: dict, result, labels: list[str]) -> None:
     plots = "".join(f'<figure><img src="{esc(k)}_search.png" alt="{esc(k)} search"><figcaption>{esc(k)}: '
                     f'mixed-precision search</figcaption></figure>' for k in searches)
     notes = "".join(f"<li>{esc(n)}</li>" for n in gate["notes"])
-    page = (f"<!doctype html><meta charset='utf-8'><title>edgecls export report</title>"
+    return (f"<!doctype html><meta charset='utf-8'><title>edgecls export report</title>"
             f"<style>body{{font-family:sans-serif}}td,th{{padding:2px 8px;text-align:right}}"
             f"figure{{display:inline-block}}img{{max-width:420px}}</style>"
-            f"<h1>{esc(title)}</h1><table><tr>{cells}</tr>{body}</table><p>{esc(resolution)}</p>"
-            f"<p>Gate: {esc(verdict)} — {esc(gate['message'])}</p>{f'<ul>{notes}</ul>' if notes else ''}"
+            f"<h1>{esc(text['title'])}</h1><table><tr>{cells}</tr>{body}</table><p>{esc(text['resolution'])}</p>"
+            f"<p>Gate: {esc(text['verdict'])} — {esc(gate['message'])}</p>{f'<ul>{notes}</ul>' if notes else ''}"
             f"<p>Default artifact: <code>{esc(manifest['default_artifact'])}</code></p>"
             f"{f'<h2>Mixed-precision search</h2>{plots}' if plots else ''}<h2>Confusion matrices</h2>{imgs}")
-    atomic_write_text(dest / "report.html", page)

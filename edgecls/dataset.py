@@ -86,6 +86,28 @@ def _class_dirs(folder: Path) -> list[Path]:
     return sorted((p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
 
 
+def _list_images(root: Path, groups: list[tuple[str, Path]], skipped: list) -> list[tuple[str, str, str]]:
+    """(split, class, relpath) of every image file under the class folders of each group; what is not an image
+    by its name goes to `skipped` with the reason."""
+    found = []
+    for split_name, folder in groups:
+        for f in sorted(folder.iterdir()):
+            if f.is_file() and not f.name.startswith("."):
+                skipped.append((str(f.relative_to(root)), "file outside any class folder"))
+        for cdir in _class_dirs(folder):
+            for dirpath, dirnames, filenames in os.walk(cdir):
+                dirnames.sort()
+                for name in sorted(filenames):
+                    if name.startswith("."):
+                        continue
+                    rel = str((Path(dirpath) / name).relative_to(root))
+                    if is_image_name(name):
+                        found.append((split_name, cdir.name, rel))
+                    else:
+                        skipped.append((rel, "not an image file (by extension)"))
+    return found
+
+
 def scan(data_dir: str | os.PathLike, check: bool = True, classes: list[str] | None = None,
          progress=None) -> Scan:
     """List, check and label every image under data_dir.
@@ -103,23 +125,7 @@ def scan(data_dir: str | os.PathLike, check: bool = True, classes: list[str] | N
     presplit = bool(top_dirs) and {p.name for p in top_dirs} <= set(SPLITS) and "train" in {p.name for p in top_dirs}
     groups = [(p.name, p) for p in top_dirs] if presplit else [("", root)]
 
-    found: list[tuple[str, str, str]] = []   # (split, class, relpath)
-    for split, folder in groups:
-        for f in sorted(folder.iterdir()):
-            if f.is_file() and not f.name.startswith("."):
-                skipped.append((str(f.relative_to(root)), "file outside any class folder"))
-        for cdir in _class_dirs(folder):
-            for dirpath, dirnames, filenames in os.walk(cdir):
-                dirnames.sort()
-                for name in sorted(filenames):
-                    if name.startswith("."):
-                        continue
-                    rel = str((Path(dirpath) / name).relative_to(root))
-                    if is_image_name(name):
-                        found.append((split, cdir.name, rel))
-                    else:
-                        skipped.append((rel, "not an image file (by extension)"))
-
+    found = _list_images(root, groups, skipped)
     _check_class_names(sorted({c.name for _, g in groups for c in _class_dirs(g)}), root)  # before the slow part
     if check:
         ok = []

@@ -209,8 +209,10 @@ def _open_for_resume(out: Path) -> tuple[dict, dict]:
 
 def _train(cfg: TrainConfig | None, out: Path, force: bool, resume: bool, quiet: bool, stop: StopRequest,
            replacement: Replacement | None) -> dict:
+    """Check everything, then write: load the photos, build the model, fit the two phases, finish the run."""
     t_start = time.time()
     recover_replaced(out, quiet)
+    splits = state = None
     if resume:
         meta, splits = _open_for_resume(out)
         cfg = TrainConfig.from_dict(meta["config"])
@@ -225,8 +227,29 @@ def _train(cfg: TrainConfig | None, out: Path, force: bool, resume: bool, quiet:
     tf, keras = import_tf()   # before anything is written: a missing TensorFlow must not leave a half run folder
     weights = cfg.resolve_weights()
     spec = cfg.preprocess_spec()
+    data, parts, arrays, summary = _load_photos(cfg, spec, splits, quiet)
+    model, strategy, training = _build(tf, keras, cfg, len(data.classes), weights, state, quiet)
 
-    # Data: scan and check every file, then split (or reuse the recorded split when resuming).
+    # Every check passed: only now is anything written (so a refused option leaves no stub behind).
+    if replacement is not None:
+        replacement.begin()
+        atomic_write_text(out / LABELS_TXT, "\n".join(data.classes) + "\n")
+        atomic_write_json(out / SPLITS_JSON, {"root": str(data.root.resolve()), "classes": data.classes,
+                                              **{s: [[r, y] for r, y in v] for s, v in parts.items()}})
+        state = _State(out)
+    meta = {"format": RUN_FORMAT, "version": RUN_VERSION, "status": "running", "labels": data.classes,
+            "config": cfg.to_dict(), "preprocessing": spec.to_dict(), "dataset": summary, "training": training,
+            "versions": library_versions("tensorflow", "tf-keras")}
+    _write_run_json(out, meta)
+    first_checkpoint = replacement.commit if replacement is not None else (lambda: None)
+    _fit(tf, keras, model, strategy, cfg, arrays, len(data.classes), training["fine_tune_at"], weights is None,
+         state, stop, first_checkpoint, quiet)
+    return _finish(out, model, strategy, state, cfg, arrays, data.classes, meta, t_start)
+
+
+def _load_photos(cfg: TrainConfig, spec, splits: dict | None, quiet: bool):
+    """Scan and check every file, split (or take the recorded split when resuming: `splits`), load the arrays.
+    Returns (scan, {split: items}, {split: (x, y)}, the dataset summary for run.json)."""
     with progress_bar("checking images", quiet) as bar:
         data = scan(cfg.data_dir, progress=bar.update)
     if cfg.max_images_per_class:
@@ -242,7 +265,7 @@ def _train(cfg: TrainConfig | None, out: Path, force: bool, resume: bool, quiet:
         say(f"warning: skipped {rel}: {why}", quiet)
     if data.skipped:
         say(f"warning: skipped {len(data.skipped)} file(s) in total", quiet)
-    if resume:
+    if splits is not None:
         if splits["classes"] != data.classes:
             raise EdgeclsError(f"the classes in {cfg.data_dir} changed since this run started; cannot resume")
         parts = {s: [(r, int(y)) for r, y in splits[s]] for s in SPLITS}
@@ -252,19 +275,21 @@ def _train(cfg: TrainConfig | None, out: Path, force: bool, resume: bool, quiet:
                                f"put them back to resume, or start a new run")
     else:
         parts = split(data, cfg.val_split, cfg.test_split, cfg.seed)
-    n_classes = len(data.classes)
     summary = data.summary()
     summary["split_sizes"] = {s: len(v) for s, v in parts.items()}
     summary["content_hash"] = data.content_hash()
-
     arrays = {}
     for s in SPLITS:
         if parts[s]:
             with progress_bar(f"loading {s} images", quiet) as bar:
                 arrays[s] = load_arrays(data.root, parts[s], spec, progress=bar.update)
+    return data, parts, arrays, summary
 
-    from edgecls.train.data import balanced_class_weights, make_dataset
-    from edgecls.train.model import build_model, default_fine_tune_at, set_phase
+
+def _build(tf, keras, cfg: TrainConfig, n_classes: int, weights, state: _State | None, quiet: bool):
+    """The model under its distribution strategy (from the checkpoint when resuming: `state`). A wrong --weights
+    file or --fine-tune-at fails here, before anything is written. Returns (model, strategy, run.json's block)."""
+    from edgecls.train.model import build_model, default_fine_tune_at
 
     keras.utils.set_random_seed(cfg.seed)
     gpus = tf.config.list_physical_devices("GPU")
@@ -275,36 +300,29 @@ def _train(cfg: TrainConfig | None, out: Path, force: bool, resume: bool, quiet:
             say("warning: --mixed-precision needs a GPU; training in float32", quiet)
     strategy, devices = choose_strategy(tf, cfg.strategy)
     with strategy.scope():
-        model = build_model(cfg, n_classes, None if resume else weights)   # a wrong --weights file fails here
-        if resume:
+        model = build_model(cfg, n_classes, None if state is not None else weights)
+        if state is not None:
             _load_checkpoint(model, state, quiet)
-    fine_tune_at = default_fine_tune_at(cfg, model)                        # and a wrong --fine-tune-at here
+    training = {"strategy": type(strategy).__name__, "devices": [d.name for d in devices], "gpus": len(gpus),
+                "fine_tune_at": default_fine_tune_at(cfg, model),
+                "mixed_precision": keras.mixed_precision.global_policy().name}
+    return model, strategy, training
 
-    # Every check passed: only now is anything written (so a refused option leaves no stub behind).
-    if replacement is not None:
-        replacement.begin()
-        atomic_write_text(out / LABELS_TXT, "\n".join(data.classes) + "\n")
-        atomic_write_json(out / SPLITS_JSON, {"root": str(data.root.resolve()), "classes": data.classes,
-                                              **{s: [[r, y] for r, y in v] for s, v in parts.items()}})
-        state = _State(out)
-    meta = {"format": RUN_FORMAT, "version": RUN_VERSION, "status": "running", "labels": data.classes,
-            "config": cfg.to_dict(), "preprocessing": spec.to_dict(), "dataset": summary}
-    xtr, ytr = arrays["train"]
-    xva, yva = arrays["val"]
+
+def _fit(tf, keras, model, strategy, cfg: TrainConfig, arrays: dict, n_classes: int, fine_tune_at: int,
+         from_scratch: bool, state: _State, stop: StopRequest, first_checkpoint, quiet: bool) -> None:
+    """The two phases (head, then fine-tune at lr/10), each resumable from `state`; stops at a safe point on a
+    signal (`stop`)."""
+    from edgecls.progress import EpochBar
+    from edgecls.train.data import balanced_class_weights, make_dataset
+    from edgecls.train.model import set_phase
+
+    (xtr, ytr), (xva, yva) = arrays["train"], arrays["val"]
     ds_train = make_dataset(tf, keras, xtr, ytr, n_classes, cfg.batch_size, True, cfg.augment, cfg.seed)
     ds_val = make_dataset(tf, keras, xva, yva, n_classes, cfg.batch_size, False, False, cfg.seed)
     class_weight = balanced_class_weights(ytr, n_classes) if cfg.class_weights else None
-    meta["training"] = {"strategy": type(strategy).__name__, "devices": [d.name for d in devices],
-                        "gpus": len(gpus), "fine_tune_at": fine_tune_at,
-                        "mixed_precision": keras.mixed_precision.global_policy().name}
-    meta["versions"] = library_versions("tensorflow", "tf-keras")
-    _write_run_json(out, meta)
-
     plan = {"head": (cfg.epochs, cfg.lr), "finetune": (cfg.fine_tune_epochs, cfg.lr / 10)}
     start_phase = PHASES.index(state.data["phase"])
-    first_checkpoint = replacement.commit if replacement is not None else (lambda: None)
-    from edgecls.progress import EpochBar
-
     with EpochBar(len(ds_train), quiet) as bar, stop.deferred():
         for phase in PHASES[start_phase:]:
             epochs, lr = plan[phase]
@@ -318,7 +336,7 @@ def _train(cfg: TrainConfig | None, out: Path, force: bool, resume: bool, quiet:
                         model.load_weights(str(state.best))
                 state.save()
             with strategy.scope():
-                set_phase(model, phase, fine_tune_at, from_scratch=weights is None)
+                set_phase(model, phase, fine_tune_at, from_scratch=from_scratch)
                 model.compile(optimizer=keras.optimizers.Adam(lr),
                               loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
                               metrics=["accuracy"])
@@ -327,19 +345,21 @@ def _train(cfg: TrainConfig | None, out: Path, force: bool, resume: bool, quiet:
                       callbacks=[_callback(keras, state, phase, cfg.patience, bar, stop, first_checkpoint)])
             stop.check()
 
+
+def _finish(out: Path, model, strategy, state: _State, cfg: TrainConfig, arrays: dict, classes: list[str],
+            meta: dict, t_start: float) -> dict:
+    """The best epoch's weights measured on val and test, the plots, model.keras (atomically), run.json complete."""
+    from edgecls.train.plots import plot_confusion, plot_history
+
     if state.best.is_file():
         with strategy.scope():
             model.load_weights(str(state.best))
-    classes = data.classes
     metrics = {}
     for s in ("val", "test"):
         if s in arrays:
             x, y = arrays[s]
             pred = model.predict(x.astype(np.float32), batch_size=cfg.batch_size, verbose=0).argmax(1)
             metrics[s] = classification_report(y, pred, classes)
-
-    from edgecls.train.plots import plot_confusion, plot_history
-
     history = state.data["history"]
     plot_history(history, out / "history.png")
     final = metrics.get("test") or metrics["val"]
