@@ -1,4 +1,4 @@
-"""CLI commands of this stage (registered by edgecls.cli): run, bench, doctor.
+"""CLI commands of this stage (registered by edgecls.cli): eval, run, bench, doctor.
 
 Heavy imports (OpenCV video, runtimes) happen inside the functions, and nothing here imports TensorFlow.
 """
@@ -145,7 +145,36 @@ def doctor(json_out: bool = typer.Option(False, "--json", help="Print the checks
         print(format_report(checks))
 
 
+def eval_command(
+    bundle: Path = typer.Argument(..., help="Bundle folder (written by `edgecls export`)."),
+    data_dir: Path = typer.Argument(..., help="Image folder: DATA_DIR/<class>/<image>, classes = the bundle's labels."),
+    format: Optional[str] = typer.Option(None, "--format", help="Only this family: tflite or onnx (default: all)."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="Only this precision: int8 or float (default: all)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Inference threads (default: all cores)."),
+    as_json: bool = typer.Option(False, "--json", help="Print machine-readable results (per-image predictions)."),
+):
+    """Rerun the float-vs-int8 parity table on any image folder, with the device runtime only (no TensorFlow)."""
+    from edgecls.device.evaluate import evaluate, table
+    from edgecls.progress import wide_console
+
+    if format is not None and format not in FAMILIES:
+        raise EdgeclsError(f"unknown --format {format!r}; expected one of {', '.join(FAMILIES)}")
+    if precision is not None and precision not in PRECISIONS:
+        raise EdgeclsError(f"unknown --precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+    out = evaluate(str(bundle), str(data_dir), format, precision, threads, show_progress=not as_json)
+    if as_json:
+        typer.echo(json.dumps(out))
+        return
+    rows = out["artifacts"]
+    sizes = {k: v["bytes"] for k, v in rows.items()}
+    wide_console().print(table(rows, out["reference"], sizes, reference_accuracy=out["reference_accuracy"],
+                               title=f"{len(out['files'])} images from {out['data']} — top-1 vs the bundle's float model"))
+    if out["skipped"]:
+        typer.echo(f"skipped {len(out['skipped'])} file(s) that are not readable images", err=True)
+
+
 def register(app) -> None:
+    app.command("eval")(eval_command)
     app.command("run")(run)
     app.command("bench")(bench)
     app.command("doctor")(doctor)

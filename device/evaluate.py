@@ -1,4 +1,5 @@
-"""The parity table, and `edgecls eval BUNDLE DATA_DIR`: how far each artifact is from the float model.
+"""The parity table, and `evaluate()` behind `edgecls eval BUNDLE DATA_DIR` (the command is in device/commands.py):
+how far each artifact is from the float model.
 
 `export` builds its report with the same `measure()` / `parity()` / `table()` as `eval`, so the numbers
 in a bundle's edgecls.json and the numbers `eval` prints on the Pi come from the same code. No TensorFlow
@@ -6,16 +7,14 @@ here: this module runs on the device.
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from edgecls.metrics import agreement, confusion, per_class_accuracy
-from edgecls.progress import progress_bar, wide_console
+from edgecls.progress import progress_bar
 
 Predict = Callable[[np.ndarray], np.ndarray]   # (N,H,W,3) uint8 → (N,classes) probabilities
 
@@ -146,35 +145,3 @@ def evaluate(bundle_dir: str, data_dir: str, family: str | None = None, precisio
             "reference": reference, "reference_accuracy": rows[reference]["accuracy"] if reference else None,
             "files": [rel for rel, _ in found.items], "labels": y.tolist(),
             "skipped": [{"file": f, "reason": r} for f, r in found.skipped], "artifacts": artifacts}
-
-
-def register(app) -> None:
-    import typer
-
-    @app.command("eval")
-    def eval_command(
-        bundle: Path = typer.Argument(..., help="Bundle folder (written by `edgecls export`)."),
-        data_dir: Path = typer.Argument(..., help="Image folder: DATA_DIR/<class>/<image>, classes = the bundle's labels."),
-        format: str = typer.Option(None, "--format", help="Only this family: tflite or onnx (default: all)."),
-        precision: str = typer.Option(None, "--precision", help="Only this precision: int8 or float (default: all)."),
-        threads: int = typer.Option(None, "--threads", help="Inference threads (default: all cores)."),
-        as_json: bool = typer.Option(False, "--json", help="Print machine-readable results (per-image predictions)."),
-    ):
-        """Rerun the float-vs-int8 parity table on any image folder, with the device runtime only (no TensorFlow)."""
-        from edgecls.errors import EdgeclsError
-        from edgecls.formats import FAMILIES, PRECISIONS
-
-        if format is not None and format not in FAMILIES:
-            raise EdgeclsError(f"unknown --format {format!r}; expected one of {', '.join(FAMILIES)}")
-        if precision is not None and precision not in PRECISIONS:
-            raise EdgeclsError(f"unknown --precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
-        out = evaluate(str(bundle), str(data_dir), format, precision, threads, show_progress=not as_json)
-        if as_json:
-            typer.echo(json.dumps(out))
-            return
-        rows = out["artifacts"]
-        sizes = {k: v["bytes"] for k, v in rows.items()}
-        wide_console().print(table(rows, out["reference"], sizes, reference_accuracy=out["reference_accuracy"],
-                              title=f"{len(out['files'])} images from {out['data']} — top-1 vs the bundle's float model"))
-        if out["skipped"]:
-            typer.echo(f"skipped {len(out['skipped'])} file(s) that are not readable images", err=True)

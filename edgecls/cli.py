@@ -51,10 +51,9 @@ def _demo(
 def _register() -> None:
     from edgecls.convert import commands as convert_commands
     from edgecls.device import commands as device_commands
-    from edgecls.device import evaluate as device_evaluate
     from edgecls.train import commands as train_commands
 
-    for stage in (train_commands, convert_commands, device_evaluate, device_commands):
+    for stage in (train_commands, convert_commands, device_commands):
         stage.register(app)
 
 
