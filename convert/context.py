@@ -201,10 +201,9 @@ def calibration_subset(items: list[tuple[str, int]], n: int) -> list[tuple[str, 
     return out
 
 
-def load_images(run, opts: ExportOptions, keras_predict) -> tuple[Images, np.ndarray, str]:
-    """Every split's images with Keras' answers, the calibration images, and the split the verdict is on."""
-    from edgecls.dataset import load_arrays
-
+def check_images(run) -> tuple[dict[str, list], str]:
+    """Every split's items and the split the verdict is on, after checking that each image is still there (a
+    stat each: one missing image must not become an internal error mid-export). Runs before the model loads."""
     items = {s: run.split_items(s) for s in SPLITS}
     if not items["train"]:
         raise EdgeclsError(f"run {run.root} has no training split in splits.json: nothing to calibrate on")
@@ -212,8 +211,15 @@ def load_images(run, opts: ExportOptions, keras_predict) -> tuple[Images, np.nda
     if not items[eval_split]:
         raise EdgeclsError(f"run {run.root} has neither a test nor a val split to measure the export on")
     missing = [rel for s in items.values() for rel, _ in s if not (run.data_root / rel).is_file()]
-    if missing:   # every file (a stat each): one missing image must not become an internal error mid-export
+    if missing:
         raise EdgeclsError(f"{len(missing)} of the run's images are missing from {run.data_root} (e.g. {missing[0]})")
+    return items, eval_split
+
+
+def load_images(run, items: dict[str, list], opts: ExportOptions, keras_predict) -> tuple[Images, np.ndarray]:
+    """Every split's images (`items`, from check_images) with Keras' answers, and the calibration images."""
+    from edgecls.dataset import load_arrays
+
     x, y, keras = {}, {}, {}
     for split in SPLITS:
         with progress_bar(f"loading {split} images", quiet=not opts.show_progress,
@@ -228,4 +234,4 @@ def load_images(run, opts: ExportOptions, keras_predict) -> tuple[Images, np.nda
     calib_items = calibration_subset(items["train"], opts.calib_samples)
     index = {it: i for i, it in enumerate(items["train"])}
     calib = x["train"][[index[it] for it in calib_items]]
-    return Images(x, y, keras), calib, eval_split
+    return Images(x, y, keras), calib

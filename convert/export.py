@@ -20,7 +20,7 @@ from typing import Callable
 
 import numpy as np
 
-from edgecls.convert.context import Built, Context, keras_predictor, load_images
+from edgecls.convert.context import Built, Context, check_images, keras_predictor, load_images
 from edgecls.errors import EdgeclsError
 from edgecls.formats import BY_KEY, FAMILIES, FORMATS
 from edgecls.fsutil import atomic_dir, scratch_dir
@@ -290,12 +290,13 @@ def export(opts: ExportOptions, console=None) -> dict:
     run = load_run(opts.run_dir)
     out = output_dir(opts)
     check_dependencies(opts)
+    items, eval_split = check_images(run)
     model = load_keras_model(run.model_path)
     n_out = int(model.outputs[0].shape[-1])
     if n_out != len(run.labels):
         raise EdgeclsError(f"run {run.root}: model has {n_out} outputs but labels.txt/splits.json list {len(run.labels)}")
     keras_predict = keras_predictor(model)
-    images, calib, eval_split = load_images(run, opts, keras_predict)
+    images, calib = load_images(run, items, opts, keras_predict)
     keys = opts.keys()
     with scratch_dir("edgecls-export-") as work, atomic_dir(out, overwrite=True) as tmp:
         ctx = Context(opts, model, run.spec, run.labels, work, calib, images)

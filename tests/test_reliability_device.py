@@ -188,6 +188,8 @@ def test_onnx_with_external_data_is_refused(tmp_path, one_photo):
 def test_output_count_must_match_the_labels(tmp_path, one_photo, family):
     bundle = bundle_copy(tmp_path / "b")
     edit_manifest(bundle, lambda m: m.update(labels=m["labels"][:3]))   # 3 labels, 10 outputs
+    labels = json.loads((bundle / "edgecls.json").read_text())["labels"]   # a consistent bundle, a wrong model
+    (bundle / "labels.txt").write_text("\n".join(labels) + "\n")
     one_line_error(cli("run", bundle, one_photo, "--format", family, "--json", timeout=120),
                    "model has 10 outputs but the bundle has 3 labels")
 

@@ -180,7 +180,9 @@ def train(cfg: TrainConfig | None, out: Path, force: bool = False, resume: bool 
                 replacement.rollback()   # no-op once the new run has its first checkpoint
             saved = has_checkpoint(out) and (replacement is None or replacement.committed)
             then = f"edgecls train --resume {out}" if saved else "run the same command again"
-            if isinstance(e, KeyboardInterrupt):
+            # A signal raises KeyboardInterrupt wherever the main thread is; inside TensorFlow's own code that
+            # can surface as another exception (seen: AttributeError '_type_spec' while fit() was starting).
+            if isinstance(e, KeyboardInterrupt) or stop.signum is not None:
                 what = ("interrupted; the last finished epoch is saved" if saved else
                         "interrupted before the first epoch finished; nothing was kept")
                 raise Interrupted(f"{what}: {then}", stop.signum or signal.SIGINT) from None

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -244,9 +245,9 @@ def int8_only_bundle(bundle: Path, dest: Path) -> Path:
     meta = read_manifest(bundle)
     keep = {k: v for k, v in meta.get("artifacts", {}).items() if k in INT8_ARTIFACTS}
     dest.mkdir(parents=True, exist_ok=True)
-    for art in keep.values():
+    for art in keep.values():   # copies: a bundle's files must lie inside its folder (no symlinks out of it)
         (dest / art["file"]).unlink(missing_ok=True)
-        os.symlink(bundle / art["file"], dest / art["file"])
+        shutil.copyfile(bundle / art["file"], dest / art["file"])
     meta["artifacts"] = keep
     if meta.get("default_artifact") not in keep:
         meta["default_artifact"] = next(iter(keep), None)
