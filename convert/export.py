@@ -165,18 +165,13 @@ def choose(ctx: Context, key: str, candidates: dict[str, Callable[[], tuple[Path
         except Exception as e:  # one failing route must not hide the others; it is recorded
             tried[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"}
             continue
-        probs = ctx.model_for(key, path, meta).predict(ctx.images.x["val"]) if len(ctx.images.x["val"]) else None
-        y, ref = ctx.images.y["val"], ctx.images.keras["val"].argmax(1)
-        pred = probs.argmax(1) if probs is not None else ref
+        x, y, ref = ctx.images.search_set()   # the validation split (the images the search counts)
+        probs = ctx.model_for(key, path, meta).predict(x)
+        pred = probs.argmax(1)
         agree = agreement_count(pred, ref)
-        verdict = gate.judge(gate.Evidence(key, bool(probs is None or np.isfinite(probs).all()),
-                                           paired_drop(ref == y, pred == y), agree, split="val"),
-                             o.max_drop, o.min_agreement)
-        if meta.get("search"):
-            reached = meta["search"]["reached"]
-        else:   # the target is on the same images the search counts
-            agreed, images = ctx.agreement(key, path, meta)
-            reached = agreed >= o.target_agreement / 100 * images
+        verdict = gate.judge(gate.Evidence(key, bool(np.isfinite(probs).all()), paired_drop(ref == y, pred == y),
+                                           agree, split=ctx.images.search_split), o.max_drop, o.min_agreement)
+        reached = meta["search"]["reached"] if meta.get("search") else agree["rate"] >= o.target_agreement / 100
         tried[name] = {"val_agreement": agree["rate"], "val_images": agree["images"],
                        "val_accuracy": round(float((pred == y).mean()), 4) if len(y) else None,
                        "reached_target": bool(reached), "passed": verdict.passed}

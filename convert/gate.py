@@ -76,7 +76,7 @@ def summary(verdicts: dict[str, Verdict], max_drop: float, min_agreement: float,
     failures = [f for v in verdicts.values() for f in v.failures]
     notes = [n for v in verdicts.values() for n in v.notes]
     if not failures:
-        message = "all artifacts within the limits" + (f" ({'; '.join(notes)})" if notes else "")
+        message = "all artifacts within the limits" + (" (see the notes)" if notes else "")
     else:
         message = "; ".join(failures) + ("" if allow_drop else f" — no bundle written; {HINT}")
     return {"passed": not failures, "max_drop_pp": max_drop, "min_agreement_pct": min_agreement,

@@ -77,7 +77,11 @@ def write(dest: Path, manifest: dict, result, labels: list[str]) -> None:
 
 
 def _markdown(manifest, result, labels, table, pngs, searches, text) -> str:
-    esc, gate, arts = html.escape, result.gate, manifest["artifacts"]
+    gate, arts = result.gate, manifest["artifacts"]
+
+    def esc(t: str) -> str:   # no raw HTML from class names; quotes stay readable in Markdown
+        return html.escape(t, quote=False)
+
     md = [f"# Export report: {esc(text['title'])}", "", "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     md += ["| " + " | ".join(esc(c) for c in row) + " |" for row in table]
     md += ["", text["resolution"], "", f"Gate: {text['verdict']} — {esc(gate['message'])}", ""]

@@ -32,14 +32,17 @@ def interpreter_module():
         return interpreter, "tflite-runtime"
 
 
-def raw_outputs(model_path: str, x: np.ndarray, resolver: str) -> np.ndarray:
+def raw_outputs(model_path: str, x: np.ndarray, resolver: str, pixel_codes: bool) -> np.ndarray:
+    """The model's raw uint8 outputs for uint8 pixels `x` fed as they are: edgecls' int8 export takes them so,
+    either as values (scale 1, zero point 0) or as codes (edgecls.json input.feed "pixel-codes": the
+    normalisation folded into the input quantization)."""
     mod, _ = interpreter_module()
     it = mod.Interpreter(model_path=model_path, num_threads=2,
                          experimental_op_resolver_type=getattr(mod.OpResolverType, resolver))
     it.allocate_tensors()
     inp, out = it.get_input_details()[0], it.get_output_details()[0]
-    if inp["dtype"] != np.uint8 or tuple(inp["quantization"]) != (1.0, 0):
-        raise SystemExit("kernels.py: expects edgecls' int8 export with uint8 raw-pixel input")
+    if inp["dtype"] != np.uint8 or not (pixel_codes or tuple(inp["quantization"]) == (1.0, 0)):
+        raise SystemExit("kernels.py: expects edgecls' int8 export with uint8 pixels in (values or codes)")
     rows = []
     for i in range(len(x)):
         it.set_tensor(inp["index"], x[i:i + 1])
@@ -77,7 +80,9 @@ def main(argv=None) -> int:
     found = scan(args.images, classes=bundle.labels)
     x, _ = load_arrays(found.root, found.items, bundle.spec)
     _, runtime = interpreter_module()
-    outs = {f"{runtime} {name}": raw_outputs(str(art.path), x.astype(np.uint8), r) for name, r in RESOLVERS.items()}
+    codes = (art.meta.get("input") or {}).get("feed") == "pixel-codes"
+    outs = {f"{runtime} {name}": raw_outputs(str(art.path), x.astype(np.uint8), r, codes)
+            for name, r in RESOLVERS.items()}
     print(f"{len(x)} images, {art.path.name}")
     other = {}
     if args.compare:
