@@ -11,6 +11,14 @@ def _default(name: str):
     return default(name)
 
 
+SEARCH_HELP = {
+    "target_agreement": "Keep the int8-sensitive ops float until top-1 agreement with float on the validation "
+                        "split reaches this (%).",
+    "max_latency_ratio": "Latency budget of the ops kept float: int8 / float, 1 thread, measured interleaved here.",
+    "max_float_ops": "Most ops the search keeps float.",
+}
+
+
 def register(app) -> None:
     import typer
 
@@ -30,14 +38,10 @@ def register(app) -> None:
         qat: bool = typer.Option(False, "--qat", help="Same as --int8-method qat."),
         qat_epochs: int = typer.Option(D("qat_epochs"), "--qat-epochs", help="Quantization-aware fine-tuning epochs."),
         calib_samples: int = typer.Option(D("calib_samples"), "--calib-samples", help="Training images used to calibrate int8."),
-        target_agreement: float = typer.Option(D("target_agreement"), "--target-agreement",
-                                               help="Mixed-precision search: keep the int8-sensitive ops float until "
-                                                    "top-1 agreement with float on the validation split reaches this (%)."),
-        max_latency_ratio: float = typer.Option(D("max_latency_ratio"), "--max-latency-ratio",
-                                                help="Mixed-precision search: latency budget, int8 / float "
-                                                     "(1 thread, measured interleaved on this machine)."),
-        max_float_ops: int = typer.Option(D("max_float_ops"), "--max-float-ops",
-                                          help="Mixed-precision search: most ops kept float."),
+        # The mixed-precision search (docs/export.md): its target, its latency budget, its most ops kept float.
+        target_agreement: float = typer.Option(D("target_agreement"), help=SEARCH_HELP["target_agreement"]),
+        max_latency_ratio: float = typer.Option(D("max_latency_ratio"), help=SEARCH_HELP["max_latency_ratio"]),
+        max_float_ops: int = typer.Option(D("max_float_ops"), help=SEARCH_HELP["max_float_ops"]),
         full_int8: bool = typer.Option(D("full_int8"), "--full-int8",
                                        help="Quantize every op (for NPUs): no mixed-precision search."),
         io_dtype: str = typer.Option(D("io_dtype"), "--io-dtype", help="int8 TFLite input/output type: uint8 or int8."),
