@@ -75,6 +75,20 @@ class Proc:
         return lines[-1] if lines else f"exit {self.rc}"
 
 
+@dataclass
+class Reference:
+    """The host's answers to one check (command × artifact), which a Pi's answers are held to: {file: top-1},
+    and {file: [(label, probability), ...]} best first, to tell near-ties from real differences."""
+    command: str
+    artifact: str
+    top1: dict[str, str]
+    top: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
+
+    @property
+    def check(self) -> str:   # the name rows carry: "eval tflite-int8"
+        return f"{self.command} {self.artifact}"
+
+
 def call(argv: list[str], env: dict | None = None) -> Proc:
     t = time.perf_counter()
     try:
@@ -255,13 +269,13 @@ def int8_only_bundle(bundle: Path, dest: Path) -> Path:
     return dest
 
 
-def host_predictions(args, formats: dict[str, str], rows: list[Row]) -> dict[tuple[str, str], dict]:
-    """(command, artifact) -> {file: top-1} on the host, the reference every Pi answer is compared with;
-    ("top", artifact) -> {file relative to IMAGES: the host's top-k}, to tell near-ties from real differences."""
+def host_predictions(args, formats: dict[str, str], rows: list[Row]) -> dict[str, Reference]:
+    """The host's answers, the reference every Pi answer is compared with, by check name ("eval tflite-int8")."""
     bundle, images = str(args.bundle), str(args.images)
     host_py = [args.host_python, "-m", "edgecls"]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    host = {}
+    host: dict[str, Reference] = {}
+    tops: dict[str, dict] = {}   # artifact -> {file relative to IMAGES: the host's top-k}
     # The host's `run` gets `--top-k N`: every class's probability, and the same top-1 as the Pi's `run`.
     # Its output serves both the near-tie check (always) and the `run` comparison (when asked for).
     all_classes = ["--top-k", str(len(read_manifest(args.bundle)["labels"]))]
@@ -275,7 +289,7 @@ def host_predictions(args, formats: dict[str, str], rows: list[Row]) -> dict[tup
 
     for _, key, proc in outputs(host_call, ["run"], bundle, images, formats):
         if proc.rc == 0:
-            host["top", key] = {os.path.relpath(f, images): t for f, t in top_from_run(proc.out).items()}
+            tops[key] = {os.path.relpath(f, images): t for f, t in top_from_run(proc.out).items()}
     for kind, key, proc in outputs(host_call, args.commands, bundle, images, formats):
         preds, why = predictions(proc, kind)
         for k in (list(formats) if key is None else [key]):
@@ -283,10 +297,13 @@ def host_predictions(args, formats: dict[str, str], rows: list[Row]) -> dict[tup
             if p is None:
                 rows.append(Row("host", "host", f"{kind} {k}", False, proc.seconds, detail=why or f"no {k} in the output"))
                 continue
-            host[kind, k] = p
+            ref = Reference(kind, k, p, tops.get(k, {}))
+            host[ref.check] = ref
             rows.append(Row("host", "host", f"{kind} {k}", True, proc.seconds, total=len(p), detail=f"{len(p)} images"))
-    if ("eval", "tflite-int8") in host and "tflite" in args.envs:
-        host["eval", REF_KERNELS] = reference_kernel_top1(args, rows, host)
+    if "eval tflite-int8" in host and "tflite" in args.envs:
+        kernels = reference_kernel_answers(args, rows)
+        if kernels:
+            host[kernels.check] = kernels
     return host
 
 
@@ -295,9 +312,9 @@ def host_predictions(args, formats: dict[str, str], rows: list[Row]) -> dict[tup
 REF_KERNELS = "tflite-int8 reference kernels"
 
 
-def reference_kernel_top1(args, rows: list[Row], host: dict) -> dict[str, str]:
-    """{file: top-1} of the bundle's int8 TFLite run by the host's LiteRT with its reference kernels; their
-    {file: [(label, p), ...]} go into host["top", REF_KERNELS]."""
+def reference_kernel_answers(args, rows: list[Row]) -> Reference | None:
+    """The bundle's int8 TFLite run by the host's LiteRT with its reference kernels, with their own
+    probabilities (a flip against them is a near-tie or not, as for the host)."""
     with tempfile.TemporaryDirectory() as tmp:
         saved = Path(tmp) / "kernels.json"
         p = call([args.host_python, str(HERE / "kernels.py"), str(args.bundle), str(args.images), "--save", str(saved)],
@@ -308,16 +325,15 @@ def reference_kernel_top1(args, rows: list[Row], host: dict) -> dict[str, str]:
             labels, q = manifest["labels"], manifest["artifacts"]["tflite-int8"]["output"]
             ref = next(v for k, v in doc["outputs"].items() if k.endswith(" reference"))
             top1 = {f: labels[max(range(len(o)), key=o.__getitem__)] for f, o in zip(doc["files"], ref)}
-            # The reference kernels' own probabilities: a flip against them is a near-tie or not, as for the host.
-            host["top", REF_KERNELS] = {f: sorted(((lab, (v - q["zero_point"]) * q["scale"]) for lab, v in zip(labels, o)),
-                                           key=lambda t: -t[1])[:5] for f, o in zip(doc["files"], ref)}
+            top = {f: sorted(((lab, (v - q["zero_point"]) * q["scale"]) for lab, v in zip(labels, o)),
+                             key=lambda t: -t[1])[:5] for f, o in zip(doc["files"], ref)}
         except (OSError, ValueError, KeyError, StopIteration) as e:
             rows.append(Row("host", "host", f"eval {REF_KERNELS}", False, p.seconds,
                             detail=f"kernels.py: {p.last_err() if p.rc else e}"))
-            return {}
+            return None
     rows.append(Row("host", "host", f"eval {REF_KERNELS}", True, p.seconds, total=len(top1),
                     detail=f"{len(top1)} images (tools/pi_stack/kernels.py)"))
-    return top1
+    return Reference("eval", REF_KERNELS, top1, top)
 
 
 def outputs(execute, commands: list[str], bundle: str, images: str, formats: dict[str, str],
@@ -331,13 +347,14 @@ def outputs(execute, commands: list[str], bundle: str, images: str, formats: dic
                 yield "run", key, execute(run_args(bundle, images, fam))
 
 
-def compare_rows(cpu: str, env: str, kind: str, key: str | None, proc: Proc, formats, host, min_agreement,
-                 images: str) -> list[Row]:
+def compare_rows(cpu: str, env: str, kind: str, key: str | None, proc: Proc, formats,
+                 host: dict[str, Reference], min_agreement, images: str) -> list[Row]:
     preds, why = predictions(proc, kind)
     keys = list(formats) if key is None else [key]
     rows = []
     for k in keys:
-        if (kind, k) not in host:
+        reference = host.get(f"{kind} {k}")
+        if reference is None:
             continue   # failed on the host already
         row = Row(cpu, env, f"{kind} {k}", False, proc.seconds, detail=why)
         rows.append(row)
@@ -351,20 +368,21 @@ def compare_rows(cpu: str, env: str, kind: str, key: str | None, proc: Proc, for
             pi, runtime = preds[k]
         else:
             pi = preds
-        row.agree, row.total, row.mismatches = compare(host[kind, k], pi)
+        row.agree, row.total, row.mismatches = compare(reference.top1, pi)
         rel = (lambda f: os.path.relpath(f, images)) if kind == "run" else (lambda f: f)   # noqa: E731
-        ties = grade_mismatches(row, host.get(("top", k), {}), "on the host", rel)
+        ties = grade_mismatches(row, reference.top, "on the host", rel)
         row.ok = row.agreement >= min_agreement
         row.detail = f"{row.agree}/{row.total} same top-1 as the host" + (f" ({runtime})" if runtime else "") + ties
         want = ENVS[env]
         if k.startswith("tflite") and runtime and not runtime.startswith(want):
             row.ok, row.detail = False, row.detail + f": expected {want} to run it"
-        if env == "tflite" and k == "tflite-int8" and host.get(("eval", REF_KERNELS)):
+        kernels = host.get(f"eval {REF_KERNELS}")
+        if env == "tflite" and k == "tflite-int8" and kernels and kernels.top1:
             if kind == "run":   # run names files by the path it was given, eval relative to the folder
                 pi = {os.path.relpath(f, images): lab for f, lab in pi.items()}
             ref = Row(cpu, env, f"{kind} vs reference kernels", False, 0.0)
-            ref.agree, ref.total, ref.mismatches = compare(host["eval", REF_KERNELS], pi)
-            ties = grade_mismatches(ref, host.get(("top", REF_KERNELS), {}), "there")
+            ref.agree, ref.total, ref.mismatches = compare(kernels.top1, pi)
+            ties = grade_mismatches(ref, kernels.top, "there")
             ref.ok = ref.agreement >= min_agreement
             ref.detail = f"{ref.agree}/{ref.total} same top-1 as the host's LiteRT reference kernels" + ties
             rows.append(ref)
