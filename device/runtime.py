@@ -10,6 +10,7 @@ No TensorFlow import anywhere in this package.
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 
@@ -246,6 +247,14 @@ class OnnxModel(Model):
         self._batch_fixed = isinstance(inp.shape[0], int)
         self.check_feed()
 
+    def embedded_labels(self) -> list | None:
+        """The labels export embedded in the file's metadata (edgecls.labels), if any."""
+        raw = self.sess.get_modelmeta().custom_metadata_map.get("edgecls.labels")
+        try:
+            return json.loads(raw) if raw else None
+        except ValueError:
+            return None
+
     @staticmethod
     def _io(onnx_type: str, meta: dict) -> TensorIO:
         return TensorIO(np.dtype(ONNX_DTYPES.get(onnx_type, np.float32)), float(meta.get("scale", 0.0)),
@@ -272,5 +281,11 @@ def load_model(bundle: Bundle, family: str | None = None, precision: str | None 
             import onnxruntime  # noqa: F401
         except ImportError:
             raise EdgeclsError("onnxruntime is not installed: pip install onnxruntime (Jetson: JetPack's onnxruntime-gpu)") from None
-        return cls(art, bundle.spec, len(bundle.labels), threads=threads, **kw)
+        model = cls(art, bundle.spec, len(bundle.labels), threads=threads, **kw)
+        embedded = model.embedded_labels()
+        if embedded is not None and embedded != bundle.labels:   # export writes both from one list
+            raise EdgeclsError(f"{art.path.name} carries the labels {', '.join(map(str, embedded[:4]))}… but the bundle "
+                               f"lists {', '.join(bundle.labels[:4])}…: it belongs to another bundle, or edgecls.json "
+                               "was edited; re-export")
+        return model
     return cls(art, bundle.spec, len(bundle.labels), threads=threads)

@@ -41,3 +41,19 @@ def test_labels_txt_must_agree_with_the_manifest(tmp_path):
     (b / "labels.txt").write_text("\n".join(labels[1:] + labels[:1]) + "\n")
     with pytest.raises(EdgeclsError, match="labels.txt does not list the labels"):
         load_bundle(b)
+
+
+def test_an_onnx_file_with_other_labels_is_refused(tmp_path):
+    """The labels export embeds in an ONNX file must be the bundle's: swapped labels (same count, consistent
+    edgecls.json and labels.txt) would otherwise name every answer wrong."""
+    from edgecls.device.runtime import load_model
+
+    b = _copy(tmp_path)
+    meta = json.loads((b / MANIFEST).read_text())
+    meta["labels"] = meta["labels"][1:] + meta["labels"][:1]
+    (b / MANIFEST).write_text(json.dumps(meta))
+    (b / "labels.txt").write_text("\n".join(meta["labels"]) + "\n")
+    with pytest.raises(EdgeclsError, match="carries the labels"):
+        load_model(load_bundle(b), "onnx", "int8")
+    load_model(load_bundle(b), "tflite", "int8")   # a TFLite file carries no labels to compare
+    load_model(load_bundle(BUNDLE), "onnx", "int8")
