@@ -122,7 +122,7 @@ def folded_model(model, plan: dict):
         else:
             bn = clone.get_layer(plan["batch_norm"])
             bn.moving_mean.assign((bn.moving_mean.numpy() + moved).astype(bn.moving_mean.dtype.as_numpy_dtype))
-    # Same name as the model: TFLite names ops after it, and the guard's op names must match the ONNX nodes.
+    # Same name as the model: TFLite names ops after it, and the float ops' names must match the ONNX nodes.
     return keras.Model(clone.get_layer(NORMALIZE).output, clone.output, name=model.name)
 
 
@@ -150,8 +150,6 @@ def to_float(saved_model: Path) -> bytes:
     return _convert(_converter(saved_model, FLOAT_SIGNATURE))
 
 
-FLOAT_OP_STEPS = 1.0   # an op whose int8 output is off by more than this (RMSE, in its quantization steps)...
-MAX_FLOAT_OPS = 3      # ...stays float, at most this many: the int8 model keeps its speed
 DEBUG_SAMPLES = 50     # calibration images the per-op error is measured on
 
 
@@ -201,24 +199,13 @@ def calibrate(saved_model: Path, calib: Iterable[np.ndarray], io_dtype: str = "u
     return with_input_feed(calibrated, PIXEL_CODES if read_fold(saved_model) else None, share=False), samples
 
 
-def guard(calibrated: bytes, samples: list[np.ndarray]) -> dict:
-    """Guarded PTQ: the ops int8 measurably breaks stay float (int8 around them, same I/O; `quantize_guarded`).
-    Returns {"float_ops": [...], "op_error_steps": {the five worst ops: steps}} for the manifest.
-
-    TFLite's QuantizationDebugger runs every op in int8 and in float on the same int8 inputs; an op whose
-    output error exceeds FLOAT_OP_STEPS quantization steps stays float. Measured on MobileNetV2 (digits,
-    160 px): only the first depthwise conv qualifies (1.31 steps; next 0.78); keeping it float cut the
-    int8 model's mean |Δp| vs float by a third and its test-split flips from 5 to 1 of 310, for 1.8 M of
-    ~200 M MACs. The ONNX QDQ export keeps the same ops float (onnx_export.to_int8).
-    """
-    ranked = ranked_op_errors(calibrated, samples)
-    return {"float_ops": [n for n, e in ranked[:MAX_FLOAT_OPS] if e > FLOAT_OP_STEPS],
-            "op_error_steps": {n: round(e, 3) for n, e in ranked[:5]}}
-
-
 def ranked_op_errors(calibrated: bytes, samples: list[np.ndarray]) -> list[tuple[str, float]]:
     """Every quantizable op with its int8 error in quantization steps (`op_errors`, on DEBUG_SAMPLES of the
-    calibration samples), worst first: the order the mixed-precision search keeps ops float in."""
+    calibration samples), worst first: the order the mixed-precision search (convert/search.py) keeps ops
+    float in. TFLite's QuantizationDebugger runs every op in int8 and in float on the same int8 inputs.
+    On MobileNetV2 (digits, 160 px) the worst is the first depthwise conv (1.31 steps; next 0.78): keeping it
+    float cut the int8 model's mean |Δp| vs float by a third and its test flips from 5 to 1 of 310, for
+    1.8 M of ~200 M MACs. The ONNX QDQ export keeps the same ops float (onnx_export.to_int8)."""
     from edgecls.train.tfenv import quiet_stderr
 
     with quiet_stderr():

@@ -265,7 +265,7 @@ def test_missing_int8_dependency_is_one_line(tiny_run, tmp_path):
 
 
 def test_guarded_ops_stay_float_in_both_int8_formats(tiny_run, tmp_path):
-    """PTQ's float ops (convert.tflite.guard) are float in the int8 TFLite *and* in the QDQ ONNX, as run.
+    """The ops PTQ keeps float (the search's, convert/search.py) are float in the int8 TFLite *and* in the QDQ ONNX, as run.
 
     The first depthwise conv is forced float here (the tiny run's own errors may not cross the threshold).
     In ONNX the shield matters: without it onnxruntime's default optimizer re-quantizes that conv's float
@@ -286,7 +286,7 @@ def test_guarded_ops_stay_float_in_both_int8_formats(tiny_run, tmp_path):
     calibrated, samples = tflite.calibrate(saved, calib)
     errors = tflite.op_errors(calibrated, samples[:4])
     op = next(n for n in errors if n.endswith("expanded_conv_depthwise/depthwise1"))
-    assert tflite.guard(calibrated, samples[:4])["op_error_steps"]   # the measurement the choice rests on
+    assert tflite.ranked_op_errors(calibrated, samples[:4])   # the measurement the search's order rests on
 
     def dtypes(content):   # output tensor name → dtype, and the model's I/O dtypes
         it = Interpreter(model_content=content)
