@@ -22,6 +22,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from make_results import EDGECLS, ROOT, SHARED, WEIGHTS, Stages, last_json  # noqa: E402
 
+from edgecls.metrics import delta_text  # noqa: E402
+
 DATA = {"flowers": SHARED / "data" / "flowers", "digits": SHARED / "data" / "sign_language_digits"}
 TWO_CLASSES = ("daisy", "dandelion")
 METHODS = {   # label → export arguments
@@ -61,7 +63,7 @@ def rows_for(name: str, label: str, m: dict | None, rec: dict) -> list[str]:
         kept = f"{art['method']}, {len(ops)} float op(s)"
         out.append(f"| {name} | {label} | {key}: {kept} | **{a['rate'] * 100:.2f}%** ({a['agreed']}/{a['images']}) | "
                    f"{rep['keras_accuracy'] * 100:.1f}% → {mt['accuracy'] * 100:.1f}% (n={rep['images']}) | "
-                   f"{-d['drop_pp']:+.2f} ({-d['ci95_pp'][1]:+.1f} to {-d['ci95_pp'][0]:+.1f}) | "
+                   f"{delta_text(d)} | "
                    f"{mt.get('latency_ratio', float('nan')):.2f} | {'passed' if mt['verdict']['passed'] else 'FAILED'} | "
                    f"{rec['seconds']:.0f} | `{rec['cmd']}` |")
     return out

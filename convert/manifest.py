@@ -5,12 +5,12 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from edgecls.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST
+from edgecls.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, LABELS_TXT, MANIFEST
 from edgecls.formats import BY_KEY
 from edgecls.fsutil import atomic_write_json, atomic_write_text, sha256_file
 from edgecls.versions import library_versions
 
-METRIC_KEYS = ("accuracy", "accuracy_ci95", "agreement", "agreement_all", "drop", "drop_pp", "per_class_delta",
+METRIC_KEYS = ("accuracy", "accuracy_ci95", "agreement", "agreement_all", "drop", "per_class_delta",
                "latency_ms", "latency_ratio", "max_abs_diff", "verdict")
 
 
@@ -39,7 +39,7 @@ def versions() -> dict:
 def write(bundle_dir: Path, run, keys: list[str], entries: dict[str, dict], opts, result) -> dict:
     from edgecls.convert import gate
 
-    atomic_write_text(bundle_dir / "labels.txt", "\n".join(run.labels) + "\n")
+    atomic_write_text(bundle_dir / LABELS_TXT, "\n".join(run.labels) + "\n")
     artifacts = {}
     for key in keys:
         row = result.rows[key]

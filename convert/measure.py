@@ -4,7 +4,7 @@
   interval, per-class deltas, confusion — the parity table `edgecls eval` prints too (device/evaluate.py).
 - On every image (train + val + test): top-1 agreement with the Keras model, with its count. Agreement needs
   no labels, so it rests on hundreds or thousands of images where accuracy rests on the test split's few.
-- int8 vs float latency ratio, same runtime, one thread, interleaved (device/bench.py: interleaved_ms).
+- int8 vs float latency ratio, same runtime, one thread, interleaved (device/bench.py: interleaved_ratios).
 Then convert/gate.py judges each artifact.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from edgecls.dataset import SPLITS
 from edgecls.device.evaluate import Measured, measure, parity
 from edgecls.progress import progress_bar
 from edgecls.formats import BY_KEY
-from edgecls.metrics import agreement_count, paired_drop, wilson_interval
+from edgecls.metrics import agreement_count, delta_text, paired_drop, wilson_interval
 
 
 @dataclass
@@ -44,7 +44,7 @@ class Result:
             lo, hi = r["accuracy_ci95"]
             d, a, v = r.get("drop"), r.get("agreement_all"), self.verdicts.get(key)
             t.add_row(key, f"{r['accuracy'] * 100:.1f}% ({lo * 100:.1f}–{hi * 100:.1f})",
-                      f"{-d['drop_pp']:+.2f} ({-d['ci95_pp'][1]:+.1f}…{-d['ci95_pp'][0]:+.1f})" if d else "",
+                      delta_text(d) if d else "",
                       f"{a['rate'] * 100:.1f}% of {a['images']}" if a else "",
                       "" if r.get("float_ops") is None else str(len(r["float_ops"])),
                       f"{r['latency_ratio']:.2f}" if r.get("latency_ratio") else "",
@@ -93,7 +93,6 @@ def artifacts(ctx, bundle_dir: Path, keys: list[str], entries: dict[str, dict], 
         else:
             r["agreement_all"] = agreement_count(p.argmax(1), ref_pred)
             r["drop"] = paired_drop(im.keras[split].argmax(1) == y, p[part].argmax(1) == y)
-            r["drop_pp"] = r["drop"]["drop_pp"]
             r["float_ops"] = entries[key].get("float_ops", [])
             float_key = key.replace("int8", "float")
             if float_key in keys:

@@ -7,6 +7,7 @@ import html
 from pathlib import Path
 
 from edgecls.device.evaluate import worst_class_delta
+from edgecls.metrics import delta_text
 from edgecls.fsutil import atomic_write_text
 
 HEADER = ["model", "method", "float ops", "top-1 (95% CI)", "Δ vs float pp (95% CI)", "agreement, all images",
@@ -20,7 +21,7 @@ def _cells(key: str, r: dict, entry: dict, size: int, reference: str) -> list[st
     ops = entry.get("float_ops")
     return [key, entry.get("method", ""), "" if ops is None else str(len(ops)),
             f"{r['accuracy'] * 100:.1f}% ({lo * 100:.1f}–{hi * 100:.1f})",
-            f"{-d['drop_pp']:+.2f} ({-d['ci95_pp'][1]:+.1f} to {-d['ci95_pp'][0]:+.1f})" if d else "",
+            delta_text(d) if d else "",
             f"{a['rate'] * 100:.2f}% ({a['agreed']}/{a['images']})" if a else "",
             "" if key == reference or r.get("agreement") is None else f"{r['agreement'] * 100:.1f}%",
             f"{worst[1]:+.1f} ({worst[0]})" if worst else "",

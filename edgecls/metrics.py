@@ -77,6 +77,13 @@ def paired_drop(ref_correct, new_correct, z: float = Z95) -> dict:
             "photo_pp": round(100 / n, 3)}
 
 
+def delta_text(drop: dict) -> str:
+    """A paired_drop as people read it in tables: the change of top-1 (int8 minus float) and its interval,
+    "+0.91 (-2.6 to +4.4)"."""
+    lo, hi = drop["ci95_pp"]
+    return f"{-drop['drop_pp']:+.2f} ({-hi:+.1f} to {-lo:+.1f})"
+
+
 def agreement_count(pred_a, pred_b) -> dict:
     """Top-1 agreement as a count with its 95% interval: {"agreed", "images", "rate", "ci95"}."""
     a, b = np.asarray(pred_a), np.asarray(pred_b)
