@@ -276,6 +276,7 @@ def build_all(ctx: Context, keys: list[str], console) -> dict[str, Built]:
 
 def export(opts: ExportOptions, console=None) -> dict:
     """Run the export; returns the manifest written. Raises EdgeclsError (GateFailed for the gate)."""
+    from edgecls.convert import golden
     from edgecls.convert import manifest as bundle_manifest
     from edgecls.convert import measure, report
     from edgecls.rundir import load_run
@@ -303,7 +304,8 @@ def export(opts: ExportOptions, console=None) -> dict:
             console.print(f"note: {line}", markup=False)
         if not result.gate["passed"] and not opts.allow_drop:
             raise GateFailed(result.gate["message"])
-        manifest = bundle_manifest.write(tmp, run, keys, entries, opts, result)
+        exam = golden.write(ctx, tmp, run, items[eval_split], eval_split, keys, entries)
+        manifest = bundle_manifest.write(tmp, run, keys, entries, opts, result, exam)
         report.write(tmp, manifest, result, run.labels)
     if not result.gate["passed"]:
         console.print(f"[yellow]kept despite the gate (--allow-drop): {result.gate['message']}[/yellow]")

@@ -36,7 +36,8 @@ def versions() -> dict:
                             "onnxruntime", "ai-edge-litert")
 
 
-def write(bundle_dir: Path, run, keys: list[str], entries: dict[str, dict], opts, result) -> dict:
+def write(bundle_dir: Path, run, keys: list[str], entries: dict[str, dict], opts, result, golden: dict) -> dict:
+    """edgecls.json; `golden` is the bundle's exam (convert/golden.py)."""
     from edgecls.convert import gate
 
     atomic_write_text(bundle_dir / LABELS_TXT, "\n".join(run.labels) + "\n")
@@ -59,6 +60,6 @@ def write(bundle_dir: Path, run, keys: list[str], entries: dict[str, dict], opts
             "export": {k: getattr(opts, k) for k in ("int8_method", "io_dtype", "onnx_target", "calib_samples", "full_int8",
                                                       "qat_epochs", "target_agreement", "max_latency_ratio",
                                                       "max_float_ops", "max_drop", "min_agreement")},
-            "versions": versions()}
+            "versions": versions(), "golden": golden}
     atomic_write_json(bundle_dir / MANIFEST, meta)
     return meta

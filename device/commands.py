@@ -1,4 +1,4 @@
-"""CLI commands of this stage (registered by edgecls.cli): eval, run, bench, doctor.
+"""CLI commands of this stage (registered by edgecls.cli): eval, run, bench, doctor, verify.
 
 Heavy imports (OpenCV video, runtimes) happen inside the functions, and nothing here imports TensorFlow.
 """
@@ -59,6 +59,7 @@ def run(
     rotate: int = typer.Option(0, "--rotate", help="0|90|180|270 (clockwise)"),
     loop: bool = typer.Option(False, "--loop", help="Files, folders: start again when exhausted."),
     max_frames: Optional[int] = typer.Option(None, "--max-frames", help="Stop after this many results."),
+    no_verify: bool = typer.Option(False, "--no-verify", help="Skip the bundle's self-test at start-up."),
 ):
     """Classify a camera, stream, video or folder live: source → model → outputs."""
     from edgecls.device.classifier import Classifier
@@ -79,6 +80,10 @@ def run(
         raise EdgeclsError("--fps must be positive")
     opts = SourceOptions(size=_parse_size(resolution), fps=fps, orientation=Orientation(flip, rotate), loop=loop)
     net = Classifier(bundle, format, precision, threads=threads, top_k=top_k, smooth=smooth, threshold=threshold)
+    from edgecls.device.verify import SelfTest, startup_exam   # before the source opens: a failing bundle
+                                                              # never touches the camera
+    self_test = (SelfTest("", {"passed": None, "skipped": "--no-verify"}) if no_verify
+                 else startup_exam(net.bundle, net.model, threads=threads))
     src = open_source(source, opts)
     try:
         output = open_output(json_lines=json_lines, headless=headless, every_frame=not src.live,
@@ -89,9 +94,11 @@ def run(
         raise
     if not json_lines:
         _err(f"edgecls: {src.name} → {net.artifact_key} ({net.model.runtime}, {', '.join(net.model.providers)})")
+        if self_test.line:
+            _err(self_test.line)
     summary = run_pipeline(src, net, output, max_frames=max_frames)
     if json_lines:
-        print(json.dumps({"summary": summary}, allow_nan=False), flush=True)
+        print(json.dumps({"summary": {**summary, "self_test": self_test.record}}, allow_nan=False), flush=True)
     else:
         _err(f"edgecls: {summary['frames']} frames, {summary['fps']:.1f} FPS, latency p50 "
              f"{summary['latency_ms_p50']:.1f} ms, p95 {summary['latency_ms_p95']:.1f} ms "
@@ -173,7 +180,36 @@ def eval_command(
         typer.echo(f"skipped {len(out['skipped'])} file(s) that are not readable images", err=True)
 
 
+def verify(
+    bundle: Path = typer.Argument(..., help="Bundle folder from `edgecls export`."),
+    format: Optional[str] = typer.Option(None, "--format", help="Only this family: tflite or onnx (default: all)."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="Only this precision: int8 or float (default: all)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Inference threads (default: all cores)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the exam as JSON."),
+):
+    """Run the bundle's own exam with this machine's runtime: exit 0 pass, 1 fail, 2 unusable bundle."""
+    from edgecls.bundle import load_bundle
+    from edgecls.device.verify import ExamFailed, format_exam
+    from edgecls.device.verify import verify as run_verify
+
+    _check_choice(format, FAMILIES, "--format")
+    _check_choice(precision, PRECISIONS, "--precision")
+    if threads is not None and threads < 1:
+        raise EdgeclsError("--threads must be at least 1")
+    b = load_bundle(bundle)
+    keys = [k for k, a in b.artifacts.items()
+            if (format is None or a.fmt.family == format) and (precision is None or a.fmt.precision == precision)]
+    if not keys:
+        raise EdgeclsError(f"bundle {bundle} has no artifact matching --format {format or 'any'} "
+                           f"--precision {precision or 'any'} (it has: {', '.join(b.artifacts)})")
+    exam = run_verify(b, keys, threads)
+    print(json.dumps(exam.to_dict(), indent=2, allow_nan=False) if json_out else format_exam(exam), flush=True)
+    if not exam.passed:
+        raise ExamFailed(exam.reason)
+
+
 def register(app) -> None:
+    app.command("verify")(verify)
     app.command("eval")(eval_command)
     app.command("run")(run)
     app.command("bench")(bench)

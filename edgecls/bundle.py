@@ -81,8 +81,14 @@ def verify_artifact(art: Artifact) -> None:
     want = art.meta.get("sha256")
     if not want:  # load_bundle requires one; an Artifact built by hand (export's candidates) is not checked
         raise EdgeclsError(f"bundle file {art.path.name} has no sha256 in {MANIFEST}")
-    if sha256_file(art.path) != want:
-        raise EdgeclsError(f"bundle file {art.path.name} does not match its sha256 in {MANIFEST} (corrupt or replaced)")
+    verify_file(art.path, want)
+
+
+def verify_file(path: Path, want: str) -> None:
+    if not path.is_file():
+        raise EdgeclsError(f"bundle file missing: {path}")
+    if sha256_file(path) != want:
+        raise EdgeclsError(f"bundle file {path.name} does not match its sha256 in {MANIFEST} (corrupt or replaced)")
 
 
 # ---------------------------------------------------------------- the one schema of edgecls.json
@@ -101,19 +107,24 @@ def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _check_artifact(root: Path, key: str, art, where: str) -> None:
-    if not isinstance(art, dict):
-        raise EdgeclsError(f"{where}: artifacts.{key} must be an object")
-    file = art.get("file")
+def _check_file(root: Path, entry, name: str, where: str) -> None:
+    """A {"file", "sha256"} entry: a file name confined to the bundle folder, with a well-formed sha256."""
+    if not isinstance(entry, dict):
+        raise EdgeclsError(f"{where}: {name} must be an object")
+    file = entry.get("file")
     if not isinstance(file, str) or not file or "\0" in file:
-        raise EdgeclsError(f"{where}: artifacts.{key}.file must be a file name")
+        raise EdgeclsError(f"{where}: {name}.file must be a file name")
     # Confined to the bundle folder: no absolute paths, no "..", no symlink pointing out of it.
     if Path(file).is_absolute() or not (root / file).resolve().is_relative_to(root.resolve()):
-        raise EdgeclsError(f"{where}: artifacts.{key}.file {file!r} points outside the bundle folder")
-    sha = art.get("sha256")
+        raise EdgeclsError(f"{where}: {name}.file {file!r} points outside the bundle folder")
+    sha = entry.get("sha256")
     if not isinstance(sha, str) or not _SHA256.fullmatch(sha):
-        raise EdgeclsError(f"{where}: artifacts.{key}.sha256 must be the file's 64-hex-digit sha256 "
-                           f"(got {sha!r}); every model file is checked before it runs")
+        raise EdgeclsError(f"{where}: {name}.sha256 must be the file's 64-hex-digit sha256 "
+                           f"(got {sha!r}); every file the device reads is checked first")
+
+
+def _check_artifact(root: Path, key: str, art, where: str) -> None:
+    _check_file(root, art, f"artifacts.{key}", where)
     if art.get("output_kind", "probabilities") not in OUTPUT_KINDS:
         raise EdgeclsError(f"{where}: artifacts.{key}.output_kind must be one of {', '.join(OUTPUT_KINDS)}")
     for side in ("input", "output"):
@@ -153,7 +164,37 @@ def validate_manifest(meta, root: Path, where: str) -> PreprocessSpec:
     default = meta.get("default_artifact")
     if default is not None and (default not in BY_KEY or default not in arts):
         raise EdgeclsError(f"{where}: default_artifact {default!r} is not one of its artifacts")
+    if "golden" in meta:   # optional: bundles exported before the self-test have none
+        _check_golden(root, meta["golden"], where)
     return spec
+
+
+# ---------------------------------------------------------------- the bundle's own exam (edgecls.json golden)
+# Written by convert/golden.py, run by device/verify.py. Every file is an entry like an artifact's.
+GOLDEN_FILES = ("images", "photos_prepared", "float")   # golden.<name>: one array file each
+
+
+def golden_entries(golden: dict) -> dict[str, dict]:
+    """Every file entry of a golden block, by where it sits in edgecls.json (for checks and hashing)."""
+    out = {f"golden.{name}": golden[name] for name in GOLDEN_FILES}
+    out.update({f"golden.photos[{i}]": p for i, p in enumerate(golden["photos"])})
+    out.update({f"golden.outputs.{key}": e for key, e in golden["outputs"].items()})
+    return out
+
+
+def _check_golden(root: Path, golden, where: str) -> None:
+    if not isinstance(golden, dict):
+        raise EdgeclsError(f"{where}: golden must be an object")
+    photos, outputs = golden.get("photos"), golden.get("outputs")
+    if not isinstance(photos, list) or not isinstance(outputs, dict):
+        raise EdgeclsError(f"{where}: golden.photos must be a list and golden.outputs an object")
+    for key in outputs:
+        if key not in BY_KEY:
+            raise EdgeclsError(f"{where}: golden.outputs.{key} is not an artifact kind ({', '.join(BY_KEY)})")
+    if any(name not in golden for name in GOLDEN_FILES):
+        raise EdgeclsError(f"{where}: golden needs {', '.join(GOLDEN_FILES)}")
+    for name, entry in golden_entries(golden).items():
+        _check_file(root, entry, name, where)
 
 
 def load_bundle(path: str | os.PathLike) -> Bundle:
