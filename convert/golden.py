@@ -4,7 +4,7 @@
   over classes — what every artifact is run on;
 - `outputs.<key>`: what this host's device runtime answered on them for each artifact, and `float`: what the
   Keras model answered — the answers the device is held to (device/verify.py);
-- `photos`: a few of those photos as raw PNG files, with `photos_prepared`, what `prepare()` made of them
+- `photos`: three of those photos (the most colourful) as raw PNG files, with `photos_prepared`, what `prepare()` made of them
   here: the exam runs the device's decoding and resizing too, so a wrong resize mode or colour order fails.
   Photos are shrunk to at most twice the model's input side (a 3024 px photo would cost megabytes) and two of
   them cut to 4:3 and 3:4, so the three resize modes give different tensors even when every photo is square.
@@ -46,6 +46,13 @@ def pick(labels: np.ndarray, n: int) -> list[int]:
                 out.append(int(by_class[c][r]))
         r += 1
     return out
+
+
+def colourful(images: np.ndarray) -> list[int]:
+    """Indices of `images`, most colourful first (mean |first − last channel|): a grey photo looks the same in
+    either channel order, so it could not show a wrong colour_order."""
+    spread = np.abs(images[..., 0].astype(np.int16) - images[..., 2]).mean(axis=(1, 2))
+    return [int(i) for i in np.argsort(-spread, kind="stable")]
 
 
 def window(img: np.ndarray, aspect: float | None) -> np.ndarray:
@@ -93,7 +100,7 @@ def write(ctx, bundle_dir: Path, run, items: list[tuple[str, int]], split: str, 
         save_array(path, model.predict(images).astype(np.float32))
         outputs[key] = entry(bundle_dir, path, runtime=model.runtime)
     photos, prepared = [], []
-    for i, (name, aspect) in enumerate(PHOTO_WINDOWS[:len(idx)]):
+    for i, (name, aspect) in zip(colourful(images), PHOTO_WINDOWS):
         rel = items[idx[i]][0]
         path = folder / f"photo_{i}.png"
         ok, png = cv2.imencode(".png", cv2.cvtColor(raw_photo(run.data_root / rel, ctx.spec, aspect),
