@@ -6,7 +6,7 @@
   Keras model answered — the answers the device is held to (device/verify.py);
 - `photos`: three of those photos (the most colourful) as raw PNG files, with `photos_prepared`, what `prepare()` made of them
   here: the exam runs the device's decoding and resizing too, so a wrong resize mode or colour order fails.
-  Photos are shrunk to at most twice the model's input side (a 3024 px photo would cost megabytes) and two of
+  Photos are shrunk to at most 1.5 times the model's input side (a 3024 px photo would cost megabytes) and two of
   them cut to 4:3 and 3:4, so the three resize modes give different tensors even when every photo is square.
 """
 from __future__ import annotations
@@ -71,7 +71,7 @@ def raw_photo(path: Path, spec, aspect: float | None) -> np.ndarray:
     from edgecls.images import load_rgb
 
     img = window(load_rgb(path), aspect)
-    cap = 2 * max(spec.height, spec.width)
+    cap = int(1.5 * max(spec.height, spec.width))   # still shrunk on both sides (INTER_AREA), a few 100 KB
     h, w = img.shape[:2]
     if max(h, w) > cap:
         s = cap / max(h, w)

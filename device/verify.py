@@ -38,7 +38,7 @@ NEAR_TIE = 0.3                  # int8: a top-1 may differ from the host's only 
                                 # the two classes is below this (widest kernel flip measured: 0.57 vs 0.32)
 UNRELATED = 2.0                 # mean |Δp| vs the host above this × the host's own mean |Δp| vs float: another
                                 # model (tiny digits run: other kernels 0.42×, another run's int8 file 4.9×)
-MAX_FILE_BYTES = 64 << 20       # a golden file larger than this is not one export wrote
+MAX_FILE_BYTES = 64 << 20       # a golden file (or array, inflated) larger than this is not one export wrote
 
 
 def pixel_tolerance(spec) -> int:
@@ -79,9 +79,15 @@ def _array(bundle: Bundle, entry: dict, where: str) -> np.ndarray:
     verify_file(path, entry["sha256"])
     try:
         with np.load(path, allow_pickle=False) as z:
+            with z.zip.open("array.npy") as f:   # the header first: a few KB of zip can inflate to gigabytes
+                version = np.lib.format.read_magic(f)
+                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape, _, dtype = read(f)
+            if math.prod(shape) * np.dtype(dtype).itemsize > MAX_FILE_BYTES:
+                raise ValueError("too large")
             return z["array"]
     except Exception as e:   # zipfile/ValueError/KeyError for a file that is not an edgecls array
-        raise EdgeclsError(f"cannot read {path} ({where}): {type(e).__name__}") from None
+        raise EdgeclsError(f"cannot read {path} ({where}): {type(e).__name__}: {e}") from None
 
 
 def load_golden(bundle: Bundle) -> Golden | None:

@@ -4,8 +4,10 @@ edgecls.json, or another run's int8 file with its sha256 recomputed, so that onl
 Real exports (the session's tiny digits run), real runtimes, real photos, the real command in a subprocess."""
 from __future__ import annotations
 
+import io
 import json
 import shutil
+import zipfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,6 +18,7 @@ from edgecls.bundle import MANIFEST, load_bundle
 from edgecls.fsutil import sha256_file
 
 from conftest import DIGITS, TINY_EXPORT_ARGS, cli
+from test_device_run import edgecls as device_cli
 
 
 def edited(src: Path, dest: Path, change) -> Path:
@@ -55,7 +58,7 @@ def test_export_writes_a_small_hashed_exam_and_verify_passes_it(digits_bundle, p
     with np.load(digits_bundle / g["images"]["file"]) as z:
         assert z["array"].shape == (16, 96, 96, 3) and z["array"].dtype == np.uint8
 
-    p = cli("verify", digits_bundle, "--json", timeout=300)
+    p = device_cli("verify", digits_bundle, "--json", timeout=300)   # asserts no TensorFlow was imported
     assert p.returncode == 0, p.stderr[-3000:]
     exam = json.loads(p.stdout)
     assert exam["passed"] and exam["reason"] is None and exam["normalisation"] == "ok"
@@ -65,7 +68,7 @@ def test_export_writes_a_small_hashed_exam_and_verify_passes_it(digits_bundle, p
     one = cli("verify", digits_bundle, "--format", "onnx", "--precision", "int8", timeout=300)
     assert one.returncode == 0 and "onnx-int8" in one.stdout and "tflite" not in one.stdout, one.stderr
 
-    r = cli("run", digits_bundle, photos, "--json", timeout=300)
+    r = device_cli("run", digits_bundle, photos, "--json", timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     test = json.loads(r.stdout.splitlines()[-1])["summary"]["self_test"]
     assert test["passed"] and test["artifact"] == "tflite-int8" and test["seconds"] < 2.0
@@ -179,3 +182,16 @@ def test_a_replaced_or_escaping_golden_file_is_a_broken_bundle(digits_bundle, ph
     out = edited(digits_bundle, tmp_path / "c", lambda m: m["golden"]["photos"][0].__setitem__("file", "../x.png"))
     p = cli("verify", out, timeout=120)
     assert p.returncode == 2 and "golden.photos[0].file '../x.png' points outside" in p.stderr, p.stderr
+
+    # A 1 KB file whose array declares 10^12 values, its hash recomputed: refused from its header, never inflated.
+    bomb = tmp_path / "d"
+    shutil.copytree(digits_bundle, bomb)
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (10**6, 10**6)})
+    with zipfile.ZipFile(bomb / "golden" / "images.npz", "w") as z:
+        z.writestr("array.npy", header.getvalue() + bytes(1000))
+    edited_meta = json.loads((bomb / MANIFEST).read_text())
+    edited_meta["golden"]["images"]["sha256"] = sha256_file(bomb / "golden" / "images.npz")
+    (bomb / MANIFEST).write_text(json.dumps(edited_meta))
+    p = cli("verify", bomb, timeout=120)
+    assert p.returncode == 2 and "golden.images): ValueError: too large" in p.stderr.splitlines()[-1], p.stderr
