@@ -197,12 +197,7 @@ def verify(
     if threads is not None and threads < 1:
         raise EdgeclsError("--threads must be at least 1")
     b = load_bundle(bundle)
-    keys = [k for k, a in b.artifacts.items()
-            if (format is None or a.fmt.family == format) and (precision is None or a.fmt.precision == precision)]
-    if not keys:
-        raise EdgeclsError(f"bundle {bundle} has no artifact matching --format {format or 'any'} "
-                           f"--precision {precision or 'any'} (it has: {', '.join(b.artifacts)})")
-    exam = run_verify(b, keys, threads)
+    exam = run_verify(b, b.select(format, precision), threads)
     print(json.dumps(exam.to_dict(), indent=2, allow_nan=False) if json_out else format_exam(exam), flush=True)
     if not exam.passed:
         raise ExamFailed(exam.reason)

@@ -111,11 +111,7 @@ def evaluate(bundle_dir: str, data_dir: str, family: str | None = None, precisio
     from edgecls.errors import EdgeclsError
 
     bundle = load_bundle(bundle_dir)
-    keys = [k for k, a in bundle.artifacts.items()
-            if (family is None or a.fmt.family == family) and (precision is None or a.fmt.precision == precision)]
-    if not keys:
-        raise EdgeclsError(f"bundle {bundle.root} has no artifact matching --format {family or 'any'} "
-                           f"--precision {precision or 'any'} (it has: {', '.join(bundle.artifacts) or 'none'})")
+    keys = bundle.select(family, precision)
     reference = float_reference(list(bundle.artifacts))
     run_keys = keys + ([reference] if reference and reference not in keys else [])
     with progress_bar("checking images", quiet=not show_progress, total=1) as advance:

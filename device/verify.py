@@ -229,7 +229,12 @@ class Exam:
         return {"bundle": self.bundle, "passed": self.passed, "reason": self.reason, "seconds": round(self.seconds, 3),
                 "photos": self.photos, "normalisation": self.normalisation or "ok",
                 "tolerances": tolerances(),
-                "artifacts": {k: {**asdict(a), "verdict": _verdict(a)} for k, a in self.artifacts.items()}}
+                "artifacts": {k: {**_json_safe(asdict(a)), "verdict": _verdict(a)} for k, a in self.artifacts.items()}}
+
+
+def _json_safe(row: dict) -> dict:
+    """NaN/inf (a model that outputs them) as null: --json output is strict JSON."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
 
 
 def _verdict(a: ArtifactExam) -> str:

@@ -54,6 +54,15 @@ class Bundle:
         return {k: Artifact(BY_KEY[k], self.root / v["file"], v)
                 for k, v in self.meta.get("artifacts", {}).items() if k in BY_KEY}
 
+    def select(self, family: str | None = None, precision: str | None = None) -> list[str]:
+        """The keys of the artifacts matching --format/--precision (None: any), for commands that take several."""
+        keys = [k for k, a in self.artifacts.items()
+                if (family is None or a.fmt.family == family) and (precision is None or a.fmt.precision == precision)]
+        if not keys:
+            raise EdgeclsError(f"bundle {self.root} has no artifact matching --format {family or 'any'} "
+                               f"--precision {precision or 'any'} (it has: {', '.join(self.artifacts) or 'none'})")
+        return keys
+
     def artifact(self, family: str | None = None, precision: str | None = None, verify: bool = True) -> Artifact:
         """The artifact for --format/--precision; defaults to the bundle's recommended one."""
         arts = self.artifacts
