@@ -177,8 +177,9 @@ class EventsOutput(Output):
     JSON stream, and hands each event to its sinks."""
 
     def __init__(self, tracker: EventTracker, sinks: list[EventSink], bundle: str,
-                 json_stream: IO[str] | None = None):
+                 json_stream: IO[str] | None = None, log=None):
         self.tracker, self.sinks, self.bundle, self.json_stream = tracker, sinks, bundle, json_stream
+        self.log = log
         self.rate: float | None = None   # frames/s of a finite source: its frames carry their own time
         self.counts: dict[str, dict[str, int]] = {}
         self.source = None
@@ -225,6 +226,11 @@ class EventsOutput(Output):
                 s.close()
             except Exception as e:
                 errors.append(e)
+        if self.log and self.json_stream is None:  # (with --json the summary line says it)
+            for name, fig in self.summary()["event_outputs"].items():
+                if "sent" in fig:
+                    self.log(f"edgecls: {name}: {fig['sent']} sent, {fig['dropped']} dropped"
+                             + (f", {fig['reconnects']} reconnects" if "reconnects" in fig else ""))
         if errors:
             raise errors[0]
 
@@ -263,13 +269,17 @@ def open_events(opts: EventOptions, net, json_lines: bool, log=None) -> EventsOu
         if opts.mqtt:
             from edgecls.device.mqtt_sink import MqttSink, parse_mqtt_url
             target = parse_mqtt_url(opts.mqtt, opts.mqtt_ca)
+            if opts.mqtt_qos not in (0, 1, 2):
+                raise EdgeclsError(f"--mqtt-qos must be 0, 1 or 2 (got {opts.mqtt_qos})")
+            if not 0 <= opts.mqtt_state_interval < 86400:  # (NaN fails this too)
+                raise EdgeclsError("--mqtt-state-interval must be 0 (off) or more seconds")
             plans.append(lambda: MqttSink(target, qos=opts.mqtt_qos, retain=opts.mqtt_retain,
                                           state_interval=opts.mqtt_state_interval, log=log))
         if opts.webhook:
             from edgecls.device.webhook import WebhookSink, check_url
             check_url(opts.webhook)
-            if opts.webhook_timeout <= 0:
-                raise EdgeclsError("--webhook-timeout must be positive")
+            if not 0 < opts.webhook_timeout <= 600:
+                raise EdgeclsError("--webhook-timeout must be between 0 and 600 seconds")
             plans.append(lambda: WebhookSink(opts.webhook, secret=opts.webhook_secret, timeout=opts.webhook_timeout))
         if opts.gpio:
             from edgecls.device.gpio import GpioSink, parse_pins
@@ -289,4 +299,4 @@ def open_events(opts: EventOptions, net, json_lines: bool, log=None) -> EventsOu
             s.close()
         raise
     tracker = EventTracker(labels, watch, *opts.levels, opts.min_dwell)
-    return EventsOutput(tracker, sinks, bundle_id(net.bundle), sys.stdout if json_lines else None)
+    return EventsOutput(tracker, sinks, bundle_id(net.bundle), sys.stdout if json_lines else None, log)

@@ -70,10 +70,6 @@ class MqttSink(QueuedSink):
                  log=None, reconnect_delay: tuple[int, int] = RECONNECT_DELAY_S):
         import paho.mqtt.client as mqtt
 
-        if qos not in (0, 1, 2):
-            raise EdgeclsError(f"--mqtt-qos must be 0, 1 or 2 (got {qos})")
-        if state_interval < 0:
-            raise EdgeclsError("--mqtt-state-interval must be 0 (off) or more seconds")
         self.target, self.qos, self.retain, self.state_interval = target, qos, retain, state_interval
         self.log = log or (lambda m: None)
         self.status_topic, self.state_topic = f"{target.topic}/status", f"{target.topic}/state"

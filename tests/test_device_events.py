@@ -441,6 +441,8 @@ def test_bad_event_flags_are_one_line_errors_before_the_source_is_touched(tmp_pa
         (("--metrics", str(taken.getsockname()[1])), "cannot serve --metrics"),
         (("--webhook", "ftp://x/y"), "bad --webhook"),
         (("--gpio-pulse", "1"), "needs --gpio"),
+        (("--mqtt", "mqtt://broker/t", "--mqtt-qos", "3"), "--mqtt-qos must be"),
+        (("--mqtt", "mqtt://broker/t", "--mqtt-state-interval", "nan"), "--mqtt-state-interval"),
     ]
     try:
         camera.settimeout(0)
