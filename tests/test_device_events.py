@@ -169,14 +169,18 @@ def test_hysteresis_and_dwell_turn_flicker_into_one_enter_and_one_leave():
     labels = ["a", "b"]
     t = EventTracker(labels, labels, on=0.8, off=0.6, min_dwell=0.25)
     # p(a) at 10 frames a second: held, then flicker around --on and single dips below --off, then gone
-    seq = [0.9] * 4 + [0.7, 0.85, 0.5, 0.9, 0.79, 0.81, 0.5, 0.9] + [0.4, 0.3, 0.3, 0.3]
+    seq = [0.9] * 4 + [0.7, 0.85, 0.5, 0.9, 0.79, 0.81, 0.5, 0.9] + [0.7] * 4 + [0.4, 0.3, 0.3, 0.3]
     got = []
     for i, p in enumerate(seq):
         got += [(i, kind, lab) for kind, lab, _, _ in t.update(np.array([p, 1 - p]), i / 10)]
     # enters once ≥ 0.8 has held 0.25 s (frame 3); the dips below 0.6 last one frame (< 0.25 s): no leave;
-    # below 0.6 from frame 12, it leaves at frame 15
-    assert got == [(3, "enter", "a"), (15, "leave", "a")]
+    # 0.7 for 0.4 s is below --on but not below --off: still in; below 0.6 from frame 16, it leaves at frame 19
+    assert got == [(3, "enter", "a"), (19, "leave", "a")]
     assert t.inside == []
+    # hysteresis alone (no dwell): flicker between the thresholds keeps it in
+    t1 = EventTracker(labels, ["a"], on=0.8, off=0.6, min_dwell=0.0)
+    flicker = [t1.update(np.array([p, 1 - p]), i / 10) for i, p in enumerate([0.9, 0.7, 0.85, 0.65, 0.95, 0.61])]
+    assert [[(k, lab) for k, lab, _, _ in ev] for ev in flicker] == [[("enter", "a")], [], [], [], [], []]
     t2 = EventTracker(labels, ["a", "uncertain"], on=0.8, off=0.6, min_dwell=0.0)
     out = [t2.update(np.array([p, 1 - p]), i / 10) for i, p in enumerate([0.5, 0.5, 0.9, 0.9, 0.1])]
     assert [[(k, lab) for k, lab, _, _ in ev] for ev in out] == [
