@@ -76,6 +76,7 @@ class MqttSink(QueuedSink):
         self.connected = threading.Event()
         self.connects = 0
         self._last_state = float("-inf")
+        self._refused = None
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
                              client_id=f"edgecls-{socket.gethostname()}-{os.getpid()}")
         if target.username is not None:
@@ -96,8 +97,11 @@ class MqttSink(QueuedSink):
 
     def _on_connect(self, client, userdata, flags, reason_code, properties):
         if reason_code.is_failure:
-            self.log(f"edgecls: warning: MQTT broker {self.target.where} refused the connection: {reason_code}")
+            if reason_code != self._refused:  # once, not at every retry
+                self.log(f"edgecls: warning: MQTT broker {self.target.where} refused the connection: {reason_code}")
+            self._refused = reason_code
             return
+        self._refused = None
         self.connects += 1
         if self.connects > 1:
             self.log(f"edgecls: MQTT reconnected to {self.target.where}")

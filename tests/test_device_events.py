@@ -6,6 +6,7 @@ the real `edgecls run` in a subprocess (through test_device_run's wrapper, which
 """
 from __future__ import annotations
 
+import getpass
 import hashlib
 import hmac
 import json
@@ -90,10 +91,11 @@ def segments(confident, order: str, each: int) -> list[np.ndarray]:
 class Broker:
     """A real Mosquitto on 127.0.0.1:port, stoppable and restartable on the same port."""
 
-    def __init__(self, tmp: Path, port: int | None = None):
-        self.port = port or free_port()
+    def __init__(self, tmp: Path, settings: str = "allow_anonymous true\n"):
+        self.port = free_port()
         self.conf = tmp / "mosquitto.conf"
-        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n")
+        # `user`: a broker started as root keeps root (it would drop to "mosquitto", which cannot read tmp_path)
+        self.conf.write_text(f"user {getpass.getuser()}\nlistener {self.port} 127.0.0.1\n{settings}")
         self.proc = None
         self.start()
 
@@ -128,12 +130,16 @@ def broker(tmp_path):
 class Subscriber:
     """A paho subscriber that records TOPIC's messages in order and resubscribes after a reconnect."""
 
-    def __init__(self, port: int, topic: str):
+    def __init__(self, port: int, topic: str, ca: Path | None = None, auth: tuple[str, str] | None = None):
         import paho.mqtt.client as mqtt
 
         self.messages: list[dict] = []
         self.ready = threading.Event()
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        if ca:
+            c.tls_set(ca_certs=str(ca))
+        if auth:
+            c.username_pw_set(*auth)
         c.on_connect = lambda cl, u, f, rc, p: cl.subscribe(topic, qos=1)
         c.on_subscribe = lambda cl, u, mid, rcs, p: self.ready.set()
         c.on_message = lambda cl, u, msg: self.messages.append(json.loads(msg.payload))
@@ -218,6 +224,47 @@ def test_mqtt_publishes_exactly_the_expected_events_in_order_and_every_run_the_s
         assert without_wall_clock(again) == without_wall_clock(events)
     finally:
         sub.close()
+
+
+def make_tls_files(folder: Path) -> Path:
+    """A private CA and a certificate for 127.0.0.1 signed by it (openssl, EC keys: fast)."""
+    if not shutil.which("openssl"):
+        if os.environ.get("CI"):
+            pytest.fail("openssl is not installed (.ci/run installs it)")
+        pytest.skip("openssl is not installed")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    for cmd in (["req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=edgecls test CA"],
+                ["req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"],
+                ["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                 "-out", "server.pem", "-days", "2", "-extfile", "ext.cnf"]):
+        (folder / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+        subprocess.run(["openssl", *cmd], cwd=folder, check=True, capture_output=True)
+    return folder / "ca.pem"
+
+
+def test_mqtts_with_a_private_ca_and_a_password(confident, tmp_path):
+    if not Path(MOSQUITTO).exists():
+        pytest.skip("mosquitto is not installed")
+    ca = make_tls_files(tmp_path)
+    subprocess.run(["mosquitto_passwd", "-c", "-b", str(tmp_path / "pw"), "cam", "p@ss:word"], check=True)
+    broker = Broker(tmp_path, f"cafile {ca}\ncertfile {tmp_path / 'server.pem'}\nkeyfile {tmp_path / 'server.key'}\n"
+                              f"allow_anonymous false\npassword_file {tmp_path / 'pw'}\n")
+    video = write_video(tmp_path / "ab.mkv", segments(confident, "AB", each=4))
+    sub = Subscriber(broker.port, "secure/cam", ca=ca, auth=("cam", "p@ss:word"))
+    try:
+        url = f"mqtts://cam:p%40ss%3Aword@127.0.0.1:{broker.port}/secure/cam"
+        p = edgecls("run", BUNDLE, video, "--json", "--mqtt", url, "--mqtt-ca", ca, "--mqtt-qos", "1")
+        assert p.returncode == 0, p.stderr
+        events, summary = events_of(p.stdout)
+        assert len(events) == 3 and sub.wait_for(3) == events
+        assert summary["event_outputs"]["mqtt"]["sent"] == 3
+        wrong = edgecls("run", BUNDLE, video, "--json", "--mqtt", url.replace("word@", "wort@"), "--mqtt-ca", ca)
+        assert wrong.returncode == 0 and "refused the connection: Not authorized" in wrong.stderr
+        assert "p@ss" not in wrong.stderr + p.stderr and "wort" not in wrong.stderr  # never print the password
+        assert events_of(wrong.stdout)[1]["event_outputs"]["mqtt"]["sent"] == 0
+    finally:
+        sub.close()
+        broker.kill()
 
 
 @pytest.mark.slow
