@@ -142,7 +142,8 @@ class Subscriber:
             c.username_pw_set(*auth)
         c.on_connect = lambda cl, u, f, rc, p: cl.subscribe(topic, qos=1)
         c.on_subscribe = lambda cl, u, mid, rcs, p: self.ready.set()
-        c.on_message = lambda cl, u, msg: self.messages.append(json.loads(msg.payload))
+        c.on_message = lambda cl, u, msg: self.messages.append(
+            json.loads(msg.payload) if msg.payload.startswith(b"{") else msg.payload.decode())
         c.reconnect_delay_set(1, 2)
         c.connect_async("127.0.0.1", port)
         c.loop_start()
@@ -303,6 +304,23 @@ def test_broker_killed_for_5s_mid_run_the_run_goes_on_reconnects_and_counts_what
     assert summary["stopped_by"] == "SIGTERM"
 
 
+def test_the_last_will_says_offline_when_the_device_vanishes(broker, confident, tmp_path):
+    video = write_video(tmp_path / "ab.mkv", segments(confident, "AB", each=4))
+    status = Subscriber(broker.port, "cam/status")
+    proc = subprocess.Popen([sys.executable, "-m", "edgecls", "run", str(BUNDLE), str(video), "--loop", "--headless",
+                             "--mqtt", f"mqtt://127.0.0.1:{broker.port}/cam"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=ENV)
+    try:
+        assert status.wait_for(1) == ["online"]
+        proc.kill()  # no clean exit: the broker publishes the will
+        proc.wait()
+        assert status.wait_for(2) == ["online", "offline"]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        status.close()
+
+
 def test_a_dead_broker_drops_and_counts_instead_of_blocking(confident, tmp_path):
     video = write_video(tmp_path / "ab.mkv", segments(confident, "AB", each=4))
     port = free_port()  # nothing listens there
@@ -330,6 +348,33 @@ class Hook(BaseHTTPRequestHandler):
         self.received.append((dict(self.headers), body))
         self.send_response(204)
         self.end_headers()
+
+
+class FlakyHook(Hook):
+    """Answers 503 to every other request: each event needs one retry."""
+
+    def do_POST(self):
+        if len(self.received) % 2 == 0:
+            self.received.append(None)
+            self.send_response(503)
+            self.end_headers()
+            return
+        super().do_POST()
+
+
+def test_webhook_retries_a_failed_post_with_backoff(confident, tmp_path):
+    video = write_video(tmp_path / "ab.mkv", segments(confident, "AB", each=4))
+    FlakyHook.received = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FlakyHook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        p = edgecls("run", BUNDLE, video, "--json", "--webhook", f"http://127.0.0.1:{server.server_port}/")
+    finally:
+        server.shutdown()
+        server.server_close()
+    events, summary = events_of(p.stdout)
+    assert [json.loads(r[1]) for r in FlakyHook.received if r] == events and len(events) == 3
+    assert summary["event_outputs"]["webhook"] == {"sent": 3, "dropped": 0, "failed_attempts": 3}
 
 
 def test_webhook_posts_each_event_signed_and_a_hanging_server_does_not_slow_the_loop(confident, tmp_path):
