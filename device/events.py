@@ -284,6 +284,11 @@ def open_events(opts: EventOptions, net, json_lines: bool, log=None) -> EventsOu
         if opts.gpio:
             from edgecls.device.gpio import GpioSink, parse_pins
             pins = parse_pins(opts.gpio, labels)
+            if UNCERTAIN in pins and UNCERTAIN not in watch:
+                watch.append(UNCERTAIN)  # a pin for "uncertain" is asking to watch it
+            unwatched = [lab for lab in pins if lab not in watch]
+            if unwatched:  # its pin would never move
+                raise EdgeclsError(f"--gpio: label {unwatched[0]!r} is not among --classes {opts.classes}")
             if opts.gpio_pulse is not None and not 0 < opts.gpio_pulse <= 3600:
                 raise EdgeclsError("--gpio-pulse must be a positive number of seconds")
             plans.append(lambda: GpioSink(pins, pulse_s=opts.gpio_pulse))

@@ -531,6 +531,7 @@ def test_bad_event_flags_are_one_line_errors_before_the_source_is_touched(tmp_pa
         (("--mqtt", "mqtt://broker/a/+"), "subscribing"),
         (("--gpio", "11=17"), "unknown label '11'"),
         (("--gpio", "3"), "LABEL=PIN"),
+        (("--gpio", "3=17", "--classes", "4"), "not among --classes"),
         (("--classes", "3,eleven"), "unknown label 'eleven'"),
         (("--on", "0.5", "--off", "0.5"), "must be below --on"),
         (("--on", "nan"), "between 0 and 1"),
