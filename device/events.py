@@ -36,7 +36,7 @@ class _Track:
 
 class EventTracker:
     """Per-class hysteresis + dwell over a stream of probability vectors. `update()` returns the events that
-    the frame completes (leaves before enters, each in label order: the same input gives the same list)."""
+    the frame completes (leaves before enters, each in watch order: the same input gives the same list)."""
 
     def __init__(self, labels: list[str], watch: list[str], on: float, off: float, min_dwell: float):
         self.labels, self.on, self.off, self.min_dwell = labels, on, off, min_dwell
