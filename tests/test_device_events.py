@@ -6,6 +6,7 @@ the real `edgecls run` in a subprocess (through test_device_run's wrapper, which
 """
 from __future__ import annotations
 
+import contextlib
 import getpass
 import hashlib
 import hmac
@@ -350,6 +351,18 @@ class Hook(BaseHTTPRequestHandler):
         self.end_headers()
 
 
+@contextlib.contextmanager
+def http_server(handler):
+    """A real HTTP server on 127.0.0.1 (a free port) for the length of the block."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_port
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 class FlakyHook(Hook):
     """Answers 503 to every other request: each event needs one retry."""
 
@@ -365,13 +378,8 @@ class FlakyHook(Hook):
 def test_webhook_retries_a_failed_post_with_backoff(confident, tmp_path):
     video = write_video(tmp_path / "ab.mkv", segments(confident, "AB", each=4))
     FlakyHook.received = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FlakyHook)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        p = edgecls("run", BUNDLE, video, "--json", "--webhook", f"http://127.0.0.1:{server.server_port}/")
-    finally:
-        server.shutdown()
-        server.server_close()
+    with http_server(FlakyHook) as port:
+        p = edgecls("run", BUNDLE, video, "--json", "--webhook", f"http://127.0.0.1:{port}/")
     events, summary = events_of(p.stdout)
     assert [json.loads(r[1]) for r in FlakyHook.received if r] == events and len(events) == 3
     assert summary["event_outputs"]["webhook"] == {"sent": 3, "dropped": 0, "failed_attempts": 3}
@@ -380,14 +388,9 @@ def test_webhook_retries_a_failed_post_with_backoff(confident, tmp_path):
 def test_webhook_posts_each_event_signed_and_a_hanging_server_does_not_slow_the_loop(confident, tmp_path):
     video = write_video(tmp_path / "aba.mkv", segments(confident, "ABA", each=8))
     Hook.received = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        p = edgecls("run", BUNDLE, video, "--json", "--webhook", f"http://127.0.0.1:{server.server_port}/hook",
+    with http_server(Hook) as port:
+        p = edgecls("run", BUNDLE, video, "--json", "--webhook", f"http://127.0.0.1:{port}/hook",
                     "--webhook-secret", "s3cret")
-    finally:
-        server.shutdown()
-        server.server_close()
     assert p.returncode == 0, p.stderr
     events, summary = events_of(p.stdout)
     assert len(events) == 5 and summary["event_outputs"]["webhook"]["sent"] == 5
