@@ -65,7 +65,8 @@ def run(
     min_dwell: float = typer.Option(0.0, "--min-dwell", help="Seconds a change must hold before its event fires."),
     classes: Optional[str] = typer.Option(None, "--classes", help="Watch only these labels, e.g. a,b (or 'uncertain')."),
     events: bool = typer.Option(False, "--events", help="Event lines in --json ({\"event\": \"enter\", …})."),
-    mqtt: Optional[str] = typer.Option(None, "--mqtt", help="Publish events: mqtt[s]://[user:pass@]HOST[:PORT]/TOPIC."),
+    mqtt: Optional[str] = typer.Option(None, "--mqtt", help="Publish events to mqtt://HOST[:PORT]/TOPIC "
+                                        "(mqtts:// for TLS; user:pass@HOST to log in)."),
     mqtt_qos: int = typer.Option(0, "--mqtt-qos", help="0|1|2"),
     mqtt_retain: bool = typer.Option(False, "--mqtt-retain", help="Retain the event and state messages."),
     mqtt_ca: Optional[str] = typer.Option(None, "--mqtt-ca", help="CA certificate file for mqtts://."),

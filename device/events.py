@@ -213,6 +213,9 @@ class EventsOutput(Output):
             if self.json_stream is not None:
                 self.json_stream.write(json.dumps(ev, allow_nan=False) + "\n")
                 self.json_stream.flush()
+            elif self.log:  # a person watching the console sees the events too (stderr: stdout has the frames)
+                self.log(f"edgecls: {kind} {label} ({conf * 100:.1f}%) at {frame.file or f'frame {frame.index}'}"
+                         + (f" after {duration:.1f} s" if kind == "leave" else ""))
             for s in self.sinks:
                 s.send(ev)
         state = self.tracker.inside
