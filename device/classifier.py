@@ -29,6 +29,7 @@ class Result:
     class_index: int                 # top-1 class index (even when uncertain)
     infer_ms: float                  # preprocess + invoke + postprocess
     t_done: float                    # time.monotonic() when the result was ready
+    probs: np.ndarray | None = None  # every class's probability (after smoothing): what events are tracked on
 
     @property
     def uncertain(self) -> bool:
@@ -74,4 +75,4 @@ class Classifier:
         best, conf = int(order[0]), float(probs[order[0]])
         label = self.labels[best] if conf >= self.threshold else UNCERTAIN
         now = time.perf_counter()
-        return Result(label, conf, top, best, (now - t0) * 1000.0, time.monotonic())
+        return Result(label, conf, top, best, (now - t0) * 1000.0, time.monotonic(), probs)

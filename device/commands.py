@@ -60,9 +60,30 @@ def run(
     loop: bool = typer.Option(False, "--loop", help="Files, folders: start again when exhausted."),
     max_frames: Optional[int] = typer.Option(None, "--max-frames", help="Stop after this many results."),
     no_verify: bool = typer.Option(False, "--no-verify", help="Skip the bundle's self-test at start-up."),
+    # Events (device/events.py) and where they go: any of these turns the event model on.
+    on: Optional[float] = typer.Option(None, "--on", help="A class enters at this probability or more (default 0.8)."),
+    off: Optional[float] = typer.Option(None, "--off", help="…and leaves below this one (default 0.6; < --on)."),
+    min_dwell: float = typer.Option(0.0, "--min-dwell", help="Seconds a change must hold before its event fires."),
+    classes: Optional[str] = typer.Option(None, "--classes", help="Watch only these labels, e.g. a,b (or 'uncertain')."),
+    events: bool = typer.Option(False, "--events", help="Event lines in --json ({\"event\": \"enter\", …})."),
+    mqtt: Optional[str] = typer.Option(None, "--mqtt", help="Publish events to mqtt://HOST[:PORT]/TOPIC "
+                                        "(mqtts:// for TLS; user:pass@HOST to log in)."),
+    mqtt_qos: int = typer.Option(0, "--mqtt-qos", help="0|1|2"),
+    mqtt_retain: bool = typer.Option(False, "--mqtt-retain", help="Retain the event and state messages."),
+    mqtt_ca: Optional[str] = typer.Option(None, "--mqtt-ca", help="CA certificate file for mqtts://."),
+    mqtt_state_interval: float = typer.Option(0.0, "--mqtt-state-interval",
+                                              help="Also publish the state on TOPIC/state every N s (0: off)."),
+    webhook: Optional[str] = typer.Option(None, "--webhook", help="POST each event as JSON to this http(s) URL."),
+    webhook_secret: Optional[str] = typer.Option(None, "--webhook-secret", envvar="EDGECLS_WEBHOOK_SECRET",
+                                                 help="Sign each body: X-Edgecls-Signature: sha256=HMAC."),
+    webhook_timeout: float = typer.Option(5.0, "--webhook-timeout", help="Seconds per webhook attempt."),
+    gpio: Optional[str] = typer.Option(None, "--gpio", help="LABEL=PIN[,LABEL=PIN…]: pin HIGH while the class is in."),
+    gpio_pulse: Optional[float] = typer.Option(None, "--gpio-pulse", help="Pulse the pin N s per enter instead."),
+    metrics: Optional[int] = typer.Option(None, "--metrics", help="Serve Prometheus /metrics on this port (--host)."),
 ):
     """Classify a camera, stream, video or folder live: source → model → outputs."""
     from edgecls.device.classifier import Classifier
+    from edgecls.device.events import EventOptions, open_events
     from edgecls.device.frame import Orientation
     from edgecls.device.outputs import open_output
     from edgecls.device.pipeline import run_pipeline
@@ -84,11 +105,25 @@ def run(
                                                               # never touches the camera
     self_test = (SelfTest("", {"passed": None, "skipped": "--no-verify"}) if no_verify
                  else startup_exam(net.bundle, net.model, threads=threads))
-    src = open_source(source, opts)
+    # Checked and bound (ports, pins) before the camera opens: bad input never touches the source.
+    event_out = open_events(EventOptions(
+        on=on, off=off, min_dwell=min_dwell, classes=classes, events=events, mqtt=mqtt, mqtt_qos=mqtt_qos,
+        mqtt_retain=mqtt_retain, mqtt_ca=mqtt_ca, mqtt_state_interval=mqtt_state_interval, webhook=webhook,
+        webhook_secret=webhook_secret, webhook_timeout=webhook_timeout, gpio=gpio, gpio_pulse=gpio_pulse,
+        metrics=metrics, host=host), net, json_lines, log=_err)
+    extra = [event_out] if event_out else []
     try:
+        src = open_source(source, opts)
+    except BaseException:
+        for o in extra:
+            o.close()
+        raise
+    try:
+        for o in extra:
+            o.attach_source(src, fps)
         output = open_output(json_lines=json_lines, headless=headless, every_frame=not src.live,
                              stream=None if stream is None else f"{host}:{stream}", save=str(save) if save else None,
-                             save_fps=getattr(src, "fps", None) or fps or 30.0, log=_err)
+                             save_fps=getattr(src, "fps", None) or fps or 30.0, log=_err, extra=extra)
     except BaseException:
         src.close()
         raise

@@ -46,6 +46,10 @@ class Output:
     def close(self) -> None:
         pass
 
+    def summary(self) -> dict:
+        """What this output adds to the run summary (e.g. messages sent and dropped)."""
+        return {}
+
 
 class JsonLinesOutput(Output):
     def __init__(self, stream: IO[str] | None = None):
@@ -233,11 +237,15 @@ class Outputs:
         if errors:
             raise errors[0]
 
+    def summary(self) -> dict:
+        return {k: v for out in self.outputs for k, v in out.summary().items()}
+
 
 def open_output(json_lines: bool = False, headless: bool = False, every_frame: bool = True,
                 stream: str | None = None, save: str | None = None, save_fps: float = 30.0,
-                log=None) -> Outputs:
-    """The outputs the run flags ask for. `stream` is "HOST:PORT" or "PORT"; no window with --headless/--json."""
+                log=None, extra: list[Output] = ()) -> Outputs:
+    """The outputs the run flags ask for. `stream` is "HOST:PORT" or "PORT"; no window with --headless/--json.
+    `extra`: outputs built before the source opened (the event outputs), closed with the others on failure."""
     outs: list[Output] = []
     try:
         if not (headless or json_lines):
@@ -251,8 +259,10 @@ def open_output(json_lines: bool = False, headless: bool = False, every_frame: b
             outs.append(JsonLinesOutput())
         elif headless:
             outs.append(ConsoleOutput(every_frame))
+        outs += extra  # after the JSON lines: a frame's record comes before the events it completes
     except BaseException:
-        Outputs(outs).close()  # e.g. the port is taken: do not leave a half-open set of outputs behind
+        # e.g. the port is taken: do not leave a half-open set of outputs behind
+        Outputs(outs + [o for o in extra if o not in outs]).close()
         raise
     return Outputs(outs)
 

@@ -69,5 +69,6 @@ def run_pipeline(source: Source, net: Classifier, output: Outputs, max_frames: i
         summary["reconnects"] = source.reconnects
     if getattr(source, "skipped", None):
         summary["skipped_files"] = source.skipped
+    summary.update(output.summary())
     summary["rss_mb_start"], summary["rss_mb_end"] = round(rss_start, 1), round(rss_mb(), 1)
     return summary

@@ -1,0 +1,155 @@
+"""Events to an MQTT broker (paho-mqtt ≥ 2): how a fleet of devices reports to one Mosquitto / EMQX / Home Assistant.
+
+    --mqtt mqtt://[user:pass@]HOST[:PORT]/TOPIC     (mqtts:// for TLS, --mqtt-ca CA.pem to trust a private CA)
+
+TOPIC          each event as JSON (QoS --mqtt-qos, retained with --mqtt-retain)
+TOPIC/state    the classes that are in, at most once per --mqtt-state-interval seconds (0: not sent)
+TOPIC/status   "online" (retained) once connected; "offline" on a clean exit, and as the last will when the
+               device vanishes
+paho's network thread reconnects with backoff (1 s doubling to 30 s). Events wait in a bounded queue while the
+broker is away; state messages are dropped then (a stale state is worth nothing); both are counted.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+import urllib.parse
+from dataclasses import dataclass
+
+from edgecls.device.sink_queue import QueuedSink, wait_until
+from edgecls.errors import EdgeclsError
+
+RECONNECT_DELAY_S = (1, 30)
+KEEPALIVE_S = 30
+
+
+@dataclass(frozen=True)
+class MqttTarget:
+    host: str
+    port: int
+    topic: str
+    tls: bool = False
+    ca: str | None = None
+    username: str | None = None
+    password: str | None = None
+
+    @property
+    def where(self) -> str:  # for messages: never the password
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}/{self.topic}"
+
+
+def parse_mqtt_url(url: str, ca: str | None = None) -> MqttTarget:
+    bad = f"bad --mqtt {url!r}: expected mqtt://[user:pass@]HOST[:PORT]/TOPIC (or mqtts://)"
+    u = urllib.parse.urlsplit(url)
+    if u.scheme not in ("mqtt", "mqtts") or not u.hostname:
+        raise EdgeclsError(bad)
+    try:
+        port = u.port or (8883 if u.scheme == "mqtts" else 1883)
+    except ValueError:
+        raise EdgeclsError(f"{bad} (the port is not a number from 1 to 65535)") from None
+    topic = urllib.parse.unquote(u.path.lstrip("/"))
+    if not topic or u.query or u.fragment:
+        raise EdgeclsError(f"{bad} (no topic)" if not topic else bad)
+    if any(c in topic for c in "+#\0"):
+        raise EdgeclsError(f"bad --mqtt topic {topic!r}: '+' and '#' are for subscribing, not publishing")
+    if ca is not None:
+        if u.scheme != "mqtts":
+            raise EdgeclsError("--mqtt-ca needs an mqtts:// URL")
+        if not os.path.isfile(ca):
+            raise EdgeclsError(f"--mqtt-ca {ca}: file not found")
+    return MqttTarget(u.hostname, port, topic, u.scheme == "mqtts", ca,
+                      urllib.parse.unquote(u.username) if u.username else None,
+                      urllib.parse.unquote(u.password) if u.password else None)
+
+
+class MqttSink(QueuedSink):
+    def __init__(self, target: MqttTarget, qos: int = 0, retain: bool = False, state_interval: float = 0.0,
+                 log=None, reconnect_delay: tuple[int, int] = RECONNECT_DELAY_S):
+        import paho.mqtt.client as mqtt
+
+        self.target, self.qos, self.retain, self.state_interval = target, qos, retain, state_interval
+        self.log = log or (lambda m: None)
+        self.status_topic, self.state_topic = f"{target.topic}/status", f"{target.topic}/state"
+        self.connected = threading.Event()
+        self.connects = 0
+        self._last_state = float("-inf")
+        self._refused = None
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
+                             client_id=f"edgecls-{socket.gethostname()}-{os.getpid()}")
+        if target.username is not None:
+            client.username_pw_set(target.username, target.password)
+        if target.tls:
+            try:
+                client.tls_set(ca_certs=target.ca)
+            except (OSError, ValueError) as e:
+                raise EdgeclsError(f"--mqtt-ca {target.ca}: {e}") from None
+        client.will_set(self.status_topic, "offline", qos=1, retain=True)
+        client.reconnect_delay_set(*reconnect_delay)
+        client.on_connect, client.on_disconnect = self._on_connect, self._on_disconnect
+        self.client = client
+        super().__init__("mqtt")
+        # Asynchronous: an absent broker is retried by paho's thread, the run starts anyway.
+        client.connect_async(target.host, target.port, keepalive=KEEPALIVE_S)
+        client.loop_start()
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties):
+        if reason_code.is_failure:
+            if reason_code != self._refused:  # once, not at every retry
+                self.log(f"edgecls: warning: MQTT broker {self.target.where} refused the connection: {reason_code}")
+            self._refused = reason_code
+            return
+        self._refused = None
+        self.connects += 1
+        if self.connects > 1:
+            self.log(f"edgecls: MQTT reconnected to {self.target.where}")
+        client.publish(self.status_topic, "online", qos=1, retain=True)
+        self.connected.set()
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties):
+        if self.connected.is_set() and not self.give_up.is_set():
+            self.log(f"edgecls: warning: MQTT connection to {self.target.where} lost ({reason_code}); retrying")
+        self.connected.clear()
+
+    @property
+    def reconnects(self) -> int:
+        return max(0, self.connects - 1)
+
+    def frame(self, frame, result, stats, state):
+        if self.state_interval <= 0:
+            return
+        now = time.monotonic()
+        if now - self._last_state < self.state_interval:
+            return
+        self._last_state = now
+        self.put(("state", json.dumps({"in": state, "label": result.label, "confidence": round(result.confidence, 5),
+                                       "frame": frame.index, "fps": round(stats.fps_now, 2)})))
+
+    def send(self, event):
+        self.put(("event", json.dumps(event, allow_nan=False)))
+
+    def deliver(self, item) -> bool:
+        kind, payload = item
+        if kind == "state":
+            if not self.connected.is_set():
+                return False
+            return self.client.publish(self.state_topic, payload, qos=0, retain=self.retain).rc == 0
+        if not wait_until(self.connected, self.give_up):  # events wait for the broker (the queue is bounded)
+            return False
+        return self.client.publish(self.target.topic, payload, qos=self.qos, retain=self.retain).rc == 0
+
+    def shutdown(self) -> None:
+        self.give_up.set()  # (already set by close(): our own disconnect is not worth a warning)
+        try:
+            if self.connected.is_set():
+                info = self.client.publish(self.status_topic, "offline", qos=1, retain=True)
+                info.wait_for_publish(timeout=1.0)
+            self.client.disconnect()
+        except (RuntimeError, ValueError, OSError):
+            pass
+        self.client.loop_stop()
+
+    def summary(self) -> dict:
+        return {**super().summary(), "reconnects": self.reconnects}
