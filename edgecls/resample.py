@@ -87,8 +87,9 @@ def taps(n_in: int, n_out: int) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarra
         for t in range(-(-n_in // n_out) + 1):   # an output overlaps at most ceil(n_in / n_out) + 1 pixels
             i = first + t
             overlap = np.maximum(0, np.minimum(hi, (i + 1) * n_out) - np.maximum(lo, i * n_out))
-            index.append(np.minimum(i, n_in - 1))   # past the end: weight 0
-            weight.append(overlap)
+            if overlap.any():                        # e.g. the last tap of an integer ratio: all zero, skipped
+                index.append(np.minimum(i, n_in - 1))   # past the end: weight 0
+                weight.append(overlap)
         return tuple(index), tuple(weight), n_in
     den = 2 * n_out
     pos = np.clip((2 * j + 1) * n_in - n_out, 0, (n_in - 1) * den)   # source position × den, clamped to the edges
