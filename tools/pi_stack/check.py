@@ -410,9 +410,10 @@ class PixelsCheck:
     saved: Path
 
 
-def host_pixels(args, tmp: Path, rows: list[Row]) -> list[PixelsCheck]:
+def host_pixels(args, formats: dict[str, str], tmp: Path, rows: list[Row]) -> list[PixelsCheck]:
     """The host's tensors (and, for same-pixels, its int8 probabilities on them), saved for the Pi to compare."""
-    asked = {PIXELS: ["identity", str(args.images)], SAME_PIXELS: ["outputs", str(args.bundle), str(args.images)]}
+    asked = {PIXELS: ["identity", str(args.images)],
+             SAME_PIXELS: ["outputs", str(args.bundle), str(args.images), "--artifacts", ",".join(formats)]}
     checks = []
     for name, cli in asked.items():
         if name not in args.commands:
@@ -489,7 +490,7 @@ def run_checks(args, pi_python: str, tmp: Path) -> list[Row]:
     formats = int8_formats(args.bundle, args.formats)
     rows: list[Row] = []
     host = host_predictions(args, formats, rows)
-    pixel_checks = host_pixels(args, tmp, rows)
+    pixel_checks = host_pixels(args, formats, tmp, rows)
     for cpu in args.cpus:
         pi_env = dict(os.environ, QEMU_CPU=cpu)
         p = call([pi_python, args.envs[0], "-c", CPU_FEATURES], pi_env)

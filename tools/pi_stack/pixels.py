@@ -84,22 +84,18 @@ def sha256(a: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
 
 
-def int8_keys(bundle) -> list[str]:
-    return [k for k in ("tflite-int8", "onnx-int8") if k in bundle.artifacts]
-
-
-def probabilities(bundle, x: np.ndarray) -> dict[str, np.ndarray]:
-    """Each int8 artifact's probabilities on the prepared uint8 tensors x, through the device runtime."""
+def probabilities(bundle, x: np.ndarray, keys: list[str]) -> dict[str, np.ndarray]:
+    """Each artifact's probabilities on the prepared uint8 tensors x, through the device runtime."""
     from edgecls.device.runtime import load_model
 
-    return {k: load_model(bundle, *k.split("-"), threads=2).predict(x) for k in int8_keys(bundle)}
+    return {k: load_model(bundle, *k.split("-"), threads=2).predict(x) for k in keys if k in bundle.artifacts}
 
 
-def compare_outputs(bundle, saved) -> dict:
+def compare_outputs(bundle, saved, keys: list[str]) -> dict:
     files, x = [str(f) for f in saved["files"]], saved["tensors"]
     labels = bundle.labels
     report = {}
-    for key, probs in probabilities(bundle, x).items():
+    for key, probs in probabilities(bundle, x, keys).items():
         host = saved[f"probs|{key}"]
         host_top1, top1 = host.argmax(1), probs.argmax(1)
         flips = []
@@ -120,6 +116,7 @@ def main(argv=None) -> int:
     outs = sub.add_parser("outputs", help="int8 outputs on the host's prepared tensors")
     outs.add_argument("bundle")
     outs.add_argument("images", type=Path)
+    outs.add_argument("--artifacts", default="tflite-int8,onnx-int8", help="bundle artifact keys, comma-separated")
     for p in (ident, outs):
         group = p.add_mutually_exclusive_group(required=True)
         group.add_argument("--save", type=Path, help="host: write the tensors (and probabilities) here (.npz)")
@@ -144,13 +141,13 @@ def main(argv=None) -> int:
 
         found = scan(args.images, classes=bundle.labels)
         x, _ = load_arrays(found.root, found.items, bundle.spec)
-        probs = probabilities(bundle, x)
+        probs = probabilities(bundle, x, args.artifacts.split(","))
         np.savez(args.save, files=np.array([rel for rel, _ in found.items]), tensors=x,
                  **{f"probs|{k}": v for k, v in probs.items()})
         print(json.dumps({"tensors": len(x), "artifacts": list(probs)}))
     else:
         with np.load(args.compare) as f:
-            print(json.dumps(compare_outputs(bundle, {k: f[k] for k in f.files})))
+            print(json.dumps(compare_outputs(bundle, {k: f[k] for k in f.files}, args.artifacts.split(","))))
     return 0
 
 
