@@ -41,12 +41,12 @@ def check_label(label: str, allowed: list[str] | None = None, flag: str = "--lab
 
 def writable_dir(path: Path, what: str) -> Path:
     """Create `path` if needed and check we can write in it: one clear error instead of a failure mid-run."""
+    if path.exists() and not path.is_dir():
+        raise EdgeclsError(f"{what} {path} is not a folder")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise EdgeclsError(f"{what} {path}: cannot create it ({e.strerror or e})") from None
-    if not path.is_dir():
-        raise EdgeclsError(f"{what} {path} is not a folder")
     if not os.access(path, os.W_OK | os.X_OK):
         raise EdgeclsError(f"{what} {path} is not writable")
     return path
