@@ -53,8 +53,8 @@ function setupLabels(s) {
   labels = s.labels;
   $("capture").hidden = !s.can_capture;
   $("capture-buttons").replaceChildren(...labels.map((lab, i) =>
-    el("button", {class: "capture", "data-label": lab, onclick: () => capture(lab)},
-       (i < 9 ? `${i + 1} · ` : "") + lab)));
+    el("button", {class: "capture", "data-label": lab, title: i < 9 ? `key ${i + 1}` : "", onclick: () => capture(lab)},
+       lab, ...(i < 9 ? [el("small", {class: "key"}, ` ${i + 1}`)] : []))));
   if (s.mode === "run") $("stream").src = "/stream";
   else { $("stream-box").hidden = true; $("no-stream").hidden = false; showPage("gallery"); }
 }
@@ -113,4 +113,5 @@ document.addEventListener("keydown", (e) => {
   if (i >= 0 && i < labels.length && status && status.can_capture && !$("page-live").hidden) capture(labels[i]);
 });
 for (const b of document.querySelectorAll(".tab")) b.onclick = () => showPage(b.dataset.page);
+$("refresh").onclick = loadGallery;
 poll();
