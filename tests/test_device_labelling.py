@@ -83,6 +83,18 @@ def test_collect_from_a_video_writes_n_decodable_photos_with_sidecars(video, hel
     assert np.abs(cv2.imread(str(by_frame[5])).astype(int) - want).mean() < 3.0
 
 
+def test_training_reads_collected_photos_and_takes_their_sidecars_for_what_they_are(video, tmp_path):
+    from edgecls.dataset import scan
+
+    data = tmp_path / "data"
+    for label in ("a", "b"):
+        assert edgecls("collect", data, "--source", video, "--label", label, "--count", "3").returncode == 0
+    (data / "a" / "notes.json").write_text("{}")  # a JSON file that is no photo's sidecar is still named
+    s = scan(data, check=False)
+    assert s.classes == ["a", "b"] and len(s.items) == 6
+    assert [path for path, _ in s.skipped] == ["a/notes.json"]
+
+
 def test_collect_refuses_bad_input_with_one_line_and_writes_nothing(video, tmp_path):
     data = tmp_path / "data"
     for label in ("../x", "a/b", "..", ".hidden", "a\\b"):
