@@ -120,6 +120,9 @@ class KeepOutput(Output):
 
     def close(self):
         self.writer.close()
+        k = self.summary()["keep"]
+        self.log(f"edgecls: keep: {k['kept']} frames kept in {self.folder} ({k['rate_limited']} over --keep-rate, "
+                 f"{k['dropped']} dropped)")
 
     def summary(self) -> dict:
         w = self.writer.summary()

@@ -69,6 +69,7 @@ class WebUi:
         self.source_name = ""
         self.extra_status = None   # () -> dict: e.g. the keep output's counts
         self._lock = threading.Lock()
+        self._published = 0.0
         self.server = MjpegServer(host, port, routes=self.route)
         (log or (lambda m: print(m, file=sys.stderr, flush=True)))(f"edgecls: web page on {self.server.url}")
 
@@ -79,7 +80,12 @@ class WebUi:
     # --- fed by the live loop ------------------------------------------------------------------------------
 
     def update(self, frame, result, stats, annotated) -> None:
-        self.server.publish(annotated)
+        # JPEG-encoding every frame costs a Pi real time: only while someone watches the stream (else once a
+        # second, so /frame.jpg stays fresh)
+        now = time.monotonic()
+        if self.server.clients or now - self._published >= 1.0:
+            self.server.publish(annotated)
+            self._published = now
         rec = result_record(frame, result, stats)
         with self._lock:
             self.record, self.stats, self.frame = rec, stats, frame

@@ -10,6 +10,7 @@ import http.client
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -197,6 +198,10 @@ def test_keep_and_ui_flags_refuse_bad_input(video, tmp_path):
                            (("--data", tmp_path / "d",), "--data needs --ui PORT")):
         one_line_error(edgecls("run", BUNDLE, video, "--json", *args), fragment)
     assert not (tmp_path / "k").exists() and not (tmp_path / "d").exists()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        one_line_error(edgecls("run", BUNDLE, video, "--json", "--ui", taken.getsockname()[1]), "Address already in use")
 
 
 # --- the web page's endpoints, on a real server --------------------------------------------------------------

@@ -93,7 +93,7 @@ async function loadGallery() {
   const photos = (await r.json()).photos;
   const canLabel = status ? status.can_label : false;
   $("gallery-note").textContent = photos.length ? (canLabel ? "One click files a frame into DATA_DIR/<class>." :
-    "Give DATA_DIR (run --data) to file these.") : "No kept frames yet.";
+    "Filing needs both run --keep DIR and --data DATA_DIR.") : "No kept frames yet.";
   $("gallery").replaceChildren(...photos.map((p) => {
     const guess = p.model && p.model.label ? `${p.model.label} ${(p.model.confidence * 100).toFixed(0)}%` : "?";
     const card = el("div", {class: "card", "data-name": p.name});
