@@ -60,6 +60,8 @@ class _Writer(QueuedSink):
         jpeg = encode_jpeg(bgr)
         size = len(jpeg) + 1024  # (and its sidecar, under 1 KiB)
         if self.used + size > self.max_bytes:
+            self.used = folder_bytes(self.folder)  # frames filed away on the web page since have freed room
+        if self.used + size > self.max_bytes:
             self.full = True
             self._warn_full()
             return False

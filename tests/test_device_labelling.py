@@ -204,6 +204,15 @@ def test_keep_and_ui_flags_refuse_bad_input(video, tmp_path):
         one_line_error(edgecls("run", BUNDLE, video, "--json", "--ui", taken.getsockname()[1]), "Address already in use")
 
 
+def test_realtime_plays_a_video_at_its_own_rate(video):
+    t0 = time.monotonic()
+    p = edgecls("run", BUNDLE, video, "--json", "--realtime")
+    elapsed = time.monotonic() - t0
+    recs, summary = json_lines(p.stdout)
+    assert p.returncode == 0 and len(recs) == 30
+    assert 9.0 <= summary["fps"] <= 10.5 and elapsed >= 2.9  # 30 frames at 10 fps: 2.9 s from first to last
+
+
 # --- the web page's endpoints, on a real server --------------------------------------------------------------
 
 @pytest.fixture
