@@ -3,6 +3,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sys
@@ -94,16 +95,31 @@ def collect_command(
     from edgecls.device.sources import SourceOptions, open_source
 
     opts = CollectOptions(every=every, count=count)
-    folder = check_collect(data_dir, label, opts)
     if fps is not None and fps <= 0:
         raise EdgeclsError("--fps must be positive")
     src_opts = SourceOptions(size=_parse_size(resolution), fps=fps, orientation=Orientation(flip, rotate), loop=loop)
-    src = open_source(source, src_opts)
+    with made_only_if_used(data_dir, label):
+        folder = check_collect(data_dir, label, opts)
+        src = open_source(source, src_opts)
     summary = collect(src, folder, label, opts, src_opts, log=(lambda m: None) if json_out else _err)
     if json_out:
         print(json.dumps({"summary": summary}), flush=True)
     else:
         _err(f"edgecls: {summary['saved']} photos in {folder} (stopped: {summary['stopped_by']})")
+
+
+@contextlib.contextmanager
+def made_only_if_used(data_dir: Path, label: str):
+    """The folders `collect` makes before the source opens are removed again if it fails to open (a bad source
+    leaves nothing behind); never a folder that was there before, never one with anything in it."""
+    fresh = [d for d in (data_dir / label, data_dir) if not d.exists()]
+    try:
+        yield
+    except BaseException:
+        for d in fresh:
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise
 
 
 def ui_command(
@@ -114,12 +130,10 @@ def ui_command(
     host: str = typer.Option("127.0.0.1", "--host", help="Address (0.0.0.0 = every interface, e.g. for a phone)."),
 ):
     """The labelling page alone: file kept frames into DATA_DIR/<class>/ with one click."""
-    from edgecls.device.photos import writable_dir
     from edgecls.device.webui import WebUi, labels_of_data_dir
 
     if not 0 <= port < 65536:
         raise EdgeclsError(f"bad --port {port}")
-    writable_dir(data_dir, "DATA_DIR")
     ui = WebUi(host, port, labels_of_data_dir(data_dir, labels), data_dir, keep, live=False, log=_err)
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}

@@ -108,6 +108,7 @@ def test_collect_refuses_bad_input_with_one_line_and_writes_nothing(video, tmp_p
     one_line_error(edgecls("collect", a_file, "--source", video, "--label", "a"), "is not a folder")
     one_line_error(edgecls("collect", a_file / "data", "--source", video, "--label", "a"), "cannot create it")
     one_line_error(edgecls("collect", data, "--source", tmp_path / "nope.mkv", "--label", "a"), "source not found")
+    assert not data.exists()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -304,6 +305,7 @@ def test_ui_refuses_traversal_symlinks_unknown_labels_and_oversized_bodies(label
 def test_edgecls_ui_needs_classes_and_binds_localhost(tmp_path):
     one_line_error(edgecls("ui", tmp_path / "data"), "no classes")
     one_line_error(edgecls("ui", tmp_path / "data", "--labels", "a,../b"), "is not a class name")
+    assert not (tmp_path / "data").exists()
     port = free_port()
     (tmp_path / "data" / "cat").mkdir(parents=True)
     proc = subprocess.Popen([sys.executable, "-c", WRAPPER, "ui", str(tmp_path / "data"), "--port", str(port)],
