@@ -58,6 +58,8 @@ def run(
     flip: str = typer.Option("none", "--flip", help="none|h|v|both"),
     rotate: int = typer.Option(0, "--rotate", help="0|90|180|270 (clockwise)"),
     loop: bool = typer.Option(False, "--loop", help="Files, folders: start again when exhausted."),
+    realtime: bool = typer.Option(False, "--realtime", help="Files, folders: play at their own rate (a video's "
+                                  "fps; a folder's --fps, else 30), as a camera would."),
     max_frames: Optional[int] = typer.Option(None, "--max-frames", help="Stop after this many results."),
     no_verify: bool = typer.Option(False, "--no-verify", help="Skip the bundle's self-test at start-up."),
     # Events (device/events.py) and where they go: any of these turns the event model on.
@@ -80,11 +82,24 @@ def run(
     gpio: Optional[str] = typer.Option(None, "--gpio", help="LABEL=PIN[,LABEL=PIN…]: pin HIGH while the class is in."),
     gpio_pulse: Optional[float] = typer.Option(None, "--gpio-pulse", help="Pulse the pin N s per enter instead."),
     metrics: Optional[int] = typer.Option(None, "--metrics", help="Serve Prometheus /metrics on this port (--host)."),
+    # Keeping frames to label, and the web page (device/labelling.py).
+    keep: Optional[Path] = typer.Option(None, "--keep", help="Keep frames worth labelling here, with a sidecar each."),
+    keep_policy: Optional[str] = typer.Option(None, "--keep-policy", help="uncertain|random (default uncertain)."),
+    keep_rate: Optional[float] = typer.Option(None, "--keep-rate", help="At most this many kept frames a second (1)."),
+    keep_max_mb: Optional[float] = typer.Option(None, "--keep-max-mb", help="Disk budget of --keep in MB (500)."),
+    keep_below: Optional[float] = typer.Option(None, "--keep-below", help="uncertain: top-1 below this (0.6)."),
+    keep_chance: Optional[float] = typer.Option(None, "--keep-chance", help="random: each frame with this "
+                                                "probability (0.05)."),
+    ui: Optional[int] = typer.Option(None, "--ui", help="Serve the web page on this port (--host): stream, top-k, "
+                                     "events, kept frames to label."),
+    data: Optional[Path] = typer.Option(None, "--data", help="With --ui: the training folder the page files "
+                                        "photos into (DATA_DIR/<class>/)."),
 ):
     """Classify a camera, stream, video or folder live: source → model → outputs."""
     from edgecls.device.classifier import Classifier
     from edgecls.device.events import EventOptions, open_events
     from edgecls.device.frame import Orientation
+    from edgecls.device.labelling import LabellingOptions, open_labelling
     from edgecls.device.outputs import open_output
     from edgecls.device.pipeline import run_pipeline
     from edgecls.device.sources import SourceOptions, open_source
@@ -99,7 +114,8 @@ def run(
             raise EdgeclsError(f"{flag} must be at least 1")
     if fps is not None and fps <= 0:
         raise EdgeclsError("--fps must be positive")
-    opts = SourceOptions(size=_parse_size(resolution), fps=fps, orientation=Orientation(flip, rotate), loop=loop)
+    opts = SourceOptions(size=_parse_size(resolution), fps=fps, orientation=Orientation(flip, rotate), loop=loop,
+                         realtime=realtime)
     net = Classifier(bundle, format, precision, threads=threads, top_k=top_k, smooth=smooth, threshold=threshold)
     from edgecls.device.verify import SelfTest, startup_exam   # before the source opens: a failing bundle
                                                               # never touches the camera
@@ -113,6 +129,8 @@ def run(
         metrics=metrics, host=host), net, json_lines, log=_err)
     extra = [event_out] if event_out else []
     try:
+        extra += open_labelling(LabellingOptions(keep, keep_policy, keep_rate, keep_max_mb, keep_below, keep_chance,
+                                                 ui, data, host), net, event_out, log=_err)
         src = open_source(source, opts)
     except BaseException:
         for o in extra:
@@ -244,3 +262,6 @@ def register(app) -> None:
     app.command("run")(run)
     app.command("bench")(bench)
     app.command("doctor")(doctor)
+    from edgecls.device.labelling import collect_command, ui_command
+    app.command("collect")(collect_command)
+    app.command("ui")(ui_command)

@@ -3,6 +3,8 @@
 GET /            a page showing the stream
 GET /stream      multipart/x-mixed-replace JPEG stream (what browsers, VLC and OpenCV read)
 GET /frame.jpg   the newest frame as one JPEG
+`routes(handler, method, path) -> bool` may serve more (the web page, device/webui.py): asked first, for GET
+and POST; False lets the stream's own paths answer.
 Binds to 127.0.0.1 unless told otherwise: a camera feed should not reach the network by accident.
 """
 from __future__ import annotations
@@ -23,7 +25,7 @@ _PAGE = b"<!doctype html><title>edgecls</title><body style='margin:0;background:
 
 class MjpegServer:
     def __init__(self, host: str = "127.0.0.1", port: int = 8080, quality: int = 80,
-                 max_clients: int = MAX_CONNECTIONS, timeout_s: float = TIMEOUT_S):
+                 max_clients: int = MAX_CONNECTIONS, timeout_s: float = TIMEOUT_S, routes=None):
         self.quality = quality
         self._cond = threading.Condition()
         self._jpeg: bytes | None = None
@@ -38,6 +40,8 @@ class MjpegServer:
 
             def do_GET(self):
                 path = self.path.split("?")[0]
+                if routes and routes(self, "GET", path):
+                    return
                 if path == "/":
                     self._send(200, "text/html", _PAGE)
                 elif path == "/frame.jpg":
@@ -50,6 +54,10 @@ class MjpegServer:
                     server.stream_to(self)
                 else:
                     self._send(404, "text/plain", b"not found\n")
+
+            def do_POST(self):
+                if not (routes and routes(self, "POST", self.path.split("?")[0])):
+                    self._send(405, "text/plain", b"method not allowed\n")
 
             def _send(self, code, ctype, body):
                 self.send_response(code)

@@ -45,7 +45,9 @@ def pixel_tolerance(spec) -> int:
     """How far (in 8-bit steps) this machine's prepare() may be from the host's on the same photo: 0 with the
     exact, CPU-independent resampler; 1 with OpenCV's (its INTER_AREA rounds by SIMD width: 25–68 of 76,800
     values off by ±1 between x86 and an emulated Pi 4, docs/pi-stack.md)."""
-    return 0 if getattr(spec, "resampler", "opencv") == "exact" else 1
+    from edgecls.preprocess import EXACT
+
+    return 0 if getattr(spec, "resampler", None) == EXACT else 1
 
 
 def tolerances() -> dict:

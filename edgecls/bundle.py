@@ -15,13 +15,17 @@ from pathlib import Path
 from edgecls.errors import EdgeclsError
 from edgecls.formats import BY_KEY, Format, find
 from edgecls.fsutil import sha256_file
-from edgecls.preprocess import PreprocessSpec
+from edgecls.preprocess import LEGACY_RESAMPLER, PreprocessSpec
 
 MANIFEST = "edgecls.json"
 BUNDLE_FORMAT = "edgecls-bundle"
 # 2: an int8 artifact's input may be fed as pixel codes (input.feed); a version-1 reader would feed it
 # pixel values and answer nonsense, so it must refuse the bundle instead.
-BUNDLE_VERSION = 2
+# 3: preprocessing.resampler is required ("exact": edgecls.resample, the same bytes on every CPU, or "opencv");
+# a version-2 reader would ignore it and resize with OpenCV, so it must refuse. Versions 1-2 predate the field:
+# their pixels came from OpenCV, and they are read as "opencv" (declaring anything else there is refused).
+BUNDLE_VERSION = 3
+RESAMPLER_SINCE = 3
 
 # How the device fills an artifact's input tensor: edgecls.json artifacts.KEY.input.feed.
 FEED_VALUES = "values"         # the default: pixel values (normalised first when the spec says it is not in the
@@ -161,7 +165,11 @@ def validate_manifest(meta, root: Path, where: str) -> PreprocessSpec:
             or not all(isinstance(x, str) and x.strip() for x in labels)):
         raise EdgeclsError(f"{where} has no valid labels list (at least 2 non-empty names)")
     try:
-        spec = PreprocessSpec.from_dict(meta.get("preprocessing"))
+        spec = PreprocessSpec.from_dict(meta.get("preprocessing"),
+                                        implied_resampler=None if version >= RESAMPLER_SINCE else LEGACY_RESAMPLER)
+        if version < RESAMPLER_SINCE and spec.resampler != LEGACY_RESAMPLER:
+            raise EdgeclsError(f"resampler {spec.resampler!r} needs bundle version {RESAMPLER_SINCE} (a version-"
+                               f"{version} reader would resize with {LEGACY_RESAMPLER})")
     except EdgeclsError as e:
         raise EdgeclsError(f"{where}: {e}") from None
     arts = meta.get("artifacts")
