@@ -59,12 +59,15 @@ def run(
     rotate: int = typer.Option(0, "--rotate", help="0|90|180|270 (clockwise)"),
     loop: bool = typer.Option(False, "--loop", help="Files, folders: start again when exhausted."),
     max_frames: Optional[int] = typer.Option(None, "--max-frames", help="Stop after this many results."),
+    shadow_every: Optional[str] = typer.Option(None, "--shadow", metavar="N", help="Every Nth frame also through the "
+                                               "float model, on a worker thread: live int8-vs-float agreement, drift."),
 ):
     """Classify a camera, stream, video or folder live: source → model → outputs."""
     from edgecls.device.classifier import Classifier
     from edgecls.device.frame import Orientation
     from edgecls.device.outputs import open_output
     from edgecls.device.pipeline import run_pipeline
+    from edgecls.device.shadow import ShadowCheck, parse_every
     from edgecls.device.sources import SourceOptions, open_source
 
     if (source_arg is None) == (source_opt is None):
@@ -77,8 +80,12 @@ def run(
             raise EdgeclsError(f"{flag} must be at least 1")
     if fps is not None and fps <= 0:
         raise EdgeclsError("--fps must be positive")
+    every = None if shadow_every is None else parse_every(shadow_every)
     opts = SourceOptions(size=_parse_size(resolution), fps=fps, orientation=Orientation(flip, rotate), loop=loop)
     net = Classifier(bundle, format, precision, threads=threads, top_k=top_k, smooth=smooth, threshold=threshold)
+    shadow = None if every is None else ShadowCheck(net.bundle, net.artifact_key, every)
+    for note in shadow.notes if shadow else ():
+        _err(f"edgecls: note: {note}")
     src = open_source(source, opts)
     try:
         output = open_output(json_lines=json_lines, headless=headless, every_frame=not src.live,
@@ -89,7 +96,9 @@ def run(
         raise
     if not json_lines:
         _err(f"edgecls: {src.name} → {net.artifact_key} ({net.model.runtime}, {', '.join(net.model.providers)})")
-    summary = run_pipeline(src, net, output, max_frames=max_frames)
+    summary = run_pipeline(src, net, output, max_frames=max_frames, shadow=shadow)
+    if shadow is not None and not json_lines:
+        _err(f"edgecls: {shadow.summary_text()}")
     if json_lines:
         print(json.dumps({"summary": summary}, allow_nan=False), flush=True)
     else:
