@@ -21,6 +21,8 @@ import threading
 from collections import deque
 from dataclasses import dataclass
 
+import numpy as np
+
 from edgecls.bundle import Bundle
 from edgecls.device.classifier import Result
 from edgecls.device.frame import Frame
@@ -117,8 +119,9 @@ class Shadow:
             index, pixels, int8_class = item
             try:
                 probs = self.model.predict(pixels[None])
-                if not (probs == probs).all():  # NaN: a broken float model must not pass as "int8 disagrees"
-                    raise EdgeclsError(f"the shadow's {self.key} model gave NaN for frame {index}: the model is broken")
+                if not np.isfinite(probs).all():  # a broken float model must not pass as "int8 disagrees"
+                    raise EdgeclsError(f"the shadow's {self.key} model gave non-finite outputs for frame {index}: "
+                                       "the model is broken")
                 margin = float(top_margin(probs)[0])
                 self._done.append(Pair(index, int8_class, int(probs[0].argmax()), margin))
             except BaseException as e:  # reported to the loop by finished(); the worker stops

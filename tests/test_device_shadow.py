@@ -1,7 +1,7 @@
 """`edgecls run --shadow N`: the float model beside the live int8 one, on real videos of held-out photos.
 
-The live agreement it reports is what `edgecls eval` says of the same frames; a video that turns dark halfway
-raises the drift warning in its dark half only; bad values are one line. (The FPS cost: benchmarks/bench_shadow.py.)
+The live agreement it reports is what `edgecls eval` says of the same frames; a video that turns dark for a while
+raises the drift warning in its dark part only, and clears it after; bad values are one line. (The FPS cost: benchmarks/bench_shadow.py.)
 """
 from __future__ import annotations
 
@@ -44,14 +44,14 @@ def dim_room(img: np.ndarray, seed: int) -> np.ndarray:
     return np.clip(img * 0.25 + noise, 0, 255).round().astype(np.uint8)
 
 
-def write_video(path: Path, photos, hold: int, dim_from: int | None = None) -> int:
-    """A lossless (FFV1) video: each photo held for `hold` frames; photos from index `dim_from` on as `dim_room`
-    takes them. Returns the frame count."""
+def write_video(path: Path, photos, hold: int, dim_from: int | None = None, dim_until: int | None = None) -> int:
+    """A lossless (FFV1) video: each photo held for `hold` frames; photos from index `dim_from` to `dim_until`
+    (default: the end) as `dim_room` takes them. Returns the frame count."""
     w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"FFV1"), 30, (SIZE, SIZE))
     frames = 0
     for i, (photo, _) in enumerate(photos):
         img = cv2.imread(str(photo))
-        if dim_from is not None and i >= dim_from:
+        if dim_from is not None and dim_from <= i < (dim_until or len(photos)):
             img = dim_room(img, seed=i)
         for _ in range(hold):
             w.write(img)
@@ -64,11 +64,11 @@ def test_live_agreement_equals_eval_on_the_shadowed_frames(digits_bundle, tiny_r
     """run --shadow 10 on a video of held-out photos, then the frames it shadowed, decoded from the same video and
     saved losslessly, through `edgecls eval`: the same count, the same agreeing count, frame by frame the same
     int8 and float answers."""
-    photos = held_out(tiny_run)
+    photos = held_out(tiny_run, ("test", "val"))
     video = tmp_path / "heldout.mkv"
     frames = write_video(video, photos, hold=4)
     p = edgecls("run", digits_bundle, video, "--json", "--format", "tflite", "--precision", "int8", "--shadow", "10",
-                timeout=300)
+                "--threads", "1", timeout=300)
     assert p.returncode == 0, p.stderr
     recs, summary = json_lines(p.stdout)
     shadow = summary["shadow"]
@@ -76,7 +76,8 @@ def test_live_agreement_equals_eval_on_the_shadowed_frames(digits_bundle, tiny_r
     skipped = [r["frame"] for r in recs if r.get("shadow") == "skipped"]
     assert sorted(queued + skipped) == list(range(0, frames, 10))            # every 10th frame came due
     assert shadow["due"] == len(queued) + len(skipped) and shadow["skipped"] == len(skipped)
-    assert shadow["pairs"] == shadow["queued"] == len(queued) >= 0.5 * frames / 10
+    # On a busy CPU the idle-priority worker skips many (counted); the rest must be exactly eval's answers.
+    assert shadow["pairs"] == shadow["queued"] == len(queued) >= 10
     assert shadow["artifact"] == "tflite-float"
 
     # The shadowed frames, decoded from the video the run read, as PNG files in class folders.
@@ -110,17 +111,18 @@ def test_live_agreement_equals_eval_on_the_shadowed_frames(digits_bundle, tiny_r
     assert sum(shadow["float_margin_histogram"]) == shadow["pairs"]
 
 
-def test_drift_warning_fires_in_the_dark_half_only(digits_bundle, tiny_run, tmp_path):
-    """Held-out photos, then the same photos heavily darkened (`dim_room`): the drift event comes in the second
-    half, once per kind, never in the first; the console says it too. (Measured on four tiny runs: the float
-    model's median margin 2.0-2.6x the test photos' p25 on the photos, 0.25-0.63x on the dim ones.)"""
+def test_drift_warning_fires_in_the_dark_part_only_and_clears_after(digits_bundle, tiny_run, tmp_path):
+    """Held-out photos, the same photos heavily darkened (`dim_room`), then the photos again: a drift episode
+    starts in the dark part, once per kind (never in the first part), and ends in the last part; the console says
+    both. (Measured on four tiny runs: the float model's median margin 2.0-2.6x the test photos' p25 on the
+    photos, 0.25-0.63x on the dim ones.)"""
     from edgecls.device.drift import WINDOW
 
-    photos = held_out(tiny_run, ("test", "val")) * 2   # each half twice over: full windows even when many are skipped
+    photos = held_out(tiny_run, ("test", "val")) * 2   # twice over: full windows even when many frames are skipped
     hold = 5
     video = tmp_path / "dimming.mkv"
-    write_video(video, photos + photos, hold=hold, dim_from=len(photos))
-    half = len(photos) * hold
+    write_video(video, photos + photos + photos, hold=hold, dim_from=len(photos), dim_until=2 * len(photos))
+    part = len(photos) * hold
     p = edgecls("run", digits_bundle, video, "--json", "--format", "tflite", "--precision", "int8", "--shadow", "5",
                 "--threads", "1", timeout=300)
     assert p.returncode == 0, p.stderr
@@ -128,16 +130,19 @@ def test_drift_warning_fires_in_the_dark_half_only(digits_bundle, tiny_run, tmp_
     events = [r for r in lines if "event" in r]
     summary = lines[-1]["summary"]["shadow"]
     pairs = [pr["frame"] for r in lines for pr in r.get("shadow_pairs", [])]
-    # Enough pairs in each half for full windows (the worker only takes a frame when it has a core to spare).
-    assert min(sum(f < half for f in pairs), sum(f >= half for f in pairs)) >= WINDOW + 10, summary
+    # Enough pairs in each part for full windows (the worker only takes a frame when it has a core to spare).
+    assert min(sum(i * part <= f < (i + 1) * part for f in pairs) for i in range(3)) >= WINDOW + 10, summary
     drift = [e for e in events if e["event"] == "drift"]
+    cleared = [e for e in events if e["event"] == "drift_cleared"]
     assert drift, (summary, events)
-    assert all(e["frame"] >= half for e in drift), events
+    assert all(part <= e["frame"] < 2 * part for e in drift), events
     assert len({e["kind"] for e in drift}) == len(drift)          # once per episode, not once per frame
-    assert "drift_cleared" not in {e["event"] for e in events}   # it stays dark to the end
-    assert summary["drift"]["active"] == sorted({e["kind"] for e in drift}, key=["agreement", "confidence"].index)
+    assert sorted(e["kind"] for e in cleared) == sorted(e["kind"] for e in drift), events
+    assert all(e["frame"] >= 2 * part for e in cleared), events
+    assert summary["drift"]["active"] == [] and sum(summary["drift"]["episodes"].values()) == len(drift)
     warnings = [line for line in p.stderr.splitlines() if line.startswith("edgecls: warning: drift")]
     assert len(warnings) == len(drift) and f"at frame {drift[0]['frame']}" in warnings[0]
+    assert len([line for line in p.stderr.splitlines() if line.startswith("edgecls: note: drift cleared")]) == len(cleared)
 
 
 def test_export_records_the_float_margin_of_its_test_photos(digits_bundle, tiny_run):
