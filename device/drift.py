@@ -92,13 +92,14 @@ class ShadowFigures:
                 "window": {"pairs": n, "agreed": k, "ci95": [round(wlo, 5), round(whi, 5)],
                            "float_margin_p50": round(self.window_margin(50), 4)}}
 
-    def text(self) -> str:
-        """One line for the overlay and the MJPEG page."""
+    def lines(self) -> list[str]:
+        """Two short lines for the overlay and the MJPEG page: agreement with its count and interval, then the
+        float model's margin (short enough for a small frame)."""
         if not self.pairs:
-            return "float shadow: waiting"
+            return ["float shadow: waiting"]
         lo, hi = wilson_interval(self.agreed, self.pairs)
-        return (f"int8=float {self.agreed}/{self.pairs} {self.agreed / self.pairs * 100:.1f}% "
-                f"({lo * 100:.0f}-{hi * 100:.0f}) margin p50 {self.run_margin(50):.2f} p10 {self.run_margin(10):.2f}")
+        return [f"int8=float {self.agreed}/{self.pairs} {self.agreed / self.pairs * 100:.1f}% ({lo * 100:.0f}-{hi * 100:.0f})",
+                f"float margin p50 {self.run_margin(50):.2f} p10 {self.run_margin(10):.2f}"]
 
 
 def agreement_floor(meta: dict, key: str) -> float | None:

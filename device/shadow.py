@@ -175,7 +175,7 @@ class ShadowCheck:
         self.shadow = Shadow(bundle, live_key, every)
         self.figures = ShadowFigures()
         self.drift = DriftMonitor(agreement_floor(bundle.meta, live_key), bundle.float_margin)
-        self._line = self.figures.text()
+        self._lines = self.figures.lines()
         self._idle: ShadowReport | None = None
 
     @property
@@ -197,9 +197,9 @@ class ShadowCheck:
             self.figures.add(p)
             events += self.drift.check(self.figures, p.frame)
         if pairs:
-            self._line = self.figures.text()
+            self._lines = self.figures.lines()
         drifting = [k for k, v in self.drift.active.items() if v]
-        lines = [self._line] + ([f"DRIFT: {', '.join(drifting)}"] if drifting else [])
+        lines = self._lines + ([f"DRIFT: {', '.join(drifting)}"] if drifting else [])
         self._idle = ShadowReport(None, [], None, [], lines, drifting)
         if not pairs and status is None:
             return self._idle
@@ -218,4 +218,4 @@ class ShadowCheck:
     def summary_text(self) -> str:
         f, s = self.figures, self.shadow
         episodes = ", ".join(f"{k} {n}" for k, n in self.drift.episodes.items() if n) or "none"
-        return f"float shadow ({s.key}, every {s.every}th frame, {s.skipped} skipped while busy): {f.text()}; drift episodes: {episodes}"
+        return f"float shadow ({s.key}, every {s.every}th frame, {s.skipped} skipped while busy): {'; '.join(f.lines())}; drift episodes: {episodes}"

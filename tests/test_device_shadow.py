@@ -220,7 +220,7 @@ def test_shadow_figures_on_the_overlay_and_the_mjpeg_page(digits_bundle, tiny_ru
             jpeg = urllib.request.urlopen(url + "frame.jpg", timeout=5).read()
             frames[bool(shadow)] = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
             if shadow:
-                assert status and status[0].startswith("int8=float ") and "margin p50" in status[0], status
+                assert status and status[0].startswith("int8=float ") and "margin p50" in status[1], status
                 assert "int8=float " in page
             else:
                 assert status == [] and "int8=float" not in page
