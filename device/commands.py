@@ -61,6 +61,8 @@ def run(
     max_frames: Optional[int] = typer.Option(None, "--max-frames", help="Stop after this many results."),
     shadow_every: Optional[str] = typer.Option(None, "--shadow", metavar="N", help="Every Nth frame also through the "
                                                "float model, on a worker thread: live int8-vs-float agreement, drift."),
+    shadow_priority: str = typer.Option("idle", "--shadow-priority", help="idle: the shadow only uses CPU nothing else "
+                                        "wants (skips frames on a busy CPU); normal: it takes its share."),
 ):
     """Classify a camera, stream, video or folder live: source → model → outputs."""
     from edgecls.device.classifier import Classifier
@@ -83,7 +85,7 @@ def run(
     every = None if shadow_every is None else parse_every(shadow_every)
     opts = SourceOptions(size=_parse_size(resolution), fps=fps, orientation=Orientation(flip, rotate), loop=loop)
     net = Classifier(bundle, format, precision, threads=threads, top_k=top_k, smooth=smooth, threshold=threshold)
-    shadow = None if every is None else ShadowCheck(net.bundle, net.artifact_key, every)
+    shadow = None if every is None else ShadowCheck(net.bundle, net.artifact_key, every, shadow_priority)
     for note in shadow.notes if shadow else ():
         _err(f"edgecls: note: {note}")
     src = open_source(source, opts)

@@ -5,13 +5,13 @@
     pairs = shadow.finished()     # int8 and float top-1 of the frames the worker has done since the last call
 
 The float model runs on its own thread with its own interpreter at 1 thread, so it does not fight the live
-interpreter for cores, and LiteRT/onnxruntime release the GIL while they compute. That thread also runs in Linux's
-idle scheduling class (SCHED_IDLE, per thread; elsewhere at normal priority): with a core to spare it runs at full
-speed, and on a busy CPU the live loop gets the core first and the shadow falls behind (frames `skipped`), never
-the other way round. The hand-over is a queue of one:
-a frame that comes due while the worker is still busy is not shadowed (counted as `skipped`), so the live loop
-never waits for float. The float model gets the very tensor the int8 one got (`Result.pixels`): no second
-resize, and the comparison is on identical input, as `edgecls eval` compares the two on a photo.
+interpreter for cores, and LiteRT/onnxruntime release the GIL while they compute. That thread runs in Linux's idle
+scheduling class (SCHED_IDLE, that thread only; elsewhere, or with `--shadow-priority normal`, at normal priority):
+with a core to spare it runs at full speed, and on a busy CPU the live loop gets the core first and the shadow
+falls behind, never the other way round. The hand-over is a queue of one: a frame that comes due while the worker
+is still busy is not shadowed (counted as `skipped`), so the live loop never waits for float. The float model gets
+the very tensor the int8 one got (`Result.pixels`): no second resize, and the comparison is on identical input, as
+`edgecls eval` compares the two on a photo.
 """
 from __future__ import annotations
 
@@ -32,6 +32,9 @@ from edgecls.formats import BY_KEY, find
 from edgecls.metrics import top_margin
 
 QUEUED, SKIPPED = "queued", "skipped"   # what happened to a frame that came due (its JSON line says it)
+# --shadow-priority: "idle" (the default) never takes a core the live loop or anything else wants; "normal" takes its
+# share of a busy CPU (checks every Nth frame there too, at the live loop's expense).
+PRIORITIES = ("idle", "normal")
 
 
 @dataclass
@@ -70,10 +73,12 @@ def float_twin(bundle: Bundle, live_key: str) -> str:
 
 
 class Shadow:
-    def __init__(self, bundle: Bundle, live_key: str, every: int):
+    def __init__(self, bundle: Bundle, live_key: str, every: int, priority: str = "idle"):
         if every < 1:
             raise EdgeclsError("--shadow must be at least 1 (shadow every Nth frame)")
-        self.every = every
+        if priority not in PRIORITIES:
+            raise EdgeclsError(f"--shadow-priority must be one of {', '.join(PRIORITIES)} (got {priority!r})")
+        self.every, self.priority = every, priority
         self.key = float_twin(bundle, live_key)
         twin = BY_KEY[self.key]
         self.model = load_model(bundle, twin.family, twin.precision, threads=1)
@@ -111,7 +116,8 @@ class Shadow:
         return out
 
     def _work(self) -> None:
-        run_this_thread_when_idle()
+        if self.priority == "idle":
+            run_this_thread_when_idle()
         while True:
             item = self._todo.get()
             if item is None:
@@ -168,11 +174,11 @@ def parse_every(text: str) -> int:
 class ShadowCheck:
     """The worker, the figures and the drift rules, joined for `run_pipeline`: one `step` per live frame."""
 
-    def __init__(self, bundle: Bundle, live_key: str, every: int):
+    def __init__(self, bundle: Bundle, live_key: str, every: int, priority: str = "idle"):
         from edgecls.device.drift import DriftMonitor, ShadowFigures, agreement_floor
 
         self.labels = bundle.labels
-        self.shadow = Shadow(bundle, live_key, every)
+        self.shadow = Shadow(bundle, live_key, every, priority)
         self.figures = ShadowFigures()
         self.drift = DriftMonitor(agreement_floor(bundle.meta, live_key), bundle.float_margin)
         self._lines = self.figures.lines()
@@ -212,7 +218,7 @@ class ShadowCheck:
 
     def summary(self) -> dict:
         s = self.shadow
-        return {"artifact": s.key, "every": s.every, "due": s.due, "queued": s.queued, "skipped": s.skipped,
+        return {"artifact": s.key, "every": s.every, "priority": s.priority, "due": s.due, "queued": s.queued, "skipped": s.skipped,
                 **self.figures.to_dict(), "float_margin_histogram": self.figures.histogram(), "drift": self.drift.summary()}
 
     def summary_text(self) -> str:
