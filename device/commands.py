@@ -94,6 +94,10 @@ def run(
                                      "events, kept frames to label."),
     data: Optional[Path] = typer.Option(None, "--data", help="With --ui: the training folder the page files "
                                         "photos into (DATA_DIR/<class>/)."),
+    shadow_every: Optional[str] = typer.Option(None, "--shadow", metavar="N", help="Every Nth frame also through the "
+                                               "float model, on a worker thread: live int8-vs-float agreement, drift."),
+    shadow_priority: str = typer.Option("idle", "--shadow-priority", help="idle: the shadow only uses CPU nothing else "
+                                        "wants (skips frames on a busy CPU); normal: it takes its share."),
 ):
     """Classify a camera, stream, video or folder live: source → model → outputs."""
     from edgecls.device.classifier import Classifier
@@ -102,6 +106,7 @@ def run(
     from edgecls.device.labelling import LabellingOptions, open_labelling
     from edgecls.device.outputs import open_output
     from edgecls.device.pipeline import run_pipeline
+    from edgecls.device.shadow import ShadowCheck, parse_every
     from edgecls.device.sources import SourceOptions, open_source
 
     if (source_arg is None) == (source_opt is None):
@@ -114,6 +119,7 @@ def run(
             raise EdgeclsError(f"{flag} must be at least 1")
     if fps is not None and fps <= 0:
         raise EdgeclsError("--fps must be positive")
+    every = None if shadow_every is None else parse_every(shadow_every)
     opts = SourceOptions(size=_parse_size(resolution), fps=fps, orientation=Orientation(flip, rotate), loop=loop,
                          realtime=realtime)
     net = Classifier(bundle, format, precision, threads=threads, top_k=top_k, smooth=smooth, threshold=threshold)
@@ -121,6 +127,9 @@ def run(
                                                               # never touches the camera
     self_test = (SelfTest("", {"passed": None, "skipped": "--no-verify"}) if no_verify
                  else startup_exam(net.bundle, net.model, threads=threads))
+    shadow = None if every is None else ShadowCheck(net.bundle, net.artifact_key, every, shadow_priority)
+    for note in shadow.notes if shadow else ():
+        _err(f"edgecls: note: {note}")
     # Checked and bound (ports, pins) before the camera opens: bad input never touches the source.
     event_out = open_events(EventOptions(
         on=on, off=off, min_dwell=min_dwell, classes=classes, events=events, mqtt=mqtt, mqtt_qos=mqtt_qos,
@@ -149,7 +158,9 @@ def run(
         _err(f"edgecls: {src.name} → {net.artifact_key} ({net.model.runtime}, {', '.join(net.model.providers)})")
         if self_test.line:
             _err(self_test.line)
-    summary = run_pipeline(src, net, output, max_frames=max_frames)
+    summary = run_pipeline(src, net, output, max_frames=max_frames, shadow=shadow)
+    if shadow is not None and not json_lines:
+        _err(f"edgecls: {shadow.summary_text()}")
     if json_lines:
         print(json.dumps({"summary": {**summary, "self_test": self_test.record}}, allow_nan=False), flush=True)
     else:

@@ -3,12 +3,15 @@
 GET /            a page showing the stream
 GET /stream      multipart/x-mixed-replace JPEG stream (what browsers, VLC and OpenCV read)
 GET /frame.jpg   the newest frame as one JPEG
+GET /status.json the status lines under the picture (`run --shadow`: live int8-vs-float agreement, drift)
 `routes(handler, method, path) -> bool` may serve more (the web page, device/webui.py): asked first, for GET
 and POST; False lets the stream's own paths answer.
 Binds to 127.0.0.1 unless told otherwise: a camera feed should not reach the network by accident.
 """
 from __future__ import annotations
 
+import html
+import json
 import threading
 from http.server import BaseHTTPRequestHandler
 
@@ -19,8 +22,12 @@ from edgecls.errors import EdgeclsError
 from edgecls.httpserve import CLIENT_GONE, MAX_CONNECTIONS, TIMEOUT_S, BoundedHTTPServer
 
 BOUNDARY = b"edgeclsframe"
-_PAGE = b"<!doctype html><title>edgecls</title><body style='margin:0;background:#000'>" \
-        b"<img src='/stream' style='max-width:100%'></body>"
+_PAGE = ("<!doctype html><title>edgecls</title><body style='margin:0;background:#000;color:#ddd'>"
+         "<img src='/stream' style='max-width:100%'><pre id='status' style='margin:4px'>{status}</pre>"
+         # The status lines change while the page is open: poll them (the picture streams on its own).
+         "<script>setInterval(()=>fetch('/status.json').then(r=>r.json()).then(s=>{{"
+         "document.getElementById('status').textContent=s.lines.join('\\n')}}).catch(()=>{{}}),1000)</script>"
+         "</body>")
 
 
 class MjpegServer:
@@ -30,6 +37,7 @@ class MjpegServer:
         self._cond = threading.Condition()
         self._jpeg: bytes | None = None
         self._seq = 0
+        self._status: list[str] = []
         self._closed = False
         self.clients = 0
         server = self
@@ -43,7 +51,10 @@ class MjpegServer:
                 if routes and routes(self, "GET", path):
                     return
                 if path == "/":
-                    self._send(200, "text/html", _PAGE)
+                    status = html.escape("\n".join(server.status))   # class names are data, not markup
+                    self._send(200, "text/html; charset=utf-8", _PAGE.format(status=status).encode())
+                elif path == "/status.json":
+                    self._send(200, "application/json", json.dumps({"lines": server.status}).encode())
                 elif path == "/frame.jpg":
                     jpeg = server.wait_frame(-1, timeout=5.0)[1]
                     if jpeg is None:
@@ -87,6 +98,14 @@ class MjpegServer:
         with self._cond:
             self._jpeg, self._seq = buf.tobytes(), self._seq + 1
             self._cond.notify_all()
+
+    @property
+    def status(self) -> list[str]:
+        return self._status
+
+    def set_status(self, lines: list[str]) -> None:
+        """Text shown under the picture on the page (replaced whole: readers see the old or the new list)."""
+        self._status = list(lines)
 
     def wait_frame(self, after_seq: int, timeout: float) -> tuple[int, bytes | None]:
         """The newest JPEG with a sequence number above `after_seq` (waiting up to `timeout`)."""
