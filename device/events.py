@@ -195,7 +195,7 @@ class EventsOutput(Output):
         for s in self.sinks:
             getattr(s, "attach_source", lambda _s: None)(source)
 
-    def render(self, frame, result, stats, annotated):
+    def render(self, frame, result, stats, annotated, shadow=None):
         t = frame.index / self.rate if self.rate else frame.t_capture
         probs = result.probs if result.probs is not None else _probs_from_top(result, self.tracker.labels)
         for kind, label, conf, duration in self.tracker.update(probs, t):
@@ -221,6 +221,13 @@ class EventsOutput(Output):
         state = self.tracker.inside
         for s in self.sinks:
             s.frame(frame, result, stats, state)
+
+    def event(self, event):
+        """A run event outside the class model (`--shadow`'s drift warnings): the sinks publish it too, so a
+        broker or a webhook hears that the camera sees something the training photos did not."""
+        ev = {**event, "bundle": self.bundle}
+        for s in self.sinks:
+            s.send(ev)
 
     def close(self):
         errors = []

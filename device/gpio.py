@@ -45,7 +45,7 @@ class GpioSink(QueuedSink):
         super().__init__("gpio")
 
     def send(self, event):
-        if event["label"] in self.devices:
+        if event.get("label") in self.devices:   # (drift events have no label)
             self.put((event["event"], event["label"]))
 
     def deliver(self, item) -> bool:

@@ -99,7 +99,7 @@ class KeepOutput(Output):
     def attach_source(self, source, fps) -> None:
         self.source_name = source.name
 
-    def render(self, frame, result, stats, annotated):
+    def render(self, frame, result, stats, annotated, shadow=None):
         if self.writer.full:
             return
         reason = self.policy(frame, result)

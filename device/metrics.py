@@ -62,7 +62,7 @@ class MetricsSink(EventSink):
         self.source = source
 
     def send(self, event):
-        self.events.labels(event["label"], event["event"]).inc()
+        self.events.labels(event.get("label", ""), event["event"]).inc()   # drift events: label ""
 
     def frame(self, frame, result, stats, state):
         self.frames.inc()

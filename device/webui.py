@@ -282,7 +282,7 @@ class UiOutput(Output):
     def attach_source(self, source, fps) -> None:
         self.ui.source_name = source.name
 
-    def render(self, frame, result, stats, annotated):
+    def render(self, frame, result, stats, annotated, shadow=None):
         self.ui.update(frame, result, stats, annotated)
 
     def close(self):
