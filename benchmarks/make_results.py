@@ -227,10 +227,12 @@ def main() -> None:
                              f"{r['head_img_per_s']} | {r['finetune_img_per_s']} | {r['peak_rss_mb']} |")
         lines.append("")
     head = lines[:4] + ["## Summary", "", "| metric | value | command |", "|---|---|---|", *summary, ""]
-    lines = head + lines[4:]
-    parity = HERE / "results" / "parity.md"   # written by bench_parity.py (its own cached stages)
-    if parity.is_file():
-        lines += [parity.read_text().strip(), ""]
+    # Sections measured by their own scripts (bench_parity.py writes parity.md; the others were written with the
+    # command in their heading): kept in benchmarks/results/ so regenerating this file never loses them.
+    measured = []
+    for section in sorted((HERE / "results").glob("*.md"), key=lambda f: (not f.name.startswith("parity"), f.name)):
+        measured += [section.read_text().strip(), ""]
+    lines = head + measured + lines[4:]
     notes = HERE / "NOTES.md"
     if notes.is_file():
         lines += [notes.read_text().strip(), ""]

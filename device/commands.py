@@ -84,7 +84,7 @@ def run(
     metrics: Optional[int] = typer.Option(None, "--metrics", help="Serve Prometheus /metrics on this port (--host)."),
     # Keeping frames to label, and the web page (device/labelling.py).
     keep: Optional[Path] = typer.Option(None, "--keep", help="Keep frames worth labelling here, with a sidecar each."),
-    keep_policy: Optional[str] = typer.Option(None, "--keep-policy", help="uncertain|random (default uncertain)."),
+    keep_policy: Optional[str] = typer.Option(None, "--keep-policy", help="uncertain|random|disagree (default uncertain; disagree needs --shadow)."),
     keep_rate: Optional[float] = typer.Option(None, "--keep-rate", help="At most this many kept frames a second (1)."),
     keep_max_mb: Optional[float] = typer.Option(None, "--keep-max-mb", help="Disk budget of --keep in MB (500)."),
     keep_below: Optional[float] = typer.Option(None, "--keep-below", help="uncertain: top-1 below this (0.6)."),
@@ -139,7 +139,7 @@ def run(
     extra = [event_out] if event_out else []
     try:
         extra += open_labelling(LabellingOptions(keep, keep_policy, keep_rate, keep_max_mb, keep_below, keep_chance,
-                                                 ui, data, host), net, event_out, log=_err)
+                                                 ui, data, host), net, event_out, log=_err, shadow=shadow)
         src = open_source(source, opts)
     except BaseException:
         for o in extra:

@@ -8,7 +8,9 @@ keeping stops with one warning and the run goes on.
 Policies are one function each, `(frame, result) -> reason or None`:
     uncertain  top-1 probability below --keep-below
     random     each frame with probability --keep-chance (a plain sample of what the camera sees)
-`disagree` (int8 ≠ float shadow) is one more such function once the shadow's per-frame answer is on the result.
+`disagree` (needs `--shadow N`) keeps the shadowed frames whose int8 top-1 differs from the float model's: the
+float answer comes later, from the shadow's worker, so each shadowed frame is held (a few at most) until its pair
+arrives (device/shadow.py: ShadowReport.pairs).
 """
 from __future__ import annotations
 
@@ -20,11 +22,14 @@ from typing import Callable
 
 from edgecls.device.events import bundle_id
 from edgecls.device.outputs import Output
+from edgecls.device.shadow import QUEUED
 from edgecls.device.photos import encode_jpeg, folder_bytes, iso_utc, save_photo, writable_dir
 from edgecls.device.sink_queue import QueuedSink
 from edgecls.errors import EdgeclsError
 
-POLICIES = ("uncertain", "random")
+DISAGREE = "disagree"
+POLICIES = ("uncertain", "random", DISAGREE)
+HELD_MAX = 8   # shadowed frames waiting for their float answer (the worker holds one, its queue one more)
 Policy = Callable[[object, object], "str | None"]
 
 
@@ -34,6 +39,8 @@ def make_policy(name: str, below: float, chance: float, seed: int | None = None)
     if name == "random":
         rng = random.Random(seed)
         return lambda frame, result: "random sample" if rng.random() < chance else None
+    if name == DISAGREE:   # decided when the shadow's pair arrives (KeepOutput._settle), not per frame
+        return lambda frame, result: None
     raise EdgeclsError(f"--keep-policy must be one of {', '.join(POLICIES)} (got {name!r})")
 
 
@@ -75,7 +82,9 @@ class KeepOutput(Output):
     """The keeping, as one more output of the live loop."""
 
     def __init__(self, folder: Path, policy_name: str, net, rate: float = 1.0, max_mb: float = 500.0,
-                 below: float = 0.6, chance: float = 0.05, log=None, seed: int | None = None):
+                 below: float = 0.6, chance: float = 0.05, log=None, seed: int | None = None, shadow: bool = False):
+        if policy_name == DISAGREE and not shadow:
+            raise EdgeclsError("--keep-policy disagree needs --shadow N (the float model's answers to compare with)")
         if not 0 < rate <= 1000:
             raise EdgeclsError(f"--keep-rate must be a positive number of frames per second (got {rate})")
         if not 0 < max_mb < 1e9:
@@ -94,6 +103,7 @@ class KeepOutput(Output):
         self.source_name = ""
         self._last: float | None = None
         self.chosen = self.rate_limited = 0
+        self._held: dict[int, tuple] = {}   # disagree: frame index -> (frame, its pixels, result)
         self.writer = _Writer(self.folder, int(max_mb * 1e6), self.log)
 
     def attach_source(self, source, fps) -> None:
@@ -102,9 +112,29 @@ class KeepOutput(Output):
     def render(self, frame, result, stats, annotated, shadow=None):
         if self.writer.full:
             return
-        reason = self.policy(frame, result)
-        if reason is None:
+        if self.policy_name == DISAGREE:
+            if shadow is not None and shadow.status == QUEUED:
+                self._held[frame.index] = (frame, frame.bgr().copy(), result)  # (a camera may reuse its buffer)
+                while len(self._held) > HELD_MAX:
+                    self._held.pop(next(iter(self._held)))
+            self._settle(shadow)
             return
+        reason = self.policy(frame, result)
+        if reason is not None:
+            self._keep(frame, frame.bgr(), result, reason)
+
+    def shadow_tail(self, shadow):
+        self._settle(shadow)
+
+    def _settle(self, shadow) -> None:
+        """disagree: the pairs the shadow finished decide the frames held for them."""
+        for pair in shadow.pairs if shadow is not None else ():
+            held = self._held.pop(pair["frame"], None)
+            if held is not None and not pair["agree"] and not self.writer.full:
+                self._keep(*held, f"int8 {pair['int8']} ≠ float {pair['float']} "
+                                  f"(float margin {pair['float_margin']:.3f})")
+
+    def _keep(self, frame, bgr, result, reason: str) -> None:
         self.chosen += 1
         now = time.monotonic()
         if self._last is not None and now - self._last < self.min_gap:
@@ -118,7 +148,7 @@ class KeepOutput(Output):
                           "artifact": self.net.artifact_key, "bundle": self.bundle}}
         if frame.file is not None:
             side["file"] = frame.file
-        self.writer.put((frame.bgr(), side))  # the frame's own pixels (never the annotated copy)
+        self.writer.put((bgr, side))  # the frame's own pixels (never the annotated copy)
 
     def close(self):
         self.writer.close()

@@ -47,7 +47,7 @@ class LabellingOptions:
             raise EdgeclsError(f"bad --ui port {self.ui}")
 
 
-def open_labelling(opts: LabellingOptions, net, event_out=None, log=_err) -> list:
+def open_labelling(opts: LabellingOptions, net, event_out=None, log=_err, shadow=None) -> list:
     """The keep and web-page outputs the flags ask for (checked, folders made, port bound: before the camera
     opens). The page shows the recent events when `event_out` (the event model) is on."""
     from edgecls.device.keep import KeepOutput
@@ -59,7 +59,8 @@ def open_labelling(opts: LabellingOptions, net, event_out=None, log=_err) -> lis
         if opts.keep is not None:
             k = {key: opts.DEFAULTS[key] if getattr(opts, key) is None else getattr(opts, key) for key in opts.DEFAULTS}
             outs.append(KeepOutput(opts.keep, k["keep_policy"], net, rate=k["keep_rate"], max_mb=k["keep_max_mb"],
-                                   below=k["keep_below"], chance=k["keep_chance"], log=log))
+                                   below=k["keep_below"], chance=k["keep_chance"], log=log,
+                                   shadow=shadow is not None))
         if opts.ui is not None:
             ui = WebUi(opts.host, opts.ui, net.labels, opts.data, opts.keep, live=True, log=log)
             if outs:

@@ -250,3 +250,34 @@ def test_shadow_figures_on_the_overlay_and_the_mjpeg_page(digits_bundle, tiny_ru
         return int(np.argmin(dark)) if not dark.all() else len(dark)
     assert banner_rows(frames[True]) >= banner_rows(frames[False]) + 8, (banner_rows(frames[True]),
                                                                          banner_rows(frames[False]))
+
+
+def test_keep_disagree_keeps_exactly_the_frames_float_answers_differently(digits_bundle, tiny_run, tmp_path):
+    """`run --shadow 1 --keep DIR --keep-policy disagree`: the kept frames are exactly the shadowed frames whose
+    int8 top-1 differs from float's (their pairs in the JSON lines), each with its pixels and its reason; without
+    --shadow the policy is a one-line error."""
+    photos = held_out(tiny_run, ("train", "val", "test"))
+    video = tmp_path / "all.mkv"
+    write_video(video, photos, hold=1)
+    keep = tmp_path / "keep"
+    p = edgecls("run", digits_bundle, video, "--json", "--format", "tflite", "--precision", "int8", "--shadow", "1",
+                *NORMAL, "--keep", keep, "--keep-policy", "disagree", "--keep-rate", "1000", timeout=300)
+    assert p.returncode == 0, p.stderr
+    recs, summary = json_lines(p.stdout)
+    pairs = {pr["frame"]: pr for r in recs for pr in r.get("shadow_pairs", [])}
+    differ = {f for f, pr in pairs.items() if not pr["agree"]}
+    if not differ:
+        pytest.skip(f"this tiny model's int8 agreed with float on all {len(pairs)} shadowed frames")
+    assert summary["keep"]["dropped"] == 0 and summary["keep"]["rate_limited"] == 0
+    sides = {json.loads(s.read_text())["frame"]: json.loads(s.read_text()) for s in keep.glob("*.json")}
+    assert set(sides) == differ
+    cap = cv2.VideoCapture(str(video))
+    frames = [cap.read()[1] for _ in range(len(photos))]
+    for f, side in sides.items():
+        assert side["policy"] == "disagree"
+        assert side["reason"].startswith(f"int8 {pairs[f]['int8']} ≠ float {pairs[f]['float']}")
+        jpg = next(j for j in keep.glob("*.jpg") if json.loads(j.with_suffix(".json").read_text())["frame"] == f)
+        assert np.abs(cv2.imread(str(jpg)).astype(int) - frames[f]).mean() < 3   # that frame's pixels (JPEG)
+    bad = edgecls("run", digits_bundle, video, "--keep", tmp_path / "k2", "--keep-policy", "disagree")
+    one_line_error(bad, "needs --shadow")
+    assert not (tmp_path / "k2").exists() or not any((tmp_path / "k2").iterdir())

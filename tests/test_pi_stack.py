@@ -81,7 +81,8 @@ def pi_case(request, tmp_path_factory, shared) -> tuple[Path, Path, list[str]]:
     except pytest.FixtureLookupError:
         bundle = None
     if bundle is not None:
-        return bundle, digits_subset(tmp / "images", IMAGES_PER_CLASS), ["eval", "run", pi_check.SAME_PIXELS]
+        return bundle, digits_subset(tmp / "images", IMAGES_PER_CLASS), ["eval", "run", pi_check.SAME_PIXELS,
+                                                                     pi_check.VERIFY]
     images = digits_subset(tmp / "images", 1)
     photos = REFERENCE / "coral_test_data_extras"
     (images / "photos").mkdir()
@@ -132,6 +133,18 @@ def test_every_check_passes_on_a_pi4(pi_a72):
     failed = [f"{r['env']} {r['check']}: {r['detail']}" for r in rows
               if not r["ok"] and not (r["cpu"] != "host" and r["agreement"] is not None and only_near_ties(r))]
     assert not failed, "\n".join(failed) + "\n" + out
+
+
+def test_the_bundles_own_exam_passes_on_a_pi4(pi_case, pi_a72):
+    """`edgecls verify` (the golden images and photos export stored, device/verify.py) passes with each Pi
+    environment's runtime: LiteRT and tflite-runtime's kernels give the host's answers within the tolerance."""
+    if pi_check.VERIFY not in pi_case[2]:
+        pytest.skip("the reference bundle has no exam (no golden block)")
+    rows = [r for r in pi_a72[2] if r["check"] == pi_check.VERIFY and r["cpu"] != "host"]
+    assert {r["env"] for r in rows} == set(pi_check.ENVS), pi_a72[1]
+    for r in rows:
+        assert r["ok"], f"{r['env']}: {r['detail']}"
+        assert r["total"] > 0
 
 
 @pytest.mark.parametrize("env", ["litert", "tflite"])

@@ -47,9 +47,10 @@ COMMAND_TIMEOUT_S = 900
 # host 0.57 vs 0.32 on a trained bundle, docs/pi-stack.md); a preprocessing or label bug flips confident ones.
 NEAR_TIE = 0.3
 # The checks --commands can ask for: the CLI's answers (eval, run), the int8 outputs on the host's own
-# prepared tensors (same-pixels: kernels alone) and the byte-identity of prepare() itself (pixels).
-SAME_PIXELS, PIXELS = "same-pixels", "pixels"
-COMMANDS = ("eval", "run", SAME_PIXELS, PIXELS)
+# prepared tensors (same-pixels: kernels alone), the byte-identity of prepare() itself (pixels) and the
+# bundle's own exam (verify: `edgecls verify`, the golden images and photos export stored, device/verify.py).
+SAME_PIXELS, PIXELS, VERIFY = "same-pixels", "pixels", "verify"
+COMMANDS = ("eval", "run", SAME_PIXELS, PIXELS, VERIFY)
 
 
 @dataclass
@@ -269,6 +270,9 @@ def int8_only_bundle(bundle: Path, dest: Path) -> Path:
     for art in keep.values():   # copies: a bundle's files must lie inside its folder (no symlinks out of it)
         (dest / art["file"]).unlink(missing_ok=True)
         shutil.copyfile(bundle / art["file"], dest / art["file"])
+    if (bundle / "golden").is_dir():   # the bundle's exam travels with it (`edgecls verify`, run's self-test)
+        shutil.rmtree(dest / "golden", ignore_errors=True)
+        shutil.copytree(bundle / "golden", dest / "golden", symlinks=False)
     meta["artifacts"] = keep
     if meta.get("default_artifact") not in keep:
         meta["default_artifact"] = next(iter(keep), None)
@@ -511,7 +515,27 @@ def run_checks(args, pi_python: str, tmp: Path) -> list[Row]:
             for kind, key, proc in outputs(pi, compared, bundle, images, formats, RUN_ARTIFACTS[env]):
                 rows += compare_rows(cpu, env, kind, key, proc, formats, host, args.min_agreement, images)
             rows += pi_pixels(pi_python, cpu, env, pi_env, pixel_checks, args.min_agreement)
+            if VERIFY in args.commands:
+                rows.append(verify_row(cpu, env, pi(["verify", bundle, "--json"])))
     return rows
+
+
+def verify_row(cpu: str, env: str, p: Proc) -> Row:
+    """`edgecls verify --json` in a Pi environment: the bundle's exam, run with that environment's runtime."""
+    try:
+        doc = json.loads(p.out.strip().splitlines()[-1]) if p.out.strip() else None
+    except ValueError:
+        doc = None
+    if doc is None:
+        return Row(cpu, env, VERIFY, False, p.seconds, detail=f"exit {p.rc}: {p.last_err()}")
+    arts = doc.get("artifacts", {})
+    detail = "; ".join(f"{k} {a['verdict']}, max |Δp| {a['max_abs_diff']:.4f}, top-1 {a['agree_host']}/{a['images']} "
+                       f"as the host" for k, a in arts.items())
+    if not doc.get("passed"):
+        detail = f"{doc.get('reason')}; {detail}"
+    return Row(cpu, env, VERIFY, p.rc == 0 and bool(doc.get("passed")), p.seconds,
+               agree=sum(a["agree_host"] for a in arts.values()), total=sum(a["images"] for a in arts.values()),
+               detail=detail)
 
 
 def report(rows: list[Row], min_agreement: float) -> str:
@@ -541,8 +565,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cpus", default="cortex-a72", help="QEMU_CPU models, comma-separated "
                     "(cortex-a72 = Pi 4, cortex-a53 = Pi 3 / Zero 2 W, cortex-a76 = Pi 5)")
     ap.add_argument("--envs", default=",".join([*ENVS, TRAP_ENV]), help="Pi environments (see build.sh)")
-    ap.add_argument("--commands", default="eval,run,same-pixels", help=f"which checks to run: {','.join(COMMANDS)} "
-                    "(same-pixels: int8 outputs on the host's prepared tensors; pixels: prepare() byte-identity)")
+    ap.add_argument("--commands", default="eval,run,same-pixels,verify", help=f"which checks to run: {','.join(COMMANDS)} "
+                    "(same-pixels: int8 outputs on the host's prepared tensors; pixels: prepare() byte-identity; verify: the bundle's exam)")
     ap.add_argument("--formats", default=",".join(INT8_ARTIFACTS), help="which int8 artifacts to compare")
     ap.add_argument("--with-float", action="store_true",
                     help="keep the bundle's float artifacts (eval then also runs its float reference: slower)")
