@@ -221,6 +221,8 @@ class EventsOutput(Output):
         state = self.tracker.inside
         for s in self.sinks:
             s.frame(frame, result, stats, state)
+            if shadow is not None and shadow.figures and hasattr(s, "shadow"):
+                s.shadow(shadow.figures)   # (the metrics sink: live int8-vs-float agreement)
 
     def event(self, event):
         """A run event outside the class model (`--shadow`'s drift warnings): the sinks publish it too, so a

@@ -31,6 +31,12 @@ class MetricsSink(EventSink):
         self.latency = Histogram("edgecls_latency_seconds", "Capture to result time per frame",
                                  buckets=LATENCY_BUCKETS_S, registry=reg)
         self.events = Counter("edgecls_events", "Events by label and kind", ["label", "event"], registry=reg)
+        # `run --shadow N`: the live int8-vs-float figures (device/drift.py: ShadowFigures), once pairs exist.
+        self.shadow_pairs = Gauge("edgecls_shadow_pairs", "Frames compared with the float model", registry=reg)
+        self.shadow_agreement = Gauge("edgecls_shadow_agreement", "Live int8-vs-float top-1 agreement (0..1)",
+                                      registry=reg)
+        self.shadow_margin = Gauge("edgecls_shadow_float_margin_p50", "Median float top-1 margin, live",
+                                   registry=reg)
         reg.register(_LiveFigures(self))
         self.source, self.peers, self.n_frames = None, [], 0
         body = lambda: generate_latest(reg)  # noqa: E731
@@ -60,6 +66,13 @@ class MetricsSink(EventSink):
 
     def attach_source(self, source) -> None:
         self.source = source
+
+    def shadow(self, figures: dict) -> None:
+        self.shadow_pairs.set(figures["pairs"])
+        if figures.get("rate") is not None:
+            self.shadow_agreement.set(figures["rate"])
+        if (figures.get("float_margin") or {}).get("p50") is not None:
+            self.shadow_margin.set(figures["float_margin"]["p50"])
 
     def send(self, event):
         self.events.labels(event.get("label", ""), event["event"]).inc()   # drift events: label ""

@@ -281,3 +281,38 @@ def test_keep_disagree_keeps_exactly_the_frames_float_answers_differently(digits
     bad = edgecls("run", digits_bundle, video, "--keep", tmp_path / "k2", "--keep-policy", "disagree")
     one_line_error(bad, "needs --shadow")
     assert not (tmp_path / "k2").exists() or not any((tmp_path / "k2").iterdir())
+
+
+def test_metrics_carry_the_live_shadow_agreement(digits_bundle, tiny_run, tmp_path):
+    """`--metrics` with `--shadow`: /metrics has the live int8-vs-float agreement and its count, the same figures
+    the JSON lines report."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    video = tmp_path / "v.mkv"
+    write_video(video, held_out(tiny_run, ("test", "val")), hold=1)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-c", WRAPPER, "run", str(digits_bundle), str(video), "--loop", "--json",
+                             "--format", "tflite", "--precision", "int8", "--shadow", "1", *NORMAL,
+                             "--metrics", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    try:
+        live = None
+        while live is None or live["pairs"] < 20:
+            line = proc.stdout.readline()
+            assert line, proc.stderr.read()
+            live = json.loads(line).get("shadow_live", live)
+        proc.send_signal(signal.SIGSTOP)   # hold the figures still while they are read
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+        proc.send_signal(signal.SIGCONT)
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    samples = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+    pairs, rate = samples["edgecls_shadow_pairs"], samples["edgecls_shadow_agreement"]
+    assert pairs >= live["pairs"] >= 20
+    assert 0.0 <= rate <= 1.0 and abs(rate * pairs - round(rate * pairs)) < 1e-3 * pairs   # agreed/pairs
+    assert 0.0 < samples["edgecls_shadow_float_margin_p50"] <= 1.0
