@@ -36,7 +36,8 @@ def versions() -> dict:
                             "onnxruntime", "ai-edge-litert")
 
 
-def write(bundle_dir: Path, run, keys: list[str], entries: dict[str, dict], opts, result) -> dict:
+def write(bundle_dir: Path, run, keys: list[str], entries: dict[str, dict], opts, result,
+          calibration: dict | None = None) -> dict:
     from edgecls.convert import gate
 
     atomic_write_text(bundle_dir / LABELS_TXT, "\n".join(run.labels) + "\n")
@@ -58,7 +59,8 @@ def write(bundle_dir: Path, run, keys: list[str], entries: dict[str, dict], opts
                            "backbone": (run.meta.get("config") or {}).get("backbone")},
             "export": {k: getattr(opts, k) for k in ("int8_method", "io_dtype", "onnx_target", "calib_samples", "full_int8",
                                                       "qat_epochs", "target_agreement", "max_latency_ratio",
-                                                      "max_float_ops", "max_drop", "min_agreement")},
+                                                      "max_float_ops", "max_drop", "min_agreement")}
+                      | {"calibration": calibration or {"source": "training split"}},
             "versions": versions()}
     atomic_write_json(bundle_dir / MANIFEST, meta)
     return meta
