@@ -16,7 +16,9 @@ The frames are the photos themselves, scored by the float Keras model (no video 
 selection rule is the one `run --keep uncertain` applies to the bundle's probabilities.
 
     python benchmarks/bench_loop.py [--train 40] [--held-out 50] [--keep 50] [--img-size 128]
-                                    [--epochs 4] [--fine-tune-epochs 2] [--seed 0] [--json OUT]
+                                    [--epochs 4] [--fine-tune-epochs 2] [--retrain-epochs N]
+                                    [--retrain-fine-tune-epochs N] [--seed 0] [--json OUT]
+    python benchmarks/bench_loop.py --pool RESULT.json ...      (several seeds as one paired comparison)
 """
 from __future__ import annotations
 
@@ -60,8 +62,12 @@ def fill(folder: Path, items: list) -> Path:
 
 
 def train(data: Path, out: Path, args, init: Path | None = None) -> tuple[dict, float]:
+    epochs, fine_tune = args.epochs, args.fine_tune_epochs
+    if init is not None:
+        epochs = epochs if args.retrain_epochs is None else args.retrain_epochs
+        fine_tune = fine_tune if args.retrain_fine_tune_epochs is None else args.retrain_fine_tune_epochs
     cmd = [sys.executable, "-m", "edgecls", "train", str(data), "--out", str(out), "--json",
-           "--epochs", str(args.epochs), "--fine-tune-epochs", str(args.fine_tune_epochs), "--seed", str(args.seed)]
+           "--epochs", str(epochs), "--fine-tune-epochs", str(fine_tune), "--seed", str(args.seed)]
     cmd += ["--init", str(init)] if init else ["--img-size", str(args.img_size)]
     t0 = time.time()
     r = subprocess.run(cmd, capture_output=True, text=True)
@@ -83,7 +89,31 @@ def probabilities(run: Path, items: list) -> np.ndarray:
     return load_model_safely(keras, run / "model.keras").predict(x.astype(np.float32), batch_size=32, verbose=0)
 
 
+def pool(paths: list[Path]) -> None:
+    """Several seeds' results (--json files) as one paired comparison per arm vs run 1: the held-out photos
+    differ per seed, so the pairs simply add up (the interval depends only on n and the discordant counts)."""
+    from edgecls.metrics import paired_drop, wilson_interval
+
+    results = [json.loads(p.read_text()) for p in paths]
+    print(f"{len(results)} seeds pooled; held-out photos {sum(r['held_out'] for r in results)}")
+    print("| model | held-out top-1 (95% CI) | vs run 1, pp (95% CI, paired) |\n|---|---|---|")
+    for i, name in enumerate(r["model"] for r in results[0]["rows"]):
+        rows = [r["rows"][i] for r in results]
+        k, n = sum(r["correct"] for r in rows), sum(r["n"] for r in rows)
+        lo, hi = wilson_interval(k, n)
+        vs = ""
+        if "fixed_lost" in rows[0]:
+            fixed, lost = sum(r["fixed_lost"][0] for r in rows), sum(r["fixed_lost"][1] for r in rows)
+            ref = np.r_[np.zeros(fixed, bool), np.ones(lost, bool), np.ones(n - fixed - lost, bool)]
+            new = np.r_[np.ones(fixed, bool), np.zeros(lost, bool), np.ones(n - fixed - lost, bool)]
+            d = paired_drop(ref, new)
+            vs = f"{-d['drop_pp']:+.1f} ({-d['ci95_pp'][1]:+.1f} to {-d['ci95_pp'][0]:+.1f}); fixed {fixed}, broke {lost}"
+        print(f"| {name} | {k / n * 100:.1f}% ({lo * 100:.1f}–{hi * 100:.1f}), {k}/{n} | {vs} |")
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--pool"]:
+        return pool([Path(p) for p in sys.argv[2:]])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--train", type=int, default=40, help="photos per class in the first data folder")
     ap.add_argument("--held-out", type=int, default=50, help="photos per class in the fixed exam")
@@ -91,6 +121,8 @@ def main() -> None:
     ap.add_argument("--img-size", type=int, default=128)
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--fine-tune-epochs", type=int, default=2)
+    ap.add_argument("--retrain-epochs", type=int, default=None, help="head epochs of the retrains [--epochs]")
+    ap.add_argument("--retrain-fine-tune-epochs", type=int, default=None, help="[--fine-tune-epochs]")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", type=Path, default=None, help="keep the data folders and runs here")
     ap.add_argument("--json", type=Path, default=None, help="write the numbers here")
@@ -133,8 +165,11 @@ def main() -> None:
         rows.append(row)
     per_class_kept = {c: sum(1 for _, k in uncertain if k == c) for c in labels_of}
     result = {"args": {k: str(v) for k, v in vars(args).items()}, "held_out": len(held), "video": len(video),
-              "first_data": len(first), "uncertain_vs_random_paired": paired_drop(
-                  correct["+ random frames"], correct["+ uncertain frames"]), "uncertain_kept_per_class": per_class_kept,
+              "first_data": len(first),
+              # paired_drop(a, b): b's drop vs a (negative: b is better), pp with its 95% interval
+              "uncertain_vs_random_paired": paired_drop(correct["+ random frames"], correct["+ uncertain frames"]),
+              "uncertain_vs_more_epochs_paired": paired_drop(correct["+ nothing (more epochs)"],
+                                                             correct["+ uncertain frames"]), "uncertain_kept_per_class": per_class_kept,
               "uncertain_top1_max": float(np.sort(p_video.max(1))[args.keep - 1]), "rows": rows,
               "total_seconds": round(time.time() - t_start, 1)}
     print(f"flowers: {len(first)} photos to start, {len(video)} video frames, {len(held)} held out; "
