@@ -106,6 +106,7 @@ def test_init_with_other_labels_keeps_the_backbone_and_makes_a_new_head(tiny_run
     ("other_backbone", "--backbone mobilenet_v3_small differs"),
     ("hdf5_model", "refusing to load"),
     ("with_resume", "--init starts a new run; --resume continues one"),
+    ("with_weights", "--weights and --init both say where the weights come from"),
 ])
 def test_init_refusals_are_one_line_and_write_nothing(tiny_run, tmp_path, case, needle):
     init = tmp_path / "init"
@@ -113,10 +114,10 @@ def test_init_refusals_are_one_line_and_write_nothing(tiny_run, tmp_path, case, 
     if case == "not_a_run":
         init.mkdir()
         (init / "notes.txt").write_text("hello")
-    elif case in ("other_size", "other_backbone", "hdf5_model", "with_resume"):
+    elif case in ("other_size", "other_backbone", "hdf5_model", "with_resume", "with_weights"):
         shutil.copytree(tiny_run, init)
         extra = {"other_size": ["--img-size", "128"], "other_backbone": ["--backbone", "mobilenet_v3_small"],
-                 "hdf5_model": [], "with_resume": ["--resume", init]}[case]
+                 "hdf5_model": [], "with_resume": ["--resume", init], "with_weights": ["--weights", "none"]}[case]
         if case == "hdf5_model":
             (init / "model.keras").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 64)
     out = tmp_path / "out"

@@ -63,6 +63,8 @@ def train(
         if init is not None:   # the architecture comes from the init run; an explicit other value is refused
             from edgecls.train.init_run import ARCHITECTURE, architecture_options, open_init_run
 
+            if _typed_here(ctx, "weights"):
+                raise EdgeclsError("--weights and --init both say where the weights come from: give one of them")
             typed = {"backbone": backbone, "alpha": alpha, "img_size": img_size, "resize": resize}
             given = {n: v for n, v in typed.items() if _typed_here(ctx, n)}
             arch = architecture_options(open_init_run(init), given)
