@@ -9,7 +9,7 @@ import pytest
 from edgecls.dataset import scan
 from edgecls.rundir import load_run
 
-from conftest import DIGITS, cli
+from conftest import DIGITS, cli, train_then_interrupt
 
 # One head epoch at a learning rate that cannot move a weight: the new model is what --init loaded.
 FROZEN = ("--epochs", "1", "--fine-tune-epochs", "0", "--lr", "1e-12", "--batch-size", "32")
@@ -130,28 +130,11 @@ def test_init_refusals_are_one_line_and_write_nothing(tiny_run, tmp_path, case, 
 
 @pytest.mark.slow
 def test_an_interrupted_init_run_resumes_with_its_init_record(tiny_run, tmp_path, keras_home):
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
     data = _copy_photos(tmp_path / "data", [str(i) for i in range(10)], 40, extra={"5": 3})
     out = tmp_path / "next"
-    p = subprocess.Popen([sys.executable, "-m", "edgecls", "train", str(data), "--out", str(out), "--init",
-                          str(tiny_run), "--epochs", "3", "--fine-tune-epochs", "1", "--patience", "10"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
-    state = out / ".checkpoint" / "state.json"
-    deadline = time.time() + 900
-    while time.time() < deadline and p.poll() is None:
-        saved = json.loads(state.read_text()) if state.is_file() else {}
-        if saved.get("phase") == "head" and saved.get("epoch", 0) >= 1:
-            break
-        time.sleep(0.1)
-    assert p.poll() is None, "training finished before it could be interrupted"
-    p.send_signal(signal.SIGINT)
-    _, err = p.communicate(timeout=600)
-    assert p.returncode == 130, err[-2000:]
+    r = train_then_interrupt(out, data, "--init", tiny_run, "--epochs", "3", "--fine-tune-epochs", "1",
+                             "--patience", "10")
+    assert r.returncode == 130, r.stderr[-2000:]
     before = json.loads((out / "run.json").read_text())["init"]
     assert before["data_since"]["new"] == 3
     r = cli("train", "--resume", out)
