@@ -2,7 +2,7 @@
 
     python benchmarks/bench_pipeline.py BUNDLE [--video V] [--frames 300] [--threads 2] [--repeats 3]
 
-The bare loop is the least a Python program can do per frame (OpenCV decode, cv2.resize to the model size,
+The bare loop is the least a Python program can do per frame (OpenCV decode, the bundle's resize to the model size,
 LiteRT set_tensor/invoke/get_tensor). The pipeline is the real command, `edgecls run BUNDLE VIDEO --json`
 in a subprocess (sources, preprocessing contract, smoothing/top-k, JSON lines, stats); its FPS is the one it
 reports in its summary (first capture to last result, so interpreter start-up is excluded on both sides).
@@ -27,7 +27,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edgecls import resample
 from edgecls.bundle import load_bundle
+from edgecls.preprocess import EXACT
 
 ROOT = Path(__file__).resolve().parents[1]
 # Named, not the bundle's default_artifact: that is the ONNX one when no int8 artifact passed the gate.
@@ -67,9 +69,12 @@ def bare_loop(bundle_dir: Path, video: Path, threads: int) -> tuple[float, float
             break
         if t0 is None:
             t0, cpu0 = time.perf_counter(), time.process_time()
-        # Same interpolation rule as the preprocessing contract, so both loops compute the same input.
-        shrink = img.shape[0] > size[1] and img.shape[1] > size[0]
-        x = cv2.resize(img, size, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+        # The bundle's own resampler (edgecls.resample for "exact"), so both loops compute the same input.
+        if b.spec.resampler == EXACT:
+            x = resample.resize(img, *size)
+        else:
+            shrink = img.shape[0] > size[1] and img.shape[1] > size[0]
+            x = cv2.resize(img, size, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
         if b.spec.color_order == "RGB":
             x = cv2.cvtColor(x, cv2.COLOR_BGR2RGB)
         # edgecls models take raw pixels (uint8 I/O: scale 1, zero point 0), so these casts are exact. For a

@@ -54,7 +54,8 @@ def write(bundle_dir: Path, run, keys: list[str], entries: dict[str, dict], opts
             "report": {"split": result.split, "images": result.images, "all_images": result.all_images,
                        "reference": result.reference, "keras_accuracy": ref["accuracy"], "gate": result.gate,
                        result.reference: {k: ref[k] for k in ("accuracy", "accuracy_ci95", "latency_ms")},
-                       "sizes": result.sizes, "files": {"markdown": "report.md", "html": "report.html"}},
+                       "sizes": result.sizes, "files": {"markdown": "report.md", "html": "report.html"},
+                       **({"float_margin": result.float_margin} if result.float_margin else {})},  # run --shadow's drift reference
             "source_run": {"path": str(run.root.resolve()), "model_sha256": sha256_file(run.model_path),
                            "backbone": (run.meta.get("config") or {}).get("backbone")},
             "export": {k: getattr(opts, k) for k in ("int8_method", "io_dtype", "onnx_target", "calib_samples", "full_int8",

@@ -5,6 +5,8 @@
 - On every image (train + val + test): top-1 agreement with the Keras model, with its count. Agreement needs
   no labels, so it rests on hundreds or thousands of images where accuracy rests on the test split's few.
 - int8 vs float latency ratio, same runtime, one thread, interleaved (device/bench.py: interleaved_ratios).
+- The float reference's top-1 margin (top-1 minus top-2 probability) on the held-out split, as quantiles: what
+  `edgecls run --shadow` holds the float model's confidence on live frames to (device/drift.py).
 Then convert/gate.py judges each artifact.
 """
 from __future__ import annotations
@@ -18,7 +20,7 @@ from edgecls.dataset import SPLITS
 from edgecls.device.evaluate import Measured, measure, parity
 from edgecls.progress import progress_bar
 from edgecls.formats import BY_KEY
-from edgecls.metrics import agreement_count, delta_text, paired_drop, wilson_interval
+from edgecls.metrics import agreement_count, delta_text, margin_quantiles, paired_drop, top_margin, wilson_interval
 
 
 @dataclass
@@ -31,6 +33,7 @@ class Result:
     images: int               # photos in the judged split
     all_images: int           # images agreement is counted on
     reference: str
+    float_margin: dict | None = None   # the reference's top-1 margin on the judged split: metrics.margin_quantiles
 
     def table(self, run_name: str):
         """The parity table as a rich Table (printed by export; report.py writes the same numbers)."""
@@ -105,4 +108,5 @@ def artifacts(ctx, bundle_dir: Path, keys: list[str], entries: dict[str, dict], 
     sizes = {k: (bundle_dir / entries[k]["file"]).stat().st_size for k in keys}
     sizes[KERAS_KEY] = keras_bytes
     summary = gate.summary({k: verdicts[k] for k in keys}, o.max_drop, o.min_agreement, o.allow_drop)
-    return Result(rows, verdicts, summary, sizes, split, len(y), len(x_all), KERAS_KEY)
+    float_margin = {"reference": KERAS_KEY, "split": split, **margin_quantiles(top_margin(im.keras[split]))}
+    return Result(rows, verdicts, summary, sizes, split, len(y), len(x_all), KERAS_KEY, float_margin)

@@ -30,6 +30,8 @@ class Result:
     infer_ms: float                  # preprocess + invoke + postprocess
     t_done: float                    # time.monotonic() when the result was ready
     probs: np.ndarray | None = None  # every class's probability (after smoothing): what events are tracked on
+    pixels: np.ndarray | None = None  # the prepared model input (HxWx3 uint8): what `--shadow` feeds the float model
+    frame_class: int = -1            # top-1 of this frame's own probabilities (argmax, before smoothing)
 
     @property
     def uncertain(self) -> bool:
@@ -67,6 +69,7 @@ class Classifier:
         if not np.isfinite(probs).all():  # a broken model: no answer is better than NaN passed on as one
             raise EdgeclsError(f"{self.model.artifact.path.name} gave non-finite outputs (NaN or infinity) for "
                                f"{frame.file or f'frame {frame.index}'}: the model is broken")
+        frame_class = int(probs.argmax())   # argmax, as `eval` scores a photo
         self._history.append(probs)
         if len(self._history) > 1:
             probs = np.mean(self._history, axis=0)
@@ -75,4 +78,5 @@ class Classifier:
         best, conf = int(order[0]), float(probs[order[0]])
         label = self.labels[best] if conf >= self.threshold else UNCERTAIN
         now = time.perf_counter()
-        return Result(label, conf, top, best, (now - t0) * 1000.0, time.monotonic(), probs)
+        return Result(label, conf, top, best, (now - t0) * 1000.0, time.monotonic(), probs=probs, pixels=pixels,
+                      frame_class=frame_class)

@@ -58,6 +58,8 @@ def run(
     flip: str = typer.Option("none", "--flip", help="none|h|v|both"),
     rotate: int = typer.Option(0, "--rotate", help="0|90|180|270 (clockwise)"),
     loop: bool = typer.Option(False, "--loop", help="Files, folders: start again when exhausted."),
+    realtime: bool = typer.Option(False, "--realtime", help="Files, folders: play at their own rate (a video's "
+                                  "fps; a folder's --fps, else 30), as a camera would."),
     max_frames: Optional[int] = typer.Option(None, "--max-frames", help="Stop after this many results."),
     # Events (device/events.py) and where they go: any of these turns the event model on.
     on: Optional[float] = typer.Option(None, "--on", help="A class enters at this probability or more (default 0.8)."),
@@ -79,13 +81,31 @@ def run(
     gpio: Optional[str] = typer.Option(None, "--gpio", help="LABEL=PIN[,LABEL=PIN…]: pin HIGH while the class is in."),
     gpio_pulse: Optional[float] = typer.Option(None, "--gpio-pulse", help="Pulse the pin N s per enter instead."),
     metrics: Optional[int] = typer.Option(None, "--metrics", help="Serve Prometheus /metrics on this port (--host)."),
+    # Keeping frames to label, and the web page (device/labelling.py).
+    keep: Optional[Path] = typer.Option(None, "--keep", help="Keep frames worth labelling here, with a sidecar each."),
+    keep_policy: Optional[str] = typer.Option(None, "--keep-policy", help="uncertain|random (default uncertain)."),
+    keep_rate: Optional[float] = typer.Option(None, "--keep-rate", help="At most this many kept frames a second (1)."),
+    keep_max_mb: Optional[float] = typer.Option(None, "--keep-max-mb", help="Disk budget of --keep in MB (500)."),
+    keep_below: Optional[float] = typer.Option(None, "--keep-below", help="uncertain: top-1 below this (0.6)."),
+    keep_chance: Optional[float] = typer.Option(None, "--keep-chance", help="random: each frame with this "
+                                                "probability (0.05)."),
+    ui: Optional[int] = typer.Option(None, "--ui", help="Serve the web page on this port (--host): stream, top-k, "
+                                     "events, kept frames to label."),
+    data: Optional[Path] = typer.Option(None, "--data", help="With --ui: the training folder the page files "
+                                        "photos into (DATA_DIR/<class>/)."),
+    shadow_every: Optional[str] = typer.Option(None, "--shadow", metavar="N", help="Every Nth frame also through the "
+                                               "float model, on a worker thread: live int8-vs-float agreement, drift."),
+    shadow_priority: str = typer.Option("idle", "--shadow-priority", help="idle: the shadow only uses CPU nothing else "
+                                        "wants (skips frames on a busy CPU); normal: it takes its share."),
 ):
     """Classify a camera, stream, video or folder live: source → model → outputs."""
     from edgecls.device.classifier import Classifier
     from edgecls.device.events import EventOptions, open_events
     from edgecls.device.frame import Orientation
+    from edgecls.device.labelling import LabellingOptions, open_labelling
     from edgecls.device.outputs import open_output
     from edgecls.device.pipeline import run_pipeline
+    from edgecls.device.shadow import ShadowCheck, parse_every
     from edgecls.device.sources import SourceOptions, open_source
 
     if (source_arg is None) == (source_opt is None):
@@ -98,8 +118,13 @@ def run(
             raise EdgeclsError(f"{flag} must be at least 1")
     if fps is not None and fps <= 0:
         raise EdgeclsError("--fps must be positive")
-    opts = SourceOptions(size=_parse_size(resolution), fps=fps, orientation=Orientation(flip, rotate), loop=loop)
+    every = None if shadow_every is None else parse_every(shadow_every)
+    opts = SourceOptions(size=_parse_size(resolution), fps=fps, orientation=Orientation(flip, rotate), loop=loop,
+                         realtime=realtime)
     net = Classifier(bundle, format, precision, threads=threads, top_k=top_k, smooth=smooth, threshold=threshold)
+    shadow = None if every is None else ShadowCheck(net.bundle, net.artifact_key, every, shadow_priority)
+    for note in shadow.notes if shadow else ():
+        _err(f"edgecls: note: {note}")
     # Checked and bound (ports, pins) before the camera opens: bad input never touches the source.
     event_out = open_events(EventOptions(
         on=on, off=off, min_dwell=min_dwell, classes=classes, events=events, mqtt=mqtt, mqtt_qos=mqtt_qos,
@@ -108,6 +133,8 @@ def run(
         metrics=metrics, host=host), net, json_lines, log=_err)
     extra = [event_out] if event_out else []
     try:
+        extra += open_labelling(LabellingOptions(keep, keep_policy, keep_rate, keep_max_mb, keep_below, keep_chance,
+                                                 ui, data, host), net, event_out, log=_err)
         src = open_source(source, opts)
     except BaseException:
         for o in extra:
@@ -124,7 +151,9 @@ def run(
         raise
     if not json_lines:
         _err(f"edgecls: {src.name} → {net.artifact_key} ({net.model.runtime}, {', '.join(net.model.providers)})")
-    summary = run_pipeline(src, net, output, max_frames=max_frames)
+    summary = run_pipeline(src, net, output, max_frames=max_frames, shadow=shadow)
+    if shadow is not None and not json_lines:
+        _err(f"edgecls: {shadow.summary_text()}")
     if json_lines:
         print(json.dumps({"summary": summary}, allow_nan=False), flush=True)
     else:
@@ -213,3 +242,6 @@ def register(app) -> None:
     app.command("run")(run)
     app.command("bench")(bench)
     app.command("doctor")(doctor)
+    from edgecls.device.labelling import collect_command, ui_command
+    app.command("collect")(collect_command)
+    app.command("ui")(ui_command)

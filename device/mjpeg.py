@@ -3,10 +3,15 @@
 GET /            a page showing the stream
 GET /stream      multipart/x-mixed-replace JPEG stream (what browsers, VLC and OpenCV read)
 GET /frame.jpg   the newest frame as one JPEG
+GET /status.json the status lines under the picture (`run --shadow`: live int8-vs-float agreement, drift)
+`routes(handler, method, path) -> bool` may serve more (the web page, device/webui.py): asked first, for GET
+and POST; False lets the stream's own paths answer.
 Binds to 127.0.0.1 unless told otherwise: a camera feed should not reach the network by accident.
 """
 from __future__ import annotations
 
+import html
+import json
 import threading
 from http.server import BaseHTTPRequestHandler
 
@@ -17,17 +22,22 @@ from edgecls.errors import EdgeclsError
 from edgecls.httpserve import CLIENT_GONE, MAX_CONNECTIONS, TIMEOUT_S, BoundedHTTPServer
 
 BOUNDARY = b"edgeclsframe"
-_PAGE = b"<!doctype html><title>edgecls</title><body style='margin:0;background:#000'>" \
-        b"<img src='/stream' style='max-width:100%'></body>"
+_PAGE = ("<!doctype html><title>edgecls</title><body style='margin:0;background:#000;color:#ddd'>"
+         "<img src='/stream' style='max-width:100%'><pre id='status' style='margin:4px'>{status}</pre>"
+         # The status lines change while the page is open: poll them (the picture streams on its own).
+         "<script>setInterval(()=>fetch('/status.json').then(r=>r.json()).then(s=>{{"
+         "document.getElementById('status').textContent=s.lines.join('\\n')}}).catch(()=>{{}}),1000)</script>"
+         "</body>")
 
 
 class MjpegServer:
     def __init__(self, host: str = "127.0.0.1", port: int = 8080, quality: int = 80,
-                 max_clients: int = MAX_CONNECTIONS, timeout_s: float = TIMEOUT_S):
+                 max_clients: int = MAX_CONNECTIONS, timeout_s: float = TIMEOUT_S, routes=None):
         self.quality = quality
         self._cond = threading.Condition()
         self._jpeg: bytes | None = None
         self._seq = 0
+        self._status: list[str] = []
         self._closed = False
         self.clients = 0
         server = self
@@ -38,8 +48,13 @@ class MjpegServer:
 
             def do_GET(self):
                 path = self.path.split("?")[0]
+                if routes and routes(self, "GET", path):
+                    return
                 if path == "/":
-                    self._send(200, "text/html", _PAGE)
+                    status = html.escape("\n".join(server.status))   # class names are data, not markup
+                    self._send(200, "text/html; charset=utf-8", _PAGE.format(status=status).encode())
+                elif path == "/status.json":
+                    self._send(200, "application/json", json.dumps({"lines": server.status}).encode())
                 elif path == "/frame.jpg":
                     jpeg = server.wait_frame(-1, timeout=5.0)[1]
                     if jpeg is None:
@@ -50,6 +65,10 @@ class MjpegServer:
                     server.stream_to(self)
                 else:
                     self._send(404, "text/plain", b"not found\n")
+
+            def do_POST(self):
+                if not (routes and routes(self, "POST", self.path.split("?")[0])):
+                    self._send(405, "text/plain", b"method not allowed\n")
 
             def _send(self, code, ctype, body):
                 self.send_response(code)
@@ -79,6 +98,14 @@ class MjpegServer:
         with self._cond:
             self._jpeg, self._seq = buf.tobytes(), self._seq + 1
             self._cond.notify_all()
+
+    @property
+    def status(self) -> list[str]:
+        return self._status
+
+    def set_status(self, lines: list[str]) -> None:
+        """Text shown under the picture on the page (replaced whole: readers see the old or the new list)."""
+        self._status = list(lines)
 
     def wait_frame(self, after_seq: int, timeout: float) -> tuple[int, bytes | None]:
         """The newest JPEG with a sequence number above `after_seq` (waiting up to `timeout`)."""

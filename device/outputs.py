@@ -1,7 +1,9 @@
 """Where results go: a window, the console, JSON lines, an MJPEG HTTP stream, an annotated video file.
 
 Each output is one object with `render(frame, result, stats)` and `close()`; `Outputs` fans a result out to
-all of them and draws the overlay at most once per frame, only when some output shows pictures.
+all of them and draws the overlay at most once per frame, only when some output shows pictures. With
+`run --shadow`, a `ShadowReport` (device/shadow.py) travels with the frame: its fields join the JSON line, its
+text the overlay and the MJPEG page, and its drift events become their own JSON lines and a console warning.
 """
 from __future__ import annotations
 
@@ -19,12 +21,13 @@ from edgecls.device.classifier import Result
 from edgecls.device.frame import Frame
 from edgecls.device.mjpeg import MjpegServer
 from edgecls.device.overlay import draw_overlay
+from edgecls.device.shadow import ShadowReport
 from edgecls.device.stats import LiveStats
 from edgecls.errors import EdgeclsError
 from edgecls.fsutil import temp_file
 
 
-def result_record(frame: Frame, result: Result, stats: LiveStats) -> dict:
+def result_record(frame: Frame, result: Result, stats: LiveStats, shadow: ShadowReport | None = None) -> dict:
     """The per-frame JSON record (one line of `edgecls run --json`)."""
     rec = {"timestamp": round(time.time() - (time.monotonic() - frame.t_capture), 6), "frame": frame.index}
     if frame.file is not None:
@@ -33,6 +36,12 @@ def result_record(frame: Frame, result: Result, stats: LiveStats) -> dict:
                 "top": [{"label": lab, "p": round(p, 5)} for lab, p in result.top],
                 "latency_ms": round((result.t_done - frame.t_capture) * 1000.0, 3),
                 "infer_ms": round(result.infer_ms, 3), "fps": round(stats.fps_now, 2)})
+    if shadow is not None:
+        if shadow.status:
+            rec["shadow"] = shadow.status          # this frame went to the float worker, or was skipped (busy)
+        if shadow.pairs:
+            rec["shadow_pairs"] = shadow.pairs     # frames the worker finished since the previous line
+            rec["shadow_live"] = shadow.figures
     return rec
 
 
@@ -40,8 +49,15 @@ class Output:
     shows_pictures = False   # True: render() receives the annotated BGR frame
     wants_stop = False       # True once the user asked this output to end the run (window: q / Esc)
 
-    def render(self, frame: Frame, result: Result, stats: LiveStats, annotated: np.ndarray | None) -> None:
+    def render(self, frame: Frame, result: Result, stats: LiveStats, annotated: np.ndarray | None,
+               shadow: ShadowReport | None = None) -> None:
         raise NotImplementedError
+
+    def event(self, event: dict) -> None:
+        """A run event (drift) outside any one frame's record; most outputs show it only through the overlay."""
+
+    def shadow_tail(self, shadow: ShadowReport) -> None:
+        """The shadow's pairs finished after the last frame (the run waits for them before its summary)."""
 
     def close(self) -> None:
         pass
@@ -55,9 +71,17 @@ class JsonLinesOutput(Output):
     def __init__(self, stream: IO[str] | None = None):
         self.stream = stream or sys.stdout
 
-    def render(self, frame, result, stats, annotated):
-        self.stream.write(json.dumps(result_record(frame, result, stats), allow_nan=False) + "\n")
+    def render(self, frame, result, stats, annotated, shadow=None):
+        self.stream.write(json.dumps(result_record(frame, result, stats, shadow), allow_nan=False) + "\n")
         self.stream.flush()
+
+    def event(self, event):
+        self.stream.write(json.dumps(event, allow_nan=False) + "\n")
+        self.stream.flush()
+
+    def shadow_tail(self, shadow):
+        if shadow.pairs:   # a line like a frame's shadow fields, without a frame: every pair is on some line
+            self.event({"shadow_pairs": shadow.pairs, "shadow_live": shadow.figures})
 
 
 class ConsoleOutput(Output):
@@ -67,7 +91,7 @@ class ConsoleOutput(Output):
         self.every_frame, self.stream, self.interval = every_frame, stream or sys.stdout, interval_s
         self._last = 0.0
 
-    def render(self, frame, result, stats, annotated):
+    def render(self, frame, result, stats, annotated, shadow=None):
         now = time.monotonic()
         if not self.every_frame and now - self._last < self.interval:
             return
@@ -99,7 +123,7 @@ class WindowOutput(Output):
             raise EdgeclsError("no display window: this OpenCV has no GUI (opencv-python-headless) or no display "
                                "is available; use --headless, --json, --stream or --save") from None
 
-    def render(self, frame, result, stats, annotated):
+    def render(self, frame, result, stats, annotated, shadow=None):
         cv2.imshow(self.title, annotated)
         if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
             self.wants_stop = True
@@ -118,8 +142,10 @@ class StreamOutput(Output):
         self.server = MjpegServer(host, port)
         (log or (lambda m: print(m, file=sys.stderr)))(f"edgecls: streaming on {self.server.url}")
 
-    def render(self, frame, result, stats, annotated):
+    def render(self, frame, result, stats, annotated, shadow=None):
         self.server.publish(annotated)
+        if shadow is not None:
+            self.server.set_status(shadow.lines)
 
     def close(self):
         self.server.close()
@@ -151,7 +177,7 @@ class VideoFileOutput(Output):
             raise EdgeclsError(f"--save {self.path}: cannot write in {self.path.parent} ({e.strerror or e})") from None
         self.fps, self.writer, self.frames = fps, None, 0
 
-    def render(self, frame, result, stats, annotated):
+    def render(self, frame, result, stats, annotated, shadow=None):
         if self.writer is None:
             h, w = annotated.shape[:2]
             fourcc = cv2.VideoWriter_fourcc(*VIDEO_CODECS[self.path.suffix.lower()])
@@ -214,18 +240,38 @@ def disk_full_hint(folder: Path) -> str:
 class Outputs:
     """All chosen outputs; draws the overlay once per frame if any of them shows pictures."""
 
-    def __init__(self, outputs: list[Output]):
+    def __init__(self, outputs: list[Output], log=None):
         self.outputs = outputs
         self.shows_pictures = any(o.shows_pictures for o in outputs)
+        self.log = log or (lambda m: print(m, file=sys.stderr, flush=True))
 
     @property
     def wants_stop(self) -> bool:
         return any(o.wants_stop for o in self.outputs)
 
-    def render(self, frame: Frame, result: Result, stats: LiveStats) -> None:
-        annotated = draw_overlay(frame.bgr(), result, stats.fps_now) if self.shows_pictures else None
+    def render(self, frame: Frame, result: Result, stats: LiveStats, shadow: ShadowReport | None = None) -> None:
+        annotated = None
+        if self.shows_pictures:
+            annotated = draw_overlay(frame.bgr(), result, stats.fps_now,
+                                     shadow_lines=shadow.lines if shadow else (), alarm=bool(shadow and shadow.drifting))
         for out in self.outputs:
-            out.render(frame, result, stats, annotated)
+            out.render(frame, result, stats, annotated, shadow)
+        if shadow is not None:
+            self.events(shadow.events)
+
+    def finish_shadow(self, shadow: ShadowReport) -> None:
+        """After the last frame: the pairs and events of the frames the shadow still held."""
+        for out in self.outputs:
+            out.shadow_tail(shadow)
+        self.events(shadow.events)
+
+    def events(self, events: list[dict]) -> None:
+        """Drift events: a console line (stderr) each, and whatever each output makes of them (a JSON line)."""
+        for ev in events:
+            word = "warning: drift" if ev["event"] == "drift" else "note: drift cleared"
+            self.log(f"edgecls: {word} ({ev['kind']}) at frame {ev['frame']}: {ev['message']}")
+            for out in self.outputs:
+                out.event(ev)
 
     def close(self) -> None:
         errors = []
@@ -264,7 +310,7 @@ def open_output(json_lines: bool = False, headless: bool = False, every_frame: b
         # e.g. the port is taken: do not leave a half-open set of outputs behind
         Outputs(outs + [o for o in extra if o not in outs]).close()
         raise
-    return Outputs(outs)
+    return Outputs(outs, log)
 
 
 def parse_host_port(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]:

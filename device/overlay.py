@@ -9,8 +9,9 @@ from edgecls.device.classifier import Result
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
-def draw_overlay(bgr: np.ndarray, result: Result, fps: float) -> np.ndarray:
-    """A copy of the BGR frame with a banner: "label 97.3%" and the FPS. The input is not modified."""
+def draw_overlay(bgr: np.ndarray, result: Result, fps: float, shadow_lines=(), alarm: bool = False) -> np.ndarray:
+    """A copy of the BGR frame with a banner: "label 97.3%" and the FPS, then the float shadow's lines (`run
+    --shadow`: agreement and margin; red while drift is reported). The input is not modified."""
     out = bgr.copy()
     h, w = out.shape[:2]
     scale = max(0.35, min(w, h) / 480.0)
@@ -18,6 +19,7 @@ def draw_overlay(bgr: np.ndarray, result: Result, fps: float) -> np.ndarray:
     line_h = int(30 * scale)
     colour = (0, 200, 255) if result.uncertain else (0, 255, 0)
     lines = [(f"{result.label} {result.confidence * 100:.1f}%", colour), (f"FPS {fps:.1f}", (255, 255, 255))]
+    lines += [(text, (0, 0, 255) if alarm else (255, 200, 0)) for text in shadow_lines]
     cv2.rectangle(out, (0, 0), (w, line_h * len(lines) + line_h // 3), (0, 0, 0), -1)
     for i, (text, col) in enumerate(lines):
         cv2.putText(out, text, (int(6 * scale), line_h * (i + 1)), _FONT, scale, col, thick, cv2.LINE_AA)

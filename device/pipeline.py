@@ -6,6 +6,8 @@
         output.render(frame, result, stats)
 
 SIGINT/SIGTERM end the loop after the current frame; the camera and outputs are always released.
+With `--shadow N` a `ShadowCheck` (device/shadow.py) takes each result beside the outputs: every Nth frame's
+tensor goes to the float model on its worker thread, and what it reports travels to the outputs with the frame.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import threading
 
 from edgecls.device.classifier import Classifier
 from edgecls.device.outputs import Outputs
+from edgecls.device.shadow import ShadowCheck
 from edgecls.device.sources import Source
 from edgecls.device.stats import LiveStats, rss_mb
 
@@ -39,7 +42,8 @@ def stop_on_signals(source: Source):
             signal.signal(s, h)
 
 
-def run_pipeline(source: Source, net: Classifier, output: Outputs, max_frames: int | None = None) -> dict:
+def run_pipeline(source: Source, net: Classifier, output: Outputs, max_frames: int | None = None,
+                 shadow: ShadowCheck | None = None) -> dict:
     """Run until the source is exhausted, max_frames are done, a signal arrives or an output asks to stop.
     Returns the run summary (also what `--json` prints last)."""
     stats = LiveStats()
@@ -50,7 +54,7 @@ def run_pipeline(source: Source, net: Classifier, output: Outputs, max_frames: i
             for frame in source:
                 result = net.classify(frame)
                 stats.update(frame.t_capture, result.t_done, result.infer_ms)
-                output.render(frame, result, stats)
+                output.render(frame, result, stats, shadow.step(frame, result) if shadow else None)
                 if max_frames and stats.frames >= max_frames:
                     stopped_by = "max frames"
                     break
@@ -61,8 +65,14 @@ def run_pipeline(source: Source, net: Classifier, output: Outputs, max_frames: i
                 stopped_by = signal.Signals(signals[0]).name
     finally:
         source.close()
-        output.close()
+        try:
+            if shadow is not None:   # the frame the worker still holds: its pair and events count too
+                output.finish_shadow(shadow.close())
+        finally:
+            output.close()
     summary = {"source": source.name, "artifact": net.artifact_key, "stopped_by": stopped_by, **stats.summary()}
+    if shadow is not None:
+        summary["shadow"] = shadow.summary()
     if source.live:
         summary["captured"] = source.captured
         summary["dropped"] = max(0, source.captured - stats.frames)  # older frames replaced by newer ones

@@ -37,6 +37,7 @@ class SourceOptions:
     fps: float | None = None              # requested capture rate (cameras)
     orientation: Orientation = field(default_factory=Orientation)
     loop: bool = False                    # finite sources: start again when exhausted
+    realtime: bool = False                # finite sources: play at their own rate (a video's fps, else `fps`)
     backoff: tuple[float, float] = (0.5, 10.0)  # live sources: first and longest wait between reopen attempts
     give_up_after: int = 5                # live sources that never gave a frame: opens before it is an error
 
@@ -86,6 +87,7 @@ class ImageFilesSource(Source):
                     why = str(e) if isinstance(e, ImageRefused) else type(e).__name__
                     print(f"edgecls: warning: skipping unreadable image {path}: {why}", file=sys.stderr)
                     continue
+                _pace(self, index)
                 yield Frame(self.opts.orientation.apply(img), "RGB", time.monotonic(), index, str(path))
                 index += 1
             if not self.opts.loop or not self.files:
@@ -110,11 +112,24 @@ class VideoFileSource(Source):
                 self.cap.release()
                 self.cap = CvCapture(str(self.path))
                 continue
+            _pace(self, index)
             yield Frame(self.opts.orientation.apply(img), self.cap.order, time.monotonic(), index)
             index += 1
 
     def close(self) -> None:
         self.cap.release()
+
+
+def _pace(source: Source, index: int) -> None:
+    """--realtime: hold frame `index` of a finite source until its time (as a camera would give it)."""
+    if not source.opts.realtime:
+        return
+    rate = getattr(source, "fps", None) or source.opts.fps or 30.0
+    if index == 0 or not hasattr(source, "_t0"):
+        source._t0 = time.monotonic() - index / rate
+    delay = source._t0 + index / rate - time.monotonic()
+    if delay > 0:
+        time.sleep(delay)
 
 
 class LiveSource(Source):

@@ -15,13 +15,18 @@ from pathlib import Path
 from edgecls.errors import EdgeclsError
 from edgecls.formats import BY_KEY, Format, find
 from edgecls.fsutil import sha256_file
-from edgecls.preprocess import PreprocessSpec
+from edgecls.metrics import MARGIN_QUANTILES
+from edgecls.preprocess import LEGACY_RESAMPLER, PreprocessSpec
 
 MANIFEST = "edgecls.json"
 BUNDLE_FORMAT = "edgecls-bundle"
 # 2: an int8 artifact's input may be fed as pixel codes (input.feed); a version-1 reader would feed it
 # pixel values and answer nonsense, so it must refuse the bundle instead.
-BUNDLE_VERSION = 2
+# 3: preprocessing.resampler is required ("exact": edgecls.resample, the same bytes on every CPU, or "opencv");
+# a version-2 reader would ignore it and resize with OpenCV, so it must refuse. Versions 1-2 predate the field:
+# their pixels came from OpenCV, and they are read as "opencv" (declaring anything else there is refused).
+BUNDLE_VERSION = 3
+RESAMPLER_SINCE = 3
 
 # How the device fills an artifact's input tensor: edgecls.json artifacts.KEY.input.feed.
 FEED_VALUES = "values"         # the default: pixel values (normalised first when the spec says it is not in the
@@ -73,6 +78,12 @@ class Bundle:
         if verify:
             verify_artifact(art)
         return art
+
+    @property
+    def float_margin(self) -> dict | None:
+        """report.float_margin: the float reference's top-1 margin quantiles on the held-out photos (export
+        records it since `run --shadow` exists; older bundles lack it)."""
+        return (self.meta.get("report") or {}).get("float_margin")
 
 
 def verify_artifact(art: Artifact) -> None:
@@ -126,6 +137,19 @@ def _check_artifact(root: Path, key: str, art, where: str) -> None:
             raise EdgeclsError(f"{where}: artifacts.{key}.{side}.zero_point must be a whole number")
 
 
+def _check_float_margin(report, where: str) -> None:
+    """report.float_margin is optional (older bundles lack it); when present `run --shadow` judges drift by it."""
+    fm = report.get("float_margin") if isinstance(report, dict) else None
+    if fm is None:
+        return
+    keys = [f"p{q}" for q in MARGIN_QUANTILES]
+    values = [fm.get(k) for k in keys] if isinstance(fm, dict) else []
+    if (not values or not _is_int(fm.get("n")) or fm["n"] < 1
+            or not all(_is_number(v) and 0 <= v <= 1 for v in values) or values != sorted(values)):
+        raise EdgeclsError(f"{where}: report.float_margin must hold n >= 1 and the top-1 margin percentiles "
+                           f"{', '.join(keys)}, rising, each within 0..1")
+
+
 def validate_manifest(meta, root: Path, where: str) -> PreprocessSpec:
     """Check a parsed edgecls.json against the bundle schema; returns its preprocessing. EdgeclsError if wrong."""
     if not isinstance(meta, dict) or meta.get("format") != BUNDLE_FORMAT:
@@ -141,7 +165,11 @@ def validate_manifest(meta, root: Path, where: str) -> PreprocessSpec:
             or not all(isinstance(x, str) and x.strip() for x in labels)):
         raise EdgeclsError(f"{where} has no valid labels list (at least 2 non-empty names)")
     try:
-        spec = PreprocessSpec.from_dict(meta.get("preprocessing"))
+        spec = PreprocessSpec.from_dict(meta.get("preprocessing"),
+                                        implied_resampler=None if version >= RESAMPLER_SINCE else LEGACY_RESAMPLER)
+        if version < RESAMPLER_SINCE and spec.resampler != LEGACY_RESAMPLER:
+            raise EdgeclsError(f"resampler {spec.resampler!r} needs bundle version {RESAMPLER_SINCE} (a version-"
+                               f"{version} reader would resize with {LEGACY_RESAMPLER})")
     except EdgeclsError as e:
         raise EdgeclsError(f"{where}: {e}") from None
     arts = meta.get("artifacts")
@@ -150,6 +178,7 @@ def validate_manifest(meta, root: Path, where: str) -> PreprocessSpec:
     for key, art in arts.items():
         if key in BY_KEY:  # an artifact kind this version does not know is left alone
             _check_artifact(root, key, art, where)
+    _check_float_margin(meta.get("report"), where)
     default = meta.get("default_artifact")
     if default is not None and (default not in BY_KEY or default not in arts):
         raise EdgeclsError(f"{where}: default_artifact {default!r} is not one of its artifacts")

@@ -106,12 +106,15 @@ def _list_images(root: Path, groups: list[tuple[str, Path]], skipped: list) -> l
         for cdir in _class_dirs(folder):
             for dirpath, dirnames, filenames in os.walk(cdir):
                 dirnames.sort()
+                photos = {Path(n).stem for n in filenames if is_image_name(n)}
                 for name in sorted(filenames):
                     if name.startswith("."):
                         continue
                     rel = str((Path(dirpath) / name).relative_to(root))
                     if is_image_name(name):
                         found.append((split_name, cdir.name, rel))
+                    elif name.endswith(".json") and name[:-5] in photos:
+                        continue  # a photo's sidecar (`collect`, `run --keep`, the web page): not a stray file
                     else:
                         skipped.append((rel, "not an image file (by extension)"))
     return found

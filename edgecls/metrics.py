@@ -90,3 +90,21 @@ def agreement_count(pred_a, pred_b) -> dict:
     k, n = int((a == b).sum()), len(a)
     lo, hi = wilson_interval(k, n)
     return {"agreed": k, "images": n, "rate": round(k / n, 5) if n else 0.0, "ci95": [round(lo, 5), round(hi, 5)]}
+
+
+MARGIN_QUANTILES = (10, 25, 50, 75, 90)   # the percentiles edgecls.json records of the float model's top-1 margin
+
+
+def top_margin(probs) -> np.ndarray:
+    """Per row: top-1 minus top-2 probability, how sure a model is of its answer (1 sure, 0 a tie)."""
+    p = np.asarray(probs, np.float64).reshape(-1, np.shape(probs)[-1])
+    two = -np.partition(-p, 1, axis=1)[:, :2]
+    return two[:, 0] - two[:, 1]
+
+
+def margin_quantiles(margins) -> dict:
+    """{"n", "p10", "p25", "p50", "p75", "p90"} of a set of top-1 margins (rounded; empty: n 0 only)."""
+    m = np.asarray(margins, np.float64)
+    if not len(m):
+        return {"n": 0}
+    return {"n": int(len(m)), **{f"p{q}": round(float(np.percentile(m, q)), 4) for q in MARGIN_QUANTILES}}

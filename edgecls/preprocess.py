@@ -6,6 +6,10 @@ which is stored in the run (`run.json`) and in the bundle (`edgecls.json`) — t
 
 The model itself takes raw pixels (0..255) in `color_order`; the backbone's normalisation
 (scale/offset) is a layer inside the model, recorded here for documentation and for int8 I/O.
+
+The resize is named by `resampler`: "exact" (edgecls/resample.py: integer arithmetic, the same bytes on every
+CPU; what new runs train with) or "opencv" (cv2.resize, whose rounding differs by ±1 between x86 and ARM; what
+runs and bundles written before the field existed were made with, so they keep it).
 """
 from __future__ import annotations
 
@@ -15,10 +19,20 @@ from dataclasses import asdict, dataclass, field
 import cv2
 import numpy as np
 
+from edgecls import resample
 from edgecls.errors import EdgeclsError
 
 RESIZE_MODES = ("stretch", "crop", "letterbox")
 COLOR_ORDERS = ("RGB", "BGR")
+EXACT, OPENCV = "exact", "opencv"
+RESAMPLERS = (EXACT, OPENCV)
+# What a preprocessing block written before `resampler` existed was made with (run.json, bundle version <= 2).
+LEGACY_RESAMPLER = OPENCV
+INTERPOLATION = {   # the human-readable "interpolation" line of to_dict(), per resampler
+    EXACT: "exact integer resampler (edgecls.resample): per axis, area average when shrinking, bilinear when "
+           "enlarging, rounded once half up; the same bytes on every CPU",
+    OPENCV: "OpenCV: area when shrinking both sides, else bilinear (may differ by 1 between x86 and ARM)",
+}
 REQUIRED = ("height", "width", "resize", "color_order", "scale", "offset", "in_model")   # pad_value: 0 unless letterbox says
 # Largest model input side accepted: far above any edge model, far below what would exhaust memory when
 # `eval` allocates its N x H x W x 3 batch (a tampered 100000 px would ask for hundreds of GiB).
@@ -37,6 +51,7 @@ class PreprocessSpec:
     scale: tuple[float, ...] = field(default=(1 / 127.5,) * 3)
     offset: tuple[float, ...] = field(default=(-1.0,) * 3)
     in_model: bool = True
+    resampler: str = EXACT           # exact: edgecls.resample, identical on every CPU | opencv: cv2.resize
 
     def __post_init__(self):
         for name in ("height", "width"):
@@ -56,18 +71,23 @@ class PreprocessSpec:
             raise EdgeclsError(f"unknown resize mode {self.resize!r}; expected one of {', '.join(RESIZE_MODES)}")
         if self.color_order not in COLOR_ORDERS:
             raise EdgeclsError(f"unknown colour order {self.color_order!r}; expected RGB or BGR")
+        if self.resampler not in RESAMPLERS:
+            raise EdgeclsError(f"unknown resampler {self.resampler!r}; expected one of {', '.join(RESAMPLERS)}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["scale"], d["offset"] = list(self.scale), list(self.offset)
         d["input"] = ("uint8 pixels 0..255 in color_order, NHWC" +
                       ("; normalisation is inside the model" if self.in_model else "; apply scale/offset first"))
-        d["interpolation"] = "area when shrinking both sides, else bilinear (OpenCV)"
+        d["interpolation"] = INTERPOLATION[self.resampler]
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "PreprocessSpec":
-        """From run.json / edgecls.json; types are checked, not coerced ("96" or true is not a height)."""
+    def from_dict(cls, d: dict, implied_resampler: str | None = LEGACY_RESAMPLER) -> "PreprocessSpec":
+        """From run.json / edgecls.json; types are checked, not coerced ("96" or true is not a height).
+
+        `implied_resampler`: what a block without "resampler" was made with — OpenCV for one written before the
+        field existed; None where the field is required (bundle version 3 on)."""
         if not isinstance(d, dict):
             raise EdgeclsError(f"invalid preprocessing block: expected an object, got {type(d).__name__}")
         # Every fact the pixels depend on must be written down: a missing one is refused, never guessed (a
@@ -75,9 +95,12 @@ class PreprocessSpec:
         missing = [k for k in REQUIRED if k not in d]
         if missing:
             raise EdgeclsError(f"invalid preprocessing block: missing {', '.join(missing)} (the device never guesses)")
+        resampler = d.get("resampler", implied_resampler)
+        if resampler is None:
+            raise EdgeclsError("invalid preprocessing block: missing resampler (the device never guesses)")
         return cls(height=d["height"], width=d["width"], resize=d["resize"], color_order=d["color_order"],
                    pad_value=d.get("pad_value", 0), scale=_numbers(d["scale"]), offset=_numbers(d["offset"]),
-                   in_model=d["in_model"])
+                   in_model=d["in_model"], resampler=resampler)
 
 
 def _is_int(v) -> bool:
@@ -99,7 +122,9 @@ def model_input(pixels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     return x
 
 
-def _resize(img: np.ndarray, w: int, h: int) -> np.ndarray:
+def _resize(img: np.ndarray, w: int, h: int, resampler: str) -> np.ndarray:
+    if resampler == EXACT:
+        return resample.resize(img, w, h)
     sh, sw = img.shape[:2]
     interp = cv2.INTER_AREA if (sh > h and sw > w) else cv2.INTER_LINEAR
     return cv2.resize(img, (w, h), interpolation=interp)
@@ -121,15 +146,15 @@ def prepare(img: np.ndarray, spec: PreprocessSpec, image_order: str = "RGB") -> 
             ch = max(1, round(sw * h / w))
             y0 = (sh - ch) // 2
             img = img[y0:y0 + ch]
-        out = _resize(img, w, h)
+        out = _resize(img, w, h, spec.resampler)
     elif spec.resize == "letterbox":
         s = min(w / sw, h / sh)
         nw, nh = max(1, round(sw * s)), max(1, round(sh * s))
         out = np.full((h, w, 3), spec.pad_value, dtype=np.uint8)
         y0, x0 = (h - nh) // 2, (w - nw) // 2
-        out[y0:y0 + nh, x0:x0 + nw] = _resize(img, nw, nh)
+        out[y0:y0 + nh, x0:x0 + nw] = _resize(img, nw, nh, spec.resampler)
     else:
-        out = _resize(img, w, h)
+        out = _resize(img, w, h, spec.resampler)
     if image_order != spec.color_order:
         # Same values as out[..., ::-1], without numpy's strided copy (~15x slower; this runs once per camera frame).
         out = cv2.cvtColor(out, cv2.COLOR_BGR2RGB)

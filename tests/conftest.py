@@ -106,7 +106,8 @@ def make_reference_bundle(dest: Path) -> Path:
     meta = {
         "format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "labels": labels,
         "preprocessing": {"height": 224, "width": 224, "resize": "stretch", "color_order": "RGB",
-                          "scale": [1 / 127.5] * 3, "offset": [-1.0] * 3, "in_model": False},
+                          "scale": [1 / 127.5] * 3, "offset": [-1.0] * 3, "in_model": False,
+                          "resampler": "exact"},
         "default_artifact": "tflite-int8",
         "artifacts": {"tflite-int8": {"file": "model_int8.tflite", "sha256": sha256_file(dest / "model_int8.tflite"),
                                       "output_kind": "probabilities"}},

@@ -30,7 +30,8 @@ def one_line_error(r, needle):
 def test_bundle_holds_the_contract(tiny_run, tiny_bundle, tmp_path_factory):
     run = load_run(tiny_run)
     meta = json.loads((tiny_bundle / MANIFEST).read_text())
-    assert meta["format"] == "edgecls-bundle" and meta["version"] == 2
+    assert meta["format"] == "edgecls-bundle" and meta["version"] == 3
+    assert meta["preprocessing"]["resampler"] == "exact"   # a new run trains and exports with the exact resampler
     assert meta["labels"] == run.labels == (tiny_bundle / "labels.txt").read_text().split()
     assert meta["preprocessing"] == run.meta["preprocessing"]
     assert set(meta["artifacts"]) == {"tflite-float", "tflite-int8", "onnx-float", "onnx-int8"}

@@ -26,18 +26,19 @@ needs_pi_stack = pytest.mark.skipif(SKIP_PI_STACK, reason="EDGECLS_SKIP_PI_STACK
 CHECK = ROOT / "tools" / "pi_stack" / "check.py"
 
 
-def _load_check():
-    """tools/pi_stack/check.py as a module (standard library only; not part of the package)."""
+def _load_tool(path: Path):
+    """A script of tools/pi_stack as a module (not part of the package)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("edgecls_pi_stack_check", CHECK)
+    spec = importlib.util.spec_from_file_location(f"edgecls_pi_stack_{path.stem}", path)
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod   # dataclasses look their module up here
     spec.loader.exec_module(mod)
     return mod
 
 
-pi_check = _load_check()
+pi_check = _load_tool(CHECK)
+pi_pixels = _load_tool(CHECK.parent / "pixels.py")
 
 IMAGES_PER_CLASS = 4   # of the digits: 40 images, so the >= 99% agreement bar means every one
 
@@ -80,7 +81,7 @@ def pi_case(request, tmp_path_factory, shared) -> tuple[Path, Path, list[str]]:
     except pytest.FixtureLookupError:
         bundle = None
     if bundle is not None:
-        return bundle, digits_subset(tmp / "images", IMAGES_PER_CLASS), ["eval", "run"]
+        return bundle, digits_subset(tmp / "images", IMAGES_PER_CLASS), ["eval", "run", pi_check.SAME_PIXELS]
     images = digits_subset(tmp / "images", 1)
     photos = REFERENCE / "coral_test_data_extras"
     (images / "photos").mkdir()
@@ -137,7 +138,7 @@ def test_every_check_passes_on_a_pi4(pi_a72):
 @pytest.mark.parametrize("artifact", ["tflite-int8", "onnx-int8"])
 def test_top1_differs_from_the_host_only_on_near_ties(pi_case, pi_a72, env, artifact):
     rc, out, rows, _ = pi_a72
-    commands = [k for k in pi_case[2] if k == "eval" or artifact in pi_check.RUN_ARTIFACTS[env]]
+    commands = [k for k in pi_case[2] if k == "eval" or (k == "run" and artifact in pi_check.RUN_ARTIFACTS[env])]
     if not commands:
         pytest.skip(f"`edgecls run` in the {env} env runs {', '.join(pi_check.RUN_ARTIFACTS[env])} only")
     for kind in commands:
@@ -216,6 +217,53 @@ def test_tflite_runtime_computes_the_reference_kernels_answers(pi_trained):
     assert ref["total"] == len(trained_images()) and ref["agreement"] >= 0.99, out
 
 
+def test_on_the_same_pixels_only_the_kernels_differ(pi_case, pi_a72):
+    """The host's own prepared tensors fed to each Pi runtime (check.py same-pixels): every image answered, every
+    difference a near-tie (kernels round differently; docs/pi-stack.md has the trained bundle's figures), and an
+    image that flips anywhere is counted once in the summary."""
+    rc, out, rows, _ = pi_a72
+    if pi_check.SAME_PIXELS not in pi_case[2]:
+        pytest.skip("the reference bundle's ImageNet labels name no class folder: no same-pixels check")
+    for env in ("litert", "tflite"):
+        for artifact in ("tflite-int8", "onnx-int8"):
+            [row] = rows_where(rows, cpu="cortex-a72", env=env, check=f"{pi_check.SAME_PIXELS} {artifact}")
+            assert row["total"] == IMAGES_PER_CLASS * 10, out
+            assert row["agreement"] == 1.0 or only_near_ties(row), out
+    flipped = {m[0] for r in rows if r["cpu"] != "host" and r["check"].split()[0] in ("eval", "run", pi_check.SAME_PIXELS)
+               and "reference kernels" not in r["check"] for m in r["mismatches"]}
+    assert f"pi-stack: {len(flipped)} distinct images flipped anywhere" in out, out
+
+
+# ---- the same pixels everywhere: prepare() on a Pi 4 and a Pi 3 -----------------------------------
+
+def pixel_photos(dest: Path) -> Path:
+    """Real photos of every kind the shared data has: the three 3024x3024 digits (shrunk 13.5x), two flowers
+    of each class (320-500 px: shrunk to 224, enlarged to 320 wide), two 100x100 digits (enlarged)."""
+    big = [DIGITS / "7" / n for n in ("IMG_5874.JPG", "IMG_5935.JPG", "IMG_5978.JPG")]
+    flowers = [f for c in sorted((DIGITS.parent / "flowers").iterdir()) if c.is_dir() for f in sorted(c.glob("*.jpg"))[:2]]
+    for f in big + flowers + sorted((DIGITS / "0").glob("*.JPG"))[:2]:
+        (dest / f.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, dest / f.parent.name / f.name)
+    return dest
+
+
+@needs_pi_stack
+@pytest.mark.slow
+def test_prepare_gives_the_hosts_bytes_on_a_pi4_and_a_pi3(request, tmp_path, shared):
+    """Every resize mode, shrinking, enlarging and both at once, on the emulated Pi 4 (NumPy 2 + OpenCV 5, and
+    NumPy 1.26 + OpenCV 4.11) and Pi 3: the exact resampler's tensors have the host's sha256, every one. OpenCV's
+    do not all (which is what makes this test mean something)."""
+    photos = pixel_photos(tmp_path / "photos")
+    rc, out, rows, _ = run_check(request, tmp_path / "rows.json", str(TRAINED / "bundle"), str(photos),
+                                 "--cpus", "cortex-a72,cortex-a53", "--envs", "litert,tflite", "--commands", "pixels")
+    exact = rows_where(rows, check="pixels exact")
+    n = sum(1 for _ in photos.rglob("*.*")) * len(pi_pixels.CASES)   # 15 photos x 7 cases
+    assert len(exact) == 4 and all(r["ok"] and r["agree"] == r["total"] == n for r in exact), out
+    opencv = rows_where(rows, check="pixels opencv")
+    assert len(opencv) == 4 and sum(r["total"] - r["agree"] for r in opencv) > 0, out
+    assert rc == 0, out
+
+
 # ---- the harness's own logic, on real `edgecls run --json` output from the host ------------------
 
 @pytest.fixture(scope="module")
@@ -257,3 +305,20 @@ def test_harness_rejects_bad_usage(tmp_path):
     r = subprocess.run([sys.executable, str(CHECK), str(tmp_path / "nope"), str(tmp_path)],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "not a folder" in r.stderr
+
+
+def test_harness_counts_a_flipped_image_once():
+    """One near-tie photo flipping in two environments and two commands is one flipped image, not four."""
+    Row = pi_check.Row
+    rows = [Row("host", "host", "eval tflite-int8", True, 0.0, total=3)]
+    for env in ("litert", "tflite"):
+        for check in ("eval tflite-int8", "run tflite-int8", "same-pixels tflite-int8"):
+            rows.append(Row("cortex-a72", env, check, True, 0.0, agree=2, total=3,
+                            mismatches=[("7/IMG_1.JPG", "7", "8", "p 0.50 vs 0.45")]))
+    rows.append(Row("cortex-a53", "litert", "eval onnx-int8", True, 0.0, agree=2, total=3,
+                    mismatches=[("3/IMG_2.JPG", "3", "5", "")]))
+    rows.append(Row("cortex-a72", "tflite", "eval vs reference kernels", True, 0.0, agree=2, total=3,
+                    mismatches=[("4/IMG_3.JPG", "4", "9", "")]))   # against another reference: not a flip vs the host
+    flipped = pi_check.flipped_images(rows)
+    assert flipped == {"anywhere": {"7/IMG_1.JPG", "3/IMG_2.JPG"}, "same pixels": {"7/IMG_1.JPG"}}
+    assert "pi-stack: 2 distinct images flipped anywhere" in pi_check.report(rows, 0.99)

@@ -121,6 +121,7 @@ BAD_MANIFESTS = [
     ("preprocessing.height", 100000, "height must be a whole number from 1 to 4096"),
     ("preprocessing.width", "96", "width must be a whole number"),
     ("preprocessing.in_model", "yes", "in_model must be true or false"),
+    ("preprocessing.resampler", "lanczos", "unknown resampler 'lanczos'"),
     ("default_artifact", "onnx-float", "default_artifact 'onnx-float' is not one of its artifacts"),
     ("artifacts.tflite-int8.output_kind", "votes", "output_kind must be one of"),
     ("artifacts.tflite-int8.output.scale", -1, "output.scale must be a finite number"),

@@ -20,7 +20,8 @@ def test_tiny_run_folder_holds_everything(tiny_run):
     assert len(meta["dataset"]["content_hash"]) == 64
     assert meta["versions"]["tensorflow"].startswith("2.")
     assert meta["preprocessing"]["height"] == 96 and meta["preprocessing"]["in_model"] is True
-    assert [h["phase"] for h in meta["history"]] == ["head"] * 3 + ["finetune"] * 3
+    assert [h["phase"] for h in meta["history"]] == ["head"] * 3 + ["finetune"]
+    assert meta["preprocessing"]["resampler"] == "opencv" * 3
     test = meta["metrics"]["test"]
     assert test["n"] == len(parts["test"]) and len(test["confusion"]) == 10
     assert set(test["per_class"]["3"]) == {"precision", "recall", "f1", "support"}
@@ -47,7 +48,12 @@ def test_interrupt_then_resume_completes_the_run(tmp_path, keras_home):
     state = out / ".checkpoint" / "state.json"
     assert "--resume" in err and "Traceback" not in err
     saved = json.loads(state.read_text())
-    assert json.loads((out / "run.json").read_text())["status"] == "running"
+    started = json.loads((out / "run.json").read_text())
+    assert started["status"] == "running" and started["preprocessing"]["resampler"] == "exact"
+    # As a run started by an edgecls from before preprocessing.resampler left it: it was trained on OpenCV's
+    # pixels, and it must finish on them (and say so), not switch to the exact resampler half way.
+    del started["preprocessing"]["resampler"]
+    (out / "run.json").write_text(json.dumps(started))
     r = cli("train", "--resume", out, "--json")
     assert r.returncode == 0, r.stderr[-2000:]
     summary = json.loads(r.stdout)
@@ -56,6 +62,7 @@ def test_interrupt_then_resume_completes_the_run(tmp_path, keras_home):
     # The epochs done before the interrupt are kept, and the plan was completed, not restarted.
     assert meta["history"][:len(saved["history"])] == saved["history"]
     assert [h["phase"] for h in meta["history"]] == ["head"] * 3 + ["finetune"]
+    assert meta["preprocessing"]["resampler"] == "opencv"
     assert not (out / ".checkpoint").exists()
     assert "already finished" in cli("train", "--resume", out).stderr
 

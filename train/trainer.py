@@ -1,6 +1,7 @@
 """`edgecls train`: two-phase transfer learning into a resumable run folder."""
 from __future__ import annotations
 
+import dataclasses
 import errno
 import io
 import json
@@ -18,6 +19,7 @@ from edgecls.dataset import SPLITS, load_arrays, scan, split
 from edgecls.errors import EdgeclsError, Interrupted
 from edgecls.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text
 from edgecls.metrics import classification_report
+from edgecls.preprocess import PreprocessSpec
 from edgecls.progress import progress_bar, say
 from edgecls.rundir import LABELS_TXT, MODEL_FILE, RUN_FORMAT, RUN_JSON, RUN_VERSION, SPLITS_JSON, is_run
 from edgecls.train.config import TrainConfig
@@ -237,6 +239,9 @@ def _train(cfg: TrainConfig | None, out: Path, force: bool, resume: bool, quiet:
     tf, keras = import_tf()   # before anything is written: a missing TensorFlow must not leave a half run folder
     weights = cfg.resolve_weights()
     spec = cfg.preprocess_spec()
+    if resume:   # a run resumes with the resampler it started with (one from before the field: OpenCV)
+        spec = dataclasses.replace(spec, resampler=PreprocessSpec.from_dict(
+            previous_meta.get("preprocessing")).resampler)
     data, parts, arrays, summary, manifest, init_block = _load_photos(cfg, spec, splits, init, quiet)
     model, strategy, training = _build(tf, keras, cfg, len(data.classes), weights, state, quiet,
                                        init, init_block and init_block["labels_same"])

@@ -7,7 +7,10 @@ Builds (or reuses) the emulated Pi OS Bookworm stack with `build.sh`, then, for 
 BUNDLE: runs `edgecls eval BUNDLE IMAGES --json` and `edgecls run BUNDLE --source IMAGES --headless --json` on the
 host and in each Pi environment, and prints per environment the share of images whose top-1 answer
 matches the host's. `edgecls doctor --json` must name the runtime each environment has, and warn about
-the tflite-runtime + NumPy 2 trap in the environment built to fall into it.
+the tflite-runtime + NumPy 2 trap in the environment built to fall into it. Two more checks (pixels.py) keep
+preprocessing apart from kernels: `same-pixels` runs each int8 artifact on the host's prepared tensors (so only
+the kernels differ), `pixels` asserts that prepare() gives byte-identical tensors with the exact resampler.
+An image that flips anywhere is counted once in the closing summary.
 Exit 0 when every command worked and every agreement is >= --min-agreement (default 0.99), 1 otherwise,
 2 on bad usage. Standard library only: it runs with any host python that has edgecls installed.
 """
@@ -43,6 +46,10 @@ COMMAND_TIMEOUT_S = 900
 # its own answer: int8 kernels that round differently per CPU flip those (the widest measured: onnxruntime,
 # host 0.57 vs 0.32 on a trained bundle, docs/pi-stack.md); a preprocessing or label bug flips confident ones.
 NEAR_TIE = 0.3
+# The checks --commands can ask for: the CLI's answers (eval, run), the int8 outputs on the host's own
+# prepared tensors (same-pixels: kernels alone) and the byte-identity of prepare() itself (pixels).
+SAME_PIXELS, PIXELS = "same-pixels", "pixels"
+COMMANDS = ("eval", "run", SAME_PIXELS, PIXELS)
 
 
 @dataclass
@@ -136,7 +143,7 @@ def grade_mismatches(row: Row, tops: dict, where: str, rel=lambda f: f) -> str:
     """Count row's mismatches that are near-ties under `tops` ({file: the reference side's top-k}), attach
     its odds to each, and return the phrase for row.detail ("" when nothing differs)."""
     row.near_ties = sum(is_near_tie(tops.get(rel(f)), got) for f, _, got in row.mismatches)
-    row.mismatches = [(f, want, got, host_odds(tops.get(rel(f)), got)) for f, want, got in row.mismatches]
+    row.mismatches = [(rel(f), want, got, host_odds(tops.get(rel(f)), got)) for f, want, got in row.mismatches]
     return f"; {row.near_ties} of the {len(row.mismatches)} that differ are near-ties {where}" if row.mismatches else ""
 
 
@@ -287,10 +294,11 @@ def host_predictions(args, formats: dict[str, str], rows: list[Row]) -> dict[str
             procs[tuple(cli)] = call(host_py + cli, env)
         return procs[tuple(cli)]
 
-    for _, key, proc in outputs(host_call, ["run"], bundle, images, formats):
+    compared = [c for c in args.commands if c in PARSERS]
+    for _, key, proc in outputs(host_call, ["run"] if compared else [], bundle, images, formats):
         if proc.rc == 0:
             tops[key] = {os.path.relpath(f, images): t for f, t in top_from_run(proc.out).items()}
-    for kind, key, proc in outputs(host_call, args.commands, bundle, images, formats):
+    for kind, key, proc in outputs(host_call, compared, bundle, images, formats):
         preds, why = predictions(proc, kind)
         for k in (list(formats) if key is None else [key]):
             p = preds if kind == "run" or preds is None else preds.get(k, (None, ""))[0]
@@ -389,11 +397,100 @@ def compare_rows(cpu: str, env: str, kind: str, key: str | None, proc: Proc, for
     return rows
 
 
-def run_checks(args, pi_python: str) -> list[Row]:
+# ---- preprocessing apart from kernels (pixels.py) -------------------------------------------------
+
+PIXELS_PY = HERE / "pixels.py"
+
+
+@dataclass
+class PixelsCheck:
+    """One pixels.py check the host has saved its side of: the Pi runs `pixels.py *cli --compare saved`."""
+    name: str             # PIXELS or SAME_PIXELS
+    cli: list[str]
+    saved: Path
+
+
+def host_pixels(args, formats: dict[str, str], tmp: Path, rows: list[Row]) -> list[PixelsCheck]:
+    """The host's tensors (and, for same-pixels, its int8 probabilities on them), saved for the Pi to compare."""
+    asked = {PIXELS: ["identity", str(args.images)],
+             SAME_PIXELS: ["outputs", str(args.bundle), str(args.images), "--artifacts", ",".join(formats)]}
+    checks = []
+    for name, cli in asked.items():
+        if name not in args.commands:
+            continue
+        saved = tmp / f"{name}.npz"
+        p = call([args.host_python, str(PIXELS_PY), *cli, "--save", str(saved)],
+                 dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+        ok = p.rc == 0 and saved.is_file()
+        rows.append(Row("host", "host", name, ok, p.seconds, detail=p.out.strip() if ok else p.last_err()))
+        if ok:
+            checks.append(PixelsCheck(name, cli, saved))
+    return checks
+
+
+def pixel_rows(cpu: str, env: str, doc: dict, seconds: float) -> list[Row]:
+    """`pixels.py identity --compare`: the exact resampler must give the host's bytes; OpenCV is reported."""
+    rows = []
+    for resampler, r in doc.items():
+        row = Row(cpu, env, f"{PIXELS} {resampler}", True, seconds, agree=r["identical"], total=r["tensors"])
+        row.detail = (f"{r['identical']}/{r['tensors']} tensors byte-identical to the host's; {r['values_differ']:,} of "
+                      f"{r['values']:,} values differ (max |Δ| {r['max_abs']}) on {r['images_differ']} of "
+                      f"{r['images']} images")
+        if resampler == "exact":
+            row.ok = r["identical"] == r["tensors"]
+        else:
+            row.detail += " (expected: OpenCV rounds per CPU; reported, not asserted)"
+        rows.append(row)
+    return rows
+
+
+def same_pixel_rows(cpu: str, env: str, doc: dict, seconds: float, min_agreement: float) -> list[Row]:
+    """`pixels.py outputs --compare`: each int8 artifact on the host's tensors, against the host's answers."""
+    rows = []
+    for key, r in doc.items():
+        row = Row(cpu, env, f"{SAME_PIXELS} {key}", False, seconds, agree=r["same"], total=r["total"])
+        row.mismatches = [(f, want, got) for f, want, got, _ in r["flips"]]
+        ties = grade_mismatches(row, {f: [tuple(t) for t in top] for f, _, _, top in r["flips"]}, "on the host")
+        row.ok = row.agreement >= min_agreement
+        row.detail = (f"{row.agree}/{row.total} same top-1 as the host on the host's pixels, max |Δp| "
+                      f"{r['max_dp']:.4f}" + ties)
+        rows.append(row)
+    return rows
+
+
+def pi_pixels(pi_python: str, cpu: str, env: str, pi_env: dict, checks: list[PixelsCheck],
+              min_agreement: float) -> list[Row]:
+    rows = []
+    for c in checks:
+        p = call([pi_python, env, str(PIXELS_PY), *c.cli, "--compare", str(c.saved)], pi_env)
+        try:
+            doc = json.loads(p.out) if p.rc == 0 else None
+        except ValueError:
+            doc = None
+        if doc is None:
+            rows.append(Row(cpu, env, c.name, False, p.seconds, detail=f"exit {p.rc}: {p.last_err()}"))
+        elif c.name == PIXELS:
+            rows += pixel_rows(cpu, env, doc, p.seconds)
+        else:
+            rows += same_pixel_rows(cpu, env, doc, p.seconds, min_agreement)
+    return rows
+
+
+def flipped_images(rows: list[Row]) -> dict[str, set]:
+    """Images whose top-1 differs from the host's anywhere (any CPU, environment, command, artifact), each
+    once: {"anywhere": …, "same pixels": … (of those, the ones that flip on the host's own tensors too)}."""
+    compared = [r for r in rows if r.cpu != "host" and "reference kernels" not in r.check
+                and r.check.split()[0] in ("eval", "run", SAME_PIXELS)]
+    return {"anywhere": {m[0] for r in compared for m in r.mismatches},
+            "same pixels": {m[0] for r in compared if r.check.startswith(SAME_PIXELS) for m in r.mismatches}}
+
+
+def run_checks(args, pi_python: str, tmp: Path) -> list[Row]:
     bundle, images = str(args.bundle), str(args.images)
     formats = int8_formats(args.bundle, args.formats)
     rows: list[Row] = []
     host = host_predictions(args, formats, rows)
+    pixel_checks = host_pixels(args, formats, tmp, rows)
     for cpu in args.cpus:
         pi_env = dict(os.environ, QEMU_CPU=cpu)
         p = call([pi_python, args.envs[0], "-c", CPU_FEATURES], pi_env)
@@ -410,8 +507,10 @@ def run_checks(args, pi_python: str) -> list[Row]:
                     ok, why = check_trap_run(p)
                     rows.append(Row(cpu, env, "run tflite-int8 (must fail)", ok, p.seconds, detail=why))
                 continue
-            for kind, key, proc in outputs(pi, args.commands, bundle, images, formats, RUN_ARTIFACTS[env]):
+            compared = [c for c in args.commands if c in PARSERS]
+            for kind, key, proc in outputs(pi, compared, bundle, images, formats, RUN_ARTIFACTS[env]):
                 rows += compare_rows(cpu, env, kind, key, proc, formats, host, args.min_agreement, images)
+            rows += pi_pixels(pi_python, cpu, env, pi_env, pixel_checks, args.min_agreement)
     return rows
 
 
@@ -424,6 +523,11 @@ def report(rows: list[Row], min_agreement: float) -> str:
         for f, want, got, *odds in r.mismatches[:5]:
             odds = f" (host {odds[0]})" if odds and odds[0] else ""
             lines.append(f"{'':<12}{'':<11}  differs: {f}: host {want!r}, pi {got!r}{odds}")
+    flipped = flipped_images(rows)
+    if any(r.check.split()[0] in PARSERS or r.check.startswith(SAME_PIXELS) for r in rows if r.cpu != "host"):
+        lines.append(f"pi-stack: {len(flipped['anywhere'])} distinct images flipped anywhere "
+                     f"(every CPU, environment, command and artifact together); {len(flipped['same pixels'])} "
+                     f"of them on the host's own pixels: {', '.join(sorted(flipped['anywhere'])[:8]) or 'none'}")
     failed = [r for r in rows if not r.ok]
     lines.append(f"pi-stack: {len(rows) - len(failed)}/{len(rows)} checks ok "
                  f"(top-1 agreement must be >= {min_agreement * 100:.0f}%)")
@@ -437,7 +541,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cpus", default="cortex-a72", help="QEMU_CPU models, comma-separated "
                     "(cortex-a72 = Pi 4, cortex-a53 = Pi 3 / Zero 2 W, cortex-a76 = Pi 5)")
     ap.add_argument("--envs", default=",".join([*ENVS, TRAP_ENV]), help="Pi environments (see build.sh)")
-    ap.add_argument("--commands", default="eval,run", help="which commands to compare: eval,run")
+    ap.add_argument("--commands", default="eval,run,same-pixels", help=f"which checks to run: {','.join(COMMANDS)} "
+                    "(same-pixels: int8 outputs on the host's prepared tensors; pixels: prepare() byte-identity)")
     ap.add_argument("--formats", default=",".join(INT8_ARTIFACTS), help="which int8 artifacts to compare")
     ap.add_argument("--with-float", action="store_true",
                     help="keep the bundle's float artifacts (eval then also runs its float reference: slower)")
@@ -450,7 +555,7 @@ def main(argv: list[str] | None = None) -> int:
     args.envs = [e for e in args.envs.split(",") if e]
     args.commands = [c for c in args.commands.split(",") if c]
     args.formats = [f for f in args.formats.split(",") if f]
-    unknown = ([e for e in args.envs if e not in ENVS and e != TRAP_ENV] + [c for c in args.commands if c not in PARSERS]
+    unknown = ([e for e in args.envs if e not in ENVS and e != TRAP_ENV] + [c for c in args.commands if c not in COMMANDS]
                + [f for f in args.formats if f not in INT8_ARTIFACTS])
     if unknown or not args.envs:
         ap.error(f"unknown env, command or format: {', '.join(unknown)}")
@@ -463,10 +568,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="pi-stack-") as tmp:
         if not args.with_float:
             args.bundle = int8_only_bundle(args.bundle, Path(tmp) / "bundle")
-        return check(args)
+        return check(args, Path(tmp))
 
 
-def check(args) -> int:
+def check(args, tmp: Path) -> int:
 
     t0 = time.perf_counter()
     pi_python = args.pi_python
@@ -478,12 +583,14 @@ def check(args) -> int:
             return 1
         pi_python = build.stdout.strip().splitlines()[-1]
     t_build = time.perf_counter() - t0
-    rows = run_checks(args, pi_python)
+    rows = run_checks(args, pi_python, tmp)
     print(report(rows, args.min_agreement))
     print(f"pi-stack: build {t_build:.0f}s, checks {time.perf_counter() - t0 - t_build:.0f}s")
     if args.json_out:
-        args.json_out.write_text(json.dumps({"build_seconds": round(t_build, 1), "pi_python": pi_python, "rows": [
-            dict(asdict(r), agreement=r.agreement) for r in rows]}, indent=2))
+        args.json_out.write_text(json.dumps({
+            "build_seconds": round(t_build, 1), "pi_python": pi_python,
+            "flipped_images": {k: sorted(v) for k, v in flipped_images(rows).items()},
+            "rows": [dict(asdict(r), agreement=r.agreement) for r in rows]}, indent=2))
     return 0 if all(r.ok for r in rows) else 1
 
 

@@ -1,0 +1,132 @@
+"""`edgecls run … --keep DIR`: keep the frames worth labelling, with the model's answer beside each.
+
+A policy picks frames (cheap, on the camera loop); a rate limit caps how many a second are kept; a worker
+thread behind a bounded queue encodes and writes them (photos.save_photo: atomic, sidecar first), so keeping
+never slows the loop — when the queue is full a frame is dropped and counted. When DIR reaches its disk budget
+keeping stops with one warning and the run goes on.
+
+Policies are one function each, `(frame, result) -> reason or None`:
+    uncertain  top-1 probability below --keep-below
+    random     each frame with probability --keep-chance (a plain sample of what the camera sees)
+`disagree` (int8 ≠ float shadow) is one more such function once the shadow's per-frame answer is on the result.
+"""
+from __future__ import annotations
+
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from edgecls.device.events import bundle_id
+from edgecls.device.outputs import Output
+from edgecls.device.photos import encode_jpeg, folder_bytes, iso_utc, save_photo, writable_dir
+from edgecls.device.sink_queue import QueuedSink
+from edgecls.errors import EdgeclsError
+
+POLICIES = ("uncertain", "random")
+Policy = Callable[[object, object], "str | None"]
+
+
+def make_policy(name: str, below: float, chance: float, seed: int | None = None) -> Policy:
+    if name == "uncertain":
+        return lambda frame, result: f"top-1 {result.confidence:.3f} < {below}" if result.confidence < below else None
+    if name == "random":
+        rng = random.Random(seed)
+        return lambda frame, result: "random sample" if rng.random() < chance else None
+    raise EdgeclsError(f"--keep-policy must be one of {', '.join(POLICIES)} (got {name!r})")
+
+
+class _Writer(QueuedSink):
+    """Writes kept frames on its own thread; stops for good at the disk budget."""
+
+    def __init__(self, folder: Path, max_bytes: int, log):
+        super().__init__("keep")
+        self.folder, self.max_bytes, self.log = folder, max_bytes, log
+        self.used = folder_bytes(folder)  # what earlier runs left counts too: the budget is the folder's
+        self.full = self.used >= max_bytes
+        self.written: list[str] = []
+        if self.full:
+            self._warn_full()
+
+    def _warn_full(self):
+        self.log(f"edgecls: warning: --keep {self.folder} reached its --keep-max-mb budget "
+                 f"({self.used / 1e6:.1f} MB): keeping stops, the run goes on")
+
+    def deliver(self, item) -> bool:
+        bgr, side = item
+        if self.full:
+            return False
+        jpeg = encode_jpeg(bgr)
+        size = len(jpeg) + 1024  # (and its sidecar, under 1 KiB)
+        if self.used + size > self.max_bytes:
+            self.used = folder_bytes(self.folder)  # frames filed away on the web page since have freed room
+        if self.used + size > self.max_bytes:
+            self.full = True
+            self._warn_full()
+            return False
+        path = save_photo(self.folder, bgr, side, jpeg=jpeg)
+        self.used += len(jpeg) + path.with_suffix(".json").stat().st_size
+        self.written.append(path.name)
+        return True
+
+
+class KeepOutput(Output):
+    """The keeping, as one more output of the live loop."""
+
+    def __init__(self, folder: Path, policy_name: str, net, rate: float = 1.0, max_mb: float = 500.0,
+                 below: float = 0.6, chance: float = 0.05, log=None, seed: int | None = None):
+        if not 0 < rate <= 1000:
+            raise EdgeclsError(f"--keep-rate must be a positive number of frames per second (got {rate})")
+        if not 0 < max_mb < 1e9:
+            raise EdgeclsError(f"--keep-max-mb must be a positive number of megabytes (got {max_mb})")
+        if not 0.0 < below <= 1.0:
+            raise EdgeclsError(f"--keep-below must be a probability in (0, 1] (got {below})")
+        if not 0.0 < chance <= 1.0:
+            raise EdgeclsError(f"--keep-chance must be a probability in (0, 1] (got {chance})")
+        self.policy_name = policy_name
+        self.policy = make_policy(policy_name, below, chance, seed)
+        self.log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+        self.folder = writable_dir(folder, "--keep")
+        self.min_gap = 1.0 / rate
+        self.net = net
+        self.bundle = bundle_id(net.bundle)
+        self.source_name = ""
+        self._last: float | None = None
+        self.chosen = self.rate_limited = 0
+        self.writer = _Writer(self.folder, int(max_mb * 1e6), self.log)
+
+    def attach_source(self, source, fps) -> None:
+        self.source_name = source.name
+
+    def render(self, frame, result, stats, annotated):
+        if self.writer.full:
+            return
+        reason = self.policy(frame, result)
+        if reason is None:
+            return
+        self.chosen += 1
+        now = time.monotonic()
+        if self._last is not None and now - self._last < self.min_gap:
+            self.rate_limited += 1
+            return
+        self._last = now
+        side = {"time": iso_utc(time.time() - (now - frame.t_capture)), "source": self.source_name,
+                "frame": frame.index, "by": "keep", "policy": self.policy_name, "reason": reason,
+                "model": {"label": result.label, "confidence": round(result.confidence, 5),
+                          "top": [{"label": lab, "p": round(p, 5)} for lab, p in result.top],
+                          "artifact": self.net.artifact_key, "bundle": self.bundle}}
+        if frame.file is not None:
+            side["file"] = frame.file
+        self.writer.put((frame.bgr(), side))  # the frame's own pixels (never the annotated copy)
+
+    def close(self):
+        self.writer.close()
+        k = self.summary()["keep"]
+        self.log(f"edgecls: keep: {k['kept']} frames kept in {self.folder} ({k['rate_limited']} over --keep-rate, "
+                 f"{k['dropped']} dropped)")
+
+    def summary(self) -> dict:
+        w = self.writer.summary()
+        return {"keep": {"kept": w["sent"], "dropped": w["dropped"], "rate_limited": self.rate_limited,
+                         "budget_reached": self.writer.full, "folder": str(self.folder)}}

@@ -1,0 +1,252 @@
+"""`edgecls run --shadow N`: the float model beside the live int8 one, on real videos of held-out photos.
+
+The live agreement it reports is what `edgecls eval` says of the same frames; a video that turns dark for a while
+raises the drift warning in its dark part only, and clears it after; bad values are one line. (The FPS cost: benchmarks/bench_shadow.py.)
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edgecls.bundle import MANIFEST, load_bundle
+from edgecls.device.runtime import load_model
+from edgecls.metrics import top_margin
+
+from test_device_run import ENV, WRAPPER, edgecls, json_lines, one_line_error
+
+SIZE = 100   # the digits photos' own size: video frames are their exact pixels
+# What the shadow computes does not depend on its scheduling: these tests let it take its share of a CPU that other
+# jobs may keep busy (at the default, idle priority, it then skips most frames; benchmarks/bench_shadow.py measures
+# that default).
+NORMAL = ("--shadow-priority", "normal")
+
+
+def held_out(run_dir: Path, splits=("test",)) -> list[tuple[Path, int]]:
+    """(photo, class index) of the run's held-out photos that are SIZE x SIZE, in split order."""
+    from edgecls.rundir import load_run
+
+    run = load_run(run_dir)
+    return [(run.data_root / rel, y) for split in splits for rel, y in run.split_items(split)
+            if cv2.imread(str(run.data_root / rel)).shape[:2] == (SIZE, SIZE)]
+
+
+def dim_room(img: np.ndarray, seed: int) -> np.ndarray:
+    """The photo as a camera in a dim room takes it: a quarter of the light, and the sensor noise of the gain it
+    applies there (Gaussian, sigma 15 levels)."""
+    noise = np.random.default_rng(seed).normal(0.0, 15.0, img.shape)
+    return np.clip(img * 0.25 + noise, 0, 255).round().astype(np.uint8)
+
+
+def write_video(path: Path, photos, hold: int, dim_from: int | None = None, dim_until: int | None = None) -> int:
+    """A lossless (FFV1) video: each photo held for `hold` frames; photos from index `dim_from` to `dim_until`
+    (default: the end) as `dim_room` takes them. Returns the frame count."""
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"FFV1"), 30, (SIZE, SIZE))
+    frames = 0
+    for i, (photo, _) in enumerate(photos):
+        img = cv2.imread(str(photo))
+        if dim_from is not None and dim_from <= i < (dim_until or len(photos)):
+            img = dim_room(img, seed=i)
+        for _ in range(hold):
+            w.write(img)
+            frames += 1
+    w.release()
+    return frames
+
+
+def test_live_agreement_equals_eval_on_the_shadowed_frames(digits_bundle, tiny_run, tmp_path):
+    """run --shadow 10 on a video of held-out photos, then the frames it shadowed, decoded from the same video and
+    saved losslessly, through `edgecls eval`: the same count, the same agreeing count, frame by frame the same
+    int8 and float answers."""
+    photos = held_out(tiny_run, ("test", "val")) * 2   # twice over: enough pairs even when many frames are skipped
+    video = tmp_path / "heldout.mkv"
+    frames = write_video(video, photos, hold=4)
+    p = edgecls("run", digits_bundle, video, "--json", "--format", "tflite", "--precision", "int8", "--shadow", "10",
+                "--threads", "1", *NORMAL, timeout=300)
+    assert p.returncode == 0, p.stderr
+    recs, summary = json_lines(p.stdout)
+    shadow = summary["shadow"]
+    queued = [r["frame"] for r in recs if r.get("shadow") == "queued"]
+    skipped = [r["frame"] for r in recs if r.get("shadow") == "skipped"]
+    assert sorted(queued + skipped) == list(range(0, frames, 10))            # every 10th frame came due
+    assert shadow["due"] == len(queued) + len(skipped) and shadow["skipped"] == len(skipped)
+    # On a busy CPU the idle-priority worker skips many (counted); the rest must be exactly eval's answers.
+    assert shadow["pairs"] == shadow["queued"] == len(queued) >= 10
+    assert shadow["artifact"] == "tflite-float"
+
+    # The shadowed frames, decoded from the video the run read, as PNG files in class folders.
+    folder, names = tmp_path / "shadowed", {}
+    labels = load_bundle(digits_bundle).labels
+    cap = cv2.VideoCapture(str(video))
+    for i in range(frames):
+        ok, img = cap.read()
+        assert ok
+        if i in queued:
+            name = f"frame{i:05d}.png"
+            (folder / labels[photos[i // 4][1]]).mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(folder / labels[photos[i // 4][1]] / name), img)
+            names[name] = i
+    ev = edgecls("eval", digits_bundle, folder, "--json", "--format", "tflite", timeout=300)
+    assert ev.returncode == 0, ev.stderr
+    out = json.loads(ev.stdout)
+    assert out["reference"] == "tflite-float"
+    int8 = dict(zip((names[Path(f).name] for f in out["files"]), out["artifacts"]["tflite-int8"]["predictions"]))
+    flt = dict(zip((names[Path(f).name] for f in out["files"]), out["artifacts"]["tflite-float"]["predictions"]))
+    agreed = sum(int8[i] == flt[i] for i in queued)
+    assert (shadow["pairs"], shadow["agreed"]) == (len(out["files"]), agreed)
+    assert shadow["rate"] == pytest.approx(out["artifacts"]["tflite-int8"]["agreement"], abs=1e-5)
+    # The pairs finished after the last frame come on a line of their own (at most one) before the summary.
+    tail = [r for r in recs if "shadow_pairs" in r and "frame" not in r]
+    assert len(tail) <= 1 and all(t["shadow_live"]["pairs"] == len(queued) for t in tail)
+    pairs = {pr["frame"]: pr for r in recs for pr in r.get("shadow_pairs", [])}
+    assert sorted(pairs) == queued
+    for i, pr in pairs.items():
+        assert (pr["int8"], pr["float"], pr["agree"]) == (labels[int8[i]], labels[flt[i]], int8[i] == flt[i])
+    lo, hi = shadow["ci95"]
+    assert lo <= shadow["rate"] <= hi
+    assert sum(shadow["float_margin_histogram"]) == shadow["pairs"]
+
+
+def test_drift_warning_fires_in_the_dark_part_only_and_clears_after(digits_bundle, tiny_run, tmp_path):
+    """Held-out photos, the same photos heavily darkened (`dim_room`), then the photos again: a drift episode
+    starts in the dark part, once per kind (never in the first part), and ends in the last part; the console says
+    both. (Measured on four tiny runs: the float model's median margin 2.0-2.6x the test photos' p25 on the
+    photos, 0.25-0.63x on the dim ones.)"""
+    from edgecls.device.drift import WINDOW
+
+    photos = held_out(tiny_run, ("test", "val")) * 2   # twice over: full windows even when many frames are skipped
+    hold = 5
+    video = tmp_path / "dimming.mkv"
+    write_video(video, photos + photos + photos, hold=hold, dim_from=len(photos), dim_until=2 * len(photos))
+    part = len(photos) * hold
+    p = edgecls("run", digits_bundle, video, "--json", "--format", "tflite", "--precision", "int8", "--shadow", "5",
+                "--threads", "1", *NORMAL, timeout=300)
+    assert p.returncode == 0, p.stderr
+    lines = [json.loads(line) for line in p.stdout.splitlines()]
+    events = [r for r in lines if "event" in r]
+    summary = lines[-1]["summary"]["shadow"]
+    pairs = [pr["frame"] for r in lines for pr in r.get("shadow_pairs", [])]
+    # Enough pairs in each part for full windows (the worker only takes a frame when it has a core to spare).
+    assert min(sum(i * part <= f < (i + 1) * part for f in pairs) for i in range(3)) >= WINDOW + 10, summary
+    drift = [e for e in events if e["event"] == "drift"]
+    cleared = [e for e in events if e["event"] == "drift_cleared"]
+    assert drift, (summary, events)
+    # Never in the first part; in the dark part, or as late as the window (the last WINDOW pairs) still holds dark
+    # frames: a rule sees a change only once enough of its window has it, and a busy CPU thins the pairs.
+    last_dark_window = sorted(f for f in pairs if f >= 2 * part)[WINDOW - 1]
+    assert all(part <= e["frame"] < last_dark_window for e in drift), events
+    # Once per episode, not once per frame: per kind, drift and drift_cleared alternate, and the sharp last part
+    # ends every episode. (A rule at its edge may end and start again inside the dark part: still one line each.)
+    for kind in {e["kind"] for e in drift}:
+        seq = [e["event"] for e in events if e["kind"] == kind]
+        assert seq == ["drift", "drift_cleared"] * (len(seq) // 2) and len(seq) <= 4, seq
+    assert all(e["frame"] >= part for e in cleared)
+    assert summary["drift"]["active"] == [] and sum(summary["drift"]["episodes"].values()) == len(drift)
+    warnings = [line for line in p.stderr.splitlines() if line.startswith("edgecls: warning: drift")]
+    assert len(warnings) == len(drift) and f"at frame {drift[0]['frame']}" in warnings[0]
+    assert len([line for line in p.stderr.splitlines() if line.startswith("edgecls: note: drift cleared")]) == len(cleared)
+
+
+def test_export_records_the_float_margin_of_its_test_photos(digits_bundle, tiny_run):
+    """report.float_margin: the float model's top-1 margin on the held-out split, as the device's float model
+    gives it (the Keras model's quantiles, within a small tolerance)."""
+    b = load_bundle(digits_bundle)
+    fm = b.float_margin
+    assert fm["n"] == b.meta["report"]["images"] and fm["split"] == b.meta["report"]["split"]
+    from edgecls.dataset import load_arrays
+    from edgecls.rundir import load_run
+
+    run = load_run(tiny_run)
+    x, _ = load_arrays(run.data_root, run.split_items(fm["split"]), b.spec)
+    margins = top_margin(load_model(b, "tflite", "float", threads=1).predict(x))
+    for q in (10, 25, 50, 75, 90):
+        assert fm[f"p{q}"] == pytest.approx(np.percentile(margins, q), abs=0.02)
+
+
+def _copy_with(bundle: Path, dest: Path, edit) -> Path:
+    shutil.copytree(bundle, dest)
+    meta = json.loads((dest / MANIFEST).read_text())
+    edit(meta)
+    (dest / MANIFEST).write_text(json.dumps(meta))
+    return dest
+
+
+def test_bad_shadow_values_and_bundles_are_one_line(digits_bundle, tiny_run, reference_bundle, tmp_path):
+    video = tmp_path / "v.mkv"
+    write_video(video, held_out(tiny_run)[:1], hold=3)
+    for bad in ("0", "-3", "2.5", "ten"):
+        one_line_error(edgecls("run", digits_bundle, video, "--json", "--shadow", bad), "--shadow")
+    one_line_error(edgecls("run", digits_bundle, video, "--json", "--shadow", "2", "--shadow-priority", "high"),
+                   "--shadow-priority")
+    one_line_error(edgecls("run", digits_bundle, video, "--json", "--shadow", "2", "--precision", "float"),
+                   "already float")
+    one_line_error(edgecls("run", reference_bundle, video, "--json", "--shadow", "2"), "has none")
+    broken = _copy_with(digits_bundle, tmp_path / "broken",
+                        lambda m: m["report"]["float_margin"].update(p50=1.5))
+    one_line_error(edgecls("run", broken, video, "--json"), "report.float_margin")
+    # A bundle exported before report.float_margin existed still runs; the confidence check is off, said once.
+    old = _copy_with(digits_bundle, tmp_path / "old", lambda m: m["report"].pop("float_margin"))
+    p = edgecls("run", old, video, "--json", "--shadow", "1", *NORMAL)
+    assert p.returncode == 0, p.stderr
+    notes = [line for line in p.stderr.splitlines() if line.startswith("edgecls: note:")]
+    assert len(notes) == 1 and "confidence drift check is off" in notes[0]
+    shadow = json_lines(p.stdout)[1]["shadow"]
+    assert shadow["due"] == 3 and shadow["pairs"] + shadow["skipped"] == 3 and shadow["pairs"] >= 1
+
+
+def test_shadow_figures_on_the_overlay_and_the_mjpeg_page(digits_bundle, tiny_run, tmp_path):
+    photos = held_out(tiny_run)[:10]
+    video = tmp_path / "loop.mkv"
+    write_video(video, photos, hold=2)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    base = [sys.executable, "-c", WRAPPER, "run", str(digits_bundle), str(video), "--loop", "--json",
+            "--format", "tflite", "--precision", "int8", "--stream", str(port), *NORMAL]
+    frames = {}
+    for shadow in ([], ["--shadow", "2"]):
+        proc = subprocess.Popen(base + shadow, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+        try:
+            rec = {}
+            while "shadow_live" not in rec and (shadow or rec.get("frame", 0) < 20):
+                rec = json.loads(proc.stdout.readline())
+            url = f"http://127.0.0.1:{port}/"
+            deadline = time.monotonic() + 10
+            while True:   # the server comes up with the first frame; the status with the first pair
+                try:
+                    status = json.loads(urllib.request.urlopen(url + "status.json", timeout=5).read())["lines"]
+                    if status or not shadow or time.monotonic() > deadline:
+                        break
+                except OSError:
+                    pass
+                time.sleep(0.1)
+            page = urllib.request.urlopen(url, timeout=5).read().decode()
+            jpeg = urllib.request.urlopen(url + "frame.jpg", timeout=5).read()
+            frames[bool(shadow)] = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+            if shadow:
+                assert status and status[0].startswith("int8=float ") and "margin p50" in status[1], status
+                assert "int8=float " in page
+            else:
+                assert status == [] and "int8=float" not in page
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=20)
+            assert proc.returncode == 0, err
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    # The shadow's line is drawn under the label and FPS: the banner is taller.
+    def banner_rows(img):   # leading rows that are mostly black (the photos are bright hands on a light wall)
+        dark = img.mean(axis=(1, 2)) < 80
+        return int(np.argmin(dark)) if not dark.all() else len(dark)
+    assert banner_rows(frames[True]) >= banner_rows(frames[False]) + 8, (banner_rows(frames[True]),
+                                                                         banner_rows(frames[False]))

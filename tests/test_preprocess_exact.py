@@ -1,0 +1,187 @@
+"""The exact resampler (edgecls/resample.py) and how the contract names it (issue 13, "the same pixels everywhere").
+
+Its byte-identity across CPUs is tested on the emulated Pi stack (tests/test_pi_stack.py); here: that it computes
+what its docstring says, on real photos, and that old runs and bundles keep OpenCV.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from fractions import Fraction
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import DIGITS, ROOT
+from edgecls import resample
+from edgecls.bundle import MANIFEST, load_bundle
+from edgecls.errors import EdgeclsError
+from edgecls.images import load_rgb
+from edgecls.preprocess import EXACT, OPENCV, RESIZE_MODES, PreprocessSpec, prepare
+
+FLOWERS = DIGITS.parent / "flowers"
+BIG = DIGITS / "7" / "IMG_5874.JPG"          # 3024 x 3024, one of the three in the shared digits
+DIGITS96 = ROOT / "tests" / "data" / "digits96" / "bundle"   # bundle version 1: made before the field
+
+
+def flowers(n: int) -> list[Path]:
+    return sorted(FLOWERS.glob("*/*.jpg"))[:n]
+
+
+def _axis(values: list[Fraction], n_out: int) -> list[Fraction]:
+    """One axis by the definition, with fractions: overlap-weighted mean when shrinking, bilinear when growing."""
+    n_in = len(values)
+    if n_out == n_in:
+        return values
+    if n_out < n_in:
+        return [sum(max(0, min((j + 1) * n_in, (i + 1) * n_out) - max(j * n_in, i * n_out)) * v
+                    for i, v in enumerate(values)) / n_in for j in range(n_out)]
+    out = []
+    for j in range(n_out):
+        x = min(max(Fraction((2 * j + 1) * n_in - n_out, 2 * n_out), Fraction(0)), Fraction(n_in - 1))
+        i0 = math.floor(x)
+        i1 = min(i0 + 1, n_in - 1)
+        out.append((1 - (x - i0)) * values[i0] + (x - i0) * values[i1])
+    return out
+
+
+def by_definition(img: np.ndarray, width: int, height: int) -> np.ndarray:
+    cols = [_axis([Fraction(int(v)) for v in img[:, x, c]], height) for x in range(img.shape[1]) for c in range(3)]
+    out = np.empty((height, width, 3), np.uint8)
+    for y in range(height):
+        for c in range(3):
+            row = _axis([cols[x * 3 + c][y] for x in range(img.shape[1])], width)
+            out[y, :, c] = [math.floor(v + Fraction(1, 2)) for v in row]   # rounded once, half up
+    return out
+
+
+@pytest.mark.parametrize("size, out", [((7, 5), (2, 3)), ((5, 7), (4, 9)), ((13, 11), (3, 13)), ((4, 9), (17, 11)),
+                                       ((1, 1), (3, 3)), ((6, 6), (1, 1)), ((33, 20), (29, 7))])
+def test_equals_the_definition_in_fractions(size, out, shared):
+    """Every value equals the exact rational result rounded half up: shrinking, growing, mixed, 1 pixel."""
+    w, h = size
+    img = np.ascontiguousarray(load_rgb(flowers(1)[0])[40:40 + h, 60:60 + w])
+    assert np.array_equal(resample.resize(img, *out), by_definition(img, *out))
+
+
+def test_integer_ratio_is_the_block_mean(shared):
+    """3:1 and 4:1 shrink = the mean of each 3x4 block of a real photo, rounded half up."""
+    img = np.ascontiguousarray(load_rgb(flowers(1)[0])[:237, :320])   # 237 = 3 x 79, 320 = 4 x 80
+    blocks = img.reshape(79, 3, 80, 4, 3).astype(np.int64).sum(axis=(1, 3))
+    want = (2 * blocks + 12) // 24                                    # floor(sum / 12 + 1/2)
+    assert np.array_equal(resample.resize(img, 80, 79), want.astype(np.uint8))
+
+
+@pytest.mark.parametrize("src, dst", [((480, 640), (224, 224)), ((100, 100), (224, 224)), ((300, 90), (160, 160)),
+                                      ((3, 2), (1, 7))])
+def test_a_constant_image_stays_constant(src, dst):
+    for value in (0, 1, 127, 128, 254, 255):
+        img = np.full((*src, 3), value, np.uint8)
+        assert (resample.resize(img, dst[1], dst[0]) == value).all()
+
+
+def test_within_one_of_opencv_on_real_photos(shared):
+    """Both axes shrinking: within ±1 of INTER_AREA (OpenCV rounds its fixed-point weights); both growing: of
+    INTER_LINEAR. (One growing and one shrinking, OpenCV takes bilinear for both and skips pixels on the
+    shrinking axis; the exact resampler averages them, so there the two differ by more, by design.)"""
+    differ = total = 0
+    for path in [BIG, *flowers(12)]:
+        img = load_rgb(path)
+        for w, h in ((224, 224), (160, 160), (96, 96)):
+            if img.shape[0] <= h or img.shape[1] <= w:
+                continue
+            ours = resample.resize(img, w, h).astype(int)
+            delta = np.abs(ours - cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA))
+            assert delta.max() <= 1, (path.name, w, h)
+            differ, total = differ + int((delta > 0).sum()), total + delta.size
+    assert total > 20 * 96 * 96 * 3 and differ / total < 0.01, (total, differ / total)
+    small = load_rgb(sorted(DIGITS.glob("0/*.JPG"))[0])
+    assert small.shape[:2] == (100, 100)
+    up = np.abs(resample.resize(small, 224, 224).astype(int) - cv2.resize(small, (224, 224)))
+    assert up.max() <= 1, up.max()
+
+
+@pytest.mark.parametrize("resize", RESIZE_MODES)
+def test_crop_and_letterbox_geometry_is_unchanged(resize, shared):
+    """Only the resampler changes: the same window, the same padding, the same channel swap as with OpenCV."""
+    img = load_rgb(flowers(1)[0])                     # 320 x 263: letterbox pads left and right
+    exact, opencv = (PreprocessSpec(height=96, width=128, resize=resize, color_order="BGR", pad_value=114,
+                                    resampler=r) for r in (EXACT, OPENCV))
+    a, b = prepare(img, exact, "RGB").astype(int), prepare(img, opencv, "RGB").astype(int)
+    assert a.shape == b.shape == (96, 128, 3)
+    assert np.abs(a - b).max() <= 1
+    if resize == "letterbox":   # the picture where OpenCV put it, the padding around it
+        s = min(128 / img.shape[1], 96 / img.shape[0])
+        nw, nh = round(img.shape[1] * s), round(img.shape[0] * s)
+        x0, y0 = (128 - nw) // 2, (96 - nh) // 2
+        assert (x0, y0, nw, nh) == (5, 0, 117, 96)
+        pad = np.ones((96, 128), bool)
+        pad[y0:y0 + nh, x0:x0 + nw] = False
+        assert (a[pad] == 114).all() and (b[pad] == 114).all() and not (a[~pad] == 114).all()
+    # the channel swap: BGR out of an RGB picture
+    assert np.array_equal(prepare(img, exact, "RGB"), prepare(img[..., ::-1].copy(), exact, "BGR"))
+    assert np.array_equal(prepare(img, exact, "RGB")[..., ::-1],
+                          prepare(img, PreprocessSpec(height=96, width=128, resize=resize, color_order="RGB",
+                                                      pad_value=114), "RGB"))
+
+
+def _spec_dict(**changes) -> dict:
+    d = PreprocessSpec(height=96, width=96).to_dict()
+    d.update(changes)
+    return d
+
+
+def test_new_specs_say_exact_and_old_ones_mean_opencv(shared):
+    from edgecls.train.config import TrainConfig
+
+    assert TrainConfig(data_dir=str(DIGITS)).preprocess_spec().resampler == EXACT   # what a new run trains with
+    d = _spec_dict()
+    assert d["resampler"] == EXACT and "same bytes on every CPU" in d["interpolation"]
+    assert PreprocessSpec.from_dict(d).resampler == EXACT
+    old = {k: v for k, v in d.items() if k != "resampler"}          # run.json written before the field
+    spec = PreprocessSpec.from_dict(old)
+    assert spec.resampler == OPENCV and "OpenCV" in spec.to_dict()["interpolation"]
+    img = load_rgb(flowers(1)[0])
+    assert np.array_equal(prepare(img, spec), cv2.resize(img, (96, 96), interpolation=cv2.INTER_AREA))
+    with pytest.raises(EdgeclsError, match="missing resampler"):
+        PreprocessSpec.from_dict(old, implied_resampler=None)
+
+
+def test_bundle_versions_and_the_resampler(tmp_path, shared):
+    """Version <= 2 (before the field): OpenCV, and only OpenCV. Version 3: the field is required."""
+    assert load_bundle(DIGITS96).spec.resampler == OPENCV
+    b = tmp_path / "b"
+    shutil.copytree(DIGITS96, b)
+    meta = json.loads((b / MANIFEST).read_text())
+
+    def load_with(version, **pre):
+        m = dict(meta, version=version, preprocessing={**meta["preprocessing"], **pre})
+        (b / MANIFEST).write_text(json.dumps(m))
+        return load_bundle(b)
+
+    assert load_with(2).spec.resampler == OPENCV
+    assert load_with(3, resampler="exact").spec.resampler == EXACT
+    assert load_with(3, resampler="opencv").spec.resampler == OPENCV
+    with pytest.raises(EdgeclsError, match="missing resampler"):
+        load_with(3)
+    with pytest.raises(EdgeclsError, match="resampler 'exact' needs bundle version 3"):
+        load_with(2, resampler="exact")
+
+
+def test_prepare_is_fast_enough_for_live_frames(shared):
+    """640x480 camera frame → 224x224 well inside a frame's budget (about 1.3 ms here, OpenCV about the same;
+    benchmarks/RESULTS.md). The bound is loose: CI shares its cores."""
+    import time
+
+    frame = cv2.resize(load_rgb(BIG), (640, 480))
+    spec = PreprocessSpec(height=224, width=224)
+    prepare(frame, spec)
+    times = []
+    for _ in range(20):
+        t = time.perf_counter()
+        prepare(frame, spec)
+        times.append(time.perf_counter() - t)
+    assert sorted(times)[len(times) // 2] < 0.015
