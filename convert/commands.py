@@ -37,7 +37,9 @@ def register(app) -> None:
                                              "misses --target-agreement, keep the better | ptq | qat."),
         qat: bool = typer.Option(False, "--qat", help="Same as --int8-method qat."),
         qat_epochs: int = typer.Option(D("qat_epochs"), "--qat-epochs", help="Quantization-aware fine-tuning epochs."),
-        calib_samples: int = typer.Option(D("calib_samples"), "--calib-samples", help="Training images used to calibrate int8."),
+        calib_samples: int = typer.Option(D("calib_samples"), "--calib-samples", help="Most images used to calibrate int8."),
+        calib: Path = typer.Option(None, "--calib", help="Calibrate int8 on this folder of device frames (any "
+                                   "layout, e.g. what `collect` or `run --keep` saved) instead of training photos."),
         # The mixed-precision search (docs/export.md): its target, its latency budget, its most ops kept float.
         target_agreement: float = typer.Option(D("target_agreement"), help=SEARCH_HELP["target_agreement"]),
         max_latency_ratio: float = typer.Option(D("max_latency_ratio"), help=SEARCH_HELP["max_latency_ratio"]),
@@ -64,7 +66,7 @@ def register(app) -> None:
 
         opts = ExportOptions(run_dir=run_dir, out=out, families=tuple(f.strip() for f in formats.split(",") if f.strip()),
                              int8=int8, int8_method="qat" if qat else int8_method, qat_epochs=qat_epochs,
-                             calib_samples=calib_samples, full_int8=full_int8, io_dtype=io_dtype, onnx_target=onnx_target, max_drop=max_drop,
+                             calib_samples=calib_samples, calib_dir=calib, full_int8=full_int8, io_dtype=io_dtype, onnx_target=onnx_target, max_drop=max_drop,
                              min_agreement=min_agreement, target_agreement=target_agreement,
                              max_latency_ratio=max_latency_ratio, max_float_ops=max_float_ops,
                              allow_drop=allow_drop, threads=threads, show_progress=not as_json)

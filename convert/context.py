@@ -215,8 +215,46 @@ def check_images(run) -> tuple[dict[str, list], str]:
     return items, eval_split
 
 
-def load_images(run, items: dict[str, list], opts: ExportOptions, keras_predict) -> tuple[Images, np.ndarray]:
-    """Every split's images (`items`, from check_images) with Keras' answers, and the calibration images."""
+def load_calib_folder(folder: Path, spec, n: int) -> tuple[np.ndarray, dict]:
+    """`export --calib DIR`: int8 calibration images from a folder of device frames (any depth, class folders or
+    not), prepared with the run's own preprocessing (`spec`). At most `n` (--calib-samples), evenly spaced over
+    the sorted list. Every problem is one line, raised before the model loads. Returns (images, the record
+    edgecls.json and the report keep: path, images, list_sha256 over each used file's path and bytes)."""
+    import hashlib
+    import os
+
+    from edgecls.fsutil import sha256_file
+    from edgecls.images import IMAGE_EXTS, is_image_name, load_rgb
+    from edgecls.preprocess import prepare
+
+    if not folder.is_dir():
+        raise EdgeclsError(f"--calib {folder}: {'not a folder' if folder.exists() else 'folder not found'}")
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))   # hidden: half-written captures
+        found += [Path(dirpath) / f for f in filenames if is_image_name(f) and not f.startswith(".")]
+    found.sort()
+    if not found:
+        raise EdgeclsError(f"--calib {folder}: no images in it (looked for {', '.join(IMAGE_EXTS)})")
+    used = [found[i] for i in np.linspace(0, len(found) - 1, min(n, len(found))).round().astype(int)]
+    x = np.empty((len(used), spec.height, spec.width, 3), np.uint8)
+    h = hashlib.sha256()
+    for i, path in enumerate(used):
+        rel = path.relative_to(folder).as_posix()
+        try:
+            x[i] = prepare(load_rgb(path), spec)
+        except Exception as e:  # PIL raises many types for corrupt data
+            raise EdgeclsError(f"--calib {folder}: cannot read {rel} ({type(e).__name__}: "
+                               f"{str(e).splitlines()[0][:80] if str(e) else 'corrupt'})") from None
+        h.update(f"{rel}\0{sha256_file(path)}\n".encode())
+    return x, {"source": "folder", "path": str(folder.resolve()), "images": len(used), "found": len(found),
+               "list_sha256": h.hexdigest()}
+
+
+def load_images(run, items: dict[str, list], opts: ExportOptions, keras_predict,
+                calib_folder: np.ndarray | None = None) -> tuple[Images, np.ndarray]:
+    """Every split's images (`items`, from check_images) with Keras' answers, and the calibration images: a
+    subset of the training split, or `calib_folder` (from load_calib_folder) when given."""
     from edgecls.dataset import load_arrays
 
     x, y, keras = {}, {}, {}
@@ -230,6 +268,8 @@ def load_images(run, items: dict[str, list], opts: ExportOptions, keras_predict)
                 parts.append(keras_predict(x[split][i:i + 32]))
                 adv(min(i + 32, len(x[split])), len(x[split]))
             keras[split] = np.concatenate(parts) if parts else np.zeros((0, len(run.labels)), np.float32)
+    if calib_folder is not None:
+        return Images(x, y, keras), calib_folder
     calib_items = calibration_subset(items["train"], opts.calib_samples)
     index = {it: i for i, it in enumerate(items["train"])}
     calib = x["train"][[index[it] for it in calib_items]]

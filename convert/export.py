@@ -20,7 +20,7 @@ from typing import Callable
 
 import numpy as np
 
-from edgecls.convert.context import Built, Context, check_images, keras_predictor, load_images
+from edgecls.convert.context import Built, Context, check_images, keras_predictor, load_calib_folder, load_images
 from edgecls.errors import EdgeclsError
 from edgecls.formats import BY_KEY, FAMILIES, FORMATS
 from edgecls.fsutil import atomic_dir, scratch_dir
@@ -44,6 +44,7 @@ class ExportOptions:
     qat_epochs: int = 2
     qat_lr: float = 1e-5
     calib_samples: int = 200
+    calib_dir: Path | None = None    # --calib: calibrate int8 on this folder of device frames, not training photos
     full_int8: bool = False          # every op int8 (NPUs need it): no mixed-precision search
     io_dtype: str = "uint8"
     onnx_target: str = "auto"        # the int8 ONNX's activation type: onnx_export.ONNX_TARGETS, auto = this machine
@@ -287,12 +288,16 @@ def export(opts: ExportOptions, console=None) -> dict:
     out = output_dir(opts)
     check_dependencies(opts)
     items, eval_split = check_images(run)
+    calib_folder, calibration = None, {"source": "training split"}
+    if opts.calib_dir is not None:   # decoded now: a bad folder is refused before the model loads
+        calib_folder, calibration = load_calib_folder(Path(opts.calib_dir), run.spec, opts.calib_samples)
     model = load_keras_model(run.model_path)
     n_out = int(model.outputs[0].shape[-1])
     if n_out != len(run.labels):
         raise EdgeclsError(f"run {run.root}: model has {n_out} outputs but labels.txt/splits.json list {len(run.labels)}")
     keras_predict = keras_predictor(model)
-    images, calib = load_images(run, items, opts, keras_predict)
+    images, calib = load_images(run, items, opts, keras_predict, calib_folder)
+    calibration["images"] = len(calib)
     keys = opts.keys()
     with scratch_dir("edgecls-export-") as work, atomic_dir(out, overwrite=True) as tmp:
         ctx = Context(opts, model, run.spec, run.labels, work, calib, images)
@@ -305,7 +310,7 @@ def export(opts: ExportOptions, console=None) -> dict:
         if not result.gate["passed"] and not opts.allow_drop:
             raise GateFailed(result.gate["message"])
         exam = golden.write(ctx, tmp, run, items[eval_split], eval_split, keys, entries)
-        manifest = bundle_manifest.write(tmp, run, keys, entries, opts, result, exam)
+        manifest = bundle_manifest.write(tmp, run, keys, entries, opts, result, exam, calibration)
         report.write(tmp, manifest, result, run.labels)
     if not result.gate["passed"]:
         console.print(f"[yellow]kept despite the gate (--allow-drop): {result.gate['message']}[/yellow]")

@@ -36,7 +36,8 @@ def versions() -> dict:
                             "onnxruntime", "ai-edge-litert")
 
 
-def write(bundle_dir: Path, run, keys: list[str], entries: dict[str, dict], opts, result, golden: dict) -> dict:
+def write(bundle_dir: Path, run, keys: list[str], entries: dict[str, dict], opts, result, golden: dict,
+          calibration: dict | None = None) -> dict:
     """edgecls.json; `golden` is the bundle's exam (convert/golden.py)."""
     from edgecls.convert import gate
 
@@ -60,7 +61,8 @@ def write(bundle_dir: Path, run, keys: list[str], entries: dict[str, dict], opts
                            "backbone": (run.meta.get("config") or {}).get("backbone")},
             "export": {k: getattr(opts, k) for k in ("int8_method", "io_dtype", "onnx_target", "calib_samples", "full_int8",
                                                       "qat_epochs", "target_agreement", "max_latency_ratio",
-                                                      "max_float_ops", "max_drop", "min_agreement")},
+                                                      "max_float_ops", "max_drop", "min_agreement")}
+                      | {"calibration": calibration or {"source": "training split"}},
             "versions": versions(), "golden": golden}
     atomic_write_json(bundle_dir / MANIFEST, meta)
     return meta

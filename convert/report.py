@@ -45,6 +45,15 @@ def _search_lines(title: str, key: str, search: dict) -> list[str]:
     return md + [""]
 
 
+def calibration_text(manifest: dict) -> str:
+    """Which images calibrated int8 (edgecls.json export.calibration), in one sentence."""
+    c = manifest.get("export", {}).get("calibration") or {}
+    if c.get("source") == "folder":
+        return (f"int8 calibrated on {c['images']} of the {c['found']} images in {c['path']} "
+                f"(--calib; list sha256 {c['list_sha256'][:16]}…)")
+    return f"int8 calibrated on {c.get('images', '?')} training-split images"
+
+
 def write(dest: Path, manifest: dict, result, labels: list[str]) -> None:
     """Draw the figures, then write report.md and report.html from the same table and notes."""
     from edgecls.convert.search import plot as plot_search
@@ -87,7 +96,7 @@ def _markdown(manifest, result, labels, table, pngs, searches, text) -> str:
     md += ["| " + " | ".join(esc(c) for c in row) + " |" for row in table]
     md += ["", text["resolution"], "", f"Gate: {text['verdict']} — {esc(gate['message'])}", ""]
     md += [f"- note: {esc(n)}" for n in gate["notes"]] + ([""] if gate["notes"] else [])
-    md += [f"Default artifact: `{manifest['default_artifact']}`", ""]
+    md += [f"Default artifact: `{manifest['default_artifact']}`", "", f"Calibration: {esc(calibration_text(manifest))}", ""]
     cands = {k: a["candidates"] for k, a in arts.items() if a.get("candidates")}
     if cands:
         md += ["## int8 candidates (validation split)", ""]
@@ -125,4 +134,5 @@ def _html(manifest, gate, table, pngs, searches, text) -> str:
             f"<h1>{esc(text['title'])}</h1><table><tr>{cells}</tr>{body}</table><p>{esc(text['resolution'])}</p>"
             f"<p>Gate: {esc(text['verdict'])} — {esc(gate['message'])}</p>{f'<ul>{notes}</ul>' if notes else ''}"
             f"<p>Default artifact: <code>{esc(manifest['default_artifact'])}</code></p>"
+            f"<p>Calibration: {esc(calibration_text(manifest))}</p>"
             f"{f'<h2>Mixed-precision search</h2>{plots}' if plots else ''}<h2>Confusion matrices</h2>{imgs}")

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edgecls.errors import EdgeclsError
+from edgecls.fsutil import sha256_file
 from edgecls.images import is_image_name, load_rgb
 
 SPLITS = ("train", "val", "test")
@@ -28,6 +29,7 @@ class Scan:
     items: list[tuple[str, int]]                 # (path relative to root, class index)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (relative path, reason)
     presplit: dict[str, list[tuple[str, int]]] | None = None
+    _hashes: dict[str, str] | None = field(default=None, repr=False)
 
     def class_counts(self) -> dict[str, int]:
         counts = {c: 0 for c in self.classes}
@@ -35,13 +37,20 @@ class Scan:
             counts[self.classes[y]] += 1
         return counts
 
+    def file_hashes(self) -> dict[str, str]:
+        """sha256 (hex) of each used file's bytes, by relative path; read once per scan (the dataset manifest
+        and content_hash share it)."""
+        if self._hashes is None or set(self._hashes) != {rel for rel, _ in self.items}:
+            self._hashes = {rel: sha256_file(self.root / rel) for rel, _ in self.items}
+        return self._hashes
+
     def content_hash(self) -> str:
         """sha256 over every used file's relative path, label and bytes: names a dataset version."""
         h = hashlib.sha256()
+        hashes = self.file_hashes()
         for rel, y in sorted(self.items):
             h.update(f"{rel}\0{self.classes[y]}\0".encode())
-            with open(self.root / rel, "rb") as f:
-                h.update(hashlib.sha256(f.read()).digest())
+            h.update(bytes.fromhex(hashes[rel]))
         return h.hexdigest()
 
     def summary(self) -> dict:
@@ -175,8 +184,13 @@ def check_split_fractions(val_split: float, test_split: float) -> None:
         raise EdgeclsError("--val-split must be in (0,1), --test-split in [0,1), and together below 0.9")
 
 
-def split(scan_: Scan, val_split: float, test_split: float, seed: int) -> dict[str, list[tuple[str, int]]]:
-    """Stratified split, deterministic for (file list, fractions, seed). Pre-split folders are used as given."""
+def split(scan_: Scan, val_split: float, test_split: float, seed: int,
+          keep: dict[str, str] | None = None) -> dict[str, list[tuple[str, int]]]:
+    """Stratified split, deterministic for (file list, fractions, seed). Pre-split folders are used as given.
+
+    `keep` (train --init: sha256 → the previous run's split) keeps each photo the previous run had in its
+    split, so the new run's test split holds no photo the previous model trained on; only the other photos
+    are split here (by the usual fractions: a class with a single new photo puts it in train)."""
     if scan_.presplit:
         out = {s: list(v) for s, v in scan_.presplit.items()}
         if not out["val"]:
@@ -184,8 +198,15 @@ def split(scan_: Scan, val_split: float, test_split: float, seed: int) -> dict[s
         return out
     check_split_fractions(val_split, test_split)
     out: dict[str, list[tuple[str, int]]] = {s: [] for s in SPLITS}
+    kept: set[str] = set()
+    if keep:
+        hashes = scan_.file_hashes()
+        for rel, y in scan_.items:
+            if keep.get(hashes[rel]) in SPLITS:
+                out[keep[hashes[rel]]].append((rel, y))
+                kept.add(rel)
     for y in range(len(scan_.classes)):
-        files = sorted(rel for rel, lab in scan_.items if lab == y)
+        files = sorted(rel for rel, lab in scan_.items if lab == y and rel not in kept)
         # Seed per class from (seed, class name) so adding a class does not reshuffle the others.
         digest = hashlib.sha256(f"{seed}:{scan_.classes[y]}".encode()).digest()
         rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))

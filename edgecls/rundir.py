@@ -5,6 +5,7 @@ RUN_DIR/
   labels.txt      one class per line, index order
   run.json        config, preprocessing, dataset summary, versions, history, metrics, status
   splits.json     {"root", "classes", "train"|"val"|"test": [[relative path, label], ...]}
+  dataset.json    every photo used, by content hash: path, class, split, sha256 (edgecls/dataset_manifest.py)
   history.png, confusion.png
   .checkpoint/    while training: resumable state (removed when the run completes)
 """
@@ -24,6 +25,7 @@ MODEL_FILE = "model.keras"
 RUN_JSON = "run.json"
 SPLITS_JSON = "splits.json"
 LABELS_TXT = "labels.txt"
+DATASET_JSON = "dataset.json"
 
 
 @dataclass

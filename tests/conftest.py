@@ -32,6 +32,31 @@ def cli(*args, env=None, timeout=900, cwd=None):
                           env=full_env, timeout=timeout, cwd=cwd)
 
 
+def train_then_interrupt(out: Path, *args, ignore_sigint: bool = False) -> subprocess.CompletedProcess:
+    """Run `edgecls train ... --out out` and send SIGINT after its first head epoch is checkpointed.
+
+    Interrupted in the head phase after its first epoch, a run with at least 3 head epochs (and a fine-tune
+    epoch) still has epochs to come however slow the machine, so the signal cannot arrive after training is
+    over. `ignore_sigint`: start it with SIGINT ignored, as a non-interactive shell starts `make test &`."""
+    import signal
+    import time
+
+    cmd = [sys.executable, "-m", "edgecls", "train", *map(str, args), "--out", str(out)]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ),
+                         preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore_sigint else None)
+    state = out / ".checkpoint" / "state.json"
+    deadline = time.time() + 900   # a loaded 2-core machine can take minutes to import TF and load images
+    while time.time() < deadline and p.poll() is None:
+        saved = json.loads(state.read_text()) if state.is_file() else {}
+        if saved.get("phase") == "head" and saved.get("epoch", 0) >= 1:
+            break
+        time.sleep(0.1)
+    assert p.poll() is None, "training finished before it could be interrupted"
+    p.send_signal(signal.SIGINT)
+    stdout, stderr = p.communicate(timeout=600)
+    return subprocess.CompletedProcess(cmd, p.returncode, stdout, stderr)
+
+
 @pytest.fixture(scope="session")
 def keras_home(tmp_path_factory, shared) -> Path:
     """A Keras cache holding the shared MobileNetV2 weights under the name Keras looks for (offline 'imagenet')."""

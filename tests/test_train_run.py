@@ -1,14 +1,9 @@
 """Real training runs: the run folder's contents, interrupt + resume, and the multi-device path."""
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 from edgecls.rundir import load_run
 
-from conftest import DIGITS, cli
+from conftest import DIGITS, cli, train_then_interrupt
 
 
 def test_tiny_run_folder_holds_everything(tiny_run):
@@ -25,8 +20,8 @@ def test_tiny_run_folder_holds_everything(tiny_run):
     assert len(meta["dataset"]["content_hash"]) == 64
     assert meta["versions"]["tensorflow"].startswith("2.")
     assert meta["preprocessing"]["height"] == 96 and meta["preprocessing"]["in_model"] is True
-    assert [h["phase"] for h in meta["history"]] == ["head"] * 3 + ["finetune"]
-    assert meta["preprocessing"]["resampler"] == "opencv" * 3
+    assert [h["phase"] for h in meta["history"]] == ["head"] * 3 + ["finetune"] * 3
+    assert meta["preprocessing"]["resampler"] == "exact"
     test = meta["metrics"]["test"]
     assert test["n"] == len(parts["test"]) and len(test["confusion"]) == 10
     assert set(test["per_class"]["3"]) == {"precision", "recall", "f1", "support"}
@@ -44,25 +39,13 @@ def test_json_summary_and_model_loads_without_custom_code(tiny_run):
 
 def test_interrupt_then_resume_completes_the_run(tmp_path, keras_home):
     out = tmp_path / "run"
-    args = [sys.executable, "-m", "edgecls", "train", str(DIGITS), "--out", str(out), "--img-size", "96",
-            "--epochs", "3", "--fine-tune-epochs", "1", "--max-images-per-class", "15", "--patience", "10"]
     # Started with SIGINT ignored, as a non-interactive shell starts `make test &`: Python then keeps it
     # ignored, and Ctrl-C used to be lost (exit 0, run completed). `train` must act on it all the same.
-    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ),
-                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    r = train_then_interrupt(out, DIGITS, "--img-size", "96", "--epochs", "3", "--fine-tune-epochs", "1",
+                             "--max-images-per-class", "15", "--patience", "10", ignore_sigint=True)
+    err = r.stderr
+    assert r.returncode == 130, err[-2000:]
     state = out / ".checkpoint" / "state.json"
-    deadline = time.time() + 900   # a loaded 2-core machine can take minutes to import TF and load images
-    # Interrupt in the head phase after its first epoch: two head epochs and the fine-tune epoch are still to
-    # come however slow the machine, so the signal cannot arrive after training is over.
-    while time.time() < deadline and p.poll() is None:
-        saved = json.loads(state.read_text()) if state.is_file() else {}
-        if saved.get("phase") == "head" and saved.get("epoch", 0) >= 1:
-            break
-        time.sleep(0.1)
-    assert p.poll() is None, "training finished before it could be interrupted"
-    p.send_signal(signal.SIGINT)
-    _, err = p.communicate(timeout=600)
-    assert p.returncode == 130, err[-2000:]
     assert "--resume" in err and "Traceback" not in err
     saved = json.loads(state.read_text())
     started = json.loads((out / "run.json").read_text())

@@ -16,7 +16,14 @@ from edgecls.train.config import TrainConfig
 D = {f.name: f.default for f in fields(TrainConfig)}   # the CLI's defaults are the config's: one place
 
 
+def _typed_here(ctx: typer.Context, name: str) -> bool:
+    """Whether the user gave option `name` (typer vendors click: compare the source by name, not by class)."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name != "DEFAULT"
+
+
 def train(
+    ctx: typer.Context,
     data_dir: Optional[Path] = typer.Argument(None, help="Folder with one sub-folder per class (or train/ val/ test/)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder to create [default: runs/<backbone>-<time>]."),
     backbone: str = typer.Option(D["backbone"], help="mobilenet_v2 | mobilenet_v3_small | mobilenet_v3_large | resnet50."),
@@ -40,20 +47,34 @@ def train(
     mixed_precision: bool = typer.Option(D["mixed_precision"], "--mixed-precision", help="float16 compute on a GPU."),
     max_images_per_class: Optional[int] = typer.Option(D["max_images_per_class"], help="Use at most N images per class (quick trials)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run folder."),
+    init: Optional[Path] = typer.Option(None, "--init", help="Start from this run's weights (its backbone, alpha, "
+                                        "size and resize; a new head if the labels differ)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing run folder."),
     json_out: bool = typer.Option(False, "--json", help="Print the run summary as JSON on stdout."),
 ):
     """Transfer-learn a classifier from a folder of labelled photos."""
     if resume is not None:
+        if init is not None:
+            raise EdgeclsError("--init starts a new run; --resume continues one: give one of them")
         cfg, run_dir = None, resume
     else:
         if data_dir is None:
             raise EdgeclsError("missing DATA_DIR (or --resume RUN_DIR)")
+        if init is not None:   # the architecture comes from the init run; an explicit other value is refused
+            from edgecls.train.init_run import ARCHITECTURE, architecture_options, open_init_run
+
+            if _typed_here(ctx, "weights"):
+                raise EdgeclsError("--weights and --init both say where the weights come from: give one of them")
+            typed = {"backbone": backbone, "alpha": alpha, "img_size": img_size, "resize": resize}
+            given = {n: v for n, v in typed.items() if _typed_here(ctx, n)}
+            arch = architecture_options(open_init_run(init), given)
+            backbone, alpha, img_size, resize = (arch[n] for n in ARCHITECTURE)
         cfg = TrainConfig(data_dir=os.path.abspath(data_dir), backbone=backbone, alpha=alpha, img_size=img_size, weights=weights,
                           resize=resize, epochs=epochs, fine_tune_epochs=fine_tune_epochs, fine_tune_at=fine_tune_at,
                           lr=lr, batch_size=batch_size, label_smoothing=label_smoothing, class_weights=class_weights,
                           augment=augment, val_split=val_split, test_split=test_split, seed=seed, patience=patience,
-                          strategy=strategy, mixed_precision=mixed_precision, max_images_per_class=max_images_per_class)
+                          strategy=strategy, mixed_precision=mixed_precision, max_images_per_class=max_images_per_class,
+                          init=None if init is None else os.path.abspath(init))
         cfg.validate()  # before TensorFlow loads: bad options fail at once
         run_dir = out or Path("runs") / f"{backbone}-{time.strftime('%Y%m%d-%H%M%S')}"
     from edgecls.train.trainer import train as run_training

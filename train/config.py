@@ -37,6 +37,7 @@ class TrainConfig:
     strategy: str = "auto"             # auto | mirrored | none
     mixed_precision: bool = False
     max_images_per_class: int | None = None   # for quick experiments and tests
+    init: str | None = None            # train --init: the run folder whose weights this run starts from
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgecls import dataset_manifest
 from edgecls.dataset import SPLITS, load_arrays, scan, split
 from edgecls.errors import EdgeclsError, Interrupted
 from edgecls.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text
@@ -22,6 +23,7 @@ from edgecls.preprocess import PreprocessSpec
 from edgecls.progress import progress_bar, say
 from edgecls.rundir import LABELS_TXT, MODEL_FILE, RUN_FORMAT, RUN_JSON, RUN_VERSION, SPLITS_JSON, is_run
 from edgecls.train.config import TrainConfig
+from edgecls.train.init_run import InitRun, open_init_run
 from edgecls.train.run_folder import CKPT, STATE_JSON, Replacement, check_out_dir, has_checkpoint, recover_replaced
 from edgecls.train.stopping import StopRequest
 from edgecls.versions import library_versions
@@ -216,14 +218,20 @@ def _train(cfg: TrainConfig | None, out: Path, force: bool, resume: bool, quiet:
     """Check everything, then write: load the photos, build the model, fit the two phases, finish the run."""
     t_start = time.time()
     recover_replaced(out, quiet)
-    splits = state = None
+    splits = state = init = None
+    previous_meta: dict = {}
     if resume:
-        meta, splits = _open_for_resume(out)
-        cfg = TrainConfig.from_dict(meta["config"])
+        previous_meta, splits = _open_for_resume(out)
+        cfg = TrainConfig.from_dict(previous_meta["config"])
         cfg.data_dir = splits["root"]   # absolute (older runs kept the path as typed): resume from any folder
         state = _State(out)             # a corrupt state.json fails here, before TensorFlow loads
     else:
         check_out_dir(out, cfg.data_dir, force)
+        if cfg.init:
+            from edgecls.train.init_run import check_matches
+
+            init = open_init_run(cfg.init)   # missing, unfinished or unsafe: refused before TensorFlow loads
+            check_matches(init, cfg)
     assert cfg is not None
     cfg.validate()
     from edgecls.train.tfenv import import_tf
@@ -232,9 +240,11 @@ def _train(cfg: TrainConfig | None, out: Path, force: bool, resume: bool, quiet:
     weights = cfg.resolve_weights()
     spec = cfg.preprocess_spec()
     if resume:   # a run resumes with the resampler it started with (one from before the field: OpenCV)
-        spec = dataclasses.replace(spec, resampler=PreprocessSpec.from_dict(meta.get("preprocessing")).resampler)
-    data, parts, arrays, summary = _load_photos(cfg, spec, splits, quiet)
-    model, strategy, training = _build(tf, keras, cfg, len(data.classes), weights, state, quiet)
+        spec = dataclasses.replace(spec, resampler=PreprocessSpec.from_dict(
+            previous_meta.get("preprocessing")).resampler)
+    data, parts, arrays, summary, manifest, init_block = _load_photos(cfg, spec, splits, init, quiet)
+    model, strategy, training = _build(tf, keras, cfg, len(data.classes), weights, state, quiet,
+                                       init, init_block and init_block["labels_same"])
 
     # Every check passed: only now is anything written (so a refused option leaves no stub behind).
     if replacement is not None:
@@ -242,20 +252,26 @@ def _train(cfg: TrainConfig | None, out: Path, force: bool, resume: bool, quiet:
         atomic_write_text(out / LABELS_TXT, "\n".join(data.classes) + "\n")
         atomic_write_json(out / SPLITS_JSON, {"root": str(data.root.resolve()), "classes": data.classes,
                                               **{s: [[r, y] for r, y in v] for s, v in parts.items()}})
+        dataset_manifest.write(out, manifest)
         state = _State(out)
     meta = {"format": RUN_FORMAT, "version": RUN_VERSION, "status": "running", "labels": data.classes,
             "config": cfg.to_dict(), "preprocessing": spec.to_dict(), "dataset": summary, "training": training,
             "versions": library_versions("tensorflow", "tf-keras")}
+    if init_block or previous_meta.get("init"):
+        meta["init"] = init_block or previous_meta["init"]
     _write_run_json(out, meta)
     first_checkpoint = replacement.commit if replacement is not None else (lambda: None)
-    _fit(tf, keras, model, strategy, cfg, arrays, len(data.classes), training["fine_tune_at"], weights is None,
+    _fit(tf, keras, model, strategy, cfg, arrays, len(data.classes), training["fine_tune_at"],
+         weights is None and not cfg.init,
          state, stop, first_checkpoint, quiet)
     return _finish(out, model, strategy, state, cfg, arrays, data.classes, meta, t_start)
 
 
-def _load_photos(cfg: TrainConfig, spec, splits: dict | None, quiet: bool):
+def _load_photos(cfg: TrainConfig, spec, splits: dict | None, init: InitRun | None, quiet: bool):
     """Scan and check every file, split (or take the recorded split when resuming: `splits`), load the arrays.
-    Returns (scan, {split: items}, {split: (x, y)}, the dataset summary for run.json)."""
+    With --init (`init`), the previous run's photos keep their split and what changed since it is measured.
+    Returns (scan, {split: items}, {split: (x, y)}, the dataset summary for run.json, the dataset manifest,
+    run.json's init block or None)."""
     with progress_bar("checking images", quiet) as bar:
         data = scan(cfg.data_dir, progress=bar.update)
     if cfg.max_images_per_class:
@@ -279,22 +295,34 @@ def _load_photos(cfg: TrainConfig, spec, splits: dict | None, quiet: bool):
         if missing:
             raise EdgeclsError(f"{len(missing)} image(s) of this run are missing from {data.root} (e.g. {missing[0]}); "
                                f"put them back to resume, or start a new run")
+        previous = None
     else:
-        parts = split(data, cfg.val_split, cfg.test_split, cfg.seed)
+        previous = dataset_manifest.load(init.run.root) if init else None
+        parts = split(data, cfg.val_split, cfg.test_split, cfg.seed,
+                      keep=dataset_manifest.previous_splits(previous) if previous else None)
     summary = data.summary()
     summary["split_sizes"] = {s: len(v) for s, v in parts.items()}
     summary["content_hash"] = data.content_hash()
+    manifest = dataset_manifest.build(data, parts)
+    init_block = None
+    if init is not None:
+        from edgecls.train.init_run import describe, record
+
+        init_block = record(init, data.classes, dataset_manifest.changes(previous, manifest))
+        say(describe(init_block), quiet)
     arrays = {}
     for s in SPLITS:
         if parts[s]:
             with progress_bar(f"loading {s} images", quiet) as bar:
                 arrays[s] = load_arrays(data.root, parts[s], spec, progress=bar.update)
-    return data, parts, arrays, summary
+    return data, parts, arrays, summary, manifest, init_block
 
 
-def _build(tf, keras, cfg: TrainConfig, n_classes: int, weights, state: _State | None, quiet: bool):
-    """The model under its distribution strategy (from the checkpoint when resuming: `state`). A wrong --weights
-    file or --fine-tune-at fails here, before anything is written. Returns (model, strategy, run.json's block)."""
+def _build(tf, keras, cfg: TrainConfig, n_classes: int, weights, state: _State | None, quiet: bool,
+           init: InitRun | None = None, labels_same: bool = False):
+    """The model under its distribution strategy (from the checkpoint when resuming: `state`; from the --init
+    run's weights: `init`). A wrong --weights file or --fine-tune-at fails here, before anything is written.
+    Returns (model, strategy, run.json's block)."""
     from edgecls.train.model import build_model, default_fine_tune_at
 
     keras.utils.set_random_seed(cfg.seed)
@@ -306,9 +334,13 @@ def _build(tf, keras, cfg: TrainConfig, n_classes: int, weights, state: _State |
             say("warning: --mixed-precision needs a GPU; training in float32", quiet)
     strategy, devices = choose_strategy(tf, cfg.strategy)
     with strategy.scope():
-        model = build_model(cfg, n_classes, None if state is not None else weights)
+        model = build_model(cfg, n_classes, None if state is not None or init is not None else weights)
         if state is not None:
             _load_checkpoint(model, state, quiet)
+        elif init is not None:
+            from edgecls.train.init_run import copy_weights
+
+            copy_weights(keras, model, init, labels_same)
     training = {"strategy": type(strategy).__name__, "devices": [d.name for d in devices], "gpus": len(gpus),
                 "fine_tune_at": default_fine_tune_at(cfg, model),
                 "mixed_precision": keras.mixed_precision.global_policy().name}
