@@ -104,7 +104,7 @@ def run(
     from edgecls.device.events import EventOptions, open_events
     from edgecls.device.frame import Orientation
     from edgecls.device.labelling import LabellingOptions, open_labelling
-    from edgecls.device.outputs import open_output
+    from edgecls.device.outputs import StreamOutput, open_output, parse_host_port
     from edgecls.device.pipeline import run_pipeline
     from edgecls.device.shadow import ShadowCheck, parse_every
     from edgecls.device.sources import SourceOptions, open_source
@@ -138,6 +138,8 @@ def run(
         metrics=metrics, host=host), net, json_lines, log=_err)
     extra = [event_out] if event_out else []
     try:
+        if stream is not None:   # its port too is bound before the camera opens
+            extra.insert(0, StreamOutput(*parse_host_port(f"{host}:{stream}"), log=_err))
         extra += open_labelling(LabellingOptions(keep, keep_policy, keep_rate, keep_max_mb, keep_below, keep_chance,
                                                  ui, data, host), net, event_out, log=_err, shadow=shadow)
         src = open_source(source, opts)
@@ -149,7 +151,7 @@ def run(
         for o in extra:
             o.attach_source(src, fps)
         output = open_output(json_lines=json_lines, headless=headless, every_frame=not src.live,
-                             stream=None if stream is None else f"{host}:{stream}", save=str(save) if save else None,
+                             save=str(save) if save else None,
                              save_fps=getattr(src, "fps", None) or fps or 30.0, log=_err, extra=extra)
     except BaseException:
         src.close()

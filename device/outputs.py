@@ -59,6 +59,9 @@ class Output:
     def shadow_tail(self, shadow: ShadowReport) -> None:
         """The shadow's pairs finished after the last frame (the run waits for them before its summary)."""
 
+    def attach_source(self, source, fps: float | None) -> None:
+        """Outputs built before the source opened (ports bound early) learn of it here."""
+
     def close(self) -> None:
         pass
 

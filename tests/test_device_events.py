@@ -541,6 +541,7 @@ def test_bad_event_flags_are_one_line_errors_before_the_source_is_touched(tmp_pa
         (("--on", "0.5", "--off", "0.5"), "must be below --on"),
         (("--on", "nan"), "between 0 and 1"),
         (("--metrics", str(taken.getsockname()[1])), "cannot serve --metrics"),
+        (("--stream", str(taken.getsockname()[1])), "cannot serve the MJPEG stream"),
         (("--webhook", "ftp://x/y"), "bad --webhook"),
         (("--gpio-pulse", "1"), "needs --gpio"),
         (("--mqtt", "mqtt://broker/t", "--mqtt-qos", "3"), "--mqtt-qos must be"),
