@@ -76,7 +76,9 @@ def train_export(data: Path, run: Path, init: Path | None) -> Path:
     edgecls("train", data, "--out", run, *TRAIN, *extra)
     edgecls("export", run, "--out", run / "bundle", *EXPORT)
     print(f"  trained + exported {run.name} in {time.monotonic() - t0:.0f} s"
-          + (" (--init)" if extra else " (from ImageNet weights: this edgecls has no train --init)"), flush=True)
+          + (" (--init)" if extra else " (from ImageNet weights" + ("" if init is None or has_init
+                                                                   else ": this edgecls has no train --init") + ")"),
+          flush=True)
     return run / "bundle"
 
 
