@@ -118,7 +118,10 @@ env_install() {
     return
   fi
   step "env $name: download aarch64 cp311 wheels + install: $*"
-  # The download resolves against the index; the install then uses only what was downloaded.
+  # The download resolves against the index; the install then uses only what was downloaded. An edgecls wheel
+  # left in $WHEELS by an earlier build has the same file name: pip would take ITS dependencies ("already
+  # downloaded") and miss those the new one added, so it goes first.
+  rm -f "$WHEELS"/edgecls-*.whl
   "$PYTHON" -m pip download -q "${PLAT[@]}" -d "$WHEELS" "${reqs[@]}" >"$CACHE/pip-$name.log" 2>&1 \
     || { grep -v '^WARNING: Location' "$CACHE/pip-$name.log" | tail -20 >&2; die "no aarch64 cp311 wheels for env $name (see above)"; }
   rm -rf "$dir" "$dir.tmp"
