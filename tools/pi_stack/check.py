@@ -523,7 +523,7 @@ def run_checks(args, pi_python: str, tmp: Path) -> list[Row]:
 def verify_row(cpu: str, env: str, p: Proc) -> Row:
     """`edgecls verify --json` in a Pi environment: the bundle's exam, run with that environment's runtime."""
     try:
-        doc = json.loads(p.out.strip().splitlines()[-1]) if p.out.strip() else None
+        doc = json.loads(p.out[p.out.index("{"):]) if "{" in p.out else None   # (indented: several lines)
     except ValueError:
         doc = None
     if doc is None:
