@@ -11,7 +11,6 @@ the same events on every run; live sources use the monotonic clock. Each event i
 """
 from __future__ import annotations
 
-import datetime as dt
 import json
 import sys
 import time
@@ -22,6 +21,7 @@ import numpy as np
 
 from edgecls.device.classifier import UNCERTAIN
 from edgecls.device.outputs import Output
+from edgecls.device.photos import iso_utc
 from edgecls.errors import EdgeclsError
 
 FOLDER_RATE = 30.0  # images/s a folder stands for when no --fps is given (the rate --save writes it at, too)
@@ -92,10 +92,6 @@ def bundle_id(bundle) -> str:
     arts = bundle.meta.get("artifacts", {})
     key = bundle.meta.get("default_artifact") or next(iter(arts), "")
     return str(arts.get(key, {}).get("sha256", ""))[:12]
-
-
-def iso_now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
 class EventSink:
@@ -199,7 +195,7 @@ class EventsOutput(Output):
         t = frame.index / self.rate if self.rate else frame.t_capture
         probs = result.probs if result.probs is not None else _probs_from_top(result, self.tracker.labels)
         for kind, label, conf, duration in self.tracker.update(probs, t):
-            ev = {"event": kind, "label": label, "confidence": round(conf, 5), "time": iso_now(),
+            ev = {"event": kind, "label": label, "confidence": round(conf, 5), "time": iso_utc(),
                   "monotonic": round(time.monotonic(), 6)}
             if self.rate:
                 ev["source_time_s"] = round(t, 6)
