@@ -43,7 +43,8 @@ def train(
     test_split: float = typer.Option(D["test_split"]),
     seed: int = typer.Option(D["seed"]),
     patience: int = typer.Option(D["patience"], help="Early stopping: epochs without val-accuracy gain, per phase."),
-    strategy: str = typer.Option(D["strategy"], help="auto | mirrored | none (mirrored: all GPUs of this machine)."),
+    strategy: str = typer.Option(D["strategy"], help="auto | mirrored | multiworker | none (mirrored: all GPUs of this machine; "
+                                  "multiworker: the workers in TF_CONFIG, docs/training.md)."),
     mixed_precision: bool = typer.Option(D["mixed_precision"], "--mixed-precision", help="float16 compute on a GPU."),
     max_images_per_class: Optional[int] = typer.Option(D["max_images_per_class"], help="Use at most N images per class (quick trials)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run folder."),

@@ -13,6 +13,9 @@ from edgecls.train.backbones import IMG_SIZE_RANGE, get_backbone
 from edgecls.train.tfenv import keras_cache_dirs
 
 
+STRATEGIES = ("auto", "mirrored", "multiworker", "none")
+
+
 @dataclass
 class TrainConfig:
     data_dir: str
@@ -34,7 +37,7 @@ class TrainConfig:
     test_split: float = 0.15
     seed: int = 1337
     patience: int = 5
-    strategy: str = "auto"             # auto | mirrored | none
+    strategy: str = "auto"             # one of STRATEGIES (multiworker: TF_CONFIG's cluster, train/multiworker.py)
     mixed_precision: bool = False
     max_images_per_class: int | None = None   # for quick experiments and tests
     init: str | None = None            # train --init: the run folder whose weights this run starts from
@@ -64,8 +67,12 @@ class TrainConfig:
             raise EdgeclsError(f"--img-size {self.img_size} is out of range ({lo}-{hi})")
         if self.resize not in RESIZE_MODES:
             raise EdgeclsError(f"--resize must be one of {', '.join(RESIZE_MODES)}")
-        if self.strategy not in ("auto", "mirrored", "none"):
-            raise EdgeclsError("--strategy must be auto, mirrored or none")
+        if self.strategy not in STRATEGIES:
+            raise EdgeclsError("--strategy must be auto, mirrored, multiworker or none")
+        if self.strategy == "multiworker":
+            from edgecls.train.multiworker import cluster_from_env
+
+            cluster_from_env()   # TF_CONFIG missing or wrong: one line now, not a hang in gRPC later
         for name in ("epochs", "fine_tune_epochs"):
             if getattr(self, name) < 0:
                 raise EdgeclsError(f"--{name.replace('_', '-')} must be >= 0")

@@ -158,11 +158,16 @@ def _callback(keras, state: _State, phase: str, patience: int, bar, stop: StopRe
 # ---------------------------------------------------------------- strategy
 
 def choose_strategy(tf, name: str):
+    if name == "multiworker":   # created before any other TensorFlow op (edgecls.train.multiworker.train)
+        from edgecls.train import multiworker
+
+        s = multiworker.strategy(tf)
+        return s, multiworker.local_devices(s)
     gpus = tf.config.list_logical_devices("GPU")
     if name == "none" or (name == "auto" and len(gpus) < 2):
-        return tf.distribute.get_strategy(), (gpus[:1] or tf.config.list_logical_devices("CPU")[:1])
+        return tf.distribute.get_strategy(), [d.name for d in gpus[:1] or tf.config.list_logical_devices("CPU")[:1]]
     devices = gpus or tf.config.list_logical_devices("CPU")
-    return tf.distribute.MirroredStrategy([d.name for d in devices]), devices
+    return tf.distribute.MirroredStrategy([d.name for d in devices]), [d.name for d in devices]
 
 
 # ---------------------------------------------------------------- main entry
@@ -173,7 +178,18 @@ CANNOT_WRITE = DISK_FULL + (errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 def train(cfg: TrainConfig | None, out: Path, force: bool = False, resume: bool = False, quiet: bool = False) -> dict:
-    """Train into `out` (or continue it). SIGINT/SIGTERM stop at the next safe point (edgecls.train.stopping)."""
+    """Train into `out` (or continue it). SIGINT/SIGTERM stop at the next safe point (edgecls.train.stopping).
+    --strategy multiworker: this process is one worker of TF_CONFIG's cluster (edgecls.train.multiworker)."""
+    from edgecls.train import multiworker
+
+    if resume:
+        multiworker.refuse_resume_flag(out)
+    elif cfg is not None and cfg.strategy == "multiworker":
+        return multiworker.train(_train_one, cfg, out, force, resume, quiet)
+    return _train_one(cfg, out, force, resume, quiet)
+
+
+def _train_one(cfg: TrainConfig | None, out: Path, force: bool, resume: bool, quiet: bool) -> dict:
     stop = StopRequest()
     replacement = None if resume else Replacement(out)
     with stop.installed():
@@ -243,6 +259,10 @@ def _train(cfg: TrainConfig | None, out: Path, force: bool, resume: bool, quiet:
         spec = dataclasses.replace(spec, resampler=PreprocessSpec.from_dict(
             previous_meta.get("preprocessing")).resampler)
     data, parts, arrays, summary, manifest, init_block = _load_photos(cfg, spec, splits, init, quiet)
+    if cfg.strategy == "multiworker":
+        from edgecls.train.multiworker import check_same_data
+
+        check_same_data(tf, json.dumps(manifest["files"], sort_keys=True))   # not the root: paths may differ
     model, strategy, training = _build(tf, keras, cfg, len(data.classes), weights, state, quiet,
                                        init, init_block and init_block["labels_same"])
 
@@ -341,7 +361,13 @@ def _build(tf, keras, cfg: TrainConfig, n_classes: int, weights, state: _State |
             from edgecls.train.init_run import copy_weights
 
             copy_weights(keras, model, init, labels_same)
-    training = {"strategy": type(strategy).__name__, "devices": [d.name for d in devices], "gpus": len(gpus),
+    workers = 1
+    if cfg.strategy == "multiworker":
+        from edgecls.train.multiworker import cluster_from_env
+
+        workers = cluster_from_env().workers
+    training = {"strategy": "MultiWorkerMirroredStrategy" if cfg.strategy == "multiworker" else type(strategy).__name__,
+                "workers": workers, "devices": devices, "gpus": len(gpus),
                 "fine_tune_at": default_fine_tune_at(cfg, model),
                 "mixed_precision": keras.mixed_precision.global_policy().name}
     return model, strategy, training

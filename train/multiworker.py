@@ -1,0 +1,237 @@
+"""`train --strategy multiworker`: one run trained by several processes (machines) together, on TensorFlow's own
+engine (`tf.distribute.MultiWorkerMirroredStrategy`), configured by the `TF_CONFIG` environment variable the
+way Kubernetes (TFJob), Vertex AI and SageMaker start TensorFlow workers.
+
+Who writes what (docs/training.md):
+- The chief (the `chief` task, else `worker` 0) trains into `--out` exactly as a single-process run does.
+- Every other worker runs the same code into a private scratch folder (its "run folder" and checkpoints: saving
+  weights reads MirroredStrategy's on-read variables, a collective every worker must join) that is deleted at
+  the end; nothing else is written.
+- Restart = the same command on every worker: the chief continues an unfinished run of the same config in
+  `--out` (its epoch checkpoint), and sends its run files to the other workers, so all start from the same
+  weights, epoch and history. No shared file system is needed; the photos must be the same on every worker.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgecls.errors import EdgeclsError, Interrupted
+from edgecls.rundir import DATASET_JSON, LABELS_TXT, RUN_JSON, SPLITS_JSON, is_run
+from edgecls.train.run_folder import CKPT, STATE_JSON, has_checkpoint, is_complete
+
+ENV = "TF_CONFIG"
+TIMEOUT_ENV = "EDGECLS_COLLECTIVE_TIMEOUT"
+DEFAULT_TIMEOUT_S = 600   # one collective (a step's all-reduce) waiting longer for a peer ends the run
+TASK_TYPES = ("chief", "worker")
+LAUNCH = "the command that started it, on every worker"
+# What a restarted chief sends the other workers: enough to resume exactly where it is.
+_RUN_FILES = (RUN_JSON, LABELS_TXT, SPLITS_JSON, DATASET_JSON, f"{CKPT}/{STATE_JSON}", f"{CKPT}/last.h5",
+              f"{CKPT}/best.h5")
+
+
+RESTART = f"run {LAUNCH} again: the chief continues from its last saved epoch"
+
+
+class PeerLost(EdgeclsError):
+    """Another worker died or stopped answering. Exit 142 (128 + SIGALRM: a peer's heartbeat timed out): a
+    launcher that retries only exit codes 128-255 (Kubeflow TFJob's restartPolicy ExitCode) restarts it,
+    while bad input (exit 2) is not retried forever."""
+
+    exit_code = 142
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """This process's place in TF_CONFIG."""
+    task_type: str
+    task_index: int
+    workers: int        # chief + worker tasks: the processes that train
+
+    @property
+    def is_chief(self) -> bool:
+        return self.task_type == "chief" or (self.task_type == "worker" and self.task_index == 0
+                                             and not self.has_chief_task)
+
+    has_chief_task: bool = False
+
+    def name(self) -> str:
+        return f"{self.task_type} {self.task_index}"
+
+
+def cluster_from_env(environ=None) -> Cluster:
+    """Parse and check TF_CONFIG (before TensorFlow loads: a wrong one is one line, not a gRPC hang)."""
+    environ = os.environ if environ is None else environ
+    raw = environ.get(ENV)
+    hint = ('e.g. TF_CONFIG=\'{"cluster": {"worker": ["host1:2222", "host2:2222"]}, '
+            '"task": {"type": "worker", "index": 0}}\'')
+    if not raw:
+        raise EdgeclsError(f"--strategy multiworker needs the {ENV} environment variable ({hint})")
+    try:
+        conf = json.loads(raw)
+    except ValueError as e:
+        raise EdgeclsError(f"{ENV} is not valid JSON ({e})") from None
+    cluster = conf.get("cluster") if isinstance(conf, dict) else None
+    task = conf.get("task") if isinstance(conf, dict) else None
+    if not isinstance(cluster, dict) or not isinstance(cluster.get("worker"), list) or not cluster["worker"]:
+        raise EdgeclsError(f"{ENV} has no cluster.worker list of host:port addresses ({hint})")
+    if not isinstance(task, dict) or "type" not in task or not isinstance(task.get("index"), int):
+        raise EdgeclsError(f"{ENV} has no task {{\"type\", \"index\"}} saying which worker this is ({hint})")
+    other = sorted(set(cluster) - set(TASK_TYPES))
+    if other or task["type"] not in TASK_TYPES:
+        raise EdgeclsError(f"{ENV}: MultiWorkerMirroredStrategy takes only chief and worker tasks "
+                           f"(not {', '.join(other) or task['type']})")
+    for job in TASK_TYPES:
+        addrs = cluster.get(job, [])
+        if not isinstance(addrs, list) or not all(isinstance(a, str) and ":" in a for a in addrs):
+            raise EdgeclsError(f"{ENV}: cluster.{job} must be a list of host:port addresses")
+    if len(cluster.get("chief", [])) > 1:
+        raise EdgeclsError(f"{ENV}: at most one chief task")
+    if not 0 <= task["index"] < len(cluster.get(task["type"], [])):
+        raise EdgeclsError(f"{ENV}: task {task['type']} {task['index']} is not in cluster.{task['type']}")
+    return Cluster(task["type"], task["index"], len(cluster["worker"]) + len(cluster.get("chief", [])),
+                   has_chief_task=bool(cluster.get("chief")))
+
+
+def refuse_resume_flag(out: Path) -> None:
+    """`--resume RUN` of a multi-worker run: only the chief has the folder, so the restart is the first command."""
+    try:
+        strategy = json.loads((out / RUN_JSON).read_text())["config"]["strategy"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return   # not a run: _open_for_resume says so
+    if strategy == "multiworker":
+        raise EdgeclsError(f"{out} was trained by several workers: to continue it, run {LAUNCH} again "
+                           f"(the chief continues it from its last epoch)")
+
+
+def _continues(cfg, out: Path) -> bool:
+    """The chief restarted by its launcher: `--out` holds an unfinished run of this very config, with a checkpoint."""
+    if not (is_run(out) and has_checkpoint(out)) or is_complete(out):
+        return False
+    try:
+        return json.loads((out / RUN_JSON).read_text()).get("config") == cfg.to_dict()
+    except (OSError, ValueError):
+        return False
+
+
+# ---------------------------------------------------------------- the strategy and its collectives
+
+_strategy = None
+
+
+def strategy(tf):
+    """The one MultiWorkerMirroredStrategy of this process. Must be created before any other TensorFlow op (it
+    configures the runtime's collectives); it blocks until every worker of TF_CONFIG is up."""
+    global _strategy
+    if _strategy is None:
+        timeout = float(os.environ.get(TIMEOUT_ENV) or DEFAULT_TIMEOUT_S)
+        options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=timeout)
+        _strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    return _strategy
+
+
+def local_devices(strategy_) -> list[str]:
+    return list(strategy_.extended.worker_devices)
+
+
+def _replica_collective(tf, local: np.ndarray, gather: bool) -> np.ndarray:
+    """Across every replica of every worker: the sum of replica 0's `local` (i.e. the chief's: a broadcast), or
+    the gather of all of them. Each worker must call it at the same point, with the same shape."""
+    s = _strategy
+    value = tf.constant(local)
+
+    @tf.function
+    def step():
+        ctx = tf.distribute.get_replica_context()
+        if gather:
+            return ctx.all_gather(value[None], axis=0)
+        first = tf.cast(tf.equal(ctx.replica_id_in_sync_group, 0), value.dtype)
+        return ctx.all_reduce(tf.distribute.ReduceOp.SUM, value * first)
+
+    return s.experimental_local_results(s.run(step))[0].numpy()
+
+
+def broadcast_bytes(tf, data: bytes | None) -> bytes:
+    """The chief's `data` on every worker (the others pass None)."""
+    n = int(_replica_collective(tf, np.array([len(data or b"")], np.int64), gather=False)[0])
+    words = np.zeros(-(-n // 8), np.int64)
+    if data:
+        words.view(np.uint8)[:n] = np.frombuffer(data, np.uint8)
+    return _replica_collective(tf, words, gather=False).view(np.uint8)[:n].tobytes()
+
+
+def check_same_data(tf, what: str) -> None:
+    """Every worker must train on the same photos and split (each reads its shard of them): refused on all
+    workers at once when one differs, rather than a run that silently mixes two datasets."""
+    import hashlib
+
+    digest = np.frombuffer(hashlib.sha256(what.encode()).digest()[:8], np.int64)
+    seen = _replica_collective(tf, digest, gather=True).reshape(-1)
+    if len(set(seen.tolist())) > 1:
+        raise EdgeclsError("the workers do not have the same photos (or split): every worker needs the same "
+                           "DATA_DIR contents at the same path")
+
+
+# ---------------------------------------------------------------- the chief's run files, sent to the others
+
+def _run_files(out: Path) -> list[str]:
+    return [n for n in _RUN_FILES if (out / n).is_file()]
+
+
+def _pack(resume: bool, out: Path) -> bytes:
+    files = _run_files(out) if resume else []
+    blobs = [(out / n).read_bytes() for n in files]
+    head = json.dumps({"resume": resume, "files": [[n, len(b)] for n, b in zip(files, blobs)]}).encode()
+    return len(head).to_bytes(8, "little") + head + b"".join(blobs)
+
+
+def _unpack(packed: bytes, into: Path) -> bool:
+    n = int.from_bytes(packed[:8], "little")
+    head = json.loads(packed[8:8 + n])
+    pos = 8 + n
+    for name, size in head["files"]:
+        if name not in _RUN_FILES:   # a fixed list of names: nothing the chief sends can land outside `into`
+            raise EdgeclsError(f"unexpected file from the chief: {name!r}")
+        (into / name).parent.mkdir(parents=True, exist_ok=True)
+        (into / name).write_bytes(packed[pos:pos + size])
+        pos += size
+    return bool(head["resume"])
+
+
+# ---------------------------------------------------------------- one worker's part
+
+def train(train_fn, cfg, out: Path, force: bool, resume: bool, quiet: bool) -> dict:
+    """Run `train_fn` (trainer._train_one: the single-process run) as this worker's part of the run."""
+    from edgecls.fsutil import scratch_dir
+    from edgecls.progress import say
+    from edgecls.train.tfenv import import_tf
+
+    cluster = cluster_from_env()
+    if cluster.is_chief and _continues(cfg, out):
+        say(f"continuing the unfinished run in {out} (a restarted worker)", quiet)
+        resume = True
+    tf, _ = import_tf()
+    say(f"{cluster.name()} of {cluster.workers}: waiting for every worker of {ENV}", quiet)
+    try:
+        strategy(tf)
+        if cluster.is_chief:
+            broadcast_bytes(tf, _pack(resume, out))
+            return train_fn(cfg if not resume else None, out, force, resume, quiet)
+        with scratch_dir("edgecls-worker-") as scratch:
+            local = scratch / "run"
+            local.mkdir()
+            resume = _unpack(broadcast_bytes(tf, None), local)
+            summary = train_fn(cfg if not resume else None, local, False, resume, True)
+    except Interrupted as e:   # its advice (--resume RUN) is for one process; here every worker restarts
+        raise Interrupted(f"{cluster.name()}: interrupted; {RESTART}", e.exit_code - 128) from None
+    except tf.errors.OpError as e:   # a peer died, restarted or hung: TF aborts every collective
+        first = (e.message or str(e)).strip().splitlines()[0][:200]
+        raise PeerLost(f"{cluster.name()}: lost the other workers ({type(e).__name__}: {first}); "
+                       f"{RESTART}") from None
+    summary["run_dir"] = str(out)   # the run lives on the chief; this worker's copy is gone
+    summary["worker"] = cluster.name()
+    return summary
