@@ -38,11 +38,11 @@ RESTART = f"run {LAUNCH} again: the chief continues from its last saved epoch"
 
 
 class PeerLost(EdgeclsError):
-    """Another worker died or stopped answering. Exit 142 (128 + SIGALRM: a peer's heartbeat timed out): a
-    launcher that retries only exit codes 128-255 (Kubeflow TFJob's restartPolicy ExitCode) restarts it,
-    while bad input (exit 2) is not retried forever."""
+    """Another worker died or stopped answering. Exit 138 (128 + SIGUSR1): the code Kubeflow's TFJob
+    (restartPolicy ExitCode) retries as "user-defined retryable", beside 130/137/143 (killed by a signal);
+    bad input (exit 2) is permanent there, so a wrong option is not retried forever."""
 
-    exit_code = 142
+    exit_code = 138
 
 
 @dataclass(frozen=True)
