@@ -204,4 +204,4 @@ def test_resume_flag_of_a_multiworker_run_names_the_restart(tmp_path):
     (run / "run.json").write_text(json.dumps({"format": "edgecls-run", "status": "running",
                                               "config": {"strategy": "multiworker"}}))
     r = cli("train", "--resume", run)
-    assert r.returncode == 2 and "run the command that started it, on every worker" in r.stderr, r.stderr
+    assert r.returncode == 2 and "run the command that started the run again, on every worker" in r.stderr, r.stderr

@@ -28,13 +28,12 @@ ENV = "TF_CONFIG"
 TIMEOUT_ENV = "EDGECLS_COLLECTIVE_TIMEOUT"
 DEFAULT_TIMEOUT_S = 600   # one collective (a step's all-reduce) waiting longer for a peer ends the run
 TASK_TYPES = ("chief", "worker")
-LAUNCH = "the command that started it, on every worker"
 # What a restarted chief sends the other workers: enough to resume exactly where it is.
 _RUN_FILES = (RUN_JSON, LABELS_TXT, SPLITS_JSON, DATASET_JSON, f"{CKPT}/{STATE_JSON}", f"{CKPT}/last.h5",
               f"{CKPT}/best.h5")
 
 
-RESTART = f"run {LAUNCH} again: the chief continues from its last saved epoch"
+RESTART = "run the command that started the run again, on every worker: it continues from the last saved epoch"
 
 
 class PeerLost(EdgeclsError):
@@ -104,8 +103,7 @@ def refuse_resume_flag(out: Path) -> None:
     except (OSError, ValueError, KeyError, TypeError):
         return   # not a run: _open_for_resume says so
     if strategy == "multiworker":
-        raise EdgeclsError(f"{out} was trained by several workers: to continue it, run {LAUNCH} again "
-                           f"(the chief continues it from its last epoch)")
+        raise EdgeclsError(f"{out} was trained by several workers (--strategy multiworker): {RESTART}")
 
 
 def _continues(cfg, out: Path) -> bool:
