@@ -205,3 +205,13 @@ def test_resume_flag_of_a_multiworker_run_names_the_restart(tmp_path):
                                               "config": {"strategy": "multiworker"}}))
     r = cli("train", "--resume", run)
     assert r.returncode == 2 and "run the command that started the run again, on every worker" in r.stderr, r.stderr
+
+
+def test_a_cluster_tf_config_beside_another_strategy_is_named(tmp_path):
+    """A TFJob pod whose command forgot --strategy multiworker: each worker would train alone; the user is told.
+    (--out is refused right after, so no training runs here.)"""
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "notes.txt").write_text("not a run")
+    r = cli("train", DIGITS, "--out", tmp_path / "taken", env={"TF_CONFIG": _tf_config([1, 2], 0)})
+    assert r.returncode == 2
+    assert "TF_CONFIG lists 2 workers but --strategy is auto" in r.stderr, r.stderr

@@ -96,6 +96,19 @@ def cluster_from_env(environ=None) -> Cluster:
                    has_chief_task=bool(cluster.get("chief")))
 
 
+def warn_if_cluster_unused(strategy_name: str, quiet: bool) -> None:
+    """A TF_CONFIG of several workers beside another --strategy: each process would train a run of its own."""
+    from edgecls.progress import say
+
+    try:
+        workers = cluster_from_env().workers
+    except EdgeclsError:
+        return
+    if workers > 1:
+        say(f"warning: {ENV} lists {workers} workers but --strategy is {strategy_name}: this process trains "
+            f"alone; --strategy multiworker trains with them", quiet)
+
+
 def refuse_resume_flag(out: Path) -> None:
     """`--resume RUN` of a multi-worker run: only the chief has the folder, so the restart is the first command."""
     try:

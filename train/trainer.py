@@ -186,6 +186,8 @@ def train(cfg: TrainConfig | None, out: Path, force: bool = False, resume: bool 
         multiworker.refuse_resume_flag(out)
     elif cfg is not None and cfg.strategy == "multiworker":
         return multiworker.train(_train_one, cfg, out, force, resume, quiet)
+    elif cfg is not None:
+        multiworker.warn_if_cluster_unused(cfg.strategy, quiet)
     return _train_one(cfg, out, force, resume, quiet)
 
 
