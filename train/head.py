@@ -16,14 +16,19 @@ POOL = "pool"            # the model's pooled-feature layer (train/model.py)
 PREDICTIONS = "predictions"
 
 
-def pooled_features(keras, model, ds, bar=None, phase: str = "features") -> tuple[np.ndarray, np.ndarray, float]:
-    """(features, one-hot labels, images/s) of every batch of `ds` (no augmentation), through the frozen backbone."""
+def pooled_features(keras, model, ds, bar=None, what: str = "features") -> tuple[np.ndarray, np.ndarray, float]:
+    """(features, one-hot labels, images/s) of every batch of `ds` (no augmentation), through the frozen backbone;
+    `bar`: an EpochBar to show the pass on."""
     extractor = keras.Model(model.input, model.get_layer(POOL).output)
     feats, labels, n, t0 = [], [], 0, time.time()
+    if bar is not None:
+        bar.start_task(f"backbone {what}", len(ds))
     for x, y in ds:
         feats.append(extractor(x, training=False).numpy())
         labels.append(y.numpy())
         n += len(feats[-1])
+        if bar is not None:
+            bar.step()
     return np.concatenate(feats), np.concatenate(labels), n / max(time.time() - t0, 1e-9)
 
 
