@@ -215,3 +215,12 @@ def test_a_cluster_tf_config_beside_another_strategy_is_named(tmp_path):
     r = cli("train", DIGITS, "--out", tmp_path / "taken", env={"TF_CONFIG": _tf_config([1, 2], 0)})
     assert r.returncode == 2
     assert "TF_CONFIG lists 2 workers but --strategy is auto" in r.stderr, r.stderr
+
+
+def test_time_budget_is_refused_with_multiworker(tmp_path):
+    """Each worker would re-plan the fine-tune epochs by its own clock, and workers that disagree deadlock."""
+    r = cli("train", DIGITS, "--out", tmp_path / "run", "--strategy", "multiworker", "--time-budget", "5",
+            env={"TF_CONFIG": _tf_config([1, 2], 0)})
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "--time-budget is planned by one machine's clock" in lines[0]
+    assert not (tmp_path / "run").exists()

@@ -187,6 +187,26 @@ def check_same_data(tf, what: str) -> None:
                            "DATA_DIR contents at the same path")
 
 
+def follow_chief_head(tf, layer, rows: list[dict]) -> list[dict]:
+    """The head phase on features (train/head.py) trains a local copy of the head on every worker, outside the
+    strategy: take the chief's result (weights and history rows) on every worker, so that no worker can hold
+    other weights or make another best-epoch decision (which would change the collectives it calls)."""
+    data = None
+    if cluster_from_env().is_chief:
+        weights = layer.get_weights()
+        head = json.dumps({"rows": rows, "weights": [[w.dtype.str, list(w.shape)] for w in weights]}).encode()
+        data = len(head).to_bytes(8, "little") + head + b"".join(np.ascontiguousarray(w).tobytes() for w in weights)
+    data = broadcast_bytes(tf, data)
+    n = int.from_bytes(data[:8], "little")
+    head, pos, weights = json.loads(data[8:8 + n]), 8 + n, []
+    for dtype, shape in head["weights"]:
+        size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        weights.append(np.frombuffer(data[pos:pos + size], dtype).reshape(shape))
+        pos += size
+    layer.set_weights(weights)
+    return head["rows"]
+
+
 # ---------------------------------------------------------------- the chief's run files, sent to the others
 
 def _run_files(out: Path) -> list[str]:

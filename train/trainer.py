@@ -442,6 +442,11 @@ def _head_on_features(tf, keras, model, cfg: TrainConfig, xtr, ytr, ds_val, n_cl
     # Epochs on features cost milliseconds: no early stop short of all of them, the best val epoch is kept.
     rows = fit_head(keras, model, train_feats[:2], val_feats[:2], cfg.epochs, cfg.lr, cfg.batch_size,
                     cfg.label_smoothing, cfg.dropout, class_weight, patience=cfg.epochs, on_epoch=on_epoch)
+    if cfg.strategy == "multiworker":   # every worker continues from the chief's head
+        from edgecls.train.head import PREDICTIONS
+        from edgecls.train.multiworker import follow_chief_head
+
+        rows = follow_chief_head(tf, model.get_layer(PREDICTIONS), rows)
     d = state.data
     d["history"] += rows
     best = max(r["val_accuracy"] for r in rows)
