@@ -16,10 +16,14 @@ POOL = "pool"            # the model's pooled-feature layer (train/model.py)
 PREDICTIONS = "predictions"
 
 
-def pooled_features(keras, model, ds, bar=None, what: str = "features") -> tuple[np.ndarray, np.ndarray, float]:
+def pooled_features(keras, model, ds, bar=None, what: str = "features",
+                    local_call=None) -> tuple[np.ndarray, np.ndarray, float]:
     """(features, one-hot labels, images/s) of every batch of `ds` (no augmentation), through the frozen backbone;
-    `bar`: an EpochBar to show the pass on."""
+    `bar`: an EpochBar to show the pass on; `local_call`: wraps the extractor to run on this worker alone
+    (train/multiworker.py: local_call)."""
     extractor = keras.Model(model.input, model.get_layer(POOL).output)
+    if local_call is not None:
+        extractor = local_call(extractor)
     feats, labels, n, t0 = [], [], 0, time.time()
     if bar is not None:
         bar.start_task(f"backbone {what}", len(ds))

@@ -166,6 +166,20 @@ def _replica_collective(tf, local: np.ndarray, gather: bool) -> np.ndarray:
     return s.experimental_local_results(s.run(step))[0].numpy()
 
 
+def local_call(model):
+    """`model(x, training=False)` on this worker alone, in replica context: called outside it, every read of a
+    BatchNorm statistic (an on-read variable) is an all-reduce across the workers — 17x slower measured on the
+    features pass (benchmarks/results/multiworker.md)."""
+    import tensorflow as tf
+
+    step = tf.function(lambda x: model(x, training=False))
+
+    def call(x, training=False):
+        return _strategy.experimental_local_results(_strategy.run(step, args=(x,)))[0]
+
+    return call
+
+
 def broadcast_bytes(tf, data: bytes | None) -> bytes:
     """The chief's `data` on every worker (the others pass None)."""
     n = int(_replica_collective(tf, np.array([len(data or b"")], np.int64), gather=False)[0])

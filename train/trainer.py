@@ -426,9 +426,12 @@ def _head_on_features(tf, keras, model, cfg: TrainConfig, xtr, ytr, ds_val, n_cl
 
     t0 = time.time()
     plain = make_dataset(tf, keras, xtr, ytr, n_classes, cfg.batch_size, False, False, cfg.seed)
-    train_feats = pooled_features(keras, model, plain, bar, "features: train photos")
+    local_call = None
+    if cfg.strategy == "multiworker":
+        from edgecls.train.multiworker import local_call
+    train_feats = pooled_features(keras, model, plain, bar, "features: train photos", local_call)
     stop.check()
-    val_feats = pooled_features(keras, model, ds_val, bar, "features: val photos")
+    val_feats = pooled_features(keras, model, ds_val, bar, "features: val photos", local_call)
     stop.check()
     feature_s = time.time() - t0
 
