@@ -50,7 +50,7 @@ def train(
     time_budget: Optional[float] = typer.Option(D["time_budget"], help="Minutes: plan the fine-tune epochs to fit."),
     patience: int = typer.Option(D["patience"], help="Early stopping: epochs without val-accuracy gain, per phase."),
     strategy: str = typer.Option(D["strategy"], help="auto | mirrored | multiworker | none (mirrored: all GPUs of this machine; "
-                                  "multiworker: the workers in TF_CONFIG, docs/training.md)."),
+                                  "multiworker: the workers in TF_CONFIG, docs/multiworker.md)."),
     mixed_precision: bool = typer.Option(D["mixed_precision"], "--mixed-precision", help="float16 compute on a GPU."),
     max_images_per_class: Optional[int] = typer.Option(D["max_images_per_class"], help="Use at most N images per class (quick trials)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run folder."),

@@ -2,7 +2,7 @@
 engine (`tf.distribute.MultiWorkerMirroredStrategy`), configured by the `TF_CONFIG` environment variable the
 way Kubernetes (TFJob), Vertex AI and SageMaker start TensorFlow workers.
 
-Who writes what (docs/training.md):
+Who writes what (docs/multiworker.md):
 - The chief (the `chief` task, else `worker` 0) trains into `--out` exactly as a single-process run does.
 - Every other worker runs the same code into a private scratch folder (its "run folder" and checkpoints: saving
   weights reads MirroredStrategy's on-read variables, a collective every worker must join) that is deleted at
@@ -50,13 +50,12 @@ class Cluster:
     task_type: str
     task_index: int
     workers: int        # chief + worker tasks: the processes that train
+    has_chief_task: bool = False
 
     @property
     def is_chief(self) -> bool:
         return self.task_type == "chief" or (self.task_type == "worker" and self.task_index == 0
                                              and not self.has_chief_task)
-
-    has_chief_task: bool = False
 
     def name(self) -> str:
         return f"{self.task_type} {self.task_index}"
@@ -208,20 +207,30 @@ def follow_chief_head(tf, layer, rows: list[dict]) -> list[dict]:
     data = None
     if cluster_from_env().is_chief:
         weights = layer.get_weights()
-        head = json.dumps({"rows": rows, "weights": [[w.dtype.str, list(w.shape)] for w in weights]}).encode()
-        data = len(head).to_bytes(8, "little") + head + b"".join(np.ascontiguousarray(w).tobytes() for w in weights)
-    data = broadcast_bytes(tf, data)
-    n = int.from_bytes(data[:8], "little")
-    head, pos, weights = json.loads(data[8:8 + n]), 8 + n, []
+        data = _frame({"rows": rows, "weights": [[w.dtype.str, list(w.shape)] for w in weights]},
+                      [np.ascontiguousarray(w).tobytes() for w in weights])
+    head, payload = _unframe(broadcast_bytes(tf, data))
+    pos, weights = 0, []
     for dtype, shape in head["weights"]:
         size = int(np.prod(shape)) * np.dtype(dtype).itemsize
-        weights.append(np.frombuffer(data[pos:pos + size], dtype).reshape(shape))
+        weights.append(np.frombuffer(payload[pos:pos + size], dtype).reshape(shape))
         pos += size
     layer.set_weights(weights)
     return head["rows"]
 
 
 # ---------------------------------------------------------------- the chief's run files, sent to the others
+
+def _frame(head: dict, blobs: list[bytes]) -> bytes:
+    """A JSON header (its length first) and the binary blobs it describes, as one message."""
+    text = json.dumps(head).encode()
+    return len(text).to_bytes(8, "little") + text + b"".join(blobs)
+
+
+def _unframe(data: bytes) -> tuple[dict, bytes]:
+    n = int.from_bytes(data[:8], "little")
+    return json.loads(data[8:8 + n]), data[8 + n:]
+
 
 def _run_files(out: Path) -> list[str]:
     return [n for n in _RUN_FILES if (out / n).is_file()]
@@ -230,19 +239,17 @@ def _run_files(out: Path) -> list[str]:
 def _pack(resume: bool, out: Path) -> bytes:
     files = _run_files(out) if resume else []
     blobs = [(out / n).read_bytes() for n in files]
-    head = json.dumps({"resume": resume, "files": [[n, len(b)] for n, b in zip(files, blobs)]}).encode()
-    return len(head).to_bytes(8, "little") + head + b"".join(blobs)
+    return _frame({"resume": resume, "files": [[n, len(b)] for n, b in zip(files, blobs)]}, blobs)
 
 
 def _unpack(packed: bytes, into: Path) -> bool:
-    n = int.from_bytes(packed[:8], "little")
-    head = json.loads(packed[8:8 + n])
-    pos = 8 + n
+    head, payload = _unframe(packed)
+    pos = 0
     for name, size in head["files"]:
         if name not in _RUN_FILES:   # a fixed list of names: nothing the chief sends can land outside `into`
             raise EdgeclsError(f"unexpected file from the chief: {name!r}")
         (into / name).parent.mkdir(parents=True, exist_ok=True)
-        (into / name).write_bytes(packed[pos:pos + size])
+        (into / name).write_bytes(payload[pos:pos + size])
         pos += size
     return bool(head["resume"])
 
