@@ -12,10 +12,8 @@ import signal
 import time
 from pathlib import Path
 
-import numpy as np
-
 from edgecls import dataset_manifest
-from edgecls.dataset import SPLITS, load_arrays, scan, split
+from edgecls.dataset import SPLITS, scan, split
 from edgecls.errors import EdgeclsError, Interrupted
 from edgecls.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text
 from edgecls.metrics import classification_report
@@ -24,7 +22,9 @@ from edgecls.progress import progress_bar, say
 from edgecls.rundir import LABELS_TXT, MODEL_FILE, RUN_FORMAT, RUN_JSON, RUN_VERSION, SPLITS_JSON, is_run
 from edgecls.train.config import TrainConfig
 from edgecls.train.init_run import InitRun, open_init_run
-from edgecls.train.run_folder import CKPT, STATE_JSON, Replacement, check_out_dir, has_checkpoint, recover_replaced
+from edgecls.train.run_folder import (CACHE, CKPT, STATE_JSON, Replacement, check_out_dir, has_checkpoint,
+                                      recover_replaced)
+from edgecls.train.split_input import decoded_bytes, open_splits, resolve_cache
 from edgecls.train.stopping import StopRequest
 from edgecls.versions import library_versions
 
@@ -242,9 +242,11 @@ def _train(cfg: TrainConfig | None, out: Path, force: bool, resume: bool, quiet:
     if resume:   # a run resumes with the resampler it started with (one from before the field: OpenCV)
         spec = dataclasses.replace(spec, resampler=PreprocessSpec.from_dict(
             previous_meta.get("preprocessing")).resampler)
-    data, parts, arrays, summary, manifest, init_block = _load_photos(cfg, spec, splits, init, quiet)
+    data, parts, summary, manifest, init_block = _load_photos(cfg, spec, splits, init, quiet)
     model, strategy, training = _build(tf, keras, cfg, len(data.classes), weights, state, quiet,
                                        init, init_block and init_block["labels_same"])
+    n_images = sum(len(v) for v in parts.values())
+    training.update(cache=resolve_cache(cfg.cache, n_images, spec), decoded_bytes=decoded_bytes(n_images, spec))
 
     # Every check passed: only now is anything written (so a refused option leaves no stub behind).
     if replacement is not None:
@@ -261,17 +263,18 @@ def _train(cfg: TrainConfig | None, out: Path, force: bool, resume: bool, quiet:
         meta["init"] = init_block or previous_meta["init"]
     _write_run_json(out, meta)
     first_checkpoint = replacement.commit if replacement is not None else (lambda: None)
-    _fit(tf, keras, model, strategy, cfg, arrays, len(data.classes), training["fine_tune_at"],
+    inputs = open_splits(training["cache"], data.root, parts, spec, out / CACHE, summary["content_hash"], quiet)
+    _fit(tf, keras, model, strategy, cfg, inputs, len(data.classes), training["fine_tune_at"],
          weights is None and not cfg.init,
          state, stop, first_checkpoint, quiet)
-    return _finish(out, model, strategy, state, cfg, arrays, data.classes, meta, t_start)
+    return _finish(out, model, strategy, state, cfg, inputs, data.classes, meta, t_start)
 
 
 def _load_photos(cfg: TrainConfig, spec, splits: dict | None, init: InitRun | None, quiet: bool):
-    """Scan and check every file, split (or take the recorded split when resuming: `splits`), load the arrays.
+    """Scan and check every file, split (or take the recorded split when resuming: `splits`).
     With --init (`init`), the previous run's photos keep their split and what changed since it is measured.
-    Returns (scan, {split: items}, {split: (x, y)}, the dataset summary for run.json, the dataset manifest,
-    run.json's init block or None)."""
+    Returns (scan, {split: items}, the dataset summary for run.json, the dataset manifest, run.json's init block
+    or None). The pixels come later (train/split_input.py: open_splits), once the run folder exists."""
     with progress_bar("checking images", quiet) as bar:
         data = scan(cfg.data_dir, progress=bar.update)
     if cfg.max_images_per_class:
@@ -310,12 +313,7 @@ def _load_photos(cfg: TrainConfig, spec, splits: dict | None, init: InitRun | No
 
         init_block = record(init, data.classes, dataset_manifest.changes(previous, manifest))
         say(describe(init_block), quiet)
-    arrays = {}
-    for s in SPLITS:
-        if parts[s]:
-            with progress_bar(f"loading {s} images", quiet) as bar:
-                arrays[s] = load_arrays(data.root, parts[s], spec, progress=bar.update)
-    return data, parts, arrays, summary, manifest, init_block
+    return data, parts, summary, manifest, init_block
 
 
 def _build(tf, keras, cfg: TrainConfig, n_classes: int, weights, state: _State | None, quiet: bool,
@@ -347,7 +345,7 @@ def _build(tf, keras, cfg: TrainConfig, n_classes: int, weights, state: _State |
     return model, strategy, training
 
 
-def _fit(tf, keras, model, strategy, cfg: TrainConfig, arrays: dict, n_classes: int, fine_tune_at: int,
+def _fit(tf, keras, model, strategy, cfg: TrainConfig, inputs: dict, n_classes: int, fine_tune_at: int,
          from_scratch: bool, state: _State, stop: StopRequest, first_checkpoint, quiet: bool) -> None:
     """The two phases (head, then fine-tune at lr/10), each resumable from `state`; stops at a safe point on a
     signal (`stop`)."""
@@ -355,10 +353,9 @@ def _fit(tf, keras, model, strategy, cfg: TrainConfig, arrays: dict, n_classes: 
     from edgecls.train.data import balanced_class_weights, make_dataset
     from edgecls.train.model import set_phase
 
-    (xtr, ytr), (xva, yva) = arrays["train"], arrays["val"]
-    ds_train = make_dataset(tf, keras, xtr, ytr, n_classes, cfg.batch_size, True, cfg.augment, cfg.seed)
-    ds_val = make_dataset(tf, keras, xva, yva, n_classes, cfg.batch_size, False, False, cfg.seed)
-    class_weight = balanced_class_weights(ytr, n_classes) if cfg.class_weights else None
+    ds_train = make_dataset(tf, keras, inputs["train"], n_classes, cfg.batch_size, True, cfg.augment, cfg.seed)
+    ds_val = make_dataset(tf, keras, inputs["val"], n_classes, cfg.batch_size, False, False, cfg.seed)
+    class_weight = balanced_class_weights(inputs["train"].labels, n_classes) if cfg.class_weights else None
     plan = {"head": (cfg.epochs, cfg.lr), "finetune": (cfg.fine_tune_epochs, cfg.lr / 10)}
     start_phase = PHASES.index(state.data["phase"])
     with EpochBar(len(ds_train), quiet) as bar, stop.deferred():
@@ -384,20 +381,23 @@ def _fit(tf, keras, model, strategy, cfg: TrainConfig, arrays: dict, n_classes: 
             stop.check()
 
 
-def _finish(out: Path, model, strategy, state: _State, cfg: TrainConfig, arrays: dict, classes: list[str],
+def _finish(out: Path, model, strategy, state: _State, cfg: TrainConfig, inputs: dict, classes: list[str],
             meta: dict, t_start: float) -> dict:
     """The best epoch's weights measured on val and test, the plots, model.keras (atomically), run.json complete."""
+    from edgecls.train.data import make_dataset
     from edgecls.train.plots import plot_confusion, plot_history
+    from edgecls.train.tfenv import import_tf
 
+    tf, keras = import_tf()
     if state.best.is_file():
         with strategy.scope():
             model.load_weights(str(state.best))
     metrics = {}
     for s in ("val", "test"):
-        if s in arrays:
-            x, y = arrays[s]
-            pred = model.predict(x.astype(np.float32), batch_size=cfg.batch_size, verbose=0).argmax(1)
-            metrics[s] = classification_report(y, pred, classes)
+        if s in inputs:   # through the split's own pipeline: a split not in memory is never materialised
+            ds = make_dataset(tf, keras, inputs[s], len(classes), cfg.batch_size, False, False, cfg.seed)
+            pred = model.predict(ds, verbose=0).argmax(1)
+            metrics[s] = classification_report(inputs[s].labels, pred, classes)
     history = state.data["history"]
     plot_history(history, out / "history.png")
     final = metrics.get("test") or metrics["val"]
@@ -413,6 +413,9 @@ def _finish(out: Path, model, strategy, state: _State, cfg: TrainConfig, arrays:
                 train_seconds=round(time.time() - t_start, 1))
     _write_run_json(out, meta)
     shutil.rmtree(out / CKPT, ignore_errors=True)
+    for source in inputs.values():
+        source.close()
+    shutil.rmtree(out / CACHE, ignore_errors=True)   # like the checkpoint: kept only while the run can resume
     return run_summary(out, meta)
 
 
