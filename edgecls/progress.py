@@ -61,9 +61,16 @@ class EpochBar:
         return self.progress.__exit__(*exc)
 
     def start_epoch(self, phase: str, epoch: int) -> None:
+        self.start_task(f"{phase} epoch {epoch + 1}", self.steps)
+
+    def start_task(self, description: str, total: int) -> None:
+        """A bar for other long work inside training (e.g. the backbone pass over every photo)."""
         if self.task is not None:
             self.progress.remove_task(self.task)
-        self.task = self.progress.add_task(f"{phase} epoch {epoch + 1}", total=self.steps)
+        self.task = self.progress.add_task(description, total=total)
+
+    def step(self) -> None:
+        self.progress.update(self.task, advance=1)
 
     def advance(self, logs: dict) -> None:
         desc = self.progress.tasks[-1].description.split(" loss")[0]

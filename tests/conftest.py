@@ -41,7 +41,9 @@ def train_then_interrupt(out: Path, *args, ignore_sigint: bool = False) -> subpr
     import signal
     import time
 
-    cmd = [sys.executable, "-m", "edgecls", "train", *map(str, args), "--out", str(out)]
+    # --head images: the head phase runs epoch by epoch through the backbone (on cached features it is one
+    # step of seconds), so the signal lands inside a phase with epochs saved before it and epochs to come.
+    cmd = [sys.executable, "-m", "edgecls", "train", *map(str, args), "--head", "images", "--out", str(out)]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ),
                          preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore_sigint else None)
     state = out / ".checkpoint" / "state.json"

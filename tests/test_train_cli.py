@@ -37,6 +37,11 @@ def two_classes(tmp_path, shared):
     ((str(DIGITS), "--weights", "/no/such/weights.h5"), "weights file not found"),
     ((str(DIGITS), "--resize", "squash"), "--resize must be one of"),
     ((str(DIGITS), "--epochs", "0", "--fine-tune-epochs", "0"), "nothing to train"),
+    ((str(DIGITS), "--preset", "turbo"), "--preset must be one of"),
+    ((str(DIGITS), "--head", "pixels"), "--head must be one of"),
+    ((str(DIGITS), "--schedule", "step"), "--schedule one of"),
+    ((str(DIGITS), "--time-budget", "0"), "--time-budget must be a positive"),
+    ((str(DIGITS), "--time-budget", "nan"), "must be a finite number"),
 ])
 def test_bad_options(shared, args, needle, tmp_path):
     r = cli("train", *args, "--out", tmp_path / "run")

@@ -14,6 +14,18 @@ from edgecls.train.split_input import CACHE_MODES
 from edgecls.train.tfenv import keras_cache_dirs
 
 
+HEAD_MODES = ("features", "images")
+SCHEDULES = ("cosine", "constant")
+
+# What each preset sets (an option given on the command line wins). Time on this project's 2-core CPU for
+# ~2,000 photos (benchmarks/results/train-recipe.md): fast ~4 min, balanced ~10 min, accurate ~25 min.
+PRESETS: dict[str, dict] = {
+    "fast": {"img_size": 128, "epochs": 20, "fine_tune_epochs": 5},
+    "balanced": {"img_size": 160, "epochs": 20, "fine_tune_epochs": 12},
+    "accurate": {"img_size": 224, "epochs": 30, "fine_tune_epochs": 15},
+}
+
+
 @dataclass
 class TrainConfig:
     data_dir: str
@@ -22,10 +34,14 @@ class TrainConfig:
     img_size: int = 160
     weights: str = "imagenet"          # imagenet | none | path to an .h5 of no-top weights
     resize: str = "stretch"
-    epochs: int = 5                    # head only, backbone frozen
+    epochs: int = 20                   # head only, backbone frozen (cheap with head="features")
     fine_tune_epochs: int = 12         # top of the backbone unfrozen, lr / 10: where the accuracy comes from
     fine_tune_at: int | None = None    # first backbone layer index to unfreeze (default: per backbone)
     lr: float = 1e-3
+    head: str = "features"             # features: the head trains on backbone features computed once | images
+    schedule: str = "cosine"           # fine-tuning rate: cosine (warm-up, then decay) | constant
+    preset: str = "balanced"           # fast | balanced | accurate: see PRESETS
+    time_budget: float | None = None   # minutes: fine-tune epochs are planned to fit
     batch_size: int = 32
     label_smoothing: float = 0.1
     dropout: float = 0.2
@@ -68,6 +84,12 @@ class TrainConfig:
             raise EdgeclsError(f"--resize must be one of {', '.join(RESIZE_MODES)}")
         if self.cache not in CACHE_MODES:
             raise EdgeclsError(f"--cache must be one of {', '.join(CACHE_MODES)}, not {self.cache!r}")
+        if self.head not in HEAD_MODES or self.schedule not in SCHEDULES:
+            raise EdgeclsError(f"--head must be one of {', '.join(HEAD_MODES)} and --schedule one of {', '.join(SCHEDULES)}")
+        if self.preset not in PRESETS:
+            raise EdgeclsError(f"--preset must be one of {', '.join(PRESETS)}")
+        if self.time_budget is not None and self.time_budget <= 0:
+            raise EdgeclsError("--time-budget must be a positive number of minutes")
         if self.strategy not in ("auto", "mirrored", "none"):
             raise EdgeclsError("--strategy must be auto, mirrored or none")
         for name in ("epochs", "fine_tune_epochs"):

@@ -243,6 +243,7 @@ def _train(cfg: TrainConfig | None, out: Path, force: bool, resume: bool, quiet:
         spec = dataclasses.replace(spec, resampler=PreprocessSpec.from_dict(
             previous_meta.get("preprocessing")).resampler)
     data, parts, summary, manifest, init_block = _load_photos(cfg, spec, splits, init, quiet)
+    t_loaded = time.time()
     model, strategy, training = _build(tf, keras, cfg, len(data.classes), weights, state, quiet,
                                        init, init_block and init_block["labels_same"])
     n_images = sum(len(v) for v in parts.values())
@@ -263,10 +264,12 @@ def _train(cfg: TrainConfig | None, out: Path, force: bool, resume: bool, quiet:
         meta["init"] = init_block or previous_meta["init"]
     _write_run_json(out, meta)
     first_checkpoint = replacement.commit if replacement is not None else (lambda: None)
+    t_pixels = time.time()
     inputs = open_splits(training["cache"], data.root, parts, spec, out / CACHE, summary["content_hash"], quiet)
-    _fit(tf, keras, model, strategy, cfg, inputs, len(data.classes), training["fine_tune_at"],
-         weights is None and not cfg.init,
-         state, stop, first_checkpoint, quiet)
+    load_s = (t_loaded - t_start) + (time.time() - t_pixels)   # checking the photos, then decoding or caching them
+    timing = _fit(tf, keras, model, strategy, cfg, inputs, len(data.classes), training["fine_tune_at"],
+                  weights is None and not cfg.init, state, stop, first_checkpoint, quiet, t_start)
+    meta["timing"] = {"load_s": round(load_s, 1), **timing}
     return _finish(out, model, strategy, state, cfg, inputs, data.classes, meta, t_start)
 
 
@@ -346,21 +349,21 @@ def _build(tf, keras, cfg: TrainConfig, n_classes: int, weights, state: _State |
 
 
 def _fit(tf, keras, model, strategy, cfg: TrainConfig, inputs: dict, n_classes: int, fine_tune_at: int,
-         from_scratch: bool, state: _State, stop: StopRequest, first_checkpoint, quiet: bool) -> None:
-    """The two phases (head, then fine-tune at lr/10), each resumable from `state`; stops at a safe point on a
-    signal (`stop`)."""
+         from_scratch: bool, state: _State, stop: StopRequest, first_checkpoint, quiet: bool,
+         t_start: float) -> dict:
+    """The two phases (head, then fine-tune), each resumable from `state`; stops at a safe point on a signal
+    (`stop`). Returns where the time went (seconds and images/s per phase)."""
     from edgecls.progress import EpochBar
     from edgecls.train.data import balanced_class_weights, make_dataset
-    from edgecls.train.model import set_phase
 
     ds_train = make_dataset(tf, keras, inputs["train"], n_classes, cfg.batch_size, True, cfg.augment, cfg.seed)
     ds_val = make_dataset(tf, keras, inputs["val"], n_classes, cfg.batch_size, False, False, cfg.seed)
     class_weight = balanced_class_weights(inputs["train"].labels, n_classes) if cfg.class_weights else None
-    plan = {"head": (cfg.epochs, cfg.lr), "finetune": (cfg.fine_tune_epochs, cfg.lr / 10)}
+    timing: dict = {}
     start_phase = PHASES.index(state.data["phase"])
     with EpochBar(len(ds_train), quiet) as bar, stop.deferred():
         for phase in PHASES[start_phase:]:
-            epochs, lr = plan[phase]
+            epochs = cfg.epochs if phase == "head" else cfg.fine_tune_epochs
             initial = state.data["epoch"] if phase == state.data["phase"] else 0
             if initial >= epochs:
                 continue
@@ -370,15 +373,102 @@ def _fit(tf, keras, model, strategy, cfg: TrainConfig, inputs: dict, n_classes: 
                     with strategy.scope():
                         model.load_weights(str(state.best))
                 state.save()
-            with strategy.scope():
-                set_phase(model, phase, fine_tune_at, from_scratch=from_scratch)
-                model.compile(optimizer=keras.optimizers.Adam(lr),
-                              loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
-                              metrics=["accuracy"])
-            model.fit(ds_train, validation_data=ds_val, epochs=epochs, initial_epoch=initial, verbose=0,
-                      class_weight=class_weight,
-                      callbacks=[_callback(keras, state, phase, cfg.patience, bar, stop, first_checkpoint)])
+            t0 = time.time()
+            if phase == "head" and cfg.head == "features" and not from_scratch:
+                timing.update(_head_on_features(tf, keras, model, cfg, inputs["train"], ds_val, n_classes, class_weight,
+                                                state, stop, first_checkpoint, bar))
+            else:
+                _fit_phase(tf, keras, model, strategy, cfg, phase, epochs, initial, fine_tune_at, from_scratch,
+                           ds_train, ds_val, class_weight, state, stop, first_checkpoint, bar, t_start)
+            seconds = time.time() - t0
+            timing[f"{phase}_s"] = round(seconds, 1)
+            if phase == "finetune" or cfg.head == "images":
+                ran = max(1, state.data["epoch"] - initial)
+                timing[f"{phase}_images_per_s"] = round(ran * len(inputs["train"]) / max(seconds, 1e-9), 1)
             stop.check()
+    return timing
+
+
+def _head_on_features(tf, keras, model, cfg: TrainConfig, train_split, ds_val, n_classes: int, class_weight,
+                      state: _State, stop: StopRequest, first_checkpoint, bar) -> dict:
+    """The frozen phase on features computed once (train/head.py); one checkpoint at its end."""
+    from edgecls.train.data import make_dataset
+    from edgecls.train.head import fit_head, pooled_features
+
+    t0 = time.time()
+    plain = make_dataset(tf, keras, train_split, n_classes, cfg.batch_size, False, False, cfg.seed)
+    train_feats = pooled_features(keras, model, plain, bar, "features: train photos")
+    stop.check()
+    val_feats = pooled_features(keras, model, ds_val, bar, "features: val photos")
+    stop.check()
+    feature_s = time.time() - t0
+
+    def on_epoch(row):
+        why = _not_finite(row)
+        if why:
+            raise EdgeclsError(f"training diverged in head epoch {row['epoch']}: {why} (try a lower --lr)")
+        bar.end_epoch(row)
+        stop.check()
+
+    # Epochs on features cost milliseconds: no early stop short of all of them, the best val epoch is kept.
+    rows = fit_head(keras, model, train_feats[:2], val_feats[:2], cfg.epochs, cfg.lr, cfg.batch_size,
+                    cfg.label_smoothing, cfg.dropout, class_weight, patience=cfg.epochs, on_epoch=on_epoch)
+    d = state.data
+    d["history"] += rows
+    best = max(r["val_accuracy"] for r in rows)
+    if best > d["best_val_accuracy"]:
+        d["best_val_accuracy"] = best
+    _save_weights_atomic(model, state.best)
+    _save_weights_atomic(model, state.last)
+    d["phase"], d["epoch"] = "head", cfg.epochs
+    state.save()
+    first_checkpoint()
+    return {"features_s": round(feature_s, 1), "features_images_per_s": round(train_feats[2], 1)}
+
+
+def _fit_phase(tf, keras, model, strategy, cfg: TrainConfig, phase: str, epochs: int, initial: int,
+               fine_tune_at: int, from_scratch: bool, ds_train, ds_val, class_weight, state: _State,
+               stop: StopRequest, first_checkpoint, bar, t_start: float) -> None:
+    """One phase through Keras' fit: head at --lr, fine-tune at --lr/10 (cosine or constant)."""
+    from edgecls.train.model import set_phase
+    from edgecls.train.schedule import warmup_cosine
+
+    steps = len(ds_train)
+    lr = cfg.lr if phase == "head" else cfg.lr / 10
+    planned = tf.Variable(epochs * steps, dtype=tf.int64, trainable=False)
+    if phase == "finetune" and cfg.schedule == "cosine":
+        lr = warmup_cosine(tf, keras, lr, min(steps, max(1, epochs * steps // 10)), planned)
+    with strategy.scope():
+        set_phase(model, phase, fine_tune_at, from_scratch=from_scratch)
+        model.compile(optimizer=keras.optimizers.Adam(lr),
+                      loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
+                      metrics=["accuracy"])
+        model.optimizer.iterations.assign(initial * steps)   # a resumed run continues its schedule
+    callbacks = [_callback(keras, state, phase, cfg.patience, bar, stop, first_checkpoint)]
+    if cfg.time_budget and phase == "finetune":
+        callbacks.append(_budget_callback(keras, cfg, epochs, steps, planned, t_start))
+    model.fit(ds_train, validation_data=ds_val, epochs=epochs, initial_epoch=initial, verbose=0,
+              class_weight=class_weight, callbacks=callbacks)
+
+
+def _budget_callback(keras, cfg: TrainConfig, epochs: int, steps: int, planned, t_start: float):
+    """--time-budget: after each fine-tune epoch, re-plan how many fit; the cosine decay is shortened to end
+    on the last of them, and training stops there."""
+    from edgecls.train.schedule import epochs_that_fit
+
+    class Budget(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t0 = time.time()
+
+        def on_epoch_end(self, epoch, logs=None):
+            epoch_s = time.time() - self.t0
+            fit = epochs_that_fit(cfg.time_budget * 60, time.time() - t_start, epoch_s, epoch + 1, epochs,
+                                  reserve_s=2 * epoch_s)
+            planned.assign(fit * steps)
+            if epoch + 1 >= fit:
+                self.model.stop_training = True
+
+    return Budget()
 
 
 def _finish(out: Path, model, strategy, state: _State, cfg: TrainConfig, inputs: dict, classes: list[str],
@@ -389,6 +479,7 @@ def _finish(out: Path, model, strategy, state: _State, cfg: TrainConfig, inputs:
     from edgecls.train.tfenv import import_tf
 
     tf, keras = import_tf()
+    t_finish = time.time()
     if state.best.is_file():
         with strategy.scope():
             model.load_weights(str(state.best))
@@ -405,10 +496,17 @@ def _finish(out: Path, model, strategy, state: _State, cfg: TrainConfig, inputs:
                    title=f"{'test' if 'test' in metrics else 'val'} confusion (accuracy {final['accuracy']:.3f})")
     tmp = out / f".{MODEL_FILE}.partial.keras"
     try:
+        # Saved with a plain optimizer: the fine-tuning schedule is edgecls code, and model.keras must load
+        # anywhere without it (export, --init and QAT compile their own anyway).
+        with strategy.scope():
+            model.compile(optimizer=keras.optimizers.Adam(cfg.lr), metrics=["accuracy"],
+                          loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing))
         model.save(str(tmp))
         os.replace(tmp, out / MODEL_FILE)
     finally:
         tmp.unlink(missing_ok=True)
+    timing = meta.setdefault("timing", {})
+    timing["finish_s"] = round(time.time() - t_finish, 1)
     meta.update(status="complete", history=history, metrics=metrics,
                 train_seconds=round(time.time() - t_start, 1))
     _write_run_json(out, meta)
@@ -425,5 +523,17 @@ def run_summary(out: Path, meta: dict) -> dict:
             "img_size": meta["config"]["img_size"], "weights": meta["config"]["weights"],
             "classes": len(meta["labels"]), "split_sizes": meta["dataset"]["split_sizes"],
             "skipped": len(meta["dataset"]["skipped"]), "val_accuracy": m.get("val", {}).get("accuracy"),
-            "test_accuracy": m.get("test", {}).get("accuracy"), "train_seconds": meta.get("train_seconds"),
-            "epochs_run": len(meta.get("history", []))}
+            "test_accuracy": m.get("test", {}).get("accuracy"), **_test_interval(m.get("test")),
+            "train_seconds": meta.get("train_seconds"), "epochs_run": len(meta.get("history", [])),
+            "timing": meta.get("timing", {})}
+
+
+def _test_interval(test: dict | None) -> dict:
+    """The test accuracy's 95% interval and its photo count (one photo of 110 is 0.9 pp)."""
+    if not test:
+        return {}
+    from edgecls.metrics import wilson_interval
+
+    n = int(sum(sum(row) for row in test["confusion"]))
+    k = int(round(test["accuracy"] * n))
+    return {"test_photos": n, "test_interval": [round(v, 4) for v in wilson_interval(k, n)]}
