@@ -79,8 +79,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-cache-") as work:
         for copies in (int(c) for c in a.copies.split(",")):
             data = replicate(FLOWERS, Path(work) / f"flowers-x{copies}", copies)
-            for mode in a.modes.split(","):
-                row = {"copies": copies, **train_once(data, Path(work) / f"run-x{copies}-{mode}", mode,
+            for i, mode in enumerate(a.modes.split(",")):   # a mode may repeat: interleaved runs
+                row = {"copies": copies, **train_once(data, Path(work) / f"run-x{copies}-{i}-{mode}", mode,
                                                       a.img_size, a.epochs, a.fine_tune_epochs, a.head)}
                 rows.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
