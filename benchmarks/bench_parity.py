@@ -1,6 +1,7 @@
 """int8 parity on real photos: every int8 method side by side, and the default export on three data sets.
 
-    python benchmarks/bench_parity.py [--work DIR] [--fresh] [--only flowers,digits,flowers2]
+    python benchmarks/bench_parity.py [--work DIR] [--fresh] [--only flowers,digits,flowers2] [--methods all|default]
+                                      [--runs-from RECIPE_RUNS] [--out FILE.md]
 
 Data sets (all real photos from ../shared): `flowers` (750 photos, 5 classes), `digits` (sign_language_digits,
 2,062 photos, 10 classes) and `flowers2` (two classes of flowers, 300 photos: the small-data case whose test
@@ -14,6 +15,7 @@ Writes benchmarks/results/parity.md, which make_results.py includes in RESULTS.m
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -76,6 +78,11 @@ def main() -> None:
     ap.add_argument("--only", default="flowers,digits,flowers2")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "parity.md")
     ap.add_argument("--train-only", action="store_true", help="only the (cached) training runs")
+    ap.add_argument("--methods", choices=("all", "default"), default="all",
+                    help="flowers: every --int8-method (all) or the default export only")
+    ap.add_argument("--runs-from", type=Path, default=None,
+                    help="take the flowers/digits runs from bench_recipe.py's --runs (its new-default seed-1337 "
+                         "runs: the same `edgecls train` defaults) instead of training them again")
     a = ap.parse_args()
     st = Stages(a.work, a.fresh)
     kh = a.work / "keras_home" / "models"
@@ -83,7 +90,8 @@ def main() -> None:
     if not (kh / WEIGHTS.name).exists():
         (kh / WEIGHTS.name).symlink_to(WEIGHTS)
     data = {**DATA, "flowers2": two_class_data(a.work)}
-    lines = ["## int8 parity on real photos (`python benchmarks/bench_parity.py`)", "",
+    args = " ".join(sys.argv[1:]).replace(str(ROOT) + "/", "")
+    lines = [f"## int8 parity on real photos (`python benchmarks/bench_parity.py{' ' + args if args else ''}`)", "",
              "Agreement = top-1 of int8 equal to the float Keras model's, over every image of the run (train + val + "
              "test; no labels needed). Δ = test top-1 of int8 minus float, with its paired 95% interval. Latency = "
              "int8 / float of the same runtime, 1 thread, interleaved in one process (measured during the export).",
@@ -92,11 +100,18 @@ def main() -> None:
     train_lines = []
     for name in a.only.split(","):
         run = a.work / "runs" / name
-        rec = st.run(f"train-{name}", [*EDGECLS, "train", data[name], "--out", run, "--force", "--json"])
-        s = last_json(rec["stdout"]) or {}
+        if a.runs_from is not None and (a.runs_from / f"{name}-new-s1337" / "run.json").is_file():
+            run = a.runs_from / f"{name}-new-s1337"
+            meta = json.loads((run / "run.json").read_text())
+            s = {"split_sizes": meta["dataset"]["split_sizes"], "test_accuracy": meta["metrics"]["test"]["accuracy"]}
+            rec = {"seconds": meta["train_seconds"], "cmd": f"benchmarks/bench_recipe.py: {name} new, seed 1337 ({run})"}
+        else:
+            rec = st.run(f"train-{name}", [*EDGECLS, "train", data[name], "--out", run, "--force", "--json"])
+            s = last_json(rec["stdout"]) or {}
         train_lines.append(f"| {name} | {s.get('split_sizes')} | {s.get('test_accuracy', float('nan')) * 100:.1f}% | "
                            f"{rec['seconds']:.0f} | `{rec['cmd']}` |")
-        methods = {} if a.train_only else METHODS if name == "flowers" else {"auto (default)": []}
+        methods = ({} if a.train_only else METHODS if name == "flowers" and a.methods == "all"
+                   else {"auto (default)": []})
         for label, extra in methods.items():
             tag = "-".join(x.strip("-") for x in extra) or "default"
             rec = st.run(f"export-{name}-{tag}", [*EDGECLS, "export", run, "--out", a.work / f"bundle-{name}-{tag}",

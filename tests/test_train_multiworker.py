@@ -102,10 +102,11 @@ def test_each_worker_reads_its_half_of_every_global_batch(tmp_path):
         "from edgecls.train.tfenv import import_tf\n"
         "from edgecls.train import multiworker\n"
         "from edgecls.train.data import make_dataset\n"
+        "from edgecls.train.split_input import ArraySplit\n"
         "tf, keras = import_tf()\n"
         "s = multiworker.strategy(tf)\n"
         "x = np.arange(60, dtype=np.uint8).reshape(60, 1, 1, 1) * np.ones((1, 2, 2, 3), np.uint8)\n"
-        "ds = make_dataset(tf, keras, x, np.arange(60) % 10, 10, 16, True, False, 1)\n"
+        "ds = make_dataset(tf, keras, ArraySplit(x, np.arange(60) % 10), 10, 16, True, False, 1)\n"
         "seen = [[int(v) for v in r.numpy()[:, 0, 0, 0]] for b in s.experimental_distribute_dataset(ds)\n"
         "        for r in s.experimental_local_results(b[0])]\n"
         "print(json.dumps(seen))\n")

@@ -53,6 +53,9 @@ def train(
                                   "multiworker: the workers in TF_CONFIG, docs/multiworker.md)."),
     mixed_precision: bool = typer.Option(D["mixed_precision"], "--mixed-precision", help="float16 compute on a GPU."),
     max_images_per_class: Optional[int] = typer.Option(D["max_images_per_class"], help="Use at most N images per class (quick trials)."),
+    cache: str = typer.Option(D["cache"], help="memory | disk | none | auto: decoded photos kept in memory, in a "
+                              "file in the run folder (memory does not grow with the dataset), or decoded every "
+                              "epoch [auto: memory below 1.5 GB of pixels, else disk]."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run folder."),
     init: Optional[Path] = typer.Option(None, "--init", help="Start from this run's weights (its backbone, alpha, "
                                         "size and resize; a new head if the labels differ)."),
@@ -88,7 +91,7 @@ def train(
                           augment=augment, val_split=val_split, test_split=test_split, seed=seed, patience=patience,
                           head=head, schedule=schedule, preset=preset, time_budget=time_budget,
                           strategy=strategy, mixed_precision=mixed_precision, max_images_per_class=max_images_per_class,
-                          init=None if init is None else os.path.abspath(init))
+                          cache=cache, init=None if init is None else os.path.abspath(init))
         cfg.validate()  # before TensorFlow loads: bad options fail at once
         run_dir = out or Path("runs") / f"{backbone}-{time.strftime('%Y%m%d-%H%M%S')}"
     from edgecls.train.trainer import train as run_training

@@ -10,6 +10,7 @@ from edgecls.dataset import check_split_fractions
 from edgecls.errors import EdgeclsError
 from edgecls.preprocess import RESIZE_MODES, PreprocessSpec
 from edgecls.train.backbones import IMG_SIZE_RANGE, get_backbone
+from edgecls.train.split_input import CACHE_MODES
 from edgecls.train.tfenv import keras_cache_dirs
 
 
@@ -54,6 +55,7 @@ class TrainConfig:
     strategy: str = "auto"             # one of STRATEGIES (multiworker: TF_CONFIG's cluster, train/multiworker.py)
     mixed_precision: bool = False
     max_images_per_class: int | None = None   # for quick experiments and tests
+    cache: str = "auto"                # auto | memory | disk | none: where decoded pixels live (train/split_input.py)
     init: str | None = None            # train --init: the run folder whose weights this run starts from
 
     def to_dict(self) -> dict:
@@ -81,6 +83,8 @@ class TrainConfig:
             raise EdgeclsError(f"--img-size {self.img_size} is out of range ({lo}-{hi})")
         if self.resize not in RESIZE_MODES:
             raise EdgeclsError(f"--resize must be one of {', '.join(RESIZE_MODES)}")
+        if self.cache not in CACHE_MODES:
+            raise EdgeclsError(f"--cache must be one of {', '.join(CACHE_MODES)}, not {self.cache!r}")
         if self.head not in HEAD_MODES or self.schedule not in SCHEDULES:
             raise EdgeclsError(f"--head must be one of {', '.join(HEAD_MODES)} and --schedule one of {', '.join(SCHEDULES)}")
         if self.preset not in PRESETS:

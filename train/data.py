@@ -1,5 +1,7 @@
-"""tf.data input pipelines over images already decoded and resized by the shared preprocessing contract."""
+"""tf.data input pipelines over a split's pixels, made by the shared preprocessing contract (train/split_input.py)."""
 from __future__ import annotations
+
+import os
 
 import numpy as np
 
@@ -16,17 +18,32 @@ def augmenter(keras, seed: int):
     ], name="augment")
 
 
-def make_dataset(tf, keras, x: np.ndarray, y: np.ndarray, n_classes: int, batch_size: int,
-                 training: bool, augment: bool, seed: int):
-    """(uint8 images, int labels) → batched (float32 pixels, one-hot) with shuffling/augmentation/prefetch.
+def make_dataset(tf, keras, source, n_classes: int, batch_size: int, training: bool, augment: bool, seed: int):
+    """A split (`train/split_input.py`: ArraySplit, DiskSplit or FileSplit) → batched (float32 pixels, one-hot),
+    shuffled each epoch (seeded) and augmented when training, prefetched.
 
-    Decoded uint8 arrays are the cache (decoding JPEGs again every epoch would dominate on a Pi-class CPU
-    or a 2-core VM); the cast and augmentation run in the pipeline, overlapped with training by prefetch.
+    In memory the uint8 arrays are the pipeline's own tensors. Otherwise the pipeline shuffles and batches record
+    indices, and each batch of pixels is read (a disk cache) or decoded (the files) by the split, several batches
+    at a time: memory holds a few batches, not the dataset. The cast and augmentation run in the pipeline,
+    overlapped with training by prefetch.
     """
-    ds = tf.data.Dataset.from_tensor_slices((x, y.astype(np.int32)))
+    from edgecls.train.split_input import ArraySplit
+
+    labels = source.labels.astype(np.int32)
+    if isinstance(source, ArraySplit):
+        ds = tf.data.Dataset.from_tensor_slices((source.x, labels))
+    else:
+        ds = tf.data.Dataset.from_tensor_slices((np.arange(len(source), dtype=np.int64), labels))
     if training:
-        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.shuffle(len(source), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
+    if not isinstance(source, ArraySplit):
+        def _read(indices, y):
+            images = tf.numpy_function(source.read, [indices], tf.uint8, stateful=False)
+            images.set_shape((None, *source.shape))
+            return images, y
+
+        ds = ds.map(_read, num_parallel_calls=min(4, os.cpu_count() or 1))
     aug = augmenter(keras, seed) if (training and augment) else None
 
     def _map(images, labels):

@@ -49,11 +49,19 @@ def fit_head(keras, model, train: tuple[np.ndarray, np.ndarray], val: tuple[np.n
     head.layers[-1].set_weights(dense.get_weights())
     head.compile(optimizer=keras.optimizers.Adam(lr),
                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing), metrics=["accuracy"])
+    # The features become tf.data pipelines once: fit() on NumPy arrays copies them into new tensors at every
+    # call, and one call per epoch grew peak memory by ~65 KB a photo over 20 epochs (343 MB for 5,250 photos,
+    # against 60 MB this way; benchmarks/results/cache.md).
+    from edgecls.train.tfenv import import_tf
+
+    tf = import_tf()[0]
+    train_ds = tf.data.Dataset.from_tensor_slices((ftr, ytr)).shuffle(len(ftr), reshuffle_each_iteration=True)
+    train_ds = train_ds.batch(batch_size)
+    val_ds = tf.data.Dataset.from_tensor_slices((fva, yva)).batch(batch_size)
     rows, best, best_epoch, best_weights = [], -1.0, -1, dense.get_weights()
     for epoch in range(epochs):
         t0 = time.time()
-        h = head.fit(ftr, ytr, batch_size=batch_size, epochs=1, verbose=0, class_weight=class_weight,
-                     validation_data=(fva, yva), shuffle=True)
+        h = head.fit(train_ds, epochs=1, verbose=0, class_weight=class_weight, validation_data=val_ds)
         row = {"phase": "head", "epoch": epoch + 1, "seconds": round(time.time() - t0, 2)}
         row.update({k: round(float(v[-1]), 5) for k, v in h.history.items()})
         rows.append(row)

@@ -21,6 +21,7 @@ from edgecls.progress import say
 from edgecls.rundir import RUN_JSON, is_run
 
 CKPT = ".checkpoint"
+CACHE = ".cache"   # train --cache disk: the decoded splits (train/split_input.py), removed when the run completes
 STATE_JSON = "state.json"
 
 

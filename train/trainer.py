@@ -12,10 +12,8 @@ import signal
 import time
 from pathlib import Path
 
-import numpy as np
-
 from edgecls import dataset_manifest
-from edgecls.dataset import SPLITS, load_arrays, scan, split
+from edgecls.dataset import SPLITS, scan, split
 from edgecls.errors import EdgeclsError, Interrupted
 from edgecls.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text
 from edgecls.metrics import classification_report
@@ -24,7 +22,9 @@ from edgecls.progress import progress_bar, say
 from edgecls.rundir import LABELS_TXT, MODEL_FILE, RUN_FORMAT, RUN_JSON, RUN_VERSION, SPLITS_JSON, is_run
 from edgecls.train.config import TrainConfig
 from edgecls.train.init_run import InitRun, open_init_run
-from edgecls.train.run_folder import CKPT, STATE_JSON, Replacement, check_out_dir, has_checkpoint, recover_replaced
+from edgecls.train.run_folder import (CACHE, CKPT, STATE_JSON, Replacement, check_out_dir, has_checkpoint,
+                                      recover_replaced)
+from edgecls.train.split_input import decoded_bytes, open_splits, resolve_cache
 from edgecls.train.stopping import StopRequest
 from edgecls.versions import library_versions
 
@@ -260,7 +260,7 @@ def _train(cfg: TrainConfig | None, out: Path, force: bool, resume: bool, quiet:
     if resume:   # a run resumes with the resampler it started with (one from before the field: OpenCV)
         spec = dataclasses.replace(spec, resampler=PreprocessSpec.from_dict(
             previous_meta.get("preprocessing")).resampler)
-    data, parts, arrays, summary, manifest, init_block = _load_photos(cfg, spec, splits, init, quiet)
+    data, parts, summary, manifest, init_block = _load_photos(cfg, spec, splits, init, quiet)
     t_loaded = time.time()
     if cfg.strategy == "multiworker":
         from edgecls.train.multiworker import check_same_data
@@ -268,6 +268,8 @@ def _train(cfg: TrainConfig | None, out: Path, force: bool, resume: bool, quiet:
         check_same_data(tf, json.dumps(manifest["files"], sort_keys=True))   # not the root: paths may differ
     model, strategy, training = _build(tf, keras, cfg, len(data.classes), weights, state, quiet,
                                        init, init_block and init_block["labels_same"])
+    n_images = sum(len(v) for v in parts.values())
+    training.update(cache=resolve_cache(cfg.cache, n_images, spec), decoded_bytes=decoded_bytes(n_images, spec))
 
     # Every check passed: only now is anything written (so a refused option leaves no stub behind).
     if replacement is not None:
@@ -284,17 +286,20 @@ def _train(cfg: TrainConfig | None, out: Path, force: bool, resume: bool, quiet:
         meta["init"] = init_block or previous_meta["init"]
     _write_run_json(out, meta)
     first_checkpoint = replacement.commit if replacement is not None else (lambda: None)
-    timing = _fit(tf, keras, model, strategy, cfg, arrays, len(data.classes), training["fine_tune_at"],
+    t_pixels = time.time()
+    inputs = open_splits(training["cache"], data.root, parts, spec, out / CACHE, summary["content_hash"], quiet)
+    load_s = (t_loaded - t_start) + (time.time() - t_pixels)   # checking the photos, then decoding or caching them
+    timing = _fit(tf, keras, model, strategy, cfg, inputs, len(data.classes), training["fine_tune_at"],
                   weights is None and not cfg.init, state, stop, first_checkpoint, quiet, t_start)
-    meta["timing"] = {"load_s": round(t_loaded - t_start, 1), **timing}
-    return _finish(out, model, strategy, state, cfg, arrays, data.classes, meta, t_start)
+    meta["timing"] = {"load_s": round(load_s, 1), **timing}
+    return _finish(out, model, strategy, state, cfg, inputs, data.classes, meta, t_start)
 
 
 def _load_photos(cfg: TrainConfig, spec, splits: dict | None, init: InitRun | None, quiet: bool):
-    """Scan and check every file, split (or take the recorded split when resuming: `splits`), load the arrays.
+    """Scan and check every file, split (or take the recorded split when resuming: `splits`).
     With --init (`init`), the previous run's photos keep their split and what changed since it is measured.
-    Returns (scan, {split: items}, {split: (x, y)}, the dataset summary for run.json, the dataset manifest,
-    run.json's init block or None)."""
+    Returns (scan, {split: items}, the dataset summary for run.json, the dataset manifest, run.json's init block
+    or None). The pixels come later (train/split_input.py: open_splits), once the run folder exists."""
     with progress_bar("checking images", quiet) as bar:
         data = scan(cfg.data_dir, progress=bar.update)
     if cfg.max_images_per_class:
@@ -333,12 +338,7 @@ def _load_photos(cfg: TrainConfig, spec, splits: dict | None, init: InitRun | No
 
         init_block = record(init, data.classes, dataset_manifest.changes(previous, manifest))
         say(describe(init_block), quiet)
-    arrays = {}
-    for s in SPLITS:
-        if parts[s]:
-            with progress_bar(f"loading {s} images", quiet) as bar:
-                arrays[s] = load_arrays(data.root, parts[s], spec, progress=bar.update)
-    return data, parts, arrays, summary, manifest, init_block
+    return data, parts, summary, manifest, init_block
 
 
 def _build(tf, keras, cfg: TrainConfig, n_classes: int, weights, state: _State | None, quiet: bool,
@@ -376,7 +376,7 @@ def _build(tf, keras, cfg: TrainConfig, n_classes: int, weights, state: _State |
     return model, strategy, training
 
 
-def _fit(tf, keras, model, strategy, cfg: TrainConfig, arrays: dict, n_classes: int, fine_tune_at: int,
+def _fit(tf, keras, model, strategy, cfg: TrainConfig, inputs: dict, n_classes: int, fine_tune_at: int,
          from_scratch: bool, state: _State, stop: StopRequest, first_checkpoint, quiet: bool,
          t_start: float) -> dict:
     """The two phases (head, then fine-tune), each resumable from `state`; stops at a safe point on a signal
@@ -384,10 +384,9 @@ def _fit(tf, keras, model, strategy, cfg: TrainConfig, arrays: dict, n_classes: 
     from edgecls.progress import EpochBar
     from edgecls.train.data import balanced_class_weights, make_dataset
 
-    (xtr, ytr), (xva, yva) = arrays["train"], arrays["val"]
-    ds_train = make_dataset(tf, keras, xtr, ytr, n_classes, cfg.batch_size, True, cfg.augment, cfg.seed)
-    ds_val = make_dataset(tf, keras, xva, yva, n_classes, cfg.batch_size, False, False, cfg.seed)
-    class_weight = balanced_class_weights(ytr, n_classes) if cfg.class_weights else None
+    ds_train = make_dataset(tf, keras, inputs["train"], n_classes, cfg.batch_size, True, cfg.augment, cfg.seed)
+    ds_val = make_dataset(tf, keras, inputs["val"], n_classes, cfg.batch_size, False, False, cfg.seed)
+    class_weight = balanced_class_weights(inputs["train"].labels, n_classes) if cfg.class_weights else None
     timing: dict = {}
     start_phase = PHASES.index(state.data["phase"])
     with EpochBar(len(ds_train), quiet) as bar, stop.deferred():
@@ -404,7 +403,7 @@ def _fit(tf, keras, model, strategy, cfg: TrainConfig, arrays: dict, n_classes: 
                 state.save()
             t0 = time.time()
             if phase == "head" and cfg.head == "features" and not from_scratch:
-                timing.update(_head_on_features(tf, keras, model, cfg, xtr, ytr, ds_val, n_classes, class_weight,
+                timing.update(_head_on_features(tf, keras, model, cfg, inputs["train"], ds_val, n_classes, class_weight,
                                                 state, stop, first_checkpoint, bar))
             else:
                 _fit_phase(tf, keras, model, strategy, cfg, phase, epochs, initial, fine_tune_at, from_scratch,
@@ -413,19 +412,19 @@ def _fit(tf, keras, model, strategy, cfg: TrainConfig, arrays: dict, n_classes: 
             timing[f"{phase}_s"] = round(seconds, 1)
             if phase == "finetune" or cfg.head == "images":
                 ran = max(1, state.data["epoch"] - initial)
-                timing[f"{phase}_images_per_s"] = round(ran * len(xtr) / max(seconds, 1e-9), 1)
+                timing[f"{phase}_images_per_s"] = round(ran * len(inputs["train"]) / max(seconds, 1e-9), 1)
             stop.check()
     return timing
 
 
-def _head_on_features(tf, keras, model, cfg: TrainConfig, xtr, ytr, ds_val, n_classes: int, class_weight,
+def _head_on_features(tf, keras, model, cfg: TrainConfig, train_split, ds_val, n_classes: int, class_weight,
                       state: _State, stop: StopRequest, first_checkpoint, bar) -> dict:
     """The frozen phase on features computed once (train/head.py); one checkpoint at its end."""
     from edgecls.train.data import make_dataset
     from edgecls.train.head import fit_head, pooled_features
 
     t0 = time.time()
-    plain = make_dataset(tf, keras, xtr, ytr, n_classes, cfg.batch_size, False, False, cfg.seed)
+    plain = make_dataset(tf, keras, train_split, n_classes, cfg.batch_size, False, False, cfg.seed)
     local_call = None
     if cfg.strategy == "multiworker":
         from edgecls.train.multiworker import local_call
@@ -508,21 +507,24 @@ def _budget_callback(keras, cfg: TrainConfig, epochs: int, steps: int, planned, 
     return Budget()
 
 
-def _finish(out: Path, model, strategy, state: _State, cfg: TrainConfig, arrays: dict, classes: list[str],
+def _finish(out: Path, model, strategy, state: _State, cfg: TrainConfig, inputs: dict, classes: list[str],
             meta: dict, t_start: float) -> dict:
     """The best epoch's weights measured on val and test, the plots, model.keras (atomically), run.json complete."""
+    from edgecls.train.data import make_dataset
     from edgecls.train.plots import plot_confusion, plot_history
+    from edgecls.train.tfenv import import_tf
 
+    tf, keras = import_tf()
     t_finish = time.time()
     if state.best.is_file():
         with strategy.scope():
             model.load_weights(str(state.best))
     metrics = {}
     for s in ("val", "test"):
-        if s in arrays:
-            x, y = arrays[s]
-            pred = model.predict(x.astype(np.float32), batch_size=cfg.batch_size, verbose=0).argmax(1)
-            metrics[s] = classification_report(y, pred, classes)
+        if s in inputs:   # through the split's own pipeline: a split not in memory is never materialised
+            ds = make_dataset(tf, keras, inputs[s], len(classes), cfg.batch_size, False, False, cfg.seed)
+            pred = model.predict(ds, verbose=0).argmax(1)
+            metrics[s] = classification_report(inputs[s].labels, pred, classes)
     history = state.data["history"]
     plot_history(history, out / "history.png")
     final = metrics.get("test") or metrics["val"]
@@ -532,9 +534,6 @@ def _finish(out: Path, model, strategy, state: _State, cfg: TrainConfig, arrays:
     try:
         # Saved with a plain optimizer: the fine-tuning schedule is edgecls code, and model.keras must load
         # anywhere without it (export, --init and QAT compile their own anyway).
-        from edgecls.train.tfenv import import_tf
-
-        keras = import_tf()[1]
         with strategy.scope():
             model.compile(optimizer=keras.optimizers.Adam(cfg.lr), metrics=["accuracy"],
                           loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing))
@@ -548,6 +547,9 @@ def _finish(out: Path, model, strategy, state: _State, cfg: TrainConfig, arrays:
                 train_seconds=round(time.time() - t_start, 1))
     _write_run_json(out, meta)
     shutil.rmtree(out / CKPT, ignore_errors=True)
+    for source in inputs.values():
+        source.close()
+    shutil.rmtree(out / CACHE, ignore_errors=True)   # like the checkpoint: kept only while the run can resume
     return run_summary(out, meta)
 
 
