@@ -36,6 +36,10 @@ WEIGHTS = ROOT / "demo" / "weights" / "mobilenet_v2_weights_tf_dim_ordering_tf_k
 EDGECLS = [sys.executable, "-m", "edgecls"]
 
 
+GENERATED_FIRST = "## Training ("                   # the first stage-generated section
+NOTES_FIRST = "## Earlier measurements"               # NOTES.md's first line
+
+
 def machine() -> str:
     cpu = ""
     try:
@@ -99,7 +103,11 @@ def main() -> None:
     ap.add_argument("--fresh", action="store_true")
     ap.add_argument("--skip", default="", help="comma list of: scratch, sample, train-bench, soak, pipeline")
     ap.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
+    ap.add_argument("--sections-only", action="store_true",
+                    help="re-read benchmarks/results/*.md and NOTES.md into the existing RESULTS.md; run no stage")
     a = ap.parse_args()
+    if a.sections_only:
+        return sections_only(a.out)
     skip = set(filter(None, a.skip.split(",")))
     st = Stages(a.work, a.fresh)
     kh = a.work / "keras_home" / "models"
@@ -132,7 +140,7 @@ def main() -> None:
                 rec["cmd"])
         train_rows.append(f"| {name} | {s.get('split_sizes', {}).get('train', '?')} | {pct(best_val)} | "
                           f"{pct(s.get('test_accuracy'))} | {rec['seconds']:.0f} | `{rec['cmd']}` |")
-    lines += ["## Training (MobileNetV2 1.0, 160 px, defaults: 5 head + up to 12 fine-tune epochs, early stopping)", "",
+    lines += [GENERATED_FIRST + "MobileNetV2 1.0, 160 px, defaults: 5 head + up to 12 fine-tune epochs, early stopping)", "",
               "| run | train images | best val acc | test acc | wall s | command |", "|---|---|---|---|---|---|",
               *train_rows, ""]
 
@@ -227,19 +235,36 @@ def main() -> None:
                              f"{r['head_img_per_s']} | {r['finetune_img_per_s']} | {r['peak_rss_mb']} |")
         lines.append("")
     head = lines[:4] + ["## Summary", "", "| metric | value | command |", "|---|---|---|", *summary, ""]
-    # Sections measured by their own scripts (bench_parity.py writes parity.md; the others were written with the
-    # command in their heading): kept in benchmarks/results/ so regenerating this file never loses them.
+    write(a.out, head, lines[4:])
+
+
+def measured_sections() -> list[str]:
+    """Sections measured by their own scripts (bench_parity.py writes parity.md; the others were written with the
+    command in their heading): kept in benchmarks/results/ so regenerating this file never loses them."""
     measured = []
     for section in sorted((HERE / "results").glob("*.md"), key=lambda f: (not f.name.startswith("parity"), f.name)):
         measured += [section.read_text().strip(), ""]
-    lines = head + measured + lines[4:]
+    return measured
+
+
+def write(out: Path, head: list[str], generated: list[str]) -> None:
+    lines = head + measured_sections() + generated
     notes = HERE / "NOTES.md"
     if notes.is_file():
         lines += [notes.read_text().strip(), ""]
-    tmp = a.out.with_suffix(".tmp")
+    tmp = out.with_suffix(".tmp")
     tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, a.out)
-    print(f"wrote {a.out}")
+    os.replace(tmp, out)
+    print(f"wrote {out}")
+
+
+def sections_only(out: Path) -> None:
+    """Keep the stage-generated parts of `out` as they are; take the measured sections and NOTES.md afresh."""
+    old = out.read_text().split("\n")
+    first_generated = next(i for i, l in enumerate(old) if l.startswith(GENERATED_FIRST))
+    notes_start = next(i for i, l in enumerate(old) if l.startswith(NOTES_FIRST))
+    summary_end = next(i for i, l in enumerate(old) if i > old.index("## Summary") and l.startswith("## "))
+    write(out, old[:summary_end], old[first_generated:notes_start])
 
 
 if __name__ == "__main__":

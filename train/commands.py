@@ -46,7 +46,7 @@ def train(
                              "once) | images (every epoch through the backbone, with augmentation)."),
     schedule: str = typer.Option(D["schedule"], help="Fine-tuning rate: cosine (warm-up, decay to 0) | constant."),
     preset: str = typer.Option(D["preset"], help="fast | balanced | accurate: input size and epochs (options given "
-                               "here win). ~4 / 10 / 25 min for 2,000 photos on a 2-core CPU."),
+                               "here win). ~2 / 6 / 13 min for 2,000 photos on a 2-core CPU."),
     time_budget: Optional[float] = typer.Option(D["time_budget"], help="Minutes: plan the fine-tune epochs to fit."),
     patience: int = typer.Option(D["patience"], help="Early stopping: epochs without val-accuracy gain, per phase."),
     strategy: str = typer.Option(D["strategy"], help="auto | mirrored | multiworker | none (mirrored: all GPUs of this machine; "

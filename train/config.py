@@ -18,7 +18,7 @@ HEAD_MODES = ("features", "images")
 SCHEDULES = ("cosine", "constant")
 
 # What each preset sets (an option given on the command line wins). Time on this project's 2-core CPU for
-# ~2,000 photos (benchmarks/results/train-recipe.md): fast ~4 min, balanced ~10 min, accurate ~25 min.
+# ~2,000 photos (docs/train.md): fast ~2 min, balanced 5-9 min (measured), accurate ~13 min.
 PRESETS: dict[str, dict] = {
     "fast": {"img_size": 128, "epochs": 20, "fine_tune_epochs": 5},
     "balanced": {"img_size": 160, "epochs": 20, "fine_tune_epochs": 12},
