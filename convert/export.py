@@ -50,7 +50,10 @@ class ExportOptions:
     onnx_target: str = "auto"        # the int8 ONNX's activation type: onnx_export.ONNX_TARGETS, auto = this machine
     max_drop: float = 1.0            # pp: refused when the test split supports a larger drop (95% interval)
     min_agreement: float = 97.0      # percent top-1 agreement with float over all images an int8 artifact must reach
-    target_agreement: float = 99.0   # percent: the search keeps ops float until agreement on the val split reaches it
+    # percent: the search keeps ops float until agreement on the val split reaches it. 99.5, not 99: at 99 a
+    # digits model's all-int8 step passed with 3 of 310 val photos flipped and changed 14 of 2,062 answers; at
+    # 99.5 the search kept 3 ops float and changed 4 (benchmarks/NOTES.md, issue 16's recipe runs).
+    target_agreement: float = 99.5
     max_latency_ratio: float = 0.65  # the search's budget: int8 ≤ this × float latency (1 thread, interleaved)
     max_float_ops: int = 6           # the search tries at most this many ops float
     allow_drop: bool = False
