@@ -219,17 +219,24 @@ def test_shadow_figures_on_the_overlay_and_the_mjpeg_page(digits_bundle, tiny_ru
         try:
             rec = {}
             while "shadow_live" not in rec and (shadow or rec.get("frame", 0) < 20):
-                rec = json.loads(proc.stdout.readline())
+                line = proc.stdout.readline()
+                if not line:   # the run ended before the figures: say why (its stderr), not a JSON error
+                    proc.wait(timeout=20)
+                    pytest.fail(f"run ended (rc {proc.returncode}) before {'shadow_live' if shadow else 'frame 20'}: "
+                                f"{proc.stderr.read()[-2000:]}")
+                rec = json.loads(line)
             url = f"http://127.0.0.1:{port}/"
-            deadline = time.monotonic() + 10
-            while True:   # the server comes up with the first frame; the status with the first pair
+            deadline = time.monotonic() + 20
+            status = None
+            while time.monotonic() < deadline:   # the server comes up with the first frame; the status with the first pair
                 try:
                     status = json.loads(urllib.request.urlopen(url + "status.json", timeout=5).read())["lines"]
-                    if status or not shadow or time.monotonic() > deadline:
+                    if status or not shadow:
                         break
                 except OSError:
                     pass
                 time.sleep(0.1)
+            assert status is not None, f"no answer from {url}status.json in 20 s"
             page = urllib.request.urlopen(url, timeout=5).read().decode()
             jpeg = urllib.request.urlopen(url + "frame.jpg", timeout=5).read()
             frames[bool(shadow)] = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
