@@ -42,10 +42,11 @@ def held_out(run_dir: Path, splits=("test",)) -> list[tuple[Path, int]]:
 
 
 def dim_room(img: np.ndarray, seed: int) -> np.ndarray:
-    """The photo as a camera in a dim room takes it: a quarter of the light, and the sensor noise of the gain it
-    applies there (Gaussian, sigma 15 levels)."""
+    """The photo as a camera in a dark room takes it: a sixteenth of the light, and the sensor noise of the gain it
+    applies there (Gaussian, sigma 15 levels). (A quarter of the light was enough for the models of the old training
+    recipe; the tiny model of today's recipe kept 1.1x the test photos' p25 margin there: no longer a drift.)"""
     noise = np.random.default_rng(seed).normal(0.0, 15.0, img.shape)
-    return np.clip(img * 0.25 + noise, 0, 255).round().astype(np.uint8)
+    return np.clip(img * 0.0625 + noise, 0, 255).round().astype(np.uint8)
 
 
 def write_video(path: Path, photos, hold: int, dim_from: int | None = None, dim_until: int | None = None) -> int:
@@ -121,10 +122,13 @@ def test_drift_warning_fires_in_the_dark_part_only_and_clears_after(digits_bundl
     """Held-out photos, the same photos heavily darkened (`dim_room`), then the photos again: a drift episode
     starts in the dark part, once per kind (never in the first part), and ends in the last part; the console says
     both. (Measured on four tiny runs: the float model's median margin 2.0-2.6x the test photos' p25 on the
-    photos, 0.25-0.63x on the dim ones.)"""
+    photos, 0.25-0.63x on the dim ones; with today's recipe 2.4x and 0.38x, int8-float agreement 47% there.)"""
     from edgecls.device.drift import WINDOW
 
-    photos = held_out(tiny_run, ("test", "val")) * 2   # twice over: full windows even when many frames are skipped
+    photos = held_out(tiny_run, ("test", "val"))
+    # In a shuffled order, as a camera sees varied scenes: in split-and-class order a window is 40 photos of two or
+    # three classes, and the tiny model's least certain classes read as drift on their own (docs/device.md).
+    photos = [photos[i] for i in np.random.default_rng(0).permutation(len(photos))] * 2   # twice: full windows
     hold = 5
     video = tmp_path / "dimming.mkv"
     write_video(video, photos + photos + photos, hold=hold, dim_from=len(photos), dim_until=2 * len(photos))
@@ -146,10 +150,12 @@ def test_drift_warning_fires_in_the_dark_part_only_and_clears_after(digits_bundl
     last_dark_window = sorted(f for f in pairs if f >= 2 * part)[WINDOW - 1]
     assert all(part <= e["frame"] < last_dark_window for e in drift), events
     # Once per episode, not once per frame: per kind, drift and drift_cleared alternate, and the sharp last part
-    # ends every episode. (A rule at its edge may end and start again inside the dark part: still one line each.)
+    # ends every episode. (A rule at its edge may end and start again inside the dark part, measured up to three
+    # episodes of one kind over its 240 shadowed frames, against one line per frame without episodes.)
     for kind in {e["kind"] for e in drift}:
         seq = [e["event"] for e in events if e["kind"] == kind]
-        assert seq == ["drift", "drift_cleared"] * (len(seq) // 2) and len(seq) <= 4, seq
+        assert seq == ["drift", "drift_cleared"] * (len(seq) // 2) and len(seq) <= 6, (
+            kind, [(e["event"], e["frame"]) for e in events if e["kind"] == kind], part)
     assert all(e["frame"] >= part for e in cleared)
     assert summary["drift"]["active"] == [] and sum(summary["drift"]["episodes"].values()) == len(drift)
     warnings = [line for line in p.stderr.splitlines() if line.startswith("edgecls: warning: drift")]
@@ -311,8 +317,16 @@ def test_metrics_carry_the_live_shadow_agreement(digits_bundle, tiny_run, tmp_pa
             line = proc.stdout.readline()
             assert line, proc.stderr.read()
             live = json.loads(line).get("shadow_live", live)
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
-            text = resp.read().decode()   # (the run goes on: its figures only grow from the line read above)
+        # The JSON line is written before the metrics output takes the same frame: read until /metrics has caught up
+        # (the run goes on, so its figures only grow from there).
+        deadline = time.monotonic() + 20
+        while True:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+                text = resp.read().decode()
+            seen = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+            if seen.get("edgecls_shadow_pairs", 0) >= live["pairs"] or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=60)
     finally:

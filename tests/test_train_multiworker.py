@@ -225,3 +225,31 @@ def test_time_budget_is_refused_with_multiworker(tmp_path):
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1 and "--time-budget is planned by one machine's clock" in lines[0]
     assert not (tmp_path / "run").exists()
+
+
+def test_bad_startup_timeout_is_one_line(tmp_path):
+    r = cli("train", DIGITS, "--out", tmp_path / "run", "--strategy", "multiworker",
+            env={"TF_CONFIG": _tf_config([1, 2], 0), "EDGECLS_STARTUP_TIMEOUT": "soon"})
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "EDGECLS_STARTUP_TIMEOUT must be a number" in lines[0], r.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_worker_whose_peers_never_start_gives_up_in_time(tmp_path):
+    """Worker 0 of two, the other never started (a pod left pending, a wrong address): within
+    EDGECLS_STARTUP_TIMEOUT it says so in one line and ends by SIGUSR1 (exit status 138 to a shell or a launcher, the
+    code TFJob retries), writing nothing."""
+    port, absent = _free_ports(2)
+    cwd = tmp_path / "w0"
+    (cwd / "tmp").mkdir(parents=True)
+    env = dict(os.environ, TF_CONFIG=_tf_config([port, absent], 0), TMPDIR=str(cwd / "tmp"),
+               EDGECLS_STARTUP_TIMEOUT="8", **ONE_CPU_ENV)
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "edgecls", "train", DIGITS, "--out", "run", *ARGS], cwd=cwd, env=env,
+                       capture_output=True, text=True, timeout=300)
+    took = time.monotonic() - t0
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == -signal.SIGUSR1, (r.returncode, r.stderr[-2000:])
+    assert last.startswith("edgecls: error: worker 0") and "did not all start within 8 s" in last, last
+    assert took < 120, took   # TensorFlow's import plus the 8 s, not a wait for ever
+    assert not (cwd / "run").exists() and not list((cwd / "tmp").iterdir())

@@ -94,9 +94,10 @@ class TrainConfig:
         if self.strategy not in STRATEGIES:
             raise EdgeclsError("--strategy must be auto, mirrored, multiworker or none")
         if self.strategy == "multiworker":
-            from edgecls.train.multiworker import cluster_from_env
+            from edgecls.train.multiworker import cluster_from_env, startup_timeout
 
             cluster_from_env()   # TF_CONFIG missing or wrong: one line now, not a hang in gRPC later
+            startup_timeout()
             if self.time_budget is not None:   # each worker would plan by its own clock: they must agree
                 raise EdgeclsError("--time-budget is planned by one machine's clock; with --strategy multiworker "
                                    "give --fine-tune-epochs instead")

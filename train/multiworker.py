@@ -27,6 +27,10 @@ from edgecls.train.run_folder import CKPT, STATE_JSON, has_checkpoint, is_comple
 ENV = "TF_CONFIG"
 TIMEOUT_ENV = "EDGECLS_COLLECTIVE_TIMEOUT"
 DEFAULT_TIMEOUT_S = 600   # one collective (a step's all-reduce) waiting longer for a peer ends the run
+STARTUP_ENV = "EDGECLS_STARTUP_TIMEOUT"
+# Every worker of TF_CONFIG must be up within this: a cluster scheduler can take minutes to place the last pod,
+# but a worker that never starts (a typo in TF_CONFIG, a pod left pending) must not hold the others forever.
+DEFAULT_STARTUP_S = 900
 TASK_TYPES = ("chief", "worker")
 # What a restarted chief sends the other workers: enough to resume exactly where it is.
 _RUN_FILES = (RUN_JSON, LABELS_TXT, SPLITS_JSON, DATASET_JSON, f"{CKPT}/{STATE_JSON}", f"{CKPT}/last.h5",
@@ -254,6 +258,51 @@ def _unpack(packed: bytes, into: Path) -> bool:
     return bool(head["resume"])
 
 
+def startup_timeout() -> float:
+    raw = os.environ.get(STARTUP_ENV)
+    try:
+        value = float(raw) if raw else DEFAULT_STARTUP_S
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value == float("inf"):
+        raise EdgeclsError(f"{STARTUP_ENV} must be a number of seconds above 0, not {raw!r}")
+    return value
+
+
+# The watchdog is a second process: while the workers connect, the main thread waits inside TensorFlow's C++ with
+# the GIL held (measured: a threading.Timer never fired), so no Python thread or signal handler here can run.
+_WATCHDOG = r"""
+import os, select, signal, sys
+parent, seconds, message = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+if not select.select([sys.stdin], [], [], seconds)[0]:   # no word from the worker (EOF = done or gone)
+    print(message, file=sys.stderr, flush=True)
+    os.kill(parent, signal.SIGUSR1)
+"""
+
+
+class startup_deadline:
+    """Until the first broadcast has crossed every worker: if that takes longer than EDGECLS_STARTUP_TIMEOUT, one
+    line, and the worker ends by SIGUSR1 — exit status 138, PeerLost's code, which a launcher retries."""
+
+    def __init__(self, cluster: Cluster):
+        self.cluster, self.seconds = cluster, startup_timeout()
+
+    def __enter__(self):
+        import subprocess
+        import sys
+
+        message = (f"edgecls: error: {self.cluster.name()}: the other workers of {ENV} did not all start within "
+                   f"{self.seconds:g} s ({STARTUP_ENV}); start every worker of its cluster list, or check their "
+                   f"addresses")
+        self.watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(self.seconds),
+                                          message], stdin=subprocess.PIPE)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.watchdog.stdin.close()   # EOF: the watchdog leaves
+        self.watchdog.wait()
+
+
 # ---------------------------------------------------------------- one worker's part
 
 def train(train_fn, cfg, out: Path, force: bool, resume: bool, quiet: bool) -> dict:
@@ -269,14 +318,15 @@ def train(train_fn, cfg, out: Path, force: bool, resume: bool, quiet: bool) -> d
     tf, _ = import_tf()
     say(f"{cluster.name()} of {cluster.workers}: waiting for every worker of {ENV}", quiet)
     try:
-        strategy(tf)
+        with startup_deadline(cluster):
+            strategy(tf)
+            started = broadcast_bytes(tf, _pack(resume, out) if cluster.is_chief else None)
         if cluster.is_chief:
-            broadcast_bytes(tf, _pack(resume, out))
             return train_fn(cfg if not resume else None, out, force, resume, quiet)
         with scratch_dir("edgecls-worker-") as scratch:
             local = scratch / "run"
             local.mkdir()
-            resume = _unpack(broadcast_bytes(tf, None), local)
+            resume = _unpack(started, local)
             summary = train_fn(cfg if not resume else None, local, False, resume, True)
     except Interrupted as e:   # its advice (--resume RUN) is for one process; here every worker restarts
         raise Interrupted(f"{cluster.name()}: interrupted; {RESTART}", e.exit_code - 128) from None
