@@ -323,8 +323,8 @@ def test_metrics_carry_the_live_shadow_agreement(digits_bundle, tiny_run, tmp_pa
         while True:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
                 text = resp.read().decode()
-            seen = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
-            if seen.get("edgecls_shadow_pairs", 0) >= live["pairs"] or time.monotonic() > deadline:
+            samples = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+            if samples.get("edgecls_shadow_pairs", 0) >= live["pairs"] or time.monotonic() > deadline:
                 break
             time.sleep(0.1)
         proc.send_signal(signal.SIGTERM)
@@ -332,7 +332,6 @@ def test_metrics_carry_the_live_shadow_agreement(digits_bundle, tiny_run, tmp_pa
     finally:
         if proc.poll() is None:
             proc.kill()
-    samples = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
     pairs, rate = samples["edgecls_shadow_pairs"], samples["edgecls_shadow_agreement"]
     assert pairs >= live["pairs"] >= 20
     assert 0.0 <= rate <= 1.0 and abs(rate * pairs - round(rate * pairs)) < 1e-3 * pairs   # agreed/pairs

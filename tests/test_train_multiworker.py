@@ -227,11 +227,12 @@ def test_time_budget_is_refused_with_multiworker(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_bad_startup_timeout_is_one_line(tmp_path):
+@pytest.mark.parametrize("name", ["EDGECLS_STARTUP_TIMEOUT", "EDGECLS_COLLECTIVE_TIMEOUT"])
+def test_bad_startup_timeout_is_one_line(tmp_path, name):
     r = cli("train", DIGITS, "--out", tmp_path / "run", "--strategy", "multiworker",
-            env={"TF_CONFIG": _tf_config([1, 2], 0), "EDGECLS_STARTUP_TIMEOUT": "soon"})
+            env={"TF_CONFIG": _tf_config([1, 2], 0), name: "soon"})
     lines = r.stderr.strip().splitlines()
-    assert r.returncode == 2 and len(lines) == 1 and "EDGECLS_STARTUP_TIMEOUT must be a number" in lines[0], r.stderr
+    assert r.returncode == 2 and len(lines) == 1 and f"{name} must be a number" in lines[0], r.stderr
     assert not (tmp_path / "run").exists()
 
 

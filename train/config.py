@@ -94,10 +94,11 @@ class TrainConfig:
         if self.strategy not in STRATEGIES:
             raise EdgeclsError("--strategy must be auto, mirrored, multiworker or none")
         if self.strategy == "multiworker":
-            from edgecls.train.multiworker import cluster_from_env, startup_timeout
+            from edgecls.train.multiworker import cluster_from_env, collective_timeout, startup_timeout
 
             cluster_from_env()   # TF_CONFIG missing or wrong: one line now, not a hang in gRPC later
-            startup_timeout()
+            startup_timeout()      # a bad value of either: one line now, not a traceback from TensorFlow later
+            collective_timeout()
             if self.time_budget is not None:   # each worker would plan by its own clock: they must agree
                 raise EdgeclsError("--time-budget is planned by one machine's clock; with --strategy multiworker "
                                    "give --fine-tune-epochs instead")

@@ -142,8 +142,7 @@ def strategy(tf):
     configures the runtime's collectives); it blocks until every worker of TF_CONFIG is up."""
     global _strategy
     if _strategy is None:
-        timeout = float(os.environ.get(TIMEOUT_ENV) or DEFAULT_TIMEOUT_S)
-        options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=timeout)
+        options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=collective_timeout())
         _strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     return _strategy
 
@@ -258,15 +257,26 @@ def _unpack(packed: bytes, into: Path) -> bool:
     return bool(head["resume"])
 
 
-def startup_timeout() -> float:
-    raw = os.environ.get(STARTUP_ENV)
+def env_seconds(name: str, default: float) -> float:
+    """A positive, finite number of seconds from the environment variable `name` (unset or empty: `default`)."""
+    import math
+
+    raw = os.environ.get(name)
     try:
-        value = float(raw) if raw else DEFAULT_STARTUP_S
+        value = float(raw) if raw else default
     except ValueError:
         value = -1.0
-    if not value > 0 or value == float("inf"):
-        raise EdgeclsError(f"{STARTUP_ENV} must be a number of seconds above 0, not {raw!r}")
+    if not (value > 0 and math.isfinite(value)):
+        raise EdgeclsError(f"{name} must be a number of seconds above 0, not {raw!r}")
     return value
+
+
+def startup_timeout() -> float:
+    return env_seconds(STARTUP_ENV, DEFAULT_STARTUP_S)
+
+
+def collective_timeout() -> float:
+    return env_seconds(TIMEOUT_ENV, DEFAULT_TIMEOUT_S)
 
 
 # The watchdog is a second process: while the workers connect, the main thread waits inside TensorFlow's C++ with
