@@ -1,6 +1,7 @@
 """int8 parity on real photos: every int8 method side by side, and the default export on three data sets.
 
-    python benchmarks/bench_parity.py [--work DIR] [--fresh] [--only flowers,digits,flowers2] [--methods all|default]
+    python benchmarks/bench_parity.py [--work DIR] [--fresh] [--only flowers,digits,flowers2]
+                                      [--methods all|default|rounding]
                                       [--runs-from RECIPE_RUNS] [--out FILE.md]
 
 Data sets (all real photos from ../shared): `flowers` (750 photos, 5 classes), `digits` (sign_language_digits,
@@ -36,6 +37,10 @@ METHODS = {   # label → export arguments
     "qat": ["--int8-method", "qat"],
     "auto (default)": [],
 }
+ROUNDING = {   # --methods rounding: the default export with each --weight-rounding, on every data set
+    "auto (default: --weight-rounding gptq)": [],
+    "auto, --weight-rounding nearest (the converters' rounding)": ["--weight-rounding", "nearest"],
+}
 
 
 def two_class_data(work: Path) -> Path:
@@ -63,7 +68,8 @@ def rows_for(name: str, label: str, m: dict | None, rec: dict) -> list[str]:
         a, d = mt["agreement_all"], mt["drop"]
         ops = art.get("float_ops") or []
         kept = f"{art['method']}, {len(ops)} float op(s)"
-        out.append(f"| {name} | {label} | {key}: {kept} | **{a['rate'] * 100:.2f}%** ({a['agreed']}/{a['images']}) | "
+        tv = f", TV {mt['mean_tv_all']:.4f}" if mt.get("mean_tv_all") is not None else ""
+        out.append(f"| {name} | {label} | {key}: {kept} | **{a['rate'] * 100:.2f}%** ({a['agreed']}/{a['images']}{tv}) | "
                    f"{rep['keras_accuracy'] * 100:.1f}% → {mt['accuracy'] * 100:.1f}% (n={rep['images']}) | "
                    f"{delta_text(d)} | "
                    f"{mt.get('latency_ratio', float('nan')):.2f} | {'passed' if mt['verdict']['passed'] else 'FAILED'} | "
@@ -78,8 +84,9 @@ def main() -> None:
     ap.add_argument("--only", default="flowers,digits,flowers2")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "parity.md")
     ap.add_argument("--train-only", action="store_true", help="only the (cached) training runs")
-    ap.add_argument("--methods", choices=("all", "default"), default="all",
-                    help="flowers: every --int8-method (all) or the default export only")
+    ap.add_argument("--methods", choices=("all", "default", "rounding"), default="all",
+                    help="flowers: every --int8-method (all) or the default export only; rounding: the default "
+                         "export with --weight-rounding gptq and nearest, on every data set")
     ap.add_argument("--runs-from", type=Path, default=None,
                     help="take the flowers/digits runs from bench_recipe.py's --runs (its new-default seed-1337 "
                          "runs: the same `edgecls train` defaults) instead of training them again")
@@ -93,7 +100,8 @@ def main() -> None:
     args = " ".join(sys.argv[1:]).replace(str(ROOT) + "/", "")
     lines = [f"## int8 parity on real photos (`python benchmarks/bench_parity.py{' ' + args if args else ''}`)", "",
              "Agreement = top-1 of int8 equal to the float Keras model's, over every image of the run (train + val + "
-             "test; no labels needed). Δ = test top-1 of int8 minus float, with its paired 95% interval. Latency = "
+             "test; no labels needed); TV = mean total-variation distance of the int8 probabilities from float's "
+             "over the same images. Δ = test top-1 of int8 minus float, with its paired 95% interval. Latency = "
              "int8 / float of the same runtime, 1 thread, interleaved in one process (measured during the export).",
              "", "| data | --int8-method | artifact kept | agreement, all images | test top-1 float → int8 | Δ pp (95% CI) | "
              "int8/float latency | gate | export s | command |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -110,8 +118,8 @@ def main() -> None:
             s = last_json(rec["stdout"]) or {}
         train_lines.append(f"| {name} | {s.get('split_sizes')} | {s.get('test_accuracy', float('nan')) * 100:.1f}% | "
                            f"{rec['seconds']:.0f} | `{rec['cmd']}` |")
-        methods = ({} if a.train_only else METHODS if name == "flowers" and a.methods == "all"
-                   else {"auto (default)": []})
+        methods = ({} if a.train_only else ROUNDING if a.methods == "rounding"
+                   else METHODS if name == "flowers" and a.methods == "all" else {"auto (default)": []})
         for label, extra in methods.items():
             tag = "-".join(x.strip("-") for x in extra) or "default"
             rec = st.run(f"export-{name}-{tag}", [*EDGECLS, "export", run, "--out", a.work / f"bundle-{name}-{tag}",

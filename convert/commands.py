@@ -46,6 +46,9 @@ def register(app) -> None:
         max_float_ops: int = typer.Option(D("max_float_ops"), help=SEARCH_HELP["max_float_ops"]),
         full_int8: bool = typer.Option(D("full_int8"), "--full-int8",
                                        help="Quantize every op (for NPUs): no mixed-precision search."),
+        weight_rounding: str = typer.Option(D("weight_rounding"), "--weight-rounding",
+                                            help="How PTQ puts weights on the int8 grid: gptq (each rounding chosen "
+                                                 "for the layer's output on calibration images) | nearest."),
         io_dtype: str = typer.Option(D("io_dtype"), "--io-dtype", help="int8 TFLite input/output type: uint8 or int8."),
         onnx_target: str = typer.Option(D("onnx_target"), "--onnx-target",
                                         help="CPU the int8 ONNX is for: x86 (uint8 activations, onnxruntime's fast "
@@ -66,7 +69,8 @@ def register(app) -> None:
 
         opts = ExportOptions(run_dir=run_dir, out=out, families=tuple(f.strip() for f in formats.split(",") if f.strip()),
                              int8=int8, int8_method="qat" if qat else int8_method, qat_epochs=qat_epochs,
-                             calib_samples=calib_samples, calib_dir=calib, full_int8=full_int8, io_dtype=io_dtype, onnx_target=onnx_target, max_drop=max_drop,
+                             calib_samples=calib_samples, calib_dir=calib, full_int8=full_int8, weight_rounding=weight_rounding,
+                             io_dtype=io_dtype, onnx_target=onnx_target, max_drop=max_drop,
                              min_agreement=min_agreement, target_agreement=target_agreement,
                              max_latency_ratio=max_latency_ratio, max_float_ops=max_float_ops,
                              allow_drop=allow_drop, threads=threads, show_progress=not as_json)

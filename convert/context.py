@@ -63,18 +63,46 @@ class Context:
     work: Path                       # scratch folder (SavedModels, candidates)
     calib: np.ndarray                # (N,H,W,3) uint8 from the training split
     images: Images
+    stop: object = None              # edgecls.train.stopping.StopRequest: a signal is acted on after each step
     _cache: dict = field(default_factory=dict)
 
     def once(self, name: str, make: Callable[[], object]):
         if name not in self._cache:
             self._cache[name] = make()
+            if self.stop is not None:
+                self.stop.check()
         return self._cache[name]
 
     def saved_model(self, which: str = "float") -> Path:
+        """SavedModel of the trained model ("float"), of its int8-rounded weights ("ptq", `rounded`) or of QAT's."""
         from edgecls.convert import tflite
 
-        return self.once(f"saved_{which}", lambda: tflite.save_batch1(
-            self.model if which == "float" else self.qat_model(), self.spec, self.work / f"saved_{which}"))
+        def model():
+            return {"float": lambda: self.model, "ptq": lambda: self.rounded()[0], "qat": self.qat_model}[which]()
+        return self.once(f"saved_{which}", lambda: tflite.save_batch1(model(), self.spec, self.work / f"saved_{which}"))
+
+    def rounded(self) -> tuple[object, dict]:
+        """(model, record): the model PTQ converts, its conv/dense weights on the converters' int8 grid by
+        --weight-rounding (convert/rounding.py); "nearest" is the trained model itself, which the converters
+        round to nearest."""
+        from edgecls.convert import rounding
+
+        def make():
+            how = self.opts.weight_rounding
+            if how == "nearest":
+                return self.model, {"method": "nearest"}
+            with progress_bar(f"weight rounding ({how})", quiet=not self.opts.show_progress, total=1) as adv:
+                return rounding.rounded_copy(self.model, self.calib, how, progress=adv)
+        return self.once("rounded", make)
+
+    def ptq_onnx(self) -> Path:
+        """The float ONNX that QDQ int8 quantizes: of the rounded model (`rounded`), or the float artifact's own."""
+        from edgecls.convert import onnx_export
+
+        if self.opts.weight_rounding == "nearest":
+            return self.float_onnx()
+        return self.once("ptq_onnx", lambda: onnx_export.to_float(self.rounded()[0], self.spec,
+                                                                    self.work / "ptq-source.onnx"))
 
     def float_tflite(self) -> Path:
         """The float TFLite, converted once: the tflite-float artifact and the search's latency reference."""
@@ -114,9 +142,9 @@ class Context:
         o = self.opts
         if o.full_int8:
             path = self.work / "tflite-int8.ptq-full.tflite"
-            path.write_bytes(tflite.to_int8(self.saved_model("float"), self.calib, o.io_dtype))
+            path.write_bytes(tflite.to_int8(self.saved_model("ptq"), self.calib, o.io_dtype))
             return {"path": path, "float_ops": [], "search": None}
-        calibrated, samples = tflite.calibrate(self.saved_model("float"), self.calib, o.io_dtype)
+        calibrated, samples = tflite.calibrate(self.saved_model("ptq"), self.calib, o.io_dtype)
         ranked = tflite.ranked_op_errors(calibrated, samples)
 
         def build(ops):

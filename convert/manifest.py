@@ -10,8 +10,8 @@ from edgecls.formats import BY_KEY
 from edgecls.fsutil import atomic_write_json, atomic_write_text, sha256_file
 from edgecls.versions import library_versions
 
-METRIC_KEYS = ("accuracy", "accuracy_ci95", "agreement", "agreement_all", "drop", "per_class_delta",
-               "latency_ms", "latency_ratio", "max_abs_diff", "verdict")
+METRIC_KEYS = ("accuracy", "accuracy_ci95", "agreement", "agreement_all", "mean_tv_all", "drop",
+               "per_class_delta", "latency_ms", "latency_ratio", "max_abs_diff", "verdict")
 
 
 def place(bundle_dir: Path, run, key: str, built) -> dict:
@@ -59,7 +59,8 @@ def write(bundle_dir: Path, run, keys: list[str], entries: dict[str, dict], opts
                        **({"float_margin": result.float_margin} if result.float_margin else {})},  # run --shadow's drift reference
             "source_run": {"path": str(run.root.resolve()), "model_sha256": sha256_file(run.model_path),
                            "backbone": (run.meta.get("config") or {}).get("backbone")},
-            "export": {k: getattr(opts, k) for k in ("int8_method", "io_dtype", "onnx_target", "calib_samples", "full_int8",
+            "export": {k: getattr(opts, k) for k in ("int8_method", "weight_rounding", "io_dtype", "onnx_target",
+                                                      "calib_samples", "full_int8",
                                                       "qat_epochs", "target_agreement", "max_latency_ratio",
                                                       "max_float_ops", "max_drop", "min_agreement")}
                       | {"calibration": calibration or {"source": "training split"}},

@@ -4,6 +4,8 @@
   interval, per-class deltas, confusion — the parity table `edgecls eval` prints too (device/evaluate.py).
 - On every image (train + val + test): top-1 agreement with the Keras model, with its count. Agreement needs
   no labels, so it rests on hundreds or thousands of images where accuracy rests on the test split's few.
+  And the mean total-variation distance of the probabilities (`mean_tv_all`): it moves with the near-ties
+  that flip on the next photo set, where agreement moves only with the flips.
 - int8 vs float latency ratio, same runtime, one thread, interleaved (device/bench.py: interleaved_ratios).
 - The float reference's top-1 margin (top-1 minus top-2 probability) on the held-out split, as quantiles: what
   `edgecls run --shadow` holds the float model's confidence on live frames to (device/drift.py).
@@ -20,7 +22,8 @@ from edgecls.dataset import SPLITS
 from edgecls.device.evaluate import Measured, measure, parity
 from edgecls.progress import progress_bar
 from edgecls.formats import BY_KEY
-from edgecls.metrics import agreement_count, delta_text, margin_quantiles, paired_drop, top_margin, wilson_interval
+from edgecls.metrics import (agreement_count, delta_text, margin_quantiles, mean_tv, paired_drop, top_margin,
+                             wilson_interval)
 
 
 @dataclass
@@ -95,6 +98,7 @@ def artifacts(ctx, bundle_dir: Path, keys: list[str], entries: dict[str, dict], 
             ev = gate.Evidence(key, finite, max_abs_diff=r["max_abs_diff"], split=split)
         else:
             r["agreement_all"] = agreement_count(p.argmax(1), ref_pred)
+            r["mean_tv_all"] = round(mean_tv(p, keras_all), 5) if finite else None   # near-ties count too
             r["drop"] = paired_drop(im.keras[split].argmax(1) == y, p[part].argmax(1) == y)
             r["float_ops"] = entries[key].get("float_ops", [])
             float_key = key.replace("int8", "float")

@@ -51,7 +51,18 @@ def calibration_text(manifest: dict) -> str:
     if c.get("source") == "folder":
         return (f"int8 calibrated on {c['images']} of the {c['found']} images in {c['path']} "
                 f"(--calib; list sha256 {c['list_sha256'][:16]}…)")
-    return f"int8 calibrated on {c.get('images', '?')} training-split images"
+    text = f"int8 calibrated on {c.get('images', '?')} training-split images"
+    return text + rounding_text(manifest)
+
+
+def rounding_text(manifest: dict) -> str:
+    """How PTQ's weights were rounded (export.weight_rounding; per artifact weight_rounding), as a clause."""
+    how = manifest.get("export", {}).get("weight_rounding")
+    rec = next((a["weight_rounding"] for a in manifest.get("artifacts", {}).values() if a.get("weight_rounding")), {})
+    if how == "gptq" and rec.get("method") == "gptq":
+        return (f"; PTQ weights rounded by GPTQ on {rec['images']} images (layer output error "
+                f"{rec['output_error_vs_nearest']:.2f} of rounding to nearest)")
+    return "; PTQ weights rounded to nearest" if how == "nearest" else ""
 
 
 def write(dest: Path, manifest: dict, result, labels: list[str]) -> None:

@@ -108,3 +108,34 @@ def margin_quantiles(margins) -> dict:
     if not len(m):
         return {"n": 0}
     return {"n": int(len(m)), **{f"p{q}": round(float(np.percentile(m, q)), 4) for q in MARGIN_QUANTILES}}
+
+
+def mean_tv(probs_a, probs_b) -> float:
+    """Mean total variation distance between two models' probabilities, row by row (½·Σ|a − b|): how far
+    apart their answers are, near-ties included, where top-1 agreement only counts the flips."""
+    a, b = np.asarray(probs_a, np.float64), np.asarray(probs_b, np.float64)
+    return float(0.5 * np.abs(a - b).sum(-1).mean()) if len(a) else 0.0
+
+
+def binomial_cdf(k: int, n: int, p: float) -> float:
+    """P(X ≤ k) for X ~ Binomial(n, p), summed exactly in log space (n up to ~10⁶)."""
+    from math import exp, lgamma, log
+
+    if k < 0:
+        return 0.0
+    if k >= n or p <= 0:
+        return 1.0
+    if p >= 1:
+        return 0.0
+    lp, lq = log(p), log(1 - p)
+    terms = [lgamma(n + 1) - lgamma(i + 1) - lgamma(n - i + 1) + i * lp + (n - i) * lq for i in range(k + 1)]
+    top = max(terms)
+    return float(min(1.0, exp(top) * sum(exp(t - top) for t in terms)))
+
+
+def shown_below(k: int, n: int, rate: float, alpha: float = 0.025) -> bool:
+    """Whether k successes of n show the true rate to be below `rate`: a model at exactly `rate` would do
+    this badly or worse less than `alpha` of the time (one-sided exact binomial test, i.e. `rate` lies above
+    the Clopper–Pearson 95% interval). Wilson's interval is too tight in this tail: it calls 108 of 110
+    "below 99.5%", although a model at 99.5% does that or worse 10.5% of the time."""
+    return n > 0 and binomial_cdf(k, n, rate) < alpha

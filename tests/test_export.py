@@ -58,6 +58,15 @@ def test_bundle_holds_the_contract(tiny_run, tiny_bundle, tmp_path_factory):
     assert meta["export"]["onnx_target"] == "auto"
     chosen = meta["artifacts"]["onnx-int8"]["quantization"]
     assert chosen["target"] == host_target() and (chosen["activations"], chosen["weights"]) == ONNX_TARGETS[host_target()]
+    # PTQ's weights were rounded by GPTQ (tests/test_export_rounding.py checks the files hold its codes); the
+    # int8 artifacts' distance from float over every image is recorded beside their agreement
+    assert meta["export"]["weight_rounding"] == "gptq"
+    for key in ("tflite-int8", "onnx-int8"):
+        r = meta["artifacts"][key]["weight_rounding"]
+        assert r["method"] == "gptq" and r["layers"] == 53 and r["images"] == 20      # --calib-samples 20
+        assert 0 < r["output_error_vs_nearest"] < 1
+        assert 0 <= meta["artifacts"][key]["metrics"]["mean_tv_all"] <= 1
+    assert "mean_tv_all" not in meta["artifacts"]["tflite-float"]["metrics"]
     assert meta["default_artifact"] == "tflite-int8"
     assert i8["bytes"] <= 0.30 * meta["artifacts"]["tflite-float"]["bytes"]   # issue 3's bound (measured 27.8%)
     rep = meta["report"]
@@ -232,6 +241,7 @@ def _broken_run(tiny_run, tmp_path, edit):
     ("corrupt-model", "cannot load the run's model"),
     ("bad-option", "unknown --io-dtype"),
     ("bad-onnx-target", "unknown --onnx-target 'riscv'"),
+    ("bad-rounding", "unknown --weight-rounding 'floor'"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tiny_run, tmp_path, case, needle):
     def unfinished(run):
@@ -247,8 +257,10 @@ def test_bad_input_is_one_line_and_writes_nothing(tiny_run, tmp_path, case, need
         run.mkdir()
     else:
         run = _broken_run(tiny_run, tmp_path, {"unfinished": unfinished, "corrupt-model": corrupt,
-                                               "bad-option": lambda r: None, "bad-onnx-target": lambda r: None}[case])
-    extra = {"bad-option": ("--io-dtype", "float16"), "bad-onnx-target": ("--onnx-target", "riscv")}.get(case, ())
+                                               "bad-option": lambda r: None, "bad-onnx-target": lambda r: None,
+                                               "bad-rounding": lambda r: None}[case])
+    extra = {"bad-option": ("--io-dtype", "float16"), "bad-onnx-target": ("--onnx-target", "riscv"),
+             "bad-rounding": ("--weight-rounding", "floor")}.get(case, ())
     out = tmp_path / "out"
     one_line_error(cli("export", run, "--out", out, *extra), needle)
     assert not out.exists() and not (run / "bundle").exists()

@@ -71,6 +71,30 @@ def test_low_agreement_alone_is_refused():
     assert not v.passed and "agrees with float on only 95.2% of 2062 images (limit 97%)" in v.failures[0]
 
 
+def test_a_missed_target_needs_evidence():
+    """metrics.shown_below, what auto-selection's "missed the target" and the validation split's agreement floor
+    rest on: the exact binomial tail, not Wilson's interval (too tight there)."""
+    from math import comb
+
+    from edgecls.metrics import binomial_cdf, shown_below
+
+    for k, n, p in ((108, 110, 0.995), (40, 44, 0.97), (3, 10, 0.5), (0, 5, 0.9)):
+        direct = sum(comb(n, i) * p ** i * (1 - p) ** (n - i) for i in range(k + 1))
+        assert binomial_cdf(k, n, p) == pytest.approx(direct, rel=1e-9)
+    # 108 of 110 is within chance of 99.5% (a model at 99.5% does that or worse 10.5% of the time); 107 is not
+    assert binomial_cdf(108, 110, 0.995) == pytest.approx(0.1054, abs=1e-3)
+    assert not shown_below(108, 110, 0.995) and shown_below(107, 110, 0.995)
+    assert wilson_interval(108, 110)[1] < 0.995          # why not Wilson: it would call 108/110 a miss
+    # the validation split's floor: 2 flips of 44 (95.5%) do not fail 97%; a collapse does
+    d = paired_drop(*_pairs(44, lost=1, gained=0))
+    val = dict(max_drop=1.0, min_agreement=97.0)
+    assert gate.judge(gate.Evidence("tflite-int8", True, d, _agreement(44, 2), split="val",
+                                    agreement_rule="shown"), **val).passed
+    assert not gate.judge(gate.Evidence("tflite-int8", True, d, _agreement(44, 2)), **val).passed   # counted
+    assert not gate.judge(gate.Evidence("tflite-int8", True, d, _agreement(44, 8), split="val",
+                                        agreement_rule="shown"), **val).passed
+
+
 def test_non_finite_outputs_fail_the_gate():
     d = paired_drop(*_pairs(50, 0, 0))
     assert not _judge(d, _agreement(100, 0), finite=False).passed

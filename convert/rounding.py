@@ -1,0 +1,224 @@
+"""Weight rounding for int8 (`--weight-rounding gptq|nearest`): the int8 builders' weights, put on the
+converters' own int8 grid before they convert, with each weight's rounding chosen for the layer's output.
+
+Why: rounding every conv/dense weight to its nearest int8 step, activations left float, moved the flowers
+model's probabilities as far from float as the whole int8 TFLite did (val mean TV 0.033 against 0.032):
+most of int8's error is in the weights (benchmarks/NOTES.md, "Weight rounding").
+
+The grid is the one TFLite and onnxruntime both use for weights: per output channel, symmetric, scale =
+max|w| / 127 (zero point 0). A BatchNormalization folded into the conv later scales a whole channel, so the
+grid survives the fold. Each channel's largest weight is pinned (it is ±127 steps exactly), so the converter
+computes the same scale and its own rounding is a no-op: the int8 files hold the codes chosen here.
+
+How the codes are chosen: GPTQ (Frantar et al. 2022, "GPTQ: Accurate Post-Training Quantization for
+Generative Pre-trained Transformers"). Columns (input taps) are rounded one at a time and each one's error is
+spread over the columns not yet rounded, through the inverse of the Gram matrix H = XᵀX of the layer's inputs X
+on calibration images, which minimises ‖XWᵀ − XQᵀ‖² column by column. A depthwise conv's channel sees only
+its own input channel: each row gets its own H.
+
+The float artifacts and the Keras model that int8 is measured against keep the trained weights.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+ROUNDINGS = ("gptq", "nearest")
+QMAX = 127                  # symmetric int8 weights: codes −127..127 (TFLite's and onnxruntime's per-channel grid)
+CALIB_IMAGES = 64           # calibration images whose layer inputs make H (more did not help: NOTES)
+MAX_ROWS = 40_000           # input rows (pixels × images) per layer that H is summed over, sampled evenly
+DAMP = 0.01                 # H += DAMP · mean(diag H) · I: GPTQ's damping, for inputs that barely vary
+BLOCK = 128                 # columns per lazy-update block (GPTQ's; the same result, faster)
+BATCH = 8                   # images per forward pass while collecting H
+
+
+# ---------------------------------------------------------------- the grid
+
+def grid_scales(w: np.ndarray) -> np.ndarray:
+    """Per row (output channel) of w (rows, cols): the converters' step max|w| / 127 (1 for an all-zero row)."""
+    m = np.abs(w).max(axis=1)
+    return np.where(m > 0, m / QMAX, 1.0)
+
+
+def nearest(w: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """w (rows, cols) rounded to the nearest step of each row's grid."""
+    return np.clip(np.round(w / scale[:, None]), -QMAX, QMAX) * scale[:, None]
+
+
+# ---------------------------------------------------------------- GPTQ
+
+def _prepared_inverse(h: np.ndarray) -> np.ndarray:
+    """Upper Cholesky factor of (damped H)⁻¹, what GPTQ's column loop reads. h: (cols, cols) or
+    (rows, cols, cols)."""
+    h = np.array(h, np.float64)
+    diag = np.diagonal(h, axis1=-2, axis2=-1)
+    dead = diag <= 0                                    # inputs that never vary: their weights cannot matter
+    eye = np.eye(h.shape[-1])
+    h = h + eye * (dead[..., None] * 1.0)               # H[dead, dead] = 1, as GPTQ does
+    mean = np.where(dead, 0.0, diag).sum(-1) / np.maximum((~dead).sum(-1), 1)
+    h = h + eye * (DAMP * np.maximum(mean, 1e-12))[..., None, None]
+    inv = np.linalg.inv(h)
+    inv = (inv + np.swapaxes(inv, -1, -2)) / 2
+    return np.swapaxes(np.linalg.cholesky(inv), -1, -2)   # upper: inv = Uᵀ U
+
+
+def gptq(w: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """GPTQ rounding of w (rows, cols) onto each row's grid (grid_scales), each row's largest weight pinned.
+
+    h: the inputs' Gram matrix, (cols, cols) shared by every row, or (rows, cols, cols) one per row (depthwise).
+    Returns the rounded weights (float64, every value code × scale, |code| ≤ 127)."""
+    w0 = np.array(w, np.float64)
+    rows, cols = w0.shape
+    scale = grid_scales(w0)
+    pin = np.abs(w0).argmax(axis=1)
+    u = _prepared_inverse(h)
+    per_row = u.ndim == 3
+    work, q = w0.copy(), np.zeros_like(w0)
+    ridx = np.arange(rows)
+    for b0 in range(0, cols, BLOCK):
+        b1 = min(b0 + BLOCK, cols)
+        err_block = np.zeros((rows, b1 - b0))
+        for i in range(b0, b1):
+            col = work[:, i]
+            qi = np.clip(np.round(col / scale), -QMAX, QMAX) * scale
+            pinned = pin == i
+            qi[pinned] = w0[pinned, i]                      # ±127 steps exactly: the converter's scale
+            d = u[:, i, i] if per_row else u[i, i]
+            err = (col - qi) / d
+            q[:, i] = qi
+            err_block[:, i - b0] = err
+            if per_row:
+                work[:, i + 1:b1] -= err[:, None] * u[:, i, i + 1:b1]
+            else:
+                work[:, i + 1:b1] -= np.outer(err, u[i, i + 1:b1])
+        if b1 < cols:   # the block's errors reach the later columns in one product
+            if per_row:
+                work[:, b1:] -= np.einsum("rk,rkc->rc", err_block, u[:, b0:b1, b1:])
+            else:
+                work[:, b1:] -= err_block @ u[b0:b1, b1:]
+    q[ridx, pin] = w0[ridx, pin]
+    return q
+
+
+def output_error(w: np.ndarray, q: np.ndarray, h: np.ndarray) -> float:
+    """‖X(w − q)ᵀ‖² through H = XᵀX: the layer's squared output error over the calibration inputs."""
+    d = np.asarray(w, np.float64) - q
+    if h.ndim == 3:
+        return float(np.einsum("rc,rcd,rd->", d, h, d))
+    return float(np.einsum("rc,cd,rd->", d, h, d))
+
+
+# ---------------------------------------------------------------- the Keras side
+
+def weight_layers(model) -> list:
+    """The layers whose kernels the converters quantize per channel: Conv2D (groups 1), DepthwiseConv2D
+    (multiplier any), Dense. In a flat edgecls model every one of them has one inbound node."""
+    out = []
+    for layer in model.layers:
+        kind = type(layer).__name__
+        if kind == "DepthwiseConv2D" or (kind == "Conv2D" and getattr(layer, "groups", 1) == 1) or kind == "Dense":
+            out.append(layer)
+    return out
+
+
+def kernel_of(layer):
+    """The layer's kernel variable (a DepthwiseConv2D calls it depthwise_kernel)."""
+    return layer.depthwise_kernel if type(layer).__name__ == "DepthwiseConv2D" else layer.kernel
+
+
+def as_rows(layer, kernel: np.ndarray) -> np.ndarray:
+    """Keras kernel → (output channels, taps): the matrix the per-channel grid is on."""
+    kind = type(layer).__name__
+    if kind == "Dense":
+        return kernel.T
+    if kind == "DepthwiseConv2D":          # (kh, kw, C, m) → (C·m, kh·kw), TFLite's channel order c·m + j
+        kh, kw, c, m = kernel.shape
+        return kernel.reshape(kh * kw, c * m).T
+    return kernel.reshape(-1, kernel.shape[-1]).T   # Conv2D (kh, kw, cin, cout) → (cout, kh·kw·cin)
+
+
+def from_rows(layer, rows: np.ndarray, shape) -> np.ndarray:
+    kind = type(layer).__name__
+    if kind == "Dense":
+        return rows.T.reshape(shape)
+    if kind == "DepthwiseConv2D":
+        kh, kw, c, m = shape
+        return rows.T.reshape(kh, kw, c, m)
+    return rows.T.reshape(shape)
+
+
+def _patches(tf, layer, x):
+    """The layer's input (B,H,W,C) as one row per output pixel: (B·oh·ow, kh·kw·C) in the kernel's (kh, kw, C)
+    order, zero padding as the conv pads."""
+    kh, kw = layer.kernel_size
+    if (kh, kw) == (1, 1) and tuple(layer.strides) == (1, 1):
+        return tf.reshape(x, [-1, x.shape[-1]])
+    p = tf.image.extract_patches(x, sizes=[1, kh, kw, 1], strides=[1, *layer.strides, 1],
+                                 rates=[1, *layer.dilation_rate, 1], padding=layer.padding.upper())
+    return tf.reshape(p, [-1, p.shape[-1]])
+
+
+def _sample(rows: np.ndarray, n: int) -> np.ndarray:
+    return rows if len(rows) <= n else rows[np.linspace(0, len(rows) - 1, n).round().astype(int)]
+
+
+def gram_matrices(model, layers: list, images: np.ndarray, progress=None) -> list[np.ndarray]:
+    """Each layer's H over `images` (uint8 pixels, the model's own input): (taps, taps), or for a depthwise
+    conv (channels, kh·kw, kh·kw). The layers' inputs come from one multi-output pass per batch."""
+    from edgecls.train.tfenv import import_tf
+
+    tf, keras = import_tf()
+    probe = keras.Model(model.inputs, [layer.input for layer in layers])
+    batches = range(0, len(images), BATCH)
+    per_batch = max(1, MAX_ROWS // max(1, len(batches)))
+    grams = [None] * len(layers)
+    for bi, start in enumerate(batches):
+        outs = probe(tf.constant(images[start:start + BATCH], tf.float32), training=False)
+        outs = outs if isinstance(outs, (list, tuple)) else [outs]
+        for li, (layer, x) in enumerate(zip(layers, outs)):
+            kind = type(layer).__name__
+            if kind == "Dense":
+                rows = tf.reshape(x, [-1, x.shape[-1]]).numpy()
+            else:
+                rows = _patches(tf, layer, x).numpy()
+            rows = _sample(rows, per_batch).astype(np.float64)
+            if kind == "DepthwiseConv2D":
+                kh, kw = layer.kernel_size
+                r = rows.reshape(len(rows), kh * kw, -1)          # (n, taps, C)
+                g = np.einsum("ntc,nuc->ctu", r, r)
+                g = np.repeat(g, layer.depth_multiplier, axis=0)  # row c·m + j sees input channel c
+            else:
+                g = rows.T @ rows
+            grams[li] = g if grams[li] is None else grams[li] + g
+        if progress:
+            progress(bi + 1, len(batches) + 1)
+    return grams
+
+
+def rounded_copy(model, calib: np.ndarray, rounding: str = "gptq", progress=None):
+    """A copy of `model` whose conv/dense kernels lie on the converters' int8 grid, chosen by `rounding`
+    (gptq | nearest), and what edgecls.json records about it: {method, layers, images, output_error_vs_nearest
+    (GPTQ's summed layer output error over nearest's, on the calibration images; 1.0 for nearest)}."""
+    from edgecls.train.tfenv import import_tf
+
+    _, keras = import_tf()
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    layers = weight_layers(clone)
+    images = calib[:CALIB_IMAGES]
+    grams = gram_matrices(clone, layers, images, progress) if rounding == "gptq" else [None] * len(layers)
+    err_q = err_n = 0.0
+    for layer, h in zip(layers, grams):
+        kernel = kernel_of(layer).numpy()
+        w = as_rows(layer, kernel).astype(np.float64)
+        near = nearest(w, grid_scales(w))
+        q = gptq(w, h) if h is not None else near
+        if h is not None:   # relative to the layer's own output energy, so every layer counts alike
+            energy = max(output_error(w, np.zeros_like(w), h), 1e-30)
+            err_q += output_error(w, q, h) / energy
+            err_n += output_error(w, near, h) / energy
+        kernel_of(layer).assign(from_rows(layer, q, kernel.shape).astype(kernel.dtype))
+    if progress:
+        progress(1, 1)
+    info = {"method": rounding, "layers": len(layers), "images": int(len(images)) if rounding == "gptq" else 0,
+            "output_error_vs_nearest": round(err_q / err_n, 4) if err_n > 0 else 1.0}
+    return clone, info
