@@ -23,7 +23,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from make_results import EDGECLS, ROOT, SHARED, WEIGHTS, Stages, last_json  # noqa: E402
+from make_results import EDGECLS, ROOT, SHARED, Stages, last_json  # noqa: E402
 
 from edgecls.metrics import delta_text  # noqa: E402
 
@@ -92,10 +92,6 @@ def main() -> None:
                          "runs: the same `edgecls train` defaults) instead of training them again")
     a = ap.parse_args()
     st = Stages(a.work, a.fresh)
-    kh = a.work / "keras_home" / "models"
-    kh.mkdir(parents=True, exist_ok=True)
-    if not (kh / WEIGHTS.name).exists():
-        (kh / WEIGHTS.name).symlink_to(WEIGHTS)
     data = {**DATA, "flowers2": two_class_data(a.work)}
     args = " ".join(sys.argv[1:]).replace(str(ROOT) + "/", "")
     lines = [f"## int8 parity on real photos (`python benchmarks/bench_parity.py{' ' + args if args else ''}`)", "",

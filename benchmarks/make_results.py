@@ -56,11 +56,15 @@ def shown(cmd: list) -> str:
 
 
 class Stages:
-    """Runs each stage once; its stdout, wall time and command are kept in WORK/<name>.json."""
+    """Runs each stage once; its stdout, wall time and command are kept in WORK/<name>.json. Stages run with
+    KERAS_HOME = WORK/keras_home, which holds the demo's MobileNetV2 weights: 'imagenet' resolves offline."""
 
     def __init__(self, work: Path, fresh: bool):
         self.work, self.fresh = work, fresh
-        work.mkdir(parents=True, exist_ok=True)
+        kh = work / "keras_home" / "models"
+        kh.mkdir(parents=True, exist_ok=True)
+        if not (kh / WEIGHTS.name).exists():
+            (kh / WEIGHTS.name).symlink_to(WEIGHTS)
 
     def run(self, name: str, cmd: list, ok_codes=(0,)) -> dict:
         rec_path = self.work / f"{name}.json"
@@ -110,10 +114,6 @@ def main() -> None:
         return sections_only(a.out)
     skip = set(filter(None, a.skip.split(",")))
     st = Stages(a.work, a.fresh)
-    kh = a.work / "keras_home" / "models"
-    kh.mkdir(parents=True, exist_ok=True)
-    if not (kh / WEIGHTS.name).exists():
-        (kh / WEIGHTS.name).symlink_to(WEIGHTS)
     runs = a.work / "runs"
     summary: list[str] = []   # the one table: metric | value | command (machine in the header)
 

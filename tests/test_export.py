@@ -221,9 +221,12 @@ def test_interrupted_export_leaves_nothing(tiny_run, tmp_path, monkeypatch):
 
     monkeypatch.setattr(measure, "artifacts", interrupt)
     out = tmp_path / "bundle"
-    with pytest.raises(KeyboardInterrupt):
+    from edgecls.errors import Interrupted
+
+    with pytest.raises(Interrupted) as e:   # the CLI's one line, exit 130
         ex.export(ex.ExportOptions(run_dir=tiny_run, out=out, families=("onnx",), int8_method="ptq",
                                    calib_samples=4, max_float_ops=1, show_progress=False))
+    assert e.value.exit_code == 130 and "no bundle written" in str(e.value)
     assert {"model_float.onnx", "model_int8.onnx"} <= set(placed)   # it was interrupted mid-bundle ...
     assert list(tmp_path.iterdir()) == []                            # ... and nothing of it is left
 

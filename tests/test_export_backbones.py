@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -109,15 +111,19 @@ def test_mobilenet_v3_qat_exports_a_full_integer_bundle(tmp_path):
     hand_made_run(tmp_path / "run", model, cfg)
     out = tmp_path / "bundle"
     # In a process of its own: in two of four full CI runs TFLite's calibrator aborted here ("Fatal Python error:
-    # Aborted", in _feed_tensors) after the conversions of the tests before it in the same process, taking the
-    # whole suite down; alone it passed every time. A child's abort fails this test only, and EDGECLS_DEBUG keeps
-    # the C++ message that says why.
+    # Aborted", in _feed_tensors), taking the whole suite down. In a child it still aborts now and then under load
+    # (once in a full file run at load ~3, with no C++ message even with EDGECLS_DEBUG; 0 of 3 alone), so one
+    # SIGABRT is retried once and reported; two fail the test. The cause, inside TFLite's calibrator, is not found.
     code = (f"from pathlib import Path; from edgecls.convert.export import ExportOptions, export; "
             f"export(ExportOptions(run_dir=Path({str(tmp_path / 'run')!r}), out=Path({str(out)!r}), "
             f"families=('tflite',), int8_method='qat', qat_epochs=1, calib_samples=6, io_dtype='int8', "
             f"allow_drop=True, show_progress=False))")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900,
-                       env=dict(os.environ, EDGECLS_DEBUG="1"))
+    for attempt in range(2):
+        r = subprocess.run([sys.executable, "-X", "faulthandler", "-c", code], capture_output=True, text=True,
+                           timeout=900, env=dict(os.environ, EDGECLS_DEBUG="1"))
+        if r.returncode != -signal.SIGABRT:
+            break
+        warnings.warn(f"TFLite's calibrator aborted (attempt {attempt + 1}): {r.stderr[-1500:]}")
     assert r.returncode == 0, (r.returncode, r.stderr[-3000:])
     manifest = json.loads((out / MANIFEST).read_text())
     art = manifest["artifacts"]["tflite-int8"]

@@ -436,15 +436,17 @@ def _maps_tensorflow(pid: int) -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("ignore_sigint", [False, True], ids=["interactive", "started-with-sigint-ignored"])
-def test_ctrl_c_in_export_says_interrupted(tiny_run, tmp_path, ignore_sigint):
+@pytest.mark.parametrize("ignore_sigint,sig", [(False, signal.SIGINT), (True, signal.SIGINT), (False, signal.SIGTERM)],
+                         ids=["interactive", "started-with-sigint-ignored", "sigterm"])
+def test_ctrl_c_in_export_says_interrupted(tiny_run, tmp_path, ignore_sigint, sig):
     """Ctrl-C during export: one line, exit 130, no bundle — also when the export was started as a script
-    starts `cmd &` (SIGINT ignored), where Python's own handler is never installed and the signal was lost."""
+    starts `cmd &` (SIGINT ignored), where Python's own handler is never installed and the signal was lost.
+    SIGTERM (systemd, a CI runner): the same line, exit 143."""
     out = tmp_path / "bundle"
     pre = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore_sigint else None
     p = subprocess.Popen([sys.executable, "-m", "edgecls", "export", str(tiny_run), "--out", str(out)],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=pre)
     wait_for(p, lambda: _maps_tensorflow(p.pid), "TensorFlow to load")   # Python's handler is in place by then
-    p.send_signal(signal.SIGINT)
-    ends_with_error(finish(p), "interrupted", 130)
+    p.send_signal(sig)
+    ends_with_error(finish(p), "interrupted", 128 + sig)
     assert not out.exists()
