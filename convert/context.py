@@ -77,6 +77,9 @@ class Context:
         """SavedModel of the trained model ("float"), of its int8-rounded weights ("ptq", `rounded`) or of QAT's."""
         from edgecls.convert import tflite
 
+        if which == "ptq" and self.opts.weight_rounding == "nearest":   # the same model: one SavedModel
+            return self.saved_model("float")
+
         def model():
             return {"float": lambda: self.model, "ptq": lambda: self.rounded()[0], "qat": self.qat_model}[which]()
         return self.once(f"saved_{which}", lambda: tflite.save_batch1(model(), self.spec, self.work / f"saved_{which}"))

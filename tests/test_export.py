@@ -334,12 +334,13 @@ def test_guarded_ops_stay_float_in_both_int8_formats(tiny_run, tmp_path):
         return s.run(None, {onnx_export.INPUT_NAME: x.astype(np.float32)})[0]
 
     # Fused int8 kernels round a little differently from the QDQ graph run op by op (max |Δp| 0.06 seen), which
-    # flips near-ties of this weak tiny model (3 of 24 once, all margins < 0.1); the re-quantized depthwise conv
-    # moves whole answers (max |Δp| 0.77, mean TV ~0.4 on MobileNetV2): no confident answer may change.
+    # flips near-ties of this weak tiny model (3 of 24 once, all margins < 0.1; once a margin of 0.10: two classes
+    # each moving 0.06 close a gap of 0.12); the re-quantized depthwise conv moves whole answers (max |Δp| 0.77,
+    # mean TV ~0.4 on MobileNetV2): no answer with a margin above 0.2 may change.
     plain = predict(ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     optimized = predict(ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
     tv = np.abs(optimized - plain).sum(1).mean() / 2
     top2 = np.sort(plain, 1)[:, -2:]
-    confident = top2[:, 1] - top2[:, 0] > 0.1
+    confident = top2[:, 1] - top2[:, 0] > 0.2
     assert tv < 0.05 and confident.sum() >= 6, (tv, confident.sum())
     assert (optimized.argmax(1) == plain.argmax(1))[confident].all(), (optimized, plain)
