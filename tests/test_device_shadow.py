@@ -129,6 +129,24 @@ def test_drift_warning_fires_in_the_dark_part_only_and_clears_after(digits_bundl
     # In a shuffled order, as a camera sees varied scenes: in split-and-class order a window is 40 photos of two or
     # three classes, and the tiny model's least certain classes read as drift on their own (docs/device.md).
     photos = [photos[i] for i in np.random.default_rng(0).permutation(len(photos))] * 2   # twice: full windows
+    # The rules' blind spot, seen in two fresh-clone CI runs: a tiny model that reads the dark room confidently as
+    # one class ('1' on 118 of 120 dim photos, median margin 0.29 against the test photos' p25 0.15; int8 agreeing
+    # with it) is no drift to either rule (docs/device.md). Then there is nothing for this test to see: xfail, saying
+    # why, rather than pass or fail on the draw of the tiny run.
+    from edgecls.device.drift import agreement_floor
+    from edgecls.preprocess import prepare
+
+    b = load_bundle(digits_bundle)
+    dim = np.stack([prepare(cv2.cvtColor(dim_room(cv2.imread(str(ph)), seed=len(photos) + i), cv2.COLOR_BGR2RGB),
+                            b.spec) for i, (ph, _) in enumerate(photos[:len(photos) // 2])])
+    p_float = load_model(b, "tflite", "float", threads=1).predict(dim)
+    p_int8 = load_model(b, "tflite", "int8", threads=1).predict(dim)
+    dim_margin = float(np.median(top_margin(p_float)))
+    dim_agree = float((p_float.argmax(1) == p_int8.argmax(1)).mean())
+    if dim_margin >= b.float_margin["p25"] and dim_agree >= agreement_floor(b.meta, "tflite-int8"):
+        pytest.xfail(f"this tiny run reads the dim photos confidently (median margin {dim_margin:.2f} >= p25 "
+                     f"{b.float_margin['p25']:.2f}; {np.bincount(p_float.argmax(1)).max()} of {len(dim)} as one class) "
+                     f"and int8 agrees with float on {dim_agree:.0%} of them: no rule can see it")
     hold = 5
     video = tmp_path / "dimming.mkv"
     write_video(video, photos + photos + photos, hold=hold, dim_from=len(photos), dim_until=2 * len(photos))
