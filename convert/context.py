@@ -91,11 +91,10 @@ class Context:
         from edgecls.convert import rounding
 
         def make():
-            how = self.opts.weight_rounding
-            if how == "nearest":
+            if self.opts.weight_rounding == "nearest":
                 return self.model, {"method": "nearest"}
-            with progress_bar(f"weight rounding ({how})", quiet=not self.opts.show_progress, total=1) as adv:
-                return rounding.rounded_copy(self.model, self.calib, how, progress=adv)
+            with progress_bar("weight rounding (GPTQ)", quiet=not self.opts.show_progress, total=1) as adv:
+                return rounding.rounded_copy(self.model, self.calib, progress=adv)
         return self.once("rounded", make)
 
     def ptq_onnx(self) -> Path:

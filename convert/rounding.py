@@ -194,10 +194,11 @@ def gram_matrices(model, layers: list, images: np.ndarray, progress=None) -> lis
     return grams
 
 
-def rounded_copy(model, calib: np.ndarray, rounding: str = "gptq", progress=None):
-    """A copy of `model` whose conv/dense kernels lie on the converters' int8 grid, chosen by `rounding`
-    (gptq | nearest), and what edgecls.json records about it: {method, layers, images, output_error_vs_nearest
-    (GPTQ's summed layer output error over nearest's, on the calibration images; 1.0 for nearest)}."""
+def rounded_copy(model, calib: np.ndarray, progress=None):
+    """A copy of `model` whose conv/dense kernels lie on the converters' int8 grid, each rounding chosen by GPTQ,
+    and what edgecls.json records about it: {method, layers, images, output_error_vs_nearest (GPTQ's summed
+    layer output error over nearest's, on the calibration images)}. (--weight-rounding nearest needs no copy:
+    the converters round the trained model to nearest themselves.)"""
     from edgecls.train.tfenv import import_tf
 
     _, keras = import_tf()
@@ -205,20 +206,17 @@ def rounded_copy(model, calib: np.ndarray, rounding: str = "gptq", progress=None
     clone.set_weights(model.get_weights())
     layers = weight_layers(clone)
     images = calib[:CALIB_IMAGES]
-    grams = gram_matrices(clone, layers, images, progress) if rounding == "gptq" else [None] * len(layers)
     err_q = err_n = 0.0
-    for layer, h in zip(layers, grams):
+    for layer, h in zip(layers, gram_matrices(clone, layers, images, progress)):
         kernel = kernel_of(layer).numpy()
         w = as_rows(layer, kernel).astype(np.float64)
-        near = nearest(w, grid_scales(w))
-        q = gptq(w, h) if h is not None else near
-        if h is not None:   # relative to the layer's own output energy, so every layer counts alike
-            energy = max(output_error(w, np.zeros_like(w), h), 1e-30)
-            err_q += output_error(w, q, h) / energy
-            err_n += output_error(w, near, h) / energy
+        q = gptq(w, h)
+        energy = max(output_error(w, np.zeros_like(w), h), 1e-30)   # each layer relative to its own output
+        err_q += output_error(w, q, h) / energy
+        err_n += output_error(w, nearest(w, grid_scales(w)), h) / energy
         kernel_of(layer).assign(from_rows(layer, q, kernel.shape).astype(kernel.dtype))
     if progress:
         progress(1, 1)
-    info = {"method": rounding, "layers": len(layers), "images": int(len(images)) if rounding == "gptq" else 0,
+    info = {"method": "gptq", "layers": len(layers), "images": int(len(images)),
             "output_error_vs_nearest": round(err_q / err_n, 4) if err_n > 0 else 1.0}
     return clone, info
