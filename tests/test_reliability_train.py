@@ -450,3 +450,25 @@ def test_ctrl_c_in_export_says_interrupted(tiny_run, tmp_path, ignore_sigint, si
     p.send_signal(sig)
     ends_with_error(finish(p), "interrupted", 128 + sig)
     assert not out.exists()
+
+
+def test_a_signal_inside_an_import_waits_for_the_import_to_finish(tmp_path, monkeypatch):
+    """KeyboardInterrupt raised inside an import that C code started surfaced as a SystemError traceback
+    (TensorFlow's nest.flatten, seen in CI); StopRequest retries the interrupt until the import is done."""
+    from edgecls.train.stopping import StopRequest
+
+    (tmp_path / "slow_import_probe.py").write_text(
+        "import signal, time\n"
+        "signal.raise_signal(signal.SIGINT)\n"
+        "time.sleep(0.3)\n"
+        "FINISHED = True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    stop = StopRequest()
+    started = time.monotonic()
+    with stop.installed(), pytest.raises(KeyboardInterrupt):
+        import slow_import_probe  # noqa: F401
+        time.sleep(5)   # the interrupt lands here, after the import
+    assert sys.modules["slow_import_probe"].FINISHED
+    assert 0.3 <= time.monotonic() - started < 2, "raised after the import, without waiting long"
+    assert stop.signum == signal.SIGINT and signal.getsignal(signal.SIGALRM) is signal.SIG_DFL
+    del sys.modules["slow_import_probe"]

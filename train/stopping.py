@@ -12,26 +12,57 @@ So both signals get a handler of ours for the whole of `train`. Outside the trai
 KeyboardInterrupt at once (loading data: nothing to save). Inside `fit` it only records the signal; the
 training callback calls `check()` after every batch and epoch, where raising is safe and the last
 checkpoint is complete. A second signal stops at once.
+
+One more place where raising is not safe: an import that C code started (TensorFlow's `nest.flatten` imports
+lazily). KeyboardInterrupt inside it comes back as "SystemError: __import__ returned a result with an exception
+set", and TensorFlow prints that traceback before our one-line error (seen once in CI). So a first signal that
+lands inside an import is retried every 50 ms (SIGALRM) until the import is done, for at most 2 s.
 """
 from __future__ import annotations
 
 import contextlib
 import signal
 import threading
+import time
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+RETRY_S = 0.05
+MAX_IMPORT_WAIT_S = 2.0
+
+
+def _inside_import(frame) -> bool:
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
 
 
 class StopRequest:
     def __init__(self):
         self.signum: int | None = None
         self.deferring = False
+        self._retry_until: float | None = None
 
     def _handle(self, signum, frame):
         first = self.signum is None
         self.signum = self.signum or signum
-        if not (first and self.deferring):
-            raise KeyboardInterrupt
+        if first and self.deferring:
+            return
+        if first and _inside_import(frame):
+            self._retry_until = time.monotonic() + MAX_IMPORT_WAIT_S
+            signal.setitimer(signal.ITIMER_REAL, RETRY_S)
+            return
+        raise KeyboardInterrupt
+
+    def _retry(self, signum, frame):
+        if self._retry_until is None or self.deferring:   # stale, or training's callback will act on it
+            return
+        if _inside_import(frame) and time.monotonic() < self._retry_until:
+            signal.setitimer(signal.ITIMER_REAL, RETRY_S)
+            return
+        self._retry_until = None
+        raise KeyboardInterrupt
 
     def check(self) -> None:
         """Called at safe points in the training loop."""
@@ -53,8 +84,10 @@ class StopRequest:
             yield self
             return
         previous = {s: signal.signal(s, self._handle) for s in SIGNALS}
+        previous[signal.SIGALRM] = signal.signal(signal.SIGALRM, self._retry)
         try:
             yield self
         finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
             for s, handler in previous.items():
                 signal.signal(s, handler)
