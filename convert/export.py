@@ -305,8 +305,6 @@ def export(opts: ExportOptions, console=None) -> dict:
     SIGINT ignored (`cmd &` from a script) heard no Ctrl-C before and ran to the end, and a KeyboardInterrupt
     that lands in one of TensorFlow's `__del__`s is dropped by Python — the recorded signal is acted on at
     the next step (Context.once) or at the end."""
-    import signal
-
     from edgecls.errors import Interrupted
     from edgecls.train.stopping import StopRequest
 
@@ -315,8 +313,8 @@ def export(opts: ExportOptions, console=None) -> dict:
         try:
             return _export(opts, console, stop)
         except BaseException as e:
-            if isinstance(e, KeyboardInterrupt) or stop.signum is not None:
-                raise Interrupted("interrupted; no bundle written", stop.signum or signal.SIGINT) from None
+            if stop.caused(e):
+                raise Interrupted("interrupted; no bundle written", stop.exit_signal) from None
             raise
 
 

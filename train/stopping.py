@@ -64,6 +64,16 @@ class StopRequest:
         self._retry_until = None
         raise KeyboardInterrupt
 
+    def caused(self, error: BaseException) -> bool:
+        """Whether `error` is (or came from) a stop: a signal raises KeyboardInterrupt wherever the main thread
+        is, and inside TensorFlow's code that can surface as another exception (seen: AttributeError
+        '_type_spec' while fit() was starting)."""
+        return isinstance(error, KeyboardInterrupt) or self.signum is not None
+
+    @property
+    def exit_signal(self) -> int:
+        return self.signum or signal.SIGINT
+
     def check(self) -> None:
         """Called at safe points in the training loop."""
         if self.signum is not None:

@@ -8,7 +8,6 @@ import json
 import math
 import os
 import shutil
-import signal
 import time
 from pathlib import Path
 
@@ -202,12 +201,10 @@ def _train_one(cfg: TrainConfig | None, out: Path, force: bool, resume: bool, qu
                 replacement.rollback()   # no-op once the new run has its first checkpoint
             saved = has_checkpoint(out) and (replacement is None or replacement.committed)
             then = f"edgecls train --resume {out}" if saved else "run the same command again"
-            # A signal raises KeyboardInterrupt wherever the main thread is; inside TensorFlow's own code that
-            # can surface as another exception (seen: AttributeError '_type_spec' while fit() was starting).
-            if isinstance(e, KeyboardInterrupt) or stop.signum is not None:
+            if stop.caused(e):
                 what = ("interrupted; the last finished epoch is saved" if saved else
                         "interrupted before the first epoch finished; nothing was kept")
-                raise Interrupted(f"{what}: {then}", stop.signum or signal.SIGINT) from None
+                raise Interrupted(f"{what}: {then}", stop.exit_signal) from None
             if isinstance(e, OSError) and e.errno in CANNOT_WRITE:
                 where = e.filename or out
                 why = "disk full" if e.errno in DISK_FULL else (e.strerror or str(e)).lower()
