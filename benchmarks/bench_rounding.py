@@ -1,4 +1,5 @@
-"""GPTQ weight rounding against rounding to nearest, pooled over seeds: the default export of the same runs
+"""GPTQ weight rounding (layer by layer against float, convert/rounding.py) against rounding to nearest, pooled
+over seeds: the default export of the same runs
 with `--weight-rounding gptq` (the default) and `--weight-rounding nearest` (the converters' own rounding).
 
     python benchmarks/bench_rounding.py [--work DIR] [--data flowers,digits] [--seeds 1337,1,2] [--out FILE.md]
@@ -40,7 +41,7 @@ def pooled_drop(lost: int, gained: int, n: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--work", type=Path, default=ROOT / ".edgecls-cache" / "rounding")
+    ap.add_argument("--work", type=Path, default=ROOT / ".edgecls-cache" / "rounding2")   # rounding: the one-pass GPTQ
     ap.add_argument("--data", default="flowers,digits")
     ap.add_argument("--seeds", default="1337,1,2")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "rounding.md")
@@ -48,7 +49,8 @@ def main() -> None:
     st = Stages(a.work, fresh=False)
     seeds = [int(s) for s in a.seeds.split(",")]
     args = " ".join(sys.argv[1:]).replace(str(ROOT) + "/", "")
-    lines = [f"## GPTQ weight rounding vs nearest, pooled over seeds (`python benchmarks/bench_rounding.py"
+    lines = [f"## GPTQ weight rounding, layer by layer against float, vs nearest, pooled over seeds "
+             f"(`python benchmarks/bench_rounding.py"
              f"{' ' + args if args else ''}`)", "",
              "The default export of each run twice: `--weight-rounding gptq` (default) and `nearest` (the converters' "
              "own rounding). Agreement and TV (mean total-variation distance from float) over every image of the "

@@ -16,6 +16,14 @@ spread over the columns not yet rounded, through the inverse of the Gram matrix 
 on calibration images, which minimises ‖XWᵀ − XQᵀ‖² column by column. A depthwise conv's channel sees only
 its own input channel: each row gets its own H.
 
+Layer by layer, against the float model's output (the asymmetric objective of GPTAQ, Li et al. 2025): layer l
+is rounded after every layer before it, with X_q its input in the partly rounded copy and X_f its input in the
+float model, minimising ‖X_f Wᵀ − X_q Qᵀ‖² — so each layer also undoes what the rounding before it changed. That
+splits exactly into a least-squares target W* = W + (X_qᵀX_q)⁻¹ X_qᵀ(X_f − X_q) W (damped: a ridge toward W,
+which a layer with fewer calibration rows than inputs, the classifier, needs) and GPTQ of W* with H = X_qᵀX_q.
+Measured on flowers (weights rounded, activations float, mean TV from float): nearest 0.030 / 0.036 (val /
+test), GPTQ on the float model's inputs 0.012 / 0.016, layer by layer against float 0.005 / 0.007.
+
 The float artifacts and the Keras model that int8 is measured against keep the trained weights.
 """
 from __future__ import annotations
@@ -27,6 +35,7 @@ QMAX = 127                  # symmetric int8 weights: codes −127..127 (TFLite'
 CALIB_IMAGES = 64           # calibration images whose layer inputs make H (more did not help: NOTES)
 MAX_ROWS = 40_000           # input rows (pixels × images) per layer that H is summed over, sampled evenly
 DAMP = 0.01                 # H += DAMP · mean(diag H) · I: GPTQ's damping, for inputs that barely vary
+TARGET_DAMP = 0.1           # the same for the float target's correction (a ridge toward the trained weights)
 BLOCK = 128                 # columns per lazy-update block (GPTQ's; the same result, faster)
 BATCH = 8                   # images per forward pass while collecting H
 
@@ -161,44 +170,70 @@ def _sample(rows: np.ndarray, n: int) -> np.ndarray:
     return rows if len(rows) <= n else rows[np.linspace(0, len(rows) - 1, n).round().astype(int)]
 
 
-def gram_matrices(model, layers: list, images: np.ndarray, progress=None) -> list[np.ndarray]:
-    """Each layer's H over `images` (uint8 pixels, the model's own input): (taps, taps), or for a depthwise
-    conv (channels, kh·kw, kh·kw). The layers' inputs come from one multi-output pass per batch."""
+def _rows(tf, layer, x) -> np.ndarray:
+    if type(layer).__name__ == "Dense":
+        return tf.reshape(x, [-1, x.shape[-1]]).numpy()
+    return _patches(tf, layer, x).numpy()
+
+
+def _gram(layer, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """aᵀb over the layer's input rows: (taps, taps), or for a depthwise conv one per output channel
+    (channels·multiplier, kh·kw, kh·kw)."""
+    if type(layer).__name__ == "DepthwiseConv2D":
+        kh, kw = layer.kernel_size
+        g = np.einsum("ntc,nuc->ctu", a.reshape(len(a), kh * kw, -1), b.reshape(len(b), kh * kw, -1))
+        return np.repeat(g, layer.depth_multiplier, axis=0)   # row c·m + j sees input channel c
+    return a.T @ b
+
+
+def layer_grams(float_model, rounded_model, layer, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(X_qᵀX_q, X_qᵀX_f, X_fᵀX_f) of one layer over `images` (uint8 pixels, the models' own input): X_q its input
+    in `rounded_model` (the partly rounded copy), X_f in `float_model`. Rows are sampled evenly, the same in both."""
     from edgecls.train.tfenv import import_tf
 
     tf, keras = import_tf()
-    probe = keras.Model(model.inputs, [layer.input for layer in layers])
+    probes = [keras.Model(m.inputs, m.get_layer(layer.name).input) for m in (rounded_model, float_model)]
     batches = range(0, len(images), BATCH)
     per_batch = max(1, MAX_ROWS // max(1, len(batches)))
-    grams = [None] * len(layers)
-    for bi, start in enumerate(batches):
-        outs = probe(tf.constant(images[start:start + BATCH], tf.float32), training=False)
-        outs = outs if isinstance(outs, (list, tuple)) else [outs]
-        for li, (layer, x) in enumerate(zip(layers, outs)):
-            kind = type(layer).__name__
-            if kind == "Dense":
-                rows = tf.reshape(x, [-1, x.shape[-1]]).numpy()
-            else:
-                rows = _patches(tf, layer, x).numpy()
-            rows = _sample(rows, per_batch).astype(np.float64)
-            if kind == "DepthwiseConv2D":
-                kh, kw = layer.kernel_size
-                r = rows.reshape(len(rows), kh * kw, -1)          # (n, taps, C)
-                g = np.einsum("ntc,nuc->ctu", r, r)
-                g = np.repeat(g, layer.depth_multiplier, axis=0)  # row c·m + j sees input channel c
-            else:
-                g = rows.T @ rows
-            grams[li] = g if grams[li] is None else grams[li] + g
-        if progress:
-            progress(bi + 1, len(batches) + 1)
-    return grams
+    hqq = hqf = hff = 0.0
+    for start in batches:
+        x = tf.constant(images[start:start + BATCH], tf.float32)
+        xq, xf = (_sample(_rows(tf, layer, p(x, training=False)), per_batch).astype(np.float64) for p in probes)
+        hqq = hqq + _gram(layer, xq, xq)
+        hqf = hqf + _gram(layer, xq, xf)
+        hff = hff + _gram(layer, xf, xf)
+    return hqq, hqf, hff
+
+
+def float_target(w: np.ndarray, hqq: np.ndarray, hqf: np.ndarray) -> np.ndarray:
+    """W* = W + (H + λI)⁻¹ X_qᵀ(X_f − X_q) W per row: the float weights that best give the float layer's output
+    from the rounded network's input (λ = TARGET_DAMP · mean diag H; an input that never varies keeps W)."""
+    h = np.array(hqq, np.float64)
+    diag = np.diagonal(h, axis1=-2, axis2=-1)
+    eye = np.eye(h.shape[-1])
+    h = h + eye * (TARGET_DAMP * np.maximum(diag.mean(-1), 1e-12))[..., None, None] + eye * (diag <= 0)[..., None]
+    d = hqf - hqq
+    if h.ndim == 3:
+        return w + np.einsum("rij,rj->ri", np.linalg.solve(h, d), w)
+    return w + np.linalg.solve(h, d @ w.T).T
+
+
+def target_error(w: np.ndarray, q: np.ndarray, hqq: np.ndarray, hqf: np.ndarray, hff: np.ndarray) -> float:
+    """‖X_f wᵀ − X_q qᵀ‖² through the Gram matrices: the layer's squared output error against float."""
+    if hqq.ndim == 3:
+        return float(np.einsum("rc,rcd,rd->", w, hff, w) - 2 * np.einsum("rc,rcd,rd->", q, hqf, w)
+                     + np.einsum("rc,rcd,rd->", q, hqq, q))
+    return float(np.einsum("rc,cd,rd->", w, hff, w) - 2 * np.einsum("rc,cd,rd->", q, hqf, w)
+                 + np.einsum("rc,cd,rd->", q, hqq, q))
 
 
 def rounded_copy(model, calib: np.ndarray, progress=None):
-    """A copy of `model` whose conv/dense kernels lie on the converters' int8 grid, each rounding chosen by GPTQ,
-    and what edgecls.json records about it: {method, layers, images, output_error_vs_nearest (GPTQ's summed
-    layer output error over nearest's, on the calibration images)}. (--weight-rounding nearest needs no copy:
-    the converters round the trained model to nearest themselves.)"""
+    """A copy of `model` whose conv/dense kernels lie on the converters' int8 grid, each rounding chosen by GPTQ
+    layer by layer against the float model (module docstring), and what edgecls.json records about it: {method,
+    layers, images, output_error_vs_nearest (the summed layer output error against float, each layer relative to
+    its float output, over that of the trained weights rounded to nearest on the same inputs, on the
+    calibration images)}. (--weight-rounding
+    nearest needs no copy: the converters round the trained model to nearest themselves.)"""
     from edgecls.train.tfenv import import_tf
 
     _, keras = import_tf()
@@ -207,16 +242,17 @@ def rounded_copy(model, calib: np.ndarray, progress=None):
     layers = weight_layers(clone)
     images = calib[:CALIB_IMAGES]
     err_q = err_n = 0.0
-    for layer, h in zip(layers, gram_matrices(clone, layers, images, progress)):
+    for i, layer in enumerate(layers):
+        hqq, hqf, hff = layer_grams(model, clone, layer, images)
         kernel = kernel_of(layer).numpy()
         w = as_rows(layer, kernel).astype(np.float64)
-        q = gptq(w, h)
-        energy = max(output_error(w, np.zeros_like(w), h), 1e-30)   # each layer relative to its own output
-        err_q += output_error(w, q, h) / energy
-        err_n += output_error(w, nearest(w, grid_scales(w)), h) / energy
+        q = gptq(float_target(w, hqq, hqf), hqq)
+        energy = max(target_error(w, np.zeros_like(w), hqq, hqf, hff), 1e-30)
+        err_q += target_error(w, q, hqq, hqf, hff) / energy
+        err_n += target_error(w, nearest(w, grid_scales(w)), hqq, hqf, hff) / energy
         kernel_of(layer).assign(from_rows(layer, q, kernel.shape).astype(kernel.dtype))
-    if progress:
-        progress(1, 1)
-    info = {"method": "gptq", "layers": len(layers), "images": int(len(images)),
+        if progress:
+            progress(i + 1, len(layers))
+    info = {"method": "gptq", "target": "float, layer by layer", "layers": len(layers), "images": int(len(images)),
             "output_error_vs_nearest": round(err_q / err_n, 4) if err_n > 0 else 1.0}
     return clone, info

@@ -139,6 +139,12 @@ TINY_EXPORT_ARGS = ("--int8-method", "ptq", "--calib-samples", "20", "--max-drop
                     "--max-float-ops", "2")
 
 
+# Tests of something other than weight rounding export with the converters' own rounding: GPTQ layer by layer
+# is most of a tiny export's time, and CI runs close to its 40 minutes (test_export_rounding.py and the session
+# bundle above keep the default).
+NEAREST = ("--weight-rounding", "nearest")
+
+
 def build_tiny_bundle(tiny_run, base) -> tuple[Path, str]:
     """Export `tiny_run` once per session (cached on disk): (bundle folder, the export's stderr)."""
     from edgecls.bundle import MANIFEST

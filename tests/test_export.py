@@ -13,7 +13,7 @@ from edgecls.bundle import MANIFEST, load_bundle
 from edgecls.dataset import load_arrays
 from edgecls.rundir import load_run
 
-from conftest import build_tiny_bundle, cli
+from conftest import NEAREST, build_tiny_bundle, cli
 
 @pytest.fixture(scope="session")
 def tiny_bundle(digits_bundle):
@@ -198,7 +198,7 @@ def test_gate_failure_exits_nonzero_and_leaves_the_old_bundle(tiny_run, tiny_bun
     shutil.copytree(tiny_bundle, out)
     before = (out / MANIFEST).read_bytes()
     r = cli("export", tiny_run, "--out", out, "--formats", "tflite", "--int8-method", "ptq",
-            "--calib-samples", "1", "--min-agreement", "100")
+            "--calib-samples", "1", "--min-agreement", "100", *NEAREST)
     assert r.returncode == 3, r.stderr[-2000:]
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("edgecls: error: tflite-int8 ") and "--int8-method qat" in last
@@ -225,7 +225,7 @@ def test_interrupted_export_leaves_nothing(tiny_run, tmp_path, monkeypatch):
 
     with pytest.raises(Interrupted) as e:   # the CLI's one line, exit 130
         ex.export(ex.ExportOptions(run_dir=tiny_run, out=out, families=("onnx",), int8_method="ptq",
-                                   calib_samples=4, max_float_ops=1, show_progress=False))
+                                   calib_samples=4, max_float_ops=1, weight_rounding="nearest", show_progress=False))
     assert e.value.exit_code == 130 and "no bundle written" in str(e.value)
     assert {"model_float.onnx", "model_int8.onnx"} <= set(placed)   # it was interrupted mid-bundle ...
     assert list(tmp_path.iterdir()) == []                            # ... and nothing of it is left

@@ -12,7 +12,7 @@ from edgecls.bundle import MANIFEST
 from edgecls.convert import gate, search
 from edgecls.metrics import agreement_count, paired_drop, wilson_interval
 
-from conftest import cli
+from conftest import NEAREST, cli
 
 
 def _pairs(n: int, lost: int, gained: int, float_wrong: int = 0):
@@ -185,7 +185,7 @@ def test_recorded_float_ops_are_the_float_ops_in_the_files(digits_bundle):
 def test_a_zero_target_stops_the_search_at_all_int8(tiny_run, tmp_path):
     out = tmp_path / "b"
     r = cli("export", tiny_run, "--out", out, "--formats", "tflite", "--int8-method", "ptq", "--calib-samples", "8",
-            "--target-agreement", "0", "--max-drop", "100", "--min-agreement", "0")
+            "--target-agreement", "0", "--max-drop", "100", "--min-agreement", "0", *NEAREST)
     assert r.returncode == 0, r.stderr[-2000:]
     art = json.loads((out / MANIFEST).read_text())["artifacts"]["tflite-int8"]
     assert art["search"]["chosen"] == 0 and len(art["search"]["steps"]) == 1 and art["float_ops"] == []

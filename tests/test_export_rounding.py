@@ -55,6 +55,30 @@ def test_gptq_costs_the_output_less_than_rounding_to_nearest():
     assert worse == 0
 
 
+@pytest.mark.parametrize("per_row", [False, True], ids=["shared-H", "per-row-H"])
+def test_the_float_target_undoes_what_earlier_layers_changed(per_row):
+    """Layer by layer against float: the layer's input X_q differs from float's X_f by a systematic change (what
+    earlier layers' rounding did) plus noise. GPTQ of the float target W* costs ‖X_f Wᵀ − X_q Qᵀ‖² less than GPTQ
+    of W on the same inputs, and its codes still lie on W*'s grid with the largest weight pinned."""
+    rng = np.random.default_rng(3)
+    for _ in range(3):
+        w, _ = correlated_layer(rng, rows=8, cols=24)
+        mix = rng.normal(size=(24, 24)) * 0.3 + np.eye(24)
+        xf = rng.normal(size=(3000, 24)) @ mix
+        xq = xf @ (np.eye(24) + rng.normal(size=(24, 24)) * 0.05) + rng.normal(size=xf.shape) * 0.02
+        hqq, hqf, hff = xq.T @ xq, xq.T @ xf, xf.T @ xf
+        if per_row:
+            hqq, hqf, hff = (np.repeat(g[None], len(w), axis=0) for g in (hqq, hqf, hff))
+        target = rounding.float_target(w, hqq, hqf)
+        q_t, q_w = rounding.gptq(target, hqq), rounding.gptq(w, hqq)
+        exact = ((xf @ w.T - xq @ q_t.T) ** 2).sum()
+        assert rounding.target_error(w, q_t, hqq, hqf, hff) == pytest.approx(exact, rel=1e-6)
+        assert exact < 0.5 * rounding.target_error(w, q_w, hqq, hqf, hff)
+        codes(q_t, target)
+    # Nothing to undo (X_q = X_f, the first layer): the target is W itself
+    np.testing.assert_array_equal(rounding.float_target(w, hff, hff), w)
+
+
 def test_dead_inputs_and_zero_rows_are_handled():
     """An input that never varies (a ReLU channel that is always 0) has a zero row and column in H; a channel
     whose weights are all zero stays zero. Nothing is NaN, every value is on the grid."""

@@ -17,7 +17,7 @@ import pytest
 from edgecls.bundle import MANIFEST, load_bundle
 from edgecls.fsutil import sha256_file
 
-from conftest import DIGITS, TINY_EXPORT_ARGS, cli
+from conftest import DIGITS, NEAREST, TINY_EXPORT_ARGS, cli
 from test_device_run import edgecls as device_cli
 
 
@@ -107,7 +107,7 @@ def other_int8(tmp_path_factory, keras_home) -> Path:
     r = cli("train", DIGITS, "--out", base / "run", "--img-size", "96", "--epochs", "1", "--fine-tune-epochs", "1",
             "--max-images-per-class", "20", "--seed", "7")
     assert r.returncode == 0, r.stderr[-3000:]
-    r = cli("export", base / "run", "--out", base / "bundle", "--formats", "tflite", "--full-int8", *TINY_EXPORT_ARGS)
+    r = cli("export", base / "run", "--out", base / "bundle", "--formats", "tflite", "--full-int8", *TINY_EXPORT_ARGS, *NEAREST)
     assert r.returncode == 0, r.stderr[-3000:]
     return base / "bundle" / "model_int8.tflite"
 
