@@ -472,3 +472,22 @@ def test_a_signal_inside_an_import_waits_for_the_import_to_finish(tmp_path, monk
     assert 0.3 <= time.monotonic() - started < 2, "raised after the import, without waiting long"
     assert stop.signum == signal.SIGINT and signal.getsignal(signal.SIGALRM) is signal.SIG_DFL
     del sys.modules["slow_import_probe"]
+
+
+def test_a_signal_inside_tensorflow_code_waits_until_it_returns():
+    """The same inside TensorFlow's Python code, which its C++ may have called (CI: AssertSameStructureForData):
+    the interrupt is raised once the main thread is back in code that is not TensorFlow's."""
+    from edgecls.train.stopping import StopRequest
+
+    scope = {}
+    exec(compile("import signal, time\n"
+                 "def busy(log):\n"
+                 "    signal.raise_signal(signal.SIGINT)\n"
+                 "    time.sleep(0.3)\n"
+                 "    log.append('returned')\n", "/venv/site-packages/tensorflow/python/fake_probe.py", "exec"), scope)
+    log = []
+    stop = StopRequest()
+    with stop.installed(), pytest.raises(KeyboardInterrupt):
+        scope["busy"](log)
+        time.sleep(5)
+    assert log == ["returned"] and stop.signum == signal.SIGINT

@@ -13,10 +13,12 @@ KeyboardInterrupt at once (loading data: nothing to save). Inside `fit` it only 
 training callback calls `check()` after every batch and epoch, where raising is safe and the last
 checkpoint is complete. A second signal stops at once.
 
-One more place where raising is not safe: an import that C code started (TensorFlow's `nest.flatten` imports
-lazily). KeyboardInterrupt inside it comes back as "SystemError: __import__ returned a result with an exception
-set", and TensorFlow prints that traceback before our one-line error (seen once in CI). So a first signal that
-lands inside an import is retried every 50 ms (SIGALRM) until the import is done, for at most 2 s.
+One more place where raising is not safe: Python code that TensorFlow's C++ calls back into (its `nest`
+utilities import lazily). KeyboardInterrupt raised there is dropped by the C++ caller and comes back as
+"SystemError: __import__ returned a result with an exception set", with a traceback TensorFlow prints before our
+one-line error (CI: inside `nest.flatten` and `AssertSameStructureForData`). Python frames do not show where C++
+sits between them, so a first signal that lands while any TensorFlow (or import machinery) frame is on the stack
+is retried every 50 ms (SIGALRM) until the main thread is back in code of ours, for at most 30 s.
 """
 from __future__ import annotations
 
@@ -27,12 +29,15 @@ import time
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 RETRY_S = 0.05
-MAX_IMPORT_WAIT_S = 2.0
+MAX_WAIT_S = 30.0
+UNSAFE_PATHS = ("/tensorflow/", "/tf_keras/", "/keras/", "/tensorflow_model_optimization/", "/tf2onnx/")
 
 
-def _inside_import(frame) -> bool:
+def _inside_tensorflow(frame) -> bool:
+    """Whether a TensorFlow or import-machinery frame is on the stack (where C++ may be between frames)."""
     while frame is not None:
-        if frame.f_code.co_filename.startswith("<frozen importlib"):
+        name = frame.f_code.co_filename
+        if name.startswith("<frozen importlib") or any(part in name for part in UNSAFE_PATHS):
             return True
         frame = frame.f_back
     return False
@@ -49,8 +54,8 @@ class StopRequest:
         self.signum = self.signum or signum
         if first and self.deferring:
             return
-        if first and _inside_import(frame):
-            self._retry_until = time.monotonic() + MAX_IMPORT_WAIT_S
+        if first and _inside_tensorflow(frame):
+            self._retry_until = time.monotonic() + MAX_WAIT_S
             signal.setitimer(signal.ITIMER_REAL, RETRY_S)
             return
         raise KeyboardInterrupt
@@ -58,7 +63,7 @@ class StopRequest:
     def _retry(self, signum, frame):
         if self._retry_until is None or self.deferring:   # stale, or training's callback will act on it
             return
-        if _inside_import(frame) and time.monotonic() < self._retry_until:
+        if _inside_tensorflow(frame) and time.monotonic() < self._retry_until:
             signal.setitimer(signal.ITIMER_REAL, RETRY_S)
             return
         self._retry_until = None
