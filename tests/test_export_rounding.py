@@ -137,7 +137,7 @@ from edgecls.rundir import load_run
 
 run, work = load_run(Path(sys.argv[1])), Path(sys.argv[2])
 model = load_keras_model(run.model_path)
-x, _ = load_arrays(run.data_root, run.split_items("train")[:64], run.spec)
+x, _ = load_arrays(run.data_root, run.split_items("train")[:16], run.spec)   # the codes do not depend on how many
 rounded, info = rounding.rounded_copy(model, x)
 expect = {}
 for layer in rounding.weight_layers(rounded):
