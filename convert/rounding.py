@@ -109,11 +109,9 @@ def gptq(w: np.ndarray, h: np.ndarray) -> np.ndarray:
 
 
 def output_error(w: np.ndarray, q: np.ndarray, h: np.ndarray) -> float:
-    """‖X(w − q)ᵀ‖² through H = XᵀX: the layer's squared output error over the calibration inputs."""
-    d = np.asarray(w, np.float64) - q
-    if h.ndim == 3:
-        return float(np.einsum("rc,rcd,rd->", d, h, d))
-    return float(np.einsum("rc,cd,rd->", d, h, d))
+    """‖X(w − q)ᵀ‖² through H = XᵀX: the layer's squared output error over the calibration inputs (target_error
+    with the same inputs on both sides)."""
+    return target_error(w, q, h, h, h)
 
 
 # ---------------------------------------------------------------- the Keras side
@@ -232,8 +230,8 @@ def rounded_copy(model, calib: np.ndarray, progress=None):
     layer by layer against the float model (module docstring), and what edgecls.json records about it: {method,
     layers, images, output_error_vs_nearest (the summed layer output error against float, each layer relative to
     its float output, over that of the trained weights rounded to nearest on the same inputs, on the
-    calibration images)}. (--weight-rounding
-    nearest needs no copy: the converters round the trained model to nearest themselves.)"""
+    calibration images)}. (--weight-rounding nearest needs no copy: the converters round the trained model to
+    nearest themselves.)"""
     from edgecls.train.tfenv import import_tf
 
     _, keras = import_tf()
