@@ -184,23 +184,71 @@ def _gram(layer, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return a.T @ b
 
 
-def layer_grams(float_model, rounded_model, layer, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(X_qᵀX_q, X_qᵀX_f, X_fᵀX_f) of one layer over `images` (uint8 pixels, the models' own input): X_q its input
-    in `rounded_model` (the partly rounded copy), X_f in `float_model`. Rows are sampled evenly, the same in both."""
+def layer_grams(layer, xq, xf) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(X_qᵀX_q, X_qᵀX_f, X_fᵀX_f) of one layer: xq its input over the calibration images in the partly rounded
+    copy, xf in the float model (B,H,W,C or B,C). Rows are sampled evenly per batch of images, the same in both."""
     from edgecls.train.tfenv import import_tf
 
-    tf, keras = import_tf()
-    probes = [keras.Model(m.inputs, m.get_layer(layer.name).input) for m in (rounded_model, float_model)]
-    batches = range(0, len(images), BATCH)
+    tf, _ = import_tf()
+    batches = range(0, len(xq), BATCH)
     per_batch = max(1, MAX_ROWS // max(1, len(batches)))
     hqq = hqf = hff = 0.0
     for start in batches:
-        x = tf.constant(images[start:start + BATCH], tf.float32)
-        xq, xf = (_sample(_rows(tf, layer, p(x, training=False)), per_batch).astype(np.float64) for p in probes)
-        hqq = hqq + _gram(layer, xq, xq)
-        hqf = hqf + _gram(layer, xq, xf)
-        hff = hff + _gram(layer, xf, xf)
+        a, b = (_sample(_rows(tf, layer, x[start:start + BATCH]), per_batch).astype(np.float64) for x in (xq, xf))
+        hqq = hqq + _gram(layer, a, a)
+        hqf = hqf + _gram(layer, a, b)
+        hff = hff + _gram(layer, b, b)
     return hqq, hqf, hff
+
+
+def _graph(model) -> list[tuple[str, list[str]]]:
+    """The model's layers in order, each with the layers whose outputs it takes (edgecls' models are flat: one
+    inbound node per layer, one output tensor each), read from the model's own config."""
+    plan = []
+    for entry in model.get_config()["layers"]:
+        nodes = entry["inbound_nodes"]
+        if len(nodes) > 1:
+            raise ValueError(f"layer {entry['name']} is called {len(nodes)} times: edgecls' models are flat")
+        plan.append((entry["name"], [t[0] for t in (nodes[0] if nodes else [])]))
+    return plan
+
+
+def _walk(model, clone, images: np.ndarray):
+    """Runs the float model and its copy side by side, one layer at a time over all the images: yields (the
+    copy's layer, its input in the copy, its input in the float model) before each conv/dense layer runs, so the
+    caller can round its kernel first, and each later layer's input already comes through the rounded ones. One
+    forward pass of each model in all (a probe per layer ran each model's prefix again for every layer)."""
+    from edgecls.train.tfenv import import_tf
+
+    tf, _ = import_tf()
+    plan = _graph(model)
+    uses: dict[str, int] = {}
+    for _, ins in plan:
+        for n in ins:
+            uses[n] = uses.get(n, 0) + 1
+    rounds = {layer.name for layer in weight_layers(clone)}
+    out_f: dict[str, object] = {}
+    out_q: dict[str, object] = {}
+    for name, ins in plan:
+        if not ins:                                         # the input layer: the models' own uint8 pixels
+            out_f[name] = out_q[name] = tf.constant(images, tf.float32)
+            continue
+        fl, ql = model.get_layer(name), clone.get_layer(name)
+        xf, xq = [out_f[n] for n in ins], [out_q[n] for n in ins]
+        if name in rounds:
+            yield ql, xq[0], xf[0]
+        out_f[name] = _call(fl, xf)
+        out_q[name] = _call(ql, xq)
+        for n in ins:
+            uses[n] -= 1
+            if uses[n] == 0:                                # nobody else reads it: free the memory
+                del out_f[n], out_q[n]
+
+
+def _call(layer, xs: list):
+    """layer on its inputs over every image at once, in inference mode (BatchNormalization's moving statistics,
+    no dropout)."""
+    return layer(xs if len(xs) > 1 else xs[0], training=False)
 
 
 def float_target(w: np.ndarray, hqq: np.ndarray, hqf: np.ndarray) -> np.ndarray:
@@ -218,11 +266,10 @@ def float_target(w: np.ndarray, hqq: np.ndarray, hqf: np.ndarray) -> np.ndarray:
 
 def target_error(w: np.ndarray, q: np.ndarray, hqq: np.ndarray, hqf: np.ndarray, hff: np.ndarray) -> float:
     """‖X_f wᵀ − X_q qᵀ‖² through the Gram matrices: the layer's squared output error against float."""
-    if hqq.ndim == 3:
-        return float(np.einsum("rc,rcd,rd->", w, hff, w) - 2 * np.einsum("rc,rcd,rd->", q, hqf, w)
-                     + np.einsum("rc,rcd,rd->", q, hqq, q))
-    return float(np.einsum("rc,cd,rd->", w, hff, w) - 2 * np.einsum("rc,cd,rd->", q, hqf, w)
-                 + np.einsum("rc,cd,rd->", q, hqq, q))
+    def quad(a, h, b):                                      # Σ_r a_r H(_r) b_rᵀ
+        ah = np.einsum("rc,rcd->rd", a, h) if h.ndim == 3 else a @ h
+        return float((ah * b).sum())
+    return quad(w, hff, w) - 2 * quad(q, hqf, w) + quad(q, hqq, q)
 
 
 def rounded_copy(model, calib: np.ndarray, progress=None):
@@ -240,8 +287,8 @@ def rounded_copy(model, calib: np.ndarray, progress=None):
     layers = weight_layers(clone)
     images = calib[:CALIB_IMAGES]
     err_q = err_n = 0.0
-    for i, layer in enumerate(layers):
-        hqq, hqf, hff = layer_grams(model, clone, layer, images)
+    for i, (layer, xq, xf) in enumerate(_walk(model, clone, images)):
+        hqq, hqf, hff = layer_grams(layer, xq, xf)
         kernel = kernel_of(layer).numpy()
         w = as_rows(layer, kernel).astype(np.float64)
         q = gptq(float_target(w, hqq, hqf), hqq)
