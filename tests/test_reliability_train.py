@@ -491,3 +491,21 @@ def test_a_signal_inside_tensorflow_code_waits_until_it_returns():
         scope["busy"](log)
         time.sleep(5)
     assert log == ["returned"] and stop.signum == signal.SIGINT
+
+
+def test_only_installed_tensorflow_packages_count_as_tensorflow_code():
+    """A user's own folder named keras/ or tensorflow/ is not TensorFlow: a signal there is raised at once."""
+    from edgecls.train.stopping import StopRequest
+
+    for where, deferred in (("/home/me/keras/train_flowers.py", False), ("/srv/tensorflow/job.py", False),
+                            ("/venv/lib/python3.11/dist-packages/tf_keras/src/engine.py", True)):
+        scope = {}
+        exec(compile("import signal, time\n"
+                     "def busy(log):\n"
+                     "    signal.raise_signal(signal.SIGINT)\n"
+                     "    log.append('returned')\n", where, "exec"), scope)
+        log = []
+        with StopRequest().installed(), pytest.raises(KeyboardInterrupt):
+            scope["busy"](log)
+            time.sleep(5)
+        assert log == (["returned"] if deferred else []), where

@@ -30,7 +30,9 @@ import time
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 RETRY_S = 0.05
 MAX_WAIT_S = 30.0
-UNSAFE_PATHS = ("/tensorflow/", "/tf_keras/", "/keras/", "/tensorflow_model_optimization/", "/tf2onnx/")
+UNSAFE_PACKAGES = ("tensorflow", "tf_keras", "keras", "tensorflow_model_optimization", "tf2onnx")
+# Installed packages only: a user's own folder called keras/ is not TensorFlow.
+UNSAFE_PATHS = tuple(f"{where}-packages/{pkg}/" for where in ("site", "dist") for pkg in UNSAFE_PACKAGES)
 
 
 def _inside_tensorflow(frame) -> bool:
