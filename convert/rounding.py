@@ -55,17 +55,22 @@ def nearest(w: np.ndarray, scale: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------- GPTQ
 
+def damped(h: np.ndarray, fraction: float) -> np.ndarray:
+    """H + fraction · mean(diag H over the inputs that vary) · I, with H[dead, dead] = 1 for an input that never
+    varies (its weights cannot matter): the one damping rule for GPTQ's H and the float target's ridge.
+    h: (cols, cols) or (rows, cols, cols)."""
+    h = np.array(h, np.float64)
+    diag = np.diagonal(h, axis1=-2, axis2=-1)
+    dead = diag <= 0
+    mean = np.where(dead, 0.0, diag).sum(-1) / np.maximum((~dead).sum(-1), 1)
+    eye = np.eye(h.shape[-1])
+    return h + eye * dead[..., None] + eye * (fraction * np.maximum(mean, 1e-12))[..., None, None]
+
+
 def _prepared_inverse(h: np.ndarray) -> np.ndarray:
     """Upper Cholesky factor of (damped H)⁻¹, what GPTQ's column loop reads. h: (cols, cols) or
     (rows, cols, cols)."""
-    h = np.array(h, np.float64)
-    diag = np.diagonal(h, axis1=-2, axis2=-1)
-    dead = diag <= 0                                    # inputs that never vary: their weights cannot matter
-    eye = np.eye(h.shape[-1])
-    h = h + eye * (dead[..., None] * 1.0)               # H[dead, dead] = 1, as GPTQ does
-    mean = np.where(dead, 0.0, diag).sum(-1) / np.maximum((~dead).sum(-1), 1)
-    h = h + eye * (DAMP * np.maximum(mean, 1e-12))[..., None, None]
-    inv = np.linalg.inv(h)
+    inv = np.linalg.inv(damped(h, DAMP))
     inv = (inv + np.swapaxes(inv, -1, -2)) / 2
     return np.swapaxes(np.linalg.cholesky(inv), -1, -2)   # upper: inv = Uᵀ U
 
@@ -253,11 +258,8 @@ def _call(layer, xs: list):
 
 def float_target(w: np.ndarray, hqq: np.ndarray, hqf: np.ndarray) -> np.ndarray:
     """W* = W + (H + λI)⁻¹ X_qᵀ(X_f − X_q) W per row: the float weights that best give the float layer's output
-    from the rounded network's input (λ = TARGET_DAMP · mean diag H; an input that never varies keeps W)."""
-    h = np.array(hqq, np.float64)
-    diag = np.diagonal(h, axis1=-2, axis2=-1)
-    eye = np.eye(h.shape[-1])
-    h = h + eye * (TARGET_DAMP * np.maximum(diag.mean(-1), 1e-12))[..., None, None] + eye * (diag <= 0)[..., None]
+    from the rounded network's input (λ = TARGET_DAMP · mean diag H, `damped`; an input that never varies keeps W)."""
+    h = damped(hqq, TARGET_DAMP)
     d = hqf - hqq
     if h.ndim == 3:
         return w + np.einsum("rij,rj->ri", np.linalg.solve(h, d), w)
