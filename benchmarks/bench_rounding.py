@@ -2,7 +2,8 @@
 over seeds: the default export of the same runs
 with `--weight-rounding gptq` (the default) and `--weight-rounding nearest` (the converters' own rounding).
 
-    python benchmarks/bench_rounding.py [--work DIR] [--data flowers,digits] [--seeds 1337,1,2] [--out FILE.md]
+    python benchmarks/bench_rounding.py [--work DIR] [--data flowers,digits] [--seeds 1337,1,2]
+                                        [--roundings gptq,nearest] [--out FILE.md]
 
 Each seed is another split of the photos (`edgecls train DATA --seed S`, defaults otherwise; cached in --work, as
 are the exports). Every figure comes from the bundles' edgecls.json: agreement with float over all the run's
@@ -41,9 +42,11 @@ def pooled_drop(lost: int, gained: int, n: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--work", type=Path, default=ROOT / ".edgecls-cache" / "rounding2")   # rounding: the one-pass GPTQ
+    # rounding: the one-pass GPTQ; rounding2: layer by layer, a probe per layer; rounding3: one pass, one damping rule
+    ap.add_argument("--work", type=Path, default=ROOT / ".edgecls-cache" / "rounding3")
     ap.add_argument("--data", default="flowers,digits")
     ap.add_argument("--seeds", default="1337,1,2")
+    ap.add_argument("--roundings", default="gptq,nearest")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "rounding.md")
     a = ap.parse_args()
     st = Stages(a.work, fresh=False)
@@ -63,7 +66,8 @@ def main() -> None:
             run = a.work / "runs" / f"{name}-s{seed}"
             st.run(f"train-{name}-s{seed}", [*EDGECLS, "train", DATA[name], "--out", run, "--seed", str(seed),
                                              "--force", "--json"])
-            for how, extra in ROUNDINGS.items():
+            for how in a.roundings.split(","):
+                extra = ROUNDINGS[how]
                 rec = st.run(f"export-{name}-s{seed}-{how}",
                              [*EDGECLS, "export", run, "--out", a.work / f"bundle-{name}-s{seed}-{how}", *extra,
                               "--allow-drop", "--json"], ok_codes=(0, 3))
@@ -87,7 +91,7 @@ def main() -> None:
                                  f"({ag['agreed']}/{ag['images']}) | {mt['mean_tv_all']:.4f} | "
                                  f"−{d['lost']} +{d['gained']} ({d['n']}) | {len(art.get('float_ops') or [])} | "
                                  f"{mt.get('latency_ratio', float('nan')):.2f} | {rec['seconds']:.0f} |")
-    lines += ["", "Pooled over the seeds:", "", "| data | artifact | rounding | agreement (changed answers) | TV | "
+    lines += ["", f"Pooled over the seeds ({a.seeds}):", "", "| data | artifact | rounding | agreement (changed answers) | TV | "
               "test lost / gained | test Δ pp (95% CI) |", "|---|---|---|---|---|---|---|"]
     for (name, key, how), p in pooled.items():
         d = pooled_drop(p["lost"], p["gained"], p["n"])
