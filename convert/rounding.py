@@ -206,54 +206,51 @@ def layer_grams(layer, xq, xf) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return hqq, hqf, hff
 
 
-def _graph(model) -> list[tuple[str, list[str]]]:
-    """The model's layers in order, each with the layers whose outputs it takes (edgecls' models are flat: one
-    inbound node per layer, one output tensor each), read from the model's own config."""
-    plan = []
-    for entry in model.get_config()["layers"]:
-        nodes = entry["inbound_nodes"]
-        if len(nodes) > 1:
-            raise ValueError(f"layer {entry['name']} is called {len(nodes)} times: edgecls' models are flat")
-        plan.append((entry["name"], [t[0] for t in (nodes[0] if nodes else [])]))
-    return plan
+def _nodes(model) -> list:
+    """The model's own layer calls in the order Keras runs them (tf_keras' Functional graph: what
+    `Model.__call__` walks, `_run_internal_graph`)."""
+    return [node for depth in sorted(model._nodes_by_depth, reverse=True)
+            for node in model._nodes_by_depth[depth] if not node.is_input]
 
 
 def _walk(model, clone, images: np.ndarray):
-    """Runs the float model and its copy side by side, one layer at a time over all the images: yields (the
+    """Runs the float model and its copy side by side, one layer call at a time over all the images: yields (the
     copy's layer, its input in the copy, its input in the float model) before each conv/dense layer runs, so the
     caller can round its kernel first, and each later layer's input already comes through the rounded ones. One
-    forward pass of each model in all (a probe per layer ran each model's prefix again for every layer)."""
+    forward pass of each model in all (a probe per layer ran each model's prefix again for every layer). The
+    calls are Keras' own (arguments mapped by each node, as `Model.__call__` does), so MobileNetV3's op layers
+    with constant arguments run as they do in the model; a tensor is freed once its last reader has run."""
+    from edgecls.errors import EdgeclsError
     from edgecls.train.tfenv import import_tf
 
     tf, _ = import_tf()
-    plan = _graph(model)
-    uses: dict[str, int] = {}
-    for _, ins in plan:
-        for n in ins:
-            uses[n] = uses.get(n, 0) + 1
+    x = tf.constant(images, tf.float32)
+    copy_nodes: dict[str, object] = {}
+    for node in _nodes(clone):
+        if copy_nodes.setdefault(node.layer.name, node) is not node:
+            raise EdgeclsError(f"layer {node.layer.name} is called twice in the model; GPTQ's layer-by-layer walk "
+                               "needs each layer once: export with --weight-rounding nearest")
     rounds = {layer.name for layer in weight_layers(clone)}
-    out_f: dict[str, object] = {}
-    out_q: dict[str, object] = {}
-    for name, ins in plan:
-        if not ins:                                         # the input layer: the models' own uint8 pixels
-            out_f[name] = out_q[name] = tf.constant(images, tf.float32)
-            continue
-        fl, ql = model.get_layer(name), clone.get_layer(name)
-        xf, xq = [out_f[n] for n in ins], [out_q[n] for n in ins]
-        if name in rounds:
-            yield ql, xq[0], xf[0]
-        out_f[name] = _call(fl, xf)
-        out_q[name] = _call(ql, xq)
-        for n in ins:
-            uses[n] -= 1
-            if uses[n] == 0:                                # nobody else reads it: free the memory
-                del out_f[n], out_q[n]
-
-
-def _call(layer, xs: list):
-    """layer on its inputs over every image at once, in inference mode (BatchNormalization's moving statistics,
-    no dropout)."""
-    return layer(xs if len(xs) > 1 else xs[0], training=False)
+    tensors = []
+    for m in (model, clone):
+        computed = {}
+        for ref in m.inputs:      # one list entry per reader: map_arguments pops them, which frees the tensor
+            computed[str(id(ref))] = [x] * m._tensor_usage_count[str(id(ref))]
+        tensors.append((m, computed))
+    (_, on_f), (_, on_q) = tensors
+    for node_f in _nodes(model):
+        node_q = copy_nodes[node_f.layer.name]
+        args_f, kwargs_f = node_f.map_arguments(on_f)
+        args_q, kwargs_q = node_q.map_arguments(on_q)
+        if node_q.layer.name in rounds:
+            yield node_q.layer, args_q[0], args_f[0]
+        for node, args, kwargs, computed, m in ((node_f, args_f, kwargs_f, on_f, model),
+                                                (node_q, args_q, kwargs_q, on_q, clone)):
+            if node.layer._expects_training_arg:
+                kwargs = {**kwargs, "training": False}   # inference: BatchNormalization's moving statistics
+            outputs = node.layer(*args, **kwargs)
+            for ref_id, y in zip(node.flat_output_ids, tf.nest.flatten(outputs)):
+                computed[ref_id] = [y] * m._tensor_usage_count[ref_id]
 
 
 def float_target(w: np.ndarray, hqq: np.ndarray, hqf: np.ndarray) -> np.ndarray:

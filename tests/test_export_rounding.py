@@ -210,3 +210,38 @@ for node in m.graph.node:
 res["onnx"] = compare(found)
 print(json.dumps(res))
 '''
+
+
+def test_the_walk_gives_each_layer_the_inputs_of_both_models():
+    """rounding._walk (one pass of each model, layer by layer): each conv/dense layer's two inputs are what a
+    probe of the float model and of the copy see at that layer, through op layers with constant arguments
+    (MobileNetV3's hard swish) and a residual Add, including what the caller changed in the copy's earlier
+    kernels; a model that calls a layer twice is refused in one line."""
+    from edgecls.errors import EdgeclsError
+    from edgecls.train.tfenv import import_tf
+
+    tf, keras = import_tf()
+    L = keras.layers
+    inp = keras.Input((8, 8, 3), name="pixels")
+    a = L.ReLU(6.0, name="relu")(L.BatchNormalization(name="bn")(L.Conv2D(4, 3, padding="same", name="conv")(inp)))
+    hard_sigmoid = L.ReLU(6.0, name="hs")(a + 3.0) * (1.0 / 6.0)   # MobileNetV3's op layers, constant arguments
+    b = L.DepthwiseConv2D(3, padding="same", name="dw")(L.Multiply(name="swish")([a, hard_sigmoid]))
+    out = L.Dense(3, name="dense")(L.GlobalAveragePooling2D(name="pool")(L.Add(name="add")([a, b])))
+    model = keras.Model(inp, out)
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    images = np.random.default_rng(0).integers(0, 256, (5, 8, 8, 3)).astype(np.uint8)
+    x = tf.constant(images, tf.float32)
+    seen = []
+    for layer, xq, xf in rounding._walk(model, clone, images):
+        for m, got in ((model, xf), (clone, xq)):
+            want = keras.Model(m.inputs, m.get_layer(layer.name).input)(x, training=False)
+            np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+        kernel = rounding.kernel_of(layer)
+        kernel.assign(kernel * 0.5)          # as rounding does: later inputs must come through the change
+        seen.append(layer.name)
+    assert seen == ["conv", "dw", "dense"]
+    shared = L.ReLU(name="twice")
+    twice = keras.Model(inp, shared(shared(inp)))
+    with pytest.raises(EdgeclsError, match="--weight-rounding nearest"):
+        list(rounding._walk(twice, twice, images))
