@@ -213,10 +213,10 @@ def _nodes(model) -> list:
             for node in model._nodes_by_depth[depth] if not node.is_input]
 
 
-def _walk(model, clone, images: np.ndarray):
+def _walk(model, clone, images: np.ndarray, rounds: set[str]):
     """Runs the float model and its copy side by side, one layer call at a time over all the images: yields (the
-    copy's layer, its input in the copy, its input in the float model) before each conv/dense layer runs, so the
-    caller can round its kernel first, and each later layer's input already comes through the rounded ones. One
+    copy's layer, its input in the copy, its input in the float model) before each layer named in `rounds` runs,
+    so the caller can round its kernel first, and each later layer's input already comes through the rounded ones. One
     forward pass of each model in all (a probe per layer ran each model's prefix again for every layer). The
     calls are Keras' own (arguments mapped by each node, as `Model.__call__` does), so MobileNetV3's op layers
     with constant arguments run as they do in the model; a tensor is freed once its last reader has run."""
@@ -230,27 +230,27 @@ def _walk(model, clone, images: np.ndarray):
         if copy_nodes.setdefault(node.layer.name, node) is not node:
             raise EdgeclsError(f"layer {node.layer.name} is called twice in the model; GPTQ's layer-by-layer walk "
                                "needs each layer once: export with --weight-rounding nearest")
-    rounds = {layer.name for layer in weight_layers(clone)}
-    tensors = []
-    for m in (model, clone):
-        computed = {}
-        for ref in m.inputs:      # one list entry per reader: map_arguments pops them, which frees the tensor
-            computed[str(id(ref))] = [x] * m._tensor_usage_count[str(id(ref))]
-        tensors.append((m, computed))
-    (_, on_f), (_, on_q) = tensors
+    # Computed tensors by reference id, one list entry per reader: map_arguments pops them, which frees the tensor.
+    on_f = {str(id(ref)): [x] * model._tensor_usage_count[str(id(ref))] for ref in model.inputs}
+    on_q = {str(id(ref)): [x] * clone._tensor_usage_count[str(id(ref))] for ref in clone.inputs}
     for node_f in _nodes(model):
         node_q = copy_nodes[node_f.layer.name]
         args_f, kwargs_f = node_f.map_arguments(on_f)
         args_q, kwargs_q = node_q.map_arguments(on_q)
         if node_q.layer.name in rounds:
             yield node_q.layer, args_q[0], args_f[0]
-        for node, args, kwargs, computed, m in ((node_f, args_f, kwargs_f, on_f, model),
-                                                (node_q, args_q, kwargs_q, on_q, clone)):
-            if node.layer._expects_training_arg:
-                kwargs = {**kwargs, "training": False}   # inference: BatchNormalization's moving statistics
-            outputs = node.layer(*args, **kwargs)
-            for ref_id, y in zip(node.flat_output_ids, tf.nest.flatten(outputs)):
-                computed[ref_id] = [y] * m._tensor_usage_count[ref_id]
+        _run(tf, model, node_f, args_f, kwargs_f, on_f)
+        _run(tf, clone, node_q, args_q, kwargs_q, on_q)
+
+
+def _run(tf, model, node, args, kwargs, computed: dict) -> None:
+    """One layer call of `model`, in inference mode (BatchNormalization's moving statistics), its outputs kept in
+    `computed` for their readers."""
+    if node.layer._expects_training_arg:
+        kwargs = {**kwargs, "training": False}
+    outputs = node.layer(*args, **kwargs)
+    for ref_id, y in zip(node.flat_output_ids, tf.nest.flatten(outputs)):
+        computed[ref_id] = [y] * model._tensor_usage_count[ref_id]
 
 
 def float_target(w: np.ndarray, hqq: np.ndarray, hqf: np.ndarray) -> np.ndarray:
@@ -286,7 +286,7 @@ def rounded_copy(model, calib: np.ndarray, progress=None):
     layers = weight_layers(clone)
     images = calib[:CALIB_IMAGES]
     err_q = err_n = 0.0
-    for i, (layer, xq, xf) in enumerate(_walk(model, clone, images)):
+    for i, (layer, xq, xf) in enumerate(_walk(model, clone, images, {layer.name for layer in layers})):
         hqq, hqf, hff = layer_grams(layer, xq, xf)
         kernel = kernel_of(layer).numpy()
         w = as_rows(layer, kernel).astype(np.float64)

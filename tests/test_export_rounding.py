@@ -233,7 +233,8 @@ def test_the_walk_gives_each_layer_the_inputs_of_both_models():
     images = np.random.default_rng(0).integers(0, 256, (5, 8, 8, 3)).astype(np.uint8)
     x = tf.constant(images, tf.float32)
     seen = []
-    for layer, xq, xf in rounding._walk(model, clone, images):
+    rounds = {layer.name for layer in rounding.weight_layers(clone)}
+    for layer, xq, xf in rounding._walk(model, clone, images, rounds):
         for m, got in ((model, xf), (clone, xq)):
             want = keras.Model(m.inputs, m.get_layer(layer.name).input)(x, training=False)
             np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
@@ -244,4 +245,4 @@ def test_the_walk_gives_each_layer_the_inputs_of_both_models():
     shared = L.ReLU(name="twice")
     twice = keras.Model(inp, shared(shared(inp)))
     with pytest.raises(EdgeclsError, match="--weight-rounding nearest"):
-        list(rounding._walk(twice, twice, images))
+        list(rounding._walk(twice, twice, images, set()))
