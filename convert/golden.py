@@ -7,11 +7,13 @@
 - `photos`: three of those photos (the most colourful) as raw PNG files, with `photos_prepared`, what `prepare()` made of them
   here: the exam runs the device's decoding and resizing too, so a wrong resize mode or colour order fails.
   Photos are shrunk to at most 1.5 times the model's input side (a 3024 px photo would cost megabytes) and two of
-  them cut to 4:3 and 3:4, so the three resize modes give different tensors even when every photo is square.
+  them cut to 4:3 and 3:4, so the three resize modes give different tensors even when every photo is square;
+- `labels`: the labels as exported, in order (`labels.json`), so that edited labels are named by the exam.
 """
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import cv2
@@ -110,9 +112,13 @@ def write(ctx, bundle_dir: Path, run, items: list[tuple[str, int]], split: str, 
         prepared.append(prepare(load_rgb(path), ctx.spec, image_order="RGB"))
         photos.append(entry(bundle_dir, path, source=rel, window=name))
     save_array(folder / "photos_prepared.npz", np.stack(prepared))
+    # The labels as exported, outside edgecls.json: a consistent edit of its labels and labels.txt (same
+    # count, so every shape still fits) is named by the exam even where the model file carries no labels.
+    (folder / "labels.json").write_text(json.dumps(list(ctx.labels)))
     return {"split": split, "sources": [items[i][0] for i in idx],
             "images": entry(bundle_dir, folder / "images.npz", count=len(idx)),
             "float": entry(bundle_dir, folder / "outputs_keras-float.npz"),
             "outputs": outputs, "photos": photos,
             "photos_prepared": entry(bundle_dir, folder / "photos_prepared.npz"),
+            "labels": entry(bundle_dir, folder / "labels.json", count=len(ctx.labels)),
             "tolerances": tolerances()}

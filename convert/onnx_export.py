@@ -13,6 +13,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from edgecls.bundle import LABELS_META
+
 OPSET = 17
 INPUT_NAME = "pixels"
 
@@ -160,7 +162,7 @@ def embed_metadata(path: Path, labels: list[str], preprocessing: dict, extra: di
     import onnx
 
     model = onnx.load(str(path))
-    props = {"edgecls.labels": json.dumps(labels), "edgecls.preprocessing": json.dumps(preprocessing),
+    props = {LABELS_META: json.dumps(labels), "edgecls.preprocessing": json.dumps(preprocessing),
              **{f"edgecls.{k}": json.dumps(v) for k, v in (extra or {}).items()}}
     kept = [p for p in model.metadata_props if p.key not in props]
     del model.metadata_props[:]

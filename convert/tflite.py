@@ -17,7 +17,7 @@ from typing import Iterable
 
 import numpy as np
 
-from edgecls.bundle import PIXEL_CODES
+from edgecls.bundle import LABELS_META, PIXEL_CODES
 
 IO_DTYPES = ("uint8", "int8")
 TFLITE_FILE_IDENTIFIER = b"TFL3"
@@ -296,15 +296,30 @@ def _pack(obj, share: bool) -> bytes:
 
 def with_input_feed(model: bytes, feed: str | None, share: bool = True) -> bytes:
     """`model` (compacted when `share`) with its INPUT_META metadata entry set to `feed` (None: none)."""
+    return with_metadata(model, {INPUT_META: None if feed is None else feed.encode()}, share)
+
+
+def with_labels(model: bytes, labels: list[str]) -> bytes:
+    """`model` (compacted) carrying `labels`, in order, as its LABELS_META entry: the device refuses the file
+    beside any other labels (device/runtime.py: load_model), as an ONNX file's edgecls.labels."""
+    import json
+
+    return with_metadata(model, {LABELS_META: json.dumps(labels).encode()})
+
+
+def with_metadata(model: bytes, entries: dict[str, bytes | None], share: bool = True) -> bytes:
+    """`model` (compacted when `share`) with each named metadata entry set to its bytes (None: removed)."""
     from tensorflow.lite.python import schema_py_generated as schema
 
     obj = schema.ModelT.InitFromObj(schema.Model.GetRootAs(model, 0))
-    kept = [m for m in (obj.metadata or []) if m.name.decode() != INPUT_META]
-    if feed is not None:
+    kept = [m for m in (obj.metadata or []) if m.name.decode() not in entries]
+    for name, value in entries.items():
+        if value is None:
+            continue
         entry = schema.MetadataT()
-        entry.name, entry.buffer = INPUT_META.encode(), len(obj.buffers)
+        entry.name, entry.buffer = name.encode(), len(obj.buffers)
         data = schema.BufferT()
-        data.data = np.frombuffer(feed.encode(), np.uint8)
+        data.data = np.frombuffer(value, np.uint8)
         obj.buffers.append(data)
         kept.append(entry)
     obj.metadata = kept

@@ -4,7 +4,9 @@ DATA_DIR/CLASS/ — the best training data a camera classifier can get.
 Any source `run` accepts; every frame at full resolution, one photo every `every` seconds (the source's own
 time for files: frame index / frame rate, so a video gives the same photos each time; the clock for cameras),
 until `count` photos, the end of the source, or SIGINT/SIGTERM — which finish the photo being written (each is
-written atomically, sidecar first: see photos.py) and release the camera.
+written atomically, photo then sidecar: see photos.py) and release the camera. A disk that fills up (or turns
+read-only) stops it with one line naming the folder and the cause; the photos saved before it stay whole. What a
+killed collect left in the folder (temporary files, a sidecar without its photo) is removed when the next starts.
 """
 from __future__ import annotations
 
@@ -15,10 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgecls.device.events import FOLDER_RATE
-from edgecls.device.photos import check_label, iso_utc, save_photo, writable_dir
+from edgecls.device.photos import check_label, clean_at_start, iso_utc, save_photo, writable_dir
 from edgecls.device.pipeline import stop_on_signals
 from edgecls.device.sources import Source, SourceOptions
 from edgecls.errors import EdgeclsError
+from edgecls.fsutil import WriteError
 
 
 @dataclass
@@ -58,6 +61,7 @@ def collect(source: Source, folder: Path, label: str, opts: CollectOptions, src_
     rate = None if source.live else (getattr(source, "fps", None) or src_opts.fps or FOLDER_RATE)
     cam = camera_settings(source, src_opts)
     saved, last_t, stopped_by = 0, None, "end of source"
+    clean_at_start([folder], log)
     try:
         with stop_on_signals(source) as signals:
             for frame in source:
@@ -71,7 +75,7 @@ def collect(source: Source, folder: Path, label: str, opts: CollectOptions, src_
                     side["file"] = frame.file
                 if rate:
                     side["source_time_s"] = round(t, 6)
-                path = save_photo(folder, frame.bgr(), side)
+                path = _save(folder, frame.bgr(), side, saved)
                 saved += 1
                 log(f"edgecls: saved {path}")
                 if opts.count and saved >= opts.count:
@@ -82,6 +86,13 @@ def collect(source: Source, folder: Path, label: str, opts: CollectOptions, src_
     finally:
         source.close()
     return {"saved": saved, "folder": str(folder), "stopped_by": stopped_by}
+
+
+def _save(folder: Path, bgr, side: dict, saved: int) -> Path:
+    try:
+        return save_photo(folder, bgr, side)
+    except WriteError as e:   # the disk is full (or read-only…): stop, and say what is already safe
+        raise EdgeclsError(f"{e}; the {saved} photo(s) saved before it are whole") from None
 
 
 def _wall(t_monotonic: float) -> str:

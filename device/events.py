@@ -12,6 +12,8 @@ the same events on every run; live sources use the monotonic clock. Each event i
 from __future__ import annotations
 
 import json
+import os
+import stat
 import sys
 import time
 from dataclasses import dataclass
@@ -126,8 +128,10 @@ class EventOptions:
     mqtt_retain: bool = False
     mqtt_ca: str | None = None
     mqtt_state_interval: float = 0.0  # > 0: per-frame state on TOPIC/state at most once per interval
+    mqtt_password_file: str | None = None   # (or EDGECLS_MQTT_PASSWORD; never in the URL)
     webhook: str | None = None
-    webhook_secret: str | None = None
+    webhook_secret: str | None = None       # given on the command line: refused (read_secret says where instead)
+    webhook_secret_file: str | None = None  # (or EDGECLS_WEBHOOK_SECRET)
     webhook_timeout: float = 5.0
     gpio: str | None = None
     gpio_pulse: float | None = None
@@ -253,17 +257,91 @@ def _probs_from_top(result, labels: list[str]) -> np.ndarray:
     return probs
 
 
-def open_events(opts: EventOptions, net, json_lines: bool, log=None) -> EventsOutput | None:
-    """Check every event flag and build the sinks (ports bound, pins claimed) — all before the camera opens,
-    so bad input is one line and nothing was touched. None when no event flag was given."""
+SECRET_MAX_BYTES = 64 * 1024
+WEBHOOK_SECRET_ENV, MQTT_PASSWORD_ENV = "EDGECLS_WEBHOOK_SECRET", "EDGECLS_MQTT_PASSWORD"
+
+
+def read_secret(env_var: str, file_flag: str, path: str | None) -> str | None:
+    """A secret from the environment or a file — never from the command line, which every local user can read
+    in /proc/PID/cmdline (the environment and a 0600 file only the owner and root can). None when not given."""
+    value = os.environ.get(env_var)
+    if path is None:
+        if value == "":
+            raise EdgeclsError(f"{env_var} is set but empty")
+        return value
+    if value is not None:
+        raise EdgeclsError(f"give the secret once: {env_var} or {file_flag}, not both")
+    return read_secret_file(file_flag, path)
+
+
+def read_secret_file(flag: str, path: str) -> str:
+    """The one line of a secret file (a trailing line break is not part of it); it must not be world-readable."""
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):  # (a FIFO would block the start for ever)
+            raise EdgeclsError(f"{flag} {path}: not a regular file")
+        if st.st_mode & stat.S_IROTH:
+            raise EdgeclsError(f"{flag} {path}: every user can read it (mode {st.st_mode & 0o777:03o}); "
+                               f"chmod 600 {path}")
+        with open(path, "rb") as f:
+            data = f.read(SECRET_MAX_BYTES + 1)
+    except OSError as e:
+        raise EdgeclsError(f"{flag} {path}: {e.strerror}") from None
+    try:
+        secret = data.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise EdgeclsError(f"{flag} {path}: not UTF-8 text") from None
+    if len(data) > SECRET_MAX_BYTES or not secret or any(c in secret for c in "\r\n\0"):
+        raise EdgeclsError(f"{flag} {path}: expected the secret on one line "
+                           + ("(the file is empty)" if not secret else f"(at most {SECRET_MAX_BYTES} bytes)"))
+    return secret
+
+
+def check_orphans(opts: EventOptions) -> None:
+    """A flag whose output is not given would silently do nothing; a secret on the command line is refused."""
+    if opts.webhook_secret is not None:
+        raise EdgeclsError("--webhook-secret on the command line is readable by every local user "
+                           f"(/proc/PID/cmdline): put it in the environment variable {WEBHOOK_SECRET_ENV} or in a "
+                           "file readable only by you, --webhook-secret-file PATH")
     for flag, given, needs, base in (("--gpio-pulse", opts.gpio_pulse is not None, "--gpio LABEL=PIN", opts.gpio),
                                       ("--mqtt-ca", opts.mqtt_ca, "an mqtts:// --mqtt URL", opts.mqtt),
                                       ("--mqtt-qos", opts.mqtt_qos, "--mqtt URL", opts.mqtt),
                                       ("--mqtt-retain", opts.mqtt_retain, "--mqtt URL", opts.mqtt),
                                       ("--mqtt-state-interval", opts.mqtt_state_interval, "--mqtt URL", opts.mqtt),
-                                      ("--webhook-secret", opts.webhook_secret, "--webhook URL", opts.webhook)):
-        if given and not base:  # a flag that would silently do nothing
+                                      ("--mqtt-password-file", opts.mqtt_password_file, "--mqtt URL", opts.mqtt),
+                                      ("--webhook-secret-file", opts.webhook_secret_file, "--webhook URL",
+                                       opts.webhook)):
+        if given and not base:
             raise EdgeclsError(f"{flag} needs {needs}")
+
+
+def plan_mqtt(opts: EventOptions, log):
+    """Check the MQTT flags (no side effects); what opens the connection later."""
+    from edgecls.device.mqtt_sink import MqttSink, parse_mqtt_url
+    target = parse_mqtt_url(opts.mqtt, opts.mqtt_ca,
+                            read_secret(MQTT_PASSWORD_ENV, "--mqtt-password-file", opts.mqtt_password_file))
+    if opts.mqtt_qos not in (0, 1, 2):
+        raise EdgeclsError(f"--mqtt-qos must be 0, 1 or 2 (got {opts.mqtt_qos})")
+    if not 0 <= opts.mqtt_state_interval < 86400:  # (NaN fails this too)
+        raise EdgeclsError("--mqtt-state-interval must be 0 (off) or more seconds")
+    return lambda: MqttSink(target, qos=opts.mqtt_qos, retain=opts.mqtt_retain,
+                            state_interval=opts.mqtt_state_interval, log=log)
+
+
+def plan_webhook(opts: EventOptions, log):
+    """Check the webhook flags (no side effects); what starts its thread later."""
+    from edgecls.device.webhook import WebhookSink, check_url
+    check_url(opts.webhook)
+    if not 0 < opts.webhook_timeout <= 600:
+        raise EdgeclsError("--webhook-timeout must be between 0 and 600 seconds")
+    secret = read_secret(WEBHOOK_SECRET_ENV, "--webhook-secret-file", opts.webhook_secret_file)
+    return lambda: WebhookSink(opts.webhook, secret=secret, timeout=opts.webhook_timeout, log=log)
+
+
+def open_events(opts: EventOptions, net, json_lines: bool, log=None) -> EventsOutput | None:
+    """Check every event flag and build the sinks (ports bound, pins claimed) — all before the camera opens,
+    so bad input is one line and nothing was touched. None when no event flag was given."""
+    check_orphans(opts)
     if not opts.active:
         return None
     log = log or (lambda m: print(m, file=sys.stderr))
@@ -275,20 +353,9 @@ def open_events(opts: EventOptions, net, json_lines: bool, log=None) -> EventsOu
         # Parse everything first (cheap, no side effects), then open (ports, pins, connections).
         plans = []
         if opts.mqtt:
-            from edgecls.device.mqtt_sink import MqttSink, parse_mqtt_url
-            target = parse_mqtt_url(opts.mqtt, opts.mqtt_ca)
-            if opts.mqtt_qos not in (0, 1, 2):
-                raise EdgeclsError(f"--mqtt-qos must be 0, 1 or 2 (got {opts.mqtt_qos})")
-            if not 0 <= opts.mqtt_state_interval < 86400:  # (NaN fails this too)
-                raise EdgeclsError("--mqtt-state-interval must be 0 (off) or more seconds")
-            plans.append(lambda: MqttSink(target, qos=opts.mqtt_qos, retain=opts.mqtt_retain,
-                                          state_interval=opts.mqtt_state_interval, log=log))
+            plans.append(plan_mqtt(opts, log))
         if opts.webhook:
-            from edgecls.device.webhook import WebhookSink, check_url
-            check_url(opts.webhook)
-            if not 0 < opts.webhook_timeout <= 600:
-                raise EdgeclsError("--webhook-timeout must be between 0 and 600 seconds")
-            plans.append(lambda: WebhookSink(opts.webhook, secret=opts.webhook_secret, timeout=opts.webhook_timeout))
+            plans.append(plan_webhook(opts, log))
         if opts.gpio:
             from edgecls.device.gpio import GpioSink, parse_pins
             pins = parse_pins(opts.gpio, labels)

@@ -1,9 +1,11 @@
 """`edgecls run … --keep DIR`: keep the frames worth labelling, with the model's answer beside each.
 
 A policy picks frames (cheap, on the camera loop); a rate limit caps how many a second are kept; a worker
-thread behind a bounded queue encodes and writes them (photos.save_photo: atomic, sidecar first), so keeping
+thread behind a bounded queue encodes and writes them (photos.save_photo: atomic, photo then sidecar), so keeping
 never slows the loop — when the queue is full a frame is dropped and counted. When DIR reaches its disk budget
-keeping stops with one warning and the run goes on.
+keeping stops with one warning and the run goes on. A disk that is full (or read-only) is one warning naming it,
+the first time; frames are then dropped and counted as such (tried again after DISK_RETRY_S, when room may have
+been made), and the run goes on at full speed. What a killed run left in DIR is removed at start.
 
 Policies are one function each, `(frame, result) -> reason or None`:
     uncertain  top-1 probability below --keep-below
@@ -23,13 +25,15 @@ from typing import Callable
 from edgecls.device.events import bundle_id
 from edgecls.device.outputs import Output
 from edgecls.device.shadow import QUEUED
-from edgecls.device.photos import encode_jpeg, folder_bytes, iso_utc, save_photo, writable_dir
+from edgecls.device.photos import clean_at_start, encode_jpeg, folder_bytes, iso_utc, save_photo, writable_dir
 from edgecls.device.sink_queue import QueuedSink
 from edgecls.errors import EdgeclsError
+from edgecls.fsutil import WriteError
 
 DISAGREE = "disagree"
 POLICIES = ("uncertain", "random", DISAGREE)
 HELD_MAX = 8   # shadowed frames waiting for their float answer (the worker holds one, its queue one more)
+DISK_RETRY_S = 2.0   # after a disk fault, frames are dropped without trying for this long (no encode, no write)
 Policy = Callable[[object, object], "str | None"]
 
 
@@ -53,6 +57,8 @@ class _Writer(QueuedSink):
         self.used = folder_bytes(folder)  # what earlier runs left counts too: the budget is the folder's
         self.full = self.used >= max_bytes
         self.written: list[str] = []
+        self.disk_dropped, self.disk_error = 0, None   # frames lost to a disk fault, and the first fault's line
+        self._retry_at = 0.0
         if self.full:
             self._warn_full()
 
@@ -64,6 +70,24 @@ class _Writer(QueuedSink):
         bgr, side = item
         if self.full:
             return False
+        if time.monotonic() < self._retry_at:
+            self.disk_dropped += 1
+            return False
+        try:
+            return self._write(bgr, side)
+        except WriteError as e:
+            self._disk_fault(e)
+            return False
+
+    def _disk_fault(self, e: WriteError) -> None:
+        self.disk_dropped += 1
+        self._retry_at = time.monotonic() + DISK_RETRY_S
+        if self.disk_error is None:
+            self.disk_error = str(e)
+            self.log(f"edgecls: warning: --keep: {e}; frames to keep are dropped while it lasts (tried again "
+                     f"every {DISK_RETRY_S:g} s), the run goes on")
+
+    def _write(self, bgr, side) -> bool:
         jpeg = encode_jpeg(bgr)
         size = len(jpeg) + 1024  # (and its sidecar, under 1 KiB)
         if self.used + size > self.max_bytes:
@@ -97,6 +121,7 @@ class KeepOutput(Output):
         self.policy = make_policy(policy_name, below, chance, seed)
         self.log = log or (lambda m: print(m, file=sys.stderr, flush=True))
         self.folder = writable_dir(folder, "--keep")
+        clean_at_start([self.folder], self.log)
         self.min_gap = 1.0 / rate
         self.net = net
         self.bundle = bundle_id(net.bundle)
@@ -153,10 +178,12 @@ class KeepOutput(Output):
     def close(self):
         self.writer.close()
         k = self.summary()["keep"]
+        disk = f", {k['disk_dropped']} of them: {k['disk_error'].split(':')[0]}" if k["disk_dropped"] else ""
         self.log(f"edgecls: keep: {k['kept']} frames kept in {self.folder} ({k['rate_limited']} over --keep-rate, "
-                 f"{k['dropped']} dropped)")
+                 f"{k['dropped']} dropped{disk})")
 
     def summary(self) -> dict:
         w = self.writer.summary()
         return {"keep": {"kept": w["sent"], "dropped": w["dropped"], "rate_limited": self.rate_limited,
-                         "budget_reached": self.writer.full, "folder": str(self.folder)}}
+                         "budget_reached": self.writer.full, "folder": str(self.folder),
+                         "disk_dropped": self.writer.disk_dropped, "disk_error": self.writer.disk_error}}

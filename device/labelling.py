@@ -63,6 +63,7 @@ def open_labelling(opts: LabellingOptions, net, event_out=None, log=_err, shadow
                                    shadow=shadow is not None))
         if opts.ui is not None:
             ui = WebUi(opts.host, opts.ui, net.labels, opts.data, opts.keep, live=True, log=log)
+            clean_page_folders(ui, log)
             if outs:
                 ui.extra_status = lambda: outs[0].summary()["keep"]
             if event_out is not None:
@@ -73,6 +74,18 @@ def open_labelling(opts: LabellingOptions, net, event_out=None, log=_err, shadow
             o.close()
         raise
     return outs
+
+
+def clean_page_folders(ui, log) -> None:
+    """What killed processes left where the page files photos (the keep folder, each DATA_DIR/<class>): their
+    temporary files and sidecars without photos (device/photos.py: clean_leftovers). The page's own folders
+    only, after WebUi checked them (a class folder that is a symlink is not followed)."""
+    from edgecls.device.photos import clean_at_start
+
+    folders = [ui.keep_dir] if ui.keep_dir is not None else []
+    if ui.data_dir is not None:
+        folders += [d for d in (ui.data_dir / lab for lab in ui.labels) if d.is_dir() and not d.is_symlink()]
+    clean_at_start(folders, log)
 
 
 def collect_command(
@@ -92,10 +105,12 @@ def collect_command(
     """Save photos from the device's camera (or any source) into DATA_DIR/LABEL/, with a JSON sidecar each."""
     from edgecls.device.collect import CollectOptions, check_collect, collect
     from edgecls.device.commands import _parse_size
+    from edgecls.device.photos import check_label
     from edgecls.device.frame import Orientation
     from edgecls.device.sources import SourceOptions, open_source
 
     opts = CollectOptions(every=every, count=count)
+    check_label(label)   # before any path is built from it (a name too long fails even Path.exists())
     if fps is not None and fps <= 0:
         raise EdgeclsError("--fps must be positive")
     src_opts = SourceOptions(size=_parse_size(resolution), fps=fps, orientation=Orientation(flip, rotate), loop=loop)
@@ -128,14 +143,18 @@ def ui_command(
     keep: Optional[Path] = typer.Option(None, "--keep", help="Folder of kept frames (from `run --keep`) to label."),
     labels: Optional[str] = typer.Option(None, "--labels", help="Classes besides DATA_DIR's folders, e.g. a,b."),
     port: int = typer.Option(8090, "--port", help="Port of the page."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address (0.0.0.0 = every interface, e.g. for a phone)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address (0.0.0.0 = every interface, e.g. for a phone: "
+                                "then only with the token, EDGECLS_TOKEN or the link printed at start-up)."),
 ):
     """The labelling page alone: file kept frames into DATA_DIR/<class>/ with one click."""
     from edgecls.device.webui import WebUi, labels_of_data_dir
+    from edgecls.httpauth import announce as announce_token
 
     if not 0 <= port < 65536:
         raise EdgeclsError(f"bad --port {port}")
     ui = WebUi(host, port, labels_of_data_dir(data_dir, labels), data_dir, keep, live=False, log=_err)
+    clean_page_folders(ui, _err)
+    announce_token(_err)   # on a bind other than loopback: the link with the token, once
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
     try:

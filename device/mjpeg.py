@@ -6,7 +6,8 @@ GET /frame.jpg   the newest frame as one JPEG
 GET /status.json the status lines under the picture (`run --shadow`: live int8-vs-float agreement, drift)
 `routes(handler, method, path) -> bool` may serve more (the web page, device/webui.py): asked first, for GET
 and POST; False lets the stream's own paths answer.
-Binds to 127.0.0.1 unless told otherwise: a camera feed should not reach the network by accident.
+Binds to 127.0.0.1 unless told otherwise: a camera feed should not reach the network by accident. Who may ask:
+edgecls/httpauth.py's rule (loopback Host headers only; any other bind needs the token), applied by the server.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import cv2
 import numpy as np
 
 from edgecls.errors import EdgeclsError
-from edgecls.httpserve import CLIENT_GONE, MAX_CONNECTIONS, TIMEOUT_S, BoundedHTTPServer
+from edgecls.httpserve import CLIENT_GONE, MAX_CONNECTIONS, TIMEOUT_S, BoundedHTTPServer, GuardedHandler
 
 BOUNDARY = b"edgeclsframe"
 _PAGE = ("<!doctype html><title>edgecls</title><body style='margin:0;background:#000;color:#ddd'>"
@@ -32,7 +33,7 @@ _PAGE = ("<!doctype html><title>edgecls</title><body style='margin:0;background:
 
 class MjpegServer:
     def __init__(self, host: str = "127.0.0.1", port: int = 8080, quality: int = 80,
-                 max_clients: int = MAX_CONNECTIONS, timeout_s: float = TIMEOUT_S, routes=None):
+                 max_clients: int = MAX_CONNECTIONS, timeout_s: float = TIMEOUT_S, routes=None, what: str = "stream"):
         self.quality = quality
         self._cond = threading.Condition()
         self._jpeg: bytes | None = None
@@ -42,10 +43,7 @@ class MjpegServer:
         self.clients = 0
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):  # keep the console for results
-                pass
-
+        class Handler(GuardedHandler):
             def do_GET(self):
                 path = self.path.split("?")[0]
                 if routes and routes(self, "GET", path):
@@ -80,7 +78,8 @@ class MjpegServer:
 
         try:
             # Bounded: at most max_clients connections (503 past it), each timing out after timeout_s.
-            self.httpd = BoundedHTTPServer((host, port), Handler, max_connections=max_clients, timeout_s=timeout_s)
+            self.httpd = BoundedHTTPServer((host, port), Handler, max_connections=max_clients, timeout_s=timeout_s,
+                                           what=what)
         except OSError as e:
             raise EdgeclsError(f"cannot serve the MJPEG stream on {host}:{port}: {e.strerror or e}") from None
         self.host, self.port = self.httpd.server_address[:2]

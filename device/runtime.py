@@ -10,15 +10,17 @@ No TensorFlow import anywhere in this package.
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
-from edgecls.bundle import FEED_VALUES, INPUT_FEEDS, PIXEL_CODES, Artifact, Bundle
+from edgecls.bundle import (FEED_VALUES, INPUT_FEEDS, LABELS_META, PIXEL_CODES, Artifact, Bundle,
+                            labels_difference, labels_from_meta)
 from edgecls.device.onnx_scan import OnnxParseError, external_tensors
+from edgecls.device.tflite_scan import TfliteParseError
+from edgecls.device.tflite_scan import metadata as tflite_metadata
 from edgecls.errors import EdgeclsError
 from edgecls.preprocess import PreprocessSpec, model_input
 
@@ -101,6 +103,7 @@ class Model:
     input_io: TensorIO
     output_io: TensorIO
     providers: list[str]
+    labels_bound = False    # load_model: the file carries the bundle's labels (False: it carries none)
 
     def __init__(self, artifact: Artifact, spec: PreprocessSpec, n_classes: int):
         self.artifact, self.spec, self.n_classes = artifact, spec, n_classes
@@ -161,6 +164,14 @@ class Model:
     def predict(self, pixels: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def embedded_labels(self) -> list[str] | None:
+        """The labels export embedded in the file (bundle.LABELS_META), in order; None for a file without them
+        (exported before they were, or not by edgecls)."""
+        return labels_from_meta(self._labels_meta(), f"{self.artifact.path.name}'s {LABELS_META} metadata")
+
+    def _labels_meta(self):
+        return None
+
     def check_shape(self, shape, where: str) -> None:
         h, w = int(shape[1]), int(shape[2])
         if (h, w) != (self.spec.height, self.spec.width) or int(shape[3]) != 3:
@@ -189,6 +200,12 @@ class TFLiteModel(Model):
         if int(out["shape"][-1]) != n_classes:
             raise EdgeclsError(f"{artifact.path.name}: model has {int(out['shape'][-1])} outputs but the bundle "
                                f"has {n_classes} labels")
+
+    def _labels_meta(self):
+        try:
+            return tflite_metadata(self.artifact.path.read_bytes()).get(LABELS_META)
+        except TfliteParseError as e:
+            raise EdgeclsError(f"cannot load {self.artifact.path.name}: its metadata cannot be read ({e})") from None
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
         x = self._to_input(pixels)
@@ -247,13 +264,8 @@ class OnnxModel(Model):
         self._batch_fixed = isinstance(inp.shape[0], int)
         self.check_feed()
 
-    def embedded_labels(self) -> list | None:
-        """The labels export embedded in the file's metadata (edgecls.labels), if any."""
-        raw = self.sess.get_modelmeta().custom_metadata_map.get("edgecls.labels")
-        try:
-            return json.loads(raw) if raw else None
-        except ValueError:
-            return None
+    def _labels_meta(self):
+        return self.sess.get_modelmeta().custom_metadata_map.get(LABELS_META)
 
     @staticmethod
     def _io(onnx_type: str, meta: dict) -> TensorIO:
@@ -274,6 +286,7 @@ BACKENDS = {"litert": TFLiteModel, "onnxruntime": OnnxModel}
 
 def load_model(bundle: Bundle, family: str | None = None, precision: str | None = None,
                threads: int | None = None, **kw) -> Model:
+    """The bundle's artifact for --format/--precision, opened, with its file's labels held to the bundle's."""
     art = bundle.artifact(family, precision)
     cls = BACKENDS[art.fmt.runtime]
     if cls is OnnxModel:
@@ -282,10 +295,17 @@ def load_model(bundle: Bundle, family: str | None = None, precision: str | None 
         except ImportError:
             raise EdgeclsError("onnxruntime is not installed: pip install onnxruntime (Jetson: JetPack's onnxruntime-gpu)") from None
         model = cls(art, bundle.spec, len(bundle.labels), threads=threads, **kw)
-        embedded = model.embedded_labels()
-        if embedded is not None and embedded != bundle.labels:   # export writes both from one list
-            raise EdgeclsError(f"{art.path.name} carries the labels {', '.join(map(str, embedded[:4]))}… but the bundle "
-                               f"lists {', '.join(bundle.labels[:4])}…: it belongs to another bundle, or edgecls.json "
-                               "was edited; re-export")
-        return model
-    return cls(art, bundle.spec, len(bundle.labels), threads=threads)
+    else:
+        model = cls(art, bundle.spec, len(bundle.labels), threads=threads)
+    embedded = model.embedded_labels()
+    if embedded is not None and embedded != bundle.labels:   # export writes both from one list
+        raise EdgeclsError(labels_mismatch(art.path.name, embedded, bundle.labels))
+    model.labels_bound = embedded is not None   # False: exported before files carried labels (verify says so)
+    return model
+
+
+def labels_mismatch(name: str, carried: list[str], listed: list[str]) -> str:
+    """The one line refusing a model file whose labels are not the bundle's, naming the first difference."""
+    return (f"{name} carries the labels {', '.join(carried[:4])}{'…' if len(carried) > 4 else ''} but the bundle "
+            f"lists {', '.join(listed[:4])}{'…' if len(listed) > 4 else ''} ({labels_difference(carried, listed)}): "
+            "it belongs to another bundle, or edgecls.json and labels.txt were edited; re-export")

@@ -7,6 +7,7 @@ as dropped, so a dead broker or a hanging server can neither block the loop nor 
 from __future__ import annotations
 
 import collections
+import re
 import threading
 
 from edgecls.device.events import EventSink
@@ -103,3 +104,8 @@ def backoff_delays(first: float, longest: float, attempts: int):
 def sleep_unless(give_up: threading.Event, seconds: float) -> bool:
     """Sleep, but wake when asked to give up; True when the full time passed."""
     return not give_up.wait(seconds)
+
+
+def masked_url(url: str) -> str:
+    """A sink's URL as messages show it: any user:password@ in it masked."""
+    return re.sub(r"//[^/]*@", "//***@", url, count=1)

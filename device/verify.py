@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecls.bundle import PIXEL_CODES, Bundle, golden_entries, verify_file
+from edgecls.bundle import GOLDEN_LABELS, PIXEL_CODES, Bundle, golden_entries, labels_from_meta, verify_file
+from edgecls.device.labels_check import labels_check, labels_line, unbound_note
 from edgecls.errors import EdgeclsError
 from edgecls.formats import BY_KEY
 
@@ -72,13 +73,26 @@ class Golden:
     runtimes: dict[str, str]                # artifact key → the host runtime that gave them
     photos: list[Path]
     photos_prepared: np.ndarray             # (P,H,W,3) uint8
+    labels: list[str] | None = None         # the labels as exported (None: exported before golden kept them)
 
 
-def _array(bundle: Bundle, entry: dict, where: str) -> np.ndarray:
+def _checked(bundle: Bundle, entry: dict, where: str) -> Path:
     path = bundle.root / entry["file"]
     if not path.is_file() or path.stat().st_size > MAX_FILE_BYTES:
         raise EdgeclsError(f"bundle file missing or not one export wrote: {path} ({where})")
     verify_file(path, entry["sha256"])
+    return path
+
+
+def _labels(bundle: Bundle, g: dict) -> list[str] | None:
+    if GOLDEN_LABELS not in g:
+        return None
+    path = _checked(bundle, g[GOLDEN_LABELS], "golden.labels")
+    return labels_from_meta(path.read_bytes(), f"{path} (golden.labels)")
+
+
+def _array(bundle: Bundle, entry: dict, where: str) -> np.ndarray:
+    path = _checked(bundle, entry, where)
     try:
         with np.load(path, allow_pickle=False) as z:
             with z.zip.open("array.npy") as f:   # the header first: a few KB of zip can inflate to gigabytes
@@ -112,7 +126,7 @@ def load_golden(bundle: Bundle) -> Golden | None:
                          f"{c} classes: edgecls.json's height/width/labels were changed after export")
     return Golden(images, ref.astype(np.float32), {k: v.astype(np.float32) for k, v in outputs.items()},
                   {k: e.get("runtime", "?") for k, e in g["outputs"].items()},
-                  [bundle.root / p["file"] for p in g["photos"]], prepared)
+                  [bundle.root / p["file"] for p in g["photos"]], prepared, _labels(bundle, g))
 
 
 # ---------------------------------------------------------------- the three checks
@@ -220,6 +234,8 @@ class Exam:
     normalisation: str | None
     artifacts: dict[str, ArtifactExam]      # the examined artifacts
     others: dict[str, ArtifactExam]         # examined only to name the cause of a failure
+    labels: dict = field(default_factory=dict)   # labels_check
+    normalised_here: bool = False           # edgecls.json's scale/offset reach the models (in_model false)
     reason: str | None = None               # None: passed
     seconds: float = 0.0
 
@@ -229,7 +245,7 @@ class Exam:
 
     def to_dict(self) -> dict:
         return {"bundle": self.bundle, "passed": self.passed, "reason": self.reason, "seconds": round(self.seconds, 3),
-                "photos": self.photos, "normalisation": self.normalisation or "ok",
+                "photos": self.photos, "normalisation": self.normalisation or "ok", "labels": self.labels,
                 "tolerances": tolerances(),
                 "artifacts": {k: {**_json_safe(asdict(a)), "verdict": _verdict(a)} for k, a in self.artifacts.items()}}
 
@@ -247,6 +263,8 @@ def _verdict(a: ArtifactExam) -> str:
 
 def cause(exam: Exam) -> str | None:
     """One line naming the likely cause of a failed exam, or None when it passed."""
+    if exam.labels.get("problem"):
+        return exam.labels["problem"]
     ph = exam.photos
     if not ph["passed"]:
         return (f"preprocessing (resize/colour order/normalisation): the bundle's {ph['photos']} stored photos "
@@ -259,10 +277,17 @@ def cause(exam: Exam) -> str | None:
     if not failed:
         return None
     everything = {**exam.others, **exam.artifacts}
-    if len(everything) > 1 and all(not a.passed for a in everything.values()):
+    every_one = len(everything) > 1 and all(not a.passed for a in everything.values())
+    # Pixels that pass (1) and (3) can still reach every model wrong only through edgecls.json's scale/offset,
+    # which are used only with in_model false; with in_model true, every file failing means every file is wrong.
+    if every_one and exam.normalised_here:
         return (f"preprocessing (resize/colour order/normalisation): every artifact answers differently from the "
                 f"host on the same stored pixels ({failed[0].key}: {failed[0].why}) — the pixels reach the models "
-                f"differently here (edgecls.json in_model/scale/offset or input feed)")
+                f"differently here (edgecls.json in_model/scale/offset or input feed), or every model file is wrong")
+    if every_one and all(a.unrelated for a in everything.values()):
+        return (f"wrong model files: every artifact ({', '.join(everything)}) answers unlike the host's on the same "
+                f"stored pixels, which reach them as on the host (photos and normalisation pass; in_model true) "
+                f"({failed[0].key}: {failed[0].why}): the files are not the ones exported with this bundle")
     a = failed[0]
     if a.unrelated:
         return (f"wrong model file: {a.key} agrees with the float model on {a.agree_float}/{a.images} stored images, "
@@ -286,7 +311,8 @@ def run_exam(bundle: Bundle, models: dict, golden: Golden, load=None, t0: float 
     others = {}
     if load and not all(e.passed for e in exams.values()):
         others = {k: examine(load(k), golden) for k in bundle.artifacts if k not in exams and k in golden.outputs}
-    exam = Exam(str(bundle.root), photos, norm, exams, others)
+    exam = Exam(str(bundle.root), photos, norm, exams, others, labels=labels_check(bundle, golden.labels, models),
+                normalised_here=not bundle.spec.in_model)
     exam.reason = cause(exam)
     exam.seconds = time.perf_counter() - t0
     return exam
@@ -325,18 +351,21 @@ def startup_exam(bundle: Bundle, model, threads: int | None = None) -> SelfTest:
     t0 = time.perf_counter()
     golden = load_golden(bundle)
     if golden is None:
+        unbound = "" if model.labels_bound else "\n" + unbound_note(bundle)
         return SelfTest(f"edgecls: note: {bundle.root} has no golden exam (exported before edgecls could "
-                        "self-test): running without a self-test", {"passed": None, "skipped": "no golden exam"})
+                        f"self-test): running without a self-test{unbound}",
+                        {"passed": None, "skipped": "no golden exam", "labels_bound": model.labels_bound})
     exam = run_exam(bundle, {model.key: model}, golden, loader(bundle, threads), t0)
     if not exam.passed:
         raise ExamFailed(f"self-test failed, not starting (--no-verify skips it): {exam.reason}")
     a, ph = exam.artifacts[model.key], exam.photos
     return SelfTest(f"edgecls: self-test passed in {exam.seconds:.2f} s: {model.key} {a.agree_host}/{a.images} answers "
                     f"as on the host, max |Δp| {_p(a.max_abs_diff, BY_KEY[model.key].precision == 'int8')}; "
-                    f"{ph['photos']} photos prepared {'exactly' if ph['max_diff'] == 0 else 'within ±1'}",
+                    f"{ph['photos']} photos prepared {'exactly' if ph['max_diff'] == 0 else 'within ±1'}"
+                    + ("\n" + unbound_note(bundle) if exam.labels["unbound"] else ""),
                     {"passed": True, "artifact": model.key, "seconds": round(exam.seconds, 3),
                      "agree_host": a.agree_host, "images": a.images, "max_abs_diff": a.max_abs_diff,
-                     "photos_max_diff": ph["max_diff"]})
+                     "photos_max_diff": ph["max_diff"], "labels_bound": not exam.labels["unbound"]})
 
 
 def format_exam(exam: Exam) -> str:
@@ -351,5 +380,6 @@ def format_exam(exam: Exam) -> str:
     lines.append(f"photos        {'pass' if ph['passed'] else 'fail'}   {ph['photos']} raw photos prepared here: "
                  f"{ph['values_off']} values off (max {ph['max_diff']}, allowed {ph['tolerance']})")
     lines.append(f"normalisation {'fail   ' + exam.normalisation if exam.normalisation else 'pass'}")
+    lines.append("labels        " + labels_line(exam.labels))
     lines.append(f"verdict: {'PASS' if exam.passed else 'FAIL'} ({exam.seconds:.2f} s)")
     return "\n".join(lines)

@@ -16,14 +16,15 @@ by the MJPEG server (device/mjpeg.py: bounded connections and timeouts) on 127.0
 Every state change is a POST with a JSON body (Content-Type: application/json — which another site's page
 cannot send here without a CORS preflight this server never answers), at most MAX_BODY bytes. Names must be
 plain file names inside the keep folder (no '/', '..', leading dot, or symlink); labels must be the bundle's (or
-DATA_DIR's classes); a Host header that is not an address or this machine's name is refused (DNS rebinding).
+DATA_DIR's classes). Who may ask at all is edgecls/httpauth.py's rule (a loopback Host header, or on any other
+bind the token), applied by the server before these routes. A disk fault while saving, moving or discarding a
+photo is a reply too (507 full, 403 read-only or not allowed, 500 else; {"error": reason}) and one warning line.
 """
 from __future__ import annotations
 
 import collections
-import ipaddress
+import errno
 import json
-import socket
 import sys
 import threading
 import time
@@ -35,6 +36,8 @@ from edgecls.device.outputs import Output, result_record
 from edgecls.device.photos import (SAFE_NAME, check_label, discard_photo, iso_utc, move_photo, save_photo,
                                    writable_dir)
 from edgecls.errors import EdgeclsError
+from edgecls.fsutil import DISK_FULL
+from edgecls.httpserve import CLIENT_GONE
 
 STATIC = Path(__file__).parent / "static"
 STATIC_FILES = {"/": ("index.html", "text/html; charset=utf-8"),
@@ -70,8 +73,9 @@ class WebUi:
         self.extra_status = None   # () -> dict: e.g. the keep output's counts
         self._lock = threading.Lock()
         self._published = 0.0
-        self.server = MjpegServer(host, port, routes=self.route)
-        (log or (lambda m: print(m, file=sys.stderr, flush=True)))(f"edgecls: web page on {self.server.url}")
+        self.log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+        self.server = MjpegServer(host, port, routes=self.route, what="web page")
+        self.log(f"edgecls: web page on {self.server.url}")
 
     @property
     def url(self) -> str:
@@ -94,7 +98,6 @@ class WebUi:
 
     def route(self, h, method: str, path: str) -> bool:
         try:
-            self._check_host(h.headers.get("Host", ""))
             if method == "GET":
                 if path in STATIC_FILES:
                     name, ctype = STATIC_FILES[path]
@@ -128,10 +131,15 @@ class WebUi:
             raise BadRequest(404, "not found")
         except BadRequest as e:
             return _json(h, e.code, {"error": str(e)})
-        except EdgeclsError as e:
-            return _json(h, 400, {"error": str(e)})
         except FileNotFoundError:
             return _json(h, 404, {"error": "no such photo (already filed or discarded?)"})
+        except CLIENT_GONE:
+            raise   # the viewer went away mid-reply: nobody to answer (the server stays quiet)
+        except (OSError, EdgeclsError) as e:
+            code, reason = disk_fault(e)
+            if code != 400:   # the device's disk, not the request: say so once on the console too
+                self.log(f"edgecls: warning: the web page could not do {method} {path}: {reason}")
+            return _json(h, code, {"error": reason})
 
     def status(self) -> dict:
         with self._lock:
@@ -213,18 +221,32 @@ class WebUi:
             raise FileNotFoundError(name)
         return p
 
-    def _check_host(self, host: str) -> None:
-        name = host.rsplit(":", 1)[0].strip("[]").lower() if host.count(":") <= 1 or host.startswith("[") \
-            else host.lower()
-        if name in ("localhost", socket.gethostname().lower()) or name.endswith(".local"):
-            return
-        try:
-            ipaddress.ip_address(name)
-        except ValueError:
-            raise BadRequest(403, "unexpected Host header") from None
-
     def close(self) -> None:
         self.server.close()
+
+
+NOT_ALLOWED = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def disk_fault(exc: Exception) -> tuple[int, str]:
+    """(HTTP status, one-line reason) of a failure at the handler's boundary: an OSError, or an EdgeclsError —
+    a fault of the machine if it carries an errno or an OSError caused it (edgecls/fsutil.py: WriteError), else
+    bad input (400)."""
+    cause, code = exc, None
+    for _ in range(8):   # the chain of causes, bounded
+        code = getattr(cause, "errno", None)
+        if cause is None or isinstance(code, int):
+            break
+        cause = cause.__cause__ or cause.__context__
+    if not isinstance(code, int):
+        return (500 if isinstance(exc, OSError) else 400), str(exc)
+    if isinstance(exc, EdgeclsError):   # already one line that names the folder
+        reason = str(exc)
+    else:
+        reason = f"{exc.strerror or type(exc).__name__}" + (f": {Path(str(exc.filename)).name}" if exc.filename else "")
+    if code in DISK_FULL:
+        return 507, reason if "disk full" in reason.lower() else f"disk full ({reason})"
+    return (403 if code in NOT_ALLOWED else 500), reason
 
 
 def _send(h, code: int, ctype: str, body: bytes) -> None:

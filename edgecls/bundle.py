@@ -35,6 +35,10 @@ PIXEL_CODES = "pixel-codes"    # each prepared 8-bit pixel p is the tensor's int
                                # model folded its normalisation into that (convert/tflite.py, fold_plan)
 INPUT_FEEDS = (FEED_VALUES, PIXEL_CODES)
 
+# The labels, in order, as JSON inside each model file export writes: an ONNX metadata_props key and a TFLite
+# metadata entry of this name. The device refuses a file whose labels are not edgecls.json's (runtime.load_model).
+LABELS_META = "edgecls.labels"
+
 
 @dataclass
 class Artifact:
@@ -157,6 +161,38 @@ def _check_artifact(root: Path, key: str, art, where: str) -> None:
             raise EdgeclsError(f"{where}: artifacts.{key}.{side}.zero_point must be a whole number")
 
 
+def _check_unique(labels: list[str], where: str) -> None:
+    """Two classes of one name cannot be told apart in any answer, event or kept photo (`daisy 93% (daisy 4%)`);
+    a list with a repeat is a mixed-up edit, not a model (lists with homonyms name them apart: crane (bird))."""
+    seen: set[str] = set()
+    repeated = [x for x in labels if x in seen or seen.add(x)]
+    if repeated:
+        raise EdgeclsError(f"{where}: labels name {repeated[0]!r} more than once: every class needs its own name")
+
+
+def labels_from_meta(raw, where: str) -> list[str] | None:
+    """Labels as export records them (JSON text or bytes: a model file's LABELS_META value, golden/labels.json);
+    None when there are none. `where` names the record in the error."""
+    if raw is None:
+        return None
+    try:
+        labels = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        labels = None
+    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+        raise EdgeclsError(f"{where} is not a JSON list of names: not what export wrote")
+    return labels
+
+
+def labels_difference(recorded: list[str], listed: list[str]) -> str:
+    """Where labels recorded at export first differ from edgecls.json's: "class 3: 'roses' there, 'daisy' here"."""
+    i = next((i for i, (a, b) in enumerate(zip(recorded, listed)) if a != b), min(len(recorded), len(listed)))
+
+    def at(labels: list[str]) -> str:
+        return repr(labels[i]) if i < len(labels) else "none"
+    return f"class {i}: {at(recorded)} there, {at(listed)} in edgecls.json"
+
+
 def _check_float_margin(report, where: str) -> None:
     """report.float_margin is optional (older bundles lack it); when present `run --shadow` judges drift by it."""
     fm = report.get("float_margin") if isinstance(report, dict) else None
@@ -180,10 +216,11 @@ def validate_manifest(meta, root: Path, where: str) -> PreprocessSpec:
     if version > BUNDLE_VERSION:
         raise EdgeclsError(f"{where} is bundle version {version}; this edgecls reads up to "
                            f"{BUNDLE_VERSION} — upgrade edgecls")
-    labels = meta.get("labels")  # repeats allowed: ImageNet's own list has two "crane"s (bird, machine)
+    labels = meta.get("labels")
     if (not isinstance(labels, list) or len(labels) < 2
             or not all(isinstance(x, str) and x.strip() for x in labels)):
         raise EdgeclsError(f"{where} has no valid labels list (at least 2 non-empty names)")
+    _check_unique(labels, where)
     try:
         spec = PreprocessSpec.from_dict(meta.get("preprocessing"),
                                         implied_resampler=None if version >= RESAMPLER_SINCE else LEGACY_RESAMPLER)
@@ -210,11 +247,12 @@ def validate_manifest(meta, root: Path, where: str) -> PreprocessSpec:
 # ---------------------------------------------------------------- the bundle's own exam (edgecls.json golden)
 # Written by convert/golden.py, run by device/verify.py. Every file is an entry like an artifact's.
 GOLDEN_FILES = ("images", "photos_prepared", "float")   # golden.<name>: one array file each
+GOLDEN_LABELS = "labels"   # golden.labels: the labels as exported (JSON); optional, bundles before it lack it
 
 
 def golden_entries(golden: dict) -> dict[str, dict]:
     """Every file entry of a golden block, by where it sits in edgecls.json (for checks and hashing)."""
-    out = {f"golden.{name}": golden[name] for name in GOLDEN_FILES}
+    out = {f"golden.{name}": golden[name] for name in (*GOLDEN_FILES, GOLDEN_LABELS) if name in golden}
     out.update({f"golden.photos[{i}]": p for i, p in enumerate(golden["photos"])})
     out.update({f"golden.outputs.{key}": e for key, e in golden["outputs"].items()})
     return out

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import math
 import os
 import re
+import secrets
 import shutil
 import tempfile
 import time
@@ -40,7 +42,9 @@ def follow_umask(path: str | os.PathLike, is_dir: bool = False) -> None:
 # tell a leftover of a killed process (SIGKILL, power loss: no cleanup ran) from the work of a live one.
 
 STALE_AFTER_S = 6 * 3600   # names without a pid (older versions wrote them): stale once this old
+_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789_"
 _RANDOM = r"[a-z0-9_]{8}"  # tempfile's random part
+NO_HARD_LINKS = (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK)
 
 
 def temp_prefix(prefix: str) -> str:
@@ -79,15 +83,37 @@ def clean_stale(folder: str | os.PathLike, prefix: str, suffix: str = "") -> lis
     pid (written by older versions) once older than STALE_AFTER_S. A live process's temporary files are never
     touched, however long it runs. Returns what was removed.
     """
-    pattern = re.compile(re.escape(prefix) + r"(?:(\d+)\.)?" + _RANDOM + re.escape(suffix))
+    return _remove_stale(folder, [_named(prefix, suffix)])
+
+
+def _named(prefix: str, suffix: str) -> re.Pattern:
+    return re.compile(re.escape(prefix) + r"(?:(\d+)\.)?" + _RANDOM + re.escape(suffix))
+
+
+def _any_name(suffix: str) -> re.Pattern:
+    if not suffix:
+        raise ValueError("a leftover of any name needs a suffix")   # never every hidden name with a number in it
+    return re.compile(r"\..+\.(\d+)\." + _RANDOM + re.escape(suffix))
+
+
+def clean_dead_temps(folder: str | os.PathLike, suffix: str) -> list[Path]:
+    """Remove every temporary entry of a dead process in `folder` ending in `suffix`, whatever name it was
+    for: hidden `.NAME.PID.RANDOM` + suffix (a killed export's `.partial`, a killed recording's hidden video, a
+    photo's `.tmp`), where a later run may never write NAME again. Names without a pid are left alone."""
+    return _remove_stale(folder, [_any_name(suffix)])
+
+
+def _remove_stale(folder: str | os.PathLike, patterns: list[re.Pattern]) -> list[Path]:
+    """Remove the entries whose whole name matches one of `patterns` (group 1: the writer's pid, or None) and
+    whose writer is dead; this process's own are kept. One scan of the folder, whatever the patterns."""
     removed = []
     try:
         entries = list(os.scandir(folder))
     except OSError:
         return removed
     for entry in entries:
-        m = pattern.fullmatch(entry.name)
-        if not m or entry.name.startswith(temp_prefix(prefix)):
+        m = next(filter(None, (pattern.fullmatch(entry.name) for pattern in patterns)), None)
+        if not m or m.group(1) == str(os.getpid()):
             continue
         try:
             modified = entry.stat(follow_symlinks=False).st_mtime
@@ -105,12 +131,60 @@ def clean_stale(folder: str | os.PathLike, prefix: str, suffix: str = "") -> lis
 
 
 def temp_file(folder: str | os.PathLike, prefix: str, suffix: str = "") -> Path:
-    """A new empty file in `folder` (mode per the umask) after cleaning stale ones of the same kind."""
-    clean_stale(folder, prefix, suffix)
+    """A new empty file in `folder` (mode per the umask) after cleaning stale ones of the same kind — of any
+    name when there is a suffix (a killed recording's hidden `.clip.PID.RANDOM.avi`, whatever the next is called)."""
+    _remove_stale(folder, [_named(prefix, suffix)] + ([_any_name(suffix)] if suffix else []))
+    return new_temp_file(folder, prefix, suffix)
+
+
+def new_temp_file(folder: str | os.PathLike, prefix: str, suffix: str = "") -> Path:
+    """A new empty file `temp_prefix(prefix)` RANDOM `suffix` in `folder` (mode per the umask), without
+    scanning the folder for leftovers (for writers that clean once at start, e.g. device/photos.py)."""
     fd, tmp = tempfile.mkstemp(prefix=temp_prefix(prefix), suffix=suffix, dir=folder)
     os.close(fd)
     follow_umask(tmp)
     return Path(tmp)
+
+
+def temp_name(folder: str | os.PathLike, prefix: str, suffix: str = "") -> Path:
+    """A fresh temporary name (not created) of the same form as new_temp_file's, e.g. for os.link."""
+    return Path(folder) / f"{temp_prefix(prefix)}{''.join(secrets.choice(_ALPHABET) for _ in range(8))}{suffix}"
+
+
+def write_synced(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` into the existing file `path` and fsync it (it is whole on disk before it is renamed)."""
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def fsync_dir(folder: str | os.PathLike) -> None:
+    """Make the names just created in `folder` durable (before the only other copy is removed)."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def link_new(src: str | os.PathLike, dest: str | os.PathLike) -> None:
+    """Give the file `src` the name `dest` only if no file has it: FileExistsError otherwise, never a replace.
+    On a file system without hard links (FAT on a USB stick) the name is claimed with O_EXCL, then `src` is
+    renamed onto that empty placeholder (src is gone afterwards)."""
+    try:
+        os.link(src, dest)
+        return
+    except OSError as e:
+        if e.errno not in NO_HARD_LINKS:
+            raise
+    os.close(os.open(dest, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    try:
+        os.replace(src, dest)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(dest)
+        raise
 
 
 @contextlib.contextmanager
@@ -131,10 +205,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_file(path.parent, f".{path.name}.", ".tmp")
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        write_synced(tmp, data)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -149,13 +220,45 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 def atomic_write_json(path: str | os.PathLike, obj) -> None:
     """Strict JSON only: a NaN or infinity (which json.dumps would write as bare `NaN`, invalid JSON that other
     readers reject) is an error naming where it is, and nothing is written."""
+    atomic_write_bytes(path, json_bytes(obj, path))
+
+
+def json_bytes(obj, path: str | os.PathLike) -> bytes:
+    """`obj` as strict, indented JSON (what atomic_write_json writes); a NaN or infinity is an EdgeclsError
+    naming where it is and the file `path` it was meant for."""
     try:
         text = json.dumps(obj, indent=2, sort_keys=False, allow_nan=False)
     except ValueError:
         where = non_finite_path(obj)
         raise EdgeclsError(f"refusing to write {path}: {where or 'a value'} is not a finite number "
                            "(NaN or infinity)") from None
-    atomic_write_text(path, text + "\n")
+    return (text + "\n").encode("utf-8")
+
+
+# ---------------------------------------------------------------- disk faults, as one line
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)   # EFBIG: a file-size limit (RLIMIT_FSIZE)
+_CAUSES = {**{n: "disk full" for n in DISK_FULL}, errno.EROFS: "read-only file system",
+           errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+           errno.ENAMETOOLONG: "name too long"}
+
+
+class WriteError(EdgeclsError):
+    """Writing into `folder` failed for a reason of the machine, not of edgecls: `errno` says which (a web page
+    can answer a full disk with 507 and a read-only one with 403)."""
+
+    def __init__(self, message: str, errno_: int | None, folder: str | os.PathLike):
+        super().__init__(message)
+        self.errno, self.folder = errno_, Path(folder)
+
+    @property
+    def disk_full(self) -> bool:
+        return self.errno in DISK_FULL
+
+
+def write_error(e: OSError, folder: str | os.PathLike) -> WriteError:
+    """One line for an OSError met writing into `folder`: "disk full: cannot write in FOLDER (No space left …)"."""
+    cause = _CAUSES.get(e.errno, (e.strerror or type(e).__name__).lower())
+    return WriteError(f"{cause}: cannot write in {folder} ({e.strerror or e})", e.errno, folder)
 
 
 def non_finite_path(obj, where: str = "") -> str | None:
@@ -181,8 +284,9 @@ def atomic_dir(final: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
     if final.exists() and not overwrite:
         raise FileExistsError(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    for suffix in (".partial", ".old"):
-        clean_stale(final.parent, f".{final.name}.", suffix)
+    # a killed writer's folders, whatever bundle they were for (pid-less ones of older versions: this name's)
+    _remove_stale(final.parent, [_named(f".{final.name}.", ".partial"), _named(f".{final.name}.", ".old"),
+                                 _any_name(".partial"), _any_name(".old")])
     tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(f".{final.name}."), suffix=".partial", dir=final.parent))
     follow_umask(tmp, is_dir=True)  # a service user must be able to read the bundle like any other folder
     try:

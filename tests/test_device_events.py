@@ -32,7 +32,7 @@ from edgecls.device.events import EventTracker
 from edgecls.device.runtime import load_model
 from edgecls.preprocess import prepare
 
-from conftest import ROOT
+from conftest import ROOT, skip_or_fail
 from test_device_run import ENV, WRAPPER, edgecls, json_lines, one_line_error
 
 DIGITS96 = ROOT / "tests" / "data" / "digits96"
@@ -117,12 +117,15 @@ class Broker:
         self.proc.wait()
 
 
+def broker_available() -> None:
+    """Skip without Mosquitto — except in CI, where a missing broker is a broken setup, not a reason to skip."""
+    if not Path(MOSQUITTO).exists():
+        skip_or_fail("mosquitto is not installed (apt install mosquitto; .ci/run installs it)")
+
+
 @pytest.fixture
 def broker(tmp_path):
-    if not Path(MOSQUITTO).exists():
-        if os.environ.get("CI"):  # in CI a missing broker is a broken setup, not a reason to skip
-            pytest.fail("mosquitto is not installed (.ci/run installs it)")
-        pytest.skip("mosquitto is not installed (apt install mosquitto; .ci/run installs it)")
+    broker_available()
     b = Broker(tmp_path)
     yield b
     b.kill()
@@ -244,9 +247,15 @@ def make_tls_files(folder: Path) -> Path:
     return folder / "ca.pem"
 
 
-def test_mqtts_with_a_private_ca_and_a_password(confident, tmp_path):
-    if not Path(MOSQUITTO).exists():
-        pytest.skip("mosquitto is not installed")
+def secret_file(path: Path, text: str) -> Path:
+    """A secret as the docs say to keep it: a file only its owner can read."""
+    path.write_text(text + "\n")
+    path.chmod(0o600)
+    return path
+
+
+def test_mqtts_with_a_private_ca_and_a_password(confident, tmp_path, monkeypatch):
+    broker_available()
     ca = make_tls_files(tmp_path)
     subprocess.run(["mosquitto_passwd", "-c", "-b", str(tmp_path / "pw"), "cam", "p@ss:word"], check=True)
     broker = Broker(tmp_path, f"cafile {ca}\ncertfile {tmp_path / 'server.pem'}\nkeyfile {tmp_path / 'server.key'}\n"
@@ -254,13 +263,18 @@ def test_mqtts_with_a_private_ca_and_a_password(confident, tmp_path):
     video = write_video(tmp_path / "ab.mkv", segments(confident, "AB", each=4))
     sub = Subscriber(broker.port, "secure/cam", ca=ca, auth=("cam", "p@ss:word"))
     try:
-        url = f"mqtts://cam:p%40ss%3Aword@127.0.0.1:{broker.port}/secure/cam"
+        # the user name in the URL (percent-encoded), the password never on the command line: here from the
+        # environment, below from a file
+        url = f"mqtts://c%61m@127.0.0.1:{broker.port}/secure/cam"
+        monkeypatch.setitem(ENV, "EDGECLS_MQTT_PASSWORD", "p@ss:word")
         p = edgecls("run", BUNDLE, video, "--json", "--mqtt", url, "--mqtt-ca", ca, "--mqtt-qos", "1")
         assert p.returncode == 0, p.stderr
         events, summary = events_of(p.stdout)
         assert len(events) == 3 and sub.wait_for(3) == events
         assert summary["event_outputs"]["mqtt"]["sent"] == 3
-        wrong = edgecls("run", BUNDLE, video, "--headless", "--mqtt", url.replace("word@", "wort@"), "--mqtt-ca", ca)
+        monkeypatch.delitem(ENV, "EDGECLS_MQTT_PASSWORD")
+        wrong = edgecls("run", BUNDLE, video, "--headless", "--mqtt", url, "--mqtt-ca", ca,
+                        "--mqtt-password-file", secret_file(tmp_path / "wrong", "p@ss:wort"))
         assert wrong.returncode == 0 and wrong.stderr.count("refused the connection: Not authorized") == 1
         assert "p@ss" not in wrong.stderr + p.stderr and "wort" not in wrong.stderr  # never print the password
         assert "edgecls: mqtt: 0 sent, 3 dropped" in wrong.stderr  # the console run's summary names the loss
@@ -387,20 +401,26 @@ def test_webhook_retries_a_failed_post_with_backoff(confident, tmp_path):
     assert summary["event_outputs"]["webhook"] == {"sent": 3, "dropped": 0, "failed_attempts": 3}
 
 
-def test_webhook_posts_each_event_signed_and_a_hanging_server_does_not_slow_the_loop(confident, tmp_path):
+def test_webhook_posts_each_event_signed_and_a_hanging_server_does_not_slow_the_loop(confident, tmp_path,
+                                                                                    monkeypatch):
     video = write_video(tmp_path / "aba.mkv", segments(confident, "ABA", each=8))
     Hook.received = []
+    monkeypatch.setitem(ENV, "EDGECLS_WEBHOOK_SECRET", "s3cret")  # (never on the command line)
     with http_server(Hook) as port:
-        p = edgecls("run", BUNDLE, video, "--json", "--webhook", f"http://127.0.0.1:{port}/hook",
-                    "--webhook-secret", "s3cret")
+        p = edgecls("run", BUNDLE, video, "--json", "--webhook", f"http://127.0.0.1:{port}/hook")
     assert p.returncode == 0, p.stderr
     events, summary = events_of(p.stdout)
     assert len(events) == 5 and summary["event_outputs"]["webhook"]["sent"] == 5
     assert [json.loads(body) for _, body in Hook.received] == events
     for headers, body in Hook.received:
-        want = "sha256=" + hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
-        assert hmac.compare_digest(headers["X-Edgecls-Signature"], want)
+        fields = dict(part.split("=", 1) for part in headers["X-Edgecls-Signature"].split(","))
+        signed = f"{fields['t']}.{fields['id']}.".encode() + body  # the time and the id are signed with the body
+        want = hmac.new(b"s3cret", signed, hashlib.sha256).hexdigest()
+        assert hmac.compare_digest(fields["v1"], want)
+        assert abs(int(fields["t"]) - time.time()) < 120 and headers["X-Edgecls-Timestamp"] == fields["t"]
+        assert headers["X-Edgecls-Event-Id"] == fields["id"]
         assert headers["Content-Type"] == "application/json"
+    assert len({h["X-Edgecls-Event-Id"] for h, _ in Hook.received}) == 5  # one id per event
 
     # A server that accepts and never answers: the loop runs as fast as without a webhook.
     hang = socket.create_server(("127.0.0.1", 0))

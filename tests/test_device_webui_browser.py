@@ -22,6 +22,7 @@ import pytest
 
 from test_device_events import BUNDLE, free_port
 from test_device_labelling import held_out  # noqa: F401  (a fixture)
+from test_security_http import small_tmpfs  # noqa: F401  (a fixture: a real tmpfs, as root)
 from test_device_run import ENV, WRAPPER
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
@@ -129,11 +130,11 @@ def test_the_page_shows_the_live_run_and_files_a_kept_frame_with_one_click(held_
         assert card.find_element(By.CSS_SELECTOR, ".guess").text.startswith(f"model: {side['model']['label']} ")
         card.find_element(By.CSS_SELECTOR, f"button.label[data-label='{truth}']").click()
         filed = data / truth / name
-        wait(lambda: filed.is_file())
-        assert not (keep / name).exists() and not (keep / name).with_suffix(".json").exists()
+        # The page's reply says the move is done (photo, then sidecar, then the kept pair removed: device/photos.py)
+        wait(lambda: f"filed as {truth}/{name}" in driver.find_element(By.ID, "message").text)
+        assert filed.is_file() and not (keep / name).exists() and not (keep / name).with_suffix(".json").exists()
         assert cv2.imread(str(filed)).shape == (SIDE, SIDE, 3)
         assert json.loads(filed.with_suffix(".json").read_text())["label"] == truth
-        wait(lambda: f"filed as {truth}/{name}" in driver.find_element(By.ID, "message").text)
         assert not driver.find_elements(By.CSS_SELECTOR, f"#gallery .card[data-name='{name}']")
         shoot(driver, tmp_path, "filed")
     finally:
@@ -149,3 +150,58 @@ def _up(port: int) -> bool:
         return status(port)["mode"] == "run"
     except OSError:
         return False
+
+
+def test_the_token_link_opens_the_page_on_a_lan_bind_and_it_shows_a_full_disk(  # noqa: F811
+        held_out, small_tmpfs, tmp_path):  # noqa: F811
+    """Issue 27: `--host 0.0.0.0` needs the token. The browser opens the link edgecls prints (…/?token=T); the
+    cookie it sets carries the page's own requests (the stream, /api/…) without the token in any URL. A capture
+    onto a full DATA_DIR shows the server's reason on the page; once there is room, it saves."""
+    need_browser()
+    from selenium.webdriver.common.by import By
+
+    from test_security_http import TOKEN_LINK, Served, fill
+
+    video = tmp_path / "held_out.avi"
+    w = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), FPS, (SIDE, SIDE))
+    for p in held_out:
+        w.write(cv2.resize(cv2.imread(str(p)), (SIDE, SIDE), interpolation=cv2.INTER_AREA))
+    w.release()
+    data, port = small_tmpfs / "data", free_port()
+    s = Served("run", BUNDLE, "--source", video, "--headless", "--loop", "--realtime", "--host", "0.0.0.0",
+               "--ui", port, "--data", data)
+    driver = None
+    try:
+        s.wait_for("web page on")
+        assert _answer(port, "/api/status") == 401
+        s.wait_for("protected by that token")
+        token = TOKEN_LINK.search(s.stderr).group(1)
+        driver = open_browser()
+        driver.get(f"http://127.0.0.1:{port}/?token={token}")
+        wait(lambda: driver.execute_script("return document.getElementById('stream').naturalWidth") == SIDE)
+        frames0 = int(wait(lambda: driver.find_element(By.ID, "frames").text))
+        wait(lambda: int(driver.find_element(By.ID, "frames").text) >= frames0 + 5)   # /api/status polls pass
+        assert "token" not in driver.execute_script("return document.cookie")   # HttpOnly: no script reads it
+        filler = fill(small_tmpfs)
+        driver.find_element(By.CSS_SELECTOR, "button.capture[data-label='2']").click()
+        wait(lambda: "capture failed: disk full" in driver.find_element(By.ID, "message").text)
+        shoot(driver, tmp_path, "disk-full")
+        filler.unlink()
+        driver.find_element(By.CSS_SELECTOR, "button.capture[data-label='2']").click()
+        wait(lambda: "saved 2/" in driver.find_element(By.ID, "message").text)
+        assert len(list((data / "2").glob("*.jpg"))) == 1
+    finally:
+        if driver is not None:
+            driver.quit()
+        err = s.stop()
+    assert "Traceback" not in err and err.count(token) == 1, err[-3000:]
+    assert sum(line.startswith("edgecls: warning: the web page") for line in err.splitlines()) == 1, err[-3000:]
+
+
+def _answer(port: int, path: str) -> int:
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        c.request("GET", path)
+        return c.getresponse().status
+    finally:
+        c.close()

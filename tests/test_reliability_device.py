@@ -5,6 +5,7 @@ Most tests use the committed 96 px digits bundle (tests/data/digits96/bundle), c
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import sys
@@ -16,7 +17,7 @@ import pytest
 from edgecls.bundle import MANIFEST
 from edgecls.fsutil import sha256_file
 
-from conftest import ROOT, cli
+from conftest import ROOT, cli, skip_or_fail
 
 DIGITS96 = ROOT / "tests" / "data" / "digits96" / "bundle"
 
@@ -358,6 +359,35 @@ def test_bundles_and_videos_follow_the_umask(tmp_path, one_photo):
 
 # --- 3. a full disk during --save keeps the previous recording; 8. --save checked before the run -----------
 
+def mount_tmpfs(folder: Path, options: str) -> bool:
+    """Mount a real tmpfs on `folder` ("size=96k": a disk that fills up; "ro,size=64k": a read-only one, which
+    root cannot get from permission bits); False where that is not possible (not root, no mount)."""
+    import os
+    import subprocess
+
+    return os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
+                                                capture_output=True).returncode == 0
+
+
+def unmount(folder: Path) -> None:
+    import subprocess
+
+    subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+@contextlib.contextmanager
+def tmpfs(folder: Path, options: str):
+    """mount_tmpfs for a with-block (the folder made first); skip_or_fail where it cannot be mounted: tests run
+    as root in CI, so a test guarding a promise never skips there."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if not mount_tmpfs(folder, options):
+        skip_or_fail(f"cannot mount a tmpfs on {folder} (needs root and mount)")
+    try:
+        yield folder
+    finally:
+        unmount(folder)
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     """(folder, preexec_fn, how): a folder where writing more than ~96 KiB fails with a full disk.
@@ -365,19 +395,16 @@ def small_disk(tmp_path):
     As root, a real 96 KiB tmpfs mounted for the test (ENOSPC); elsewhere RLIMIT_FSIZE in the child, with
     SIGXFSZ ignored so writes past the limit fail with EFBIG instead of killing it.
     """
-    import os
     import resource
     import signal
-    import subprocess
 
     disk = tmp_path / "disk"
     disk.mkdir()
-    if os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(disk)],
-                                            capture_output=True).returncode == 0:
+    if mount_tmpfs(disk, "size=96k"):
         try:
             yield disk, None, "tmpfs"
         finally:
-            subprocess.run(["umount", "-l", str(disk)], check=False)
+            unmount(disk)
         return
 
     def limit():
@@ -429,8 +456,7 @@ def test_save_onto_a_folder_or_into_a_read_only_one_fails_before_the_run(tmp_pat
     read_only = tmp_path / "ro"
     read_only.mkdir()
     if os.geteuid() == 0:   # root ignores permission bits: make it a read-only mount instead
-        if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(read_only)],
-                          capture_output=True).returncode != 0:
+        if not mount_tmpfs(read_only, "ro,size=64k"):
             pytest.skip("root without mount: cannot make a read-only folder")
     else:
         read_only.chmod(0o555)
@@ -440,7 +466,7 @@ def test_save_onto_a_folder_or_into_a_read_only_one_fails_before_the_run(tmp_pat
         one_line_error(p, "cannot write in")
     finally:
         if os.geteuid() == 0:
-            subprocess.run(["umount", "-l", str(read_only)], check=False)
+            unmount(read_only)
         read_only.chmod(0o755)
 
 
@@ -650,7 +676,7 @@ def test_a_client_that_resets_mid_reply_prints_nothing(capfd):
     try:
         for path in ("/frame.jpg", "/stream"):
             s = _connect(server.port)
-            s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
             time.sleep(0.2)                      # the server is waiting for a frame to send
             s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             s.close()                            # RST: the viewer's browser tab was closed
@@ -659,7 +685,7 @@ def test_a_client_that_resets_mid_reply_prints_nothing(capfd):
                 time.sleep(0.1)
         time.sleep(0.3)
         s = _connect(server.port)                # and the server still serves the next viewer
-        s.sendall(b"GET /frame.jpg HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.sendall(b"GET /frame.jpg HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         assert s.recv(64).startswith(b"HTTP/1.0 200")
         s.close()
     finally:
@@ -681,7 +707,7 @@ def test_connections_are_capped_with_503_and_idle_ones_time_out():
         idle = [_connect(server.port) for _ in range(MAX_CONNECTIONS)]   # each would hold a thread for ever
         time.sleep(0.5)
         extra = _connect(server.port)
-        extra.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        extra.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         assert extra.recv(64).startswith(b"HTTP/1.1 503"), "no cap on concurrent connections"
         extra.close()
     finally:
@@ -695,7 +721,7 @@ def test_connections_are_capped_with_503_and_idle_ones_time_out():
         time.sleep(1.0)                            # both idle past the timeout: the server closed them
         assert a.recv(1) == b"" and b.recv(1) == b""
         c = _connect(quick.port)                   # and their slots are free again
-        c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        c.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         assert c.recv(64).startswith(b"HTTP/1.0 200")
         c.close()
     finally:

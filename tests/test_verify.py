@@ -134,6 +134,31 @@ def test_verify_and_run_refuse_another_runs_int8_file_with_its_hash_recomputed(d
     assert ok.returncode == 0 and json.loads(ok.stdout.splitlines()[-1])["summary"]["self_test"]["skipped"] == "--no-verify"
 
 
+@pytest.mark.slow
+def test_every_model_file_from_another_run_is_named_wrong_model_files(digits_bundle, other_int8, photos, tmp_path):
+    """Issue 27, item 14: every file of a TFLite bundle from another run (hashes recomputed). Every artifact fails
+    while the photos and the normalisation pass: with in_model true, edgecls.json's scale/offset reach no model,
+    so the cause is the files, not the preprocessing."""
+    bundle = tmp_path / "b"
+    shutil.copytree(digits_bundle, bundle)
+    meta = json.loads((bundle / MANIFEST).read_text())
+    meta["artifacts"] = {k: a for k, a in meta["artifacts"].items() if k.startswith("tflite")}
+    meta["default_artifact"] = "tflite-int8"
+    for art in meta["artifacts"].values():
+        shutil.copyfile(other_int8.parent / art["file"], bundle / art["file"])
+        art["sha256"], art["bytes"] = sha256_file(bundle / art["file"]), (bundle / art["file"]).stat().st_size
+    (bundle / MANIFEST).write_text(json.dumps(meta, indent=2))
+    assert meta["preprocessing"]["in_model"] is True
+
+    p = cli("verify", bundle, "--json", timeout=300)
+    refused(p, "wrong model files: every artifact (tflite-float, tflite-int8)")
+    exam = json.loads(p.stdout)
+    assert exam["photos"]["passed"] and exam["normalisation"] == "ok" and "preprocessing" not in exam["reason"]
+    assert {k: a["verdict"] for k, a in exam["artifacts"].items()} == {"tflite-float": "fail", "tflite-int8": "fail"}
+    refused(cli("run", bundle, photos, "--json", timeout=300), "self-test failed, not starting (--no-verify skips "
+                                                                "it): wrong model files")
+
+
 def test_other_correct_kernels_pass_within_the_measured_tolerance(digits_bundle):
     """TFLite's reference kernels (what tflite-runtime runs) round differently from XNNPACK: the exam must
     pass them, naming the difference, while holding them to the near-tie rule."""

@@ -20,11 +20,13 @@ function say(text) {
   say.timer = setTimeout(() => { $("message").textContent = ""; }, 4000);
 }
 
+// Same-origin requests carry the token's cookie (set by the ?token= link) on a server bound beyond loopback.
 async function post(path, body) {
-  const r = await fetch(path, {method: "POST", headers: {"Content-Type": "application/json"},
-                               body: JSON.stringify(body)});
-  const out = await r.json();
-  if (!r.ok) throw new Error(out.error || r.statusText);
+  const r = await fetch(path, {method: "POST", credentials: "same-origin",
+                               headers: {"Content-Type": "application/json"}, body: JSON.stringify(body)});
+  const out = await r.json().catch(() => ({}));   // a 401 or a proxy's error page is not JSON
+  if (r.status === 401) throw new Error("no access: open the link with ?token= that edgecls printed");
+  if (!r.ok) throw new Error(out.error || `${r.status} ${r.statusText}`);
   return out;
 }
 
