@@ -1,21 +1,23 @@
-"""`edgecls run` end to end vs a bare decode → resize → invoke loop, same video, same model, same threads.
+"""`edgecls run` end to end vs a bare decode → OpenCV resize → invoke loop, per frame size and thread count.
 
-    python benchmarks/bench_pipeline.py BUNDLE [--video V] [--frames 300] [--threads 2] [--repeats 3]
+    python benchmarks/bench_pipeline.py BUNDLE [--sizes 640x480,1280x720,1920x1080] [--threads 1,2]
+                                               [--frames 200] [--repeats 3] [--shadow 10] [--target 0.90] [--json]
 
-The bare loop is the least a Python program can do per frame (OpenCV decode, the bundle's resize to the model size,
-LiteRT set_tensor/invoke/get_tensor). The pipeline is the real command, `edgecls run BUNDLE VIDEO --json`
-in a subprocess (sources, preprocessing contract, smoothing/top-k, JSON lines, stats); its FPS is the one it
-reports in its summary (first capture to last result, so interpreter start-up is excluded on both sides).
-Runs alternate bare/pipeline `--repeats` times and the best of each is compared, which damps the noise of a
-shared machine. Without --video, a video is made from the last images of each class of the shared dataset.
-Both loops also report CPU time per frame (all threads of the process): on a host shared with other work the
-FPS of either loop swings with the others' load, while the CPU cost per frame stays put — the ratio of the
-two is the robust reading of the pipeline's overhead. Prints the numbers and a JSON line; exit 1 if the
-pipeline's best FPS falls below --target of the bare loop's best.
+Videos (MJPG) are made from the shared flowers photos (real pictures, scaled to each size). The bare loop is the
+least a Python program can do per frame (OpenCV decode, OpenCV INTER_AREA to the model size, LiteRT
+set_tensor/invoke/get_tensor on the bundle's int8 TFLite artifact): issue 29's baseline. The pipeline is the real
+command, `edgecls run BUNDLE VIDEO --json` in a subprocess, with its start-up exam (verify on, the default), and
+again with `--shadow N`; its FPS is the one its summary reports (first capture to last result: interpreter
+start-up and the exam are excluded). The three are run in turn (bare, run, run --shadow, bare, …) `--repeats`
+times and the medians compared: on a shared machine absolute FPS swings with the others' load, and interleaving
+makes all three feel the same swings. Per-stage milliseconds (decode, the exact resize vs OpenCV's, invoke, the
+JSON output) come from one more in-process pass over the same video through the pipeline's own parts.
+Prints a table and a JSON line; exit 1 if `edgecls run` falls below --target of the bare loop anywhere.
 """
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import subprocess
@@ -27,58 +29,47 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edgecls import resample
 from edgecls.bundle import load_bundle
-from edgecls.preprocess import EXACT
 
 ROOT = Path(__file__).resolve().parents[1]
 # Named, not the bundle's default_artifact: that is the ONNX one when no int8 artifact passed the gate.
 ARTIFACT = ("tflite", "int8")
-DIGITS = Path(os.environ.get("EDGECLS_SHARED", ROOT.parent / "shared")) / "data" / "sign_language_digits"
+FLOWERS = Path(os.environ.get("EDGECLS_SHARED", ROOT.parent / "shared")) / "data" / "flowers"
 
 
-def make_video(dest: Path, frames: int) -> Path:
-    """Real photos (100x100, the dataset's own size), the last ones of each class in turn, as an MJPG AVI."""
-    classes = sorted(p for p in DIGITS.iterdir() if p.is_dir())
-    per_class = [sorted(c.glob("*.JPG"))[-20:] for c in classes]
-    files = [per_class[i % len(classes)][(i // len(classes)) % 20] for i in range(frames)]
-    w = cv2.VideoWriter(str(dest), cv2.VideoWriter_fourcc(*"MJPG"), 30, (100, 100))
-    for f in files:
-        w.write(cv2.resize(cv2.imread(str(f)), (100, 100)))
+def make_video(dest: Path, size: tuple[int, int], frames: int) -> Path:
+    """Real photos (the shared flowers, every 7th in turn) scaled to `size`, as an MJPG AVI."""
+    photos = sorted(FLOWERS.glob("*/*.jpg"))
+    w = cv2.VideoWriter(str(dest), cv2.VideoWriter_fourcc(*"MJPG"), 30, size)
+    for i in range(frames):
+        w.write(cv2.resize(cv2.imread(str(photos[(7 * i) % len(photos)])), size, interpolation=cv2.INTER_CUBIC))
     w.release()
     return dest
 
 
-def bare_loop(bundle_dir: Path, video: Path, threads: int) -> tuple[float, float, int]:
-    """decode → resize → invoke with the bundle's int8 TFLite artifact; returns (FPS, CPU ms/frame, frames)."""
+def bare_loop(bundle_dir: Path, video: Path, threads: int) -> dict:
+    """decode → OpenCV resize → invoke with the bundle's int8 TFLite artifact: FPS and CPU ms per frame."""
     from edgecls.device.runtime import tflite_interpreter_class
 
     b = load_bundle(bundle_dir)
-    art = b.artifact(*ARTIFACT)
     Interpreter, _ = tflite_interpreter_class()
-    interp = Interpreter(model_path=str(art.path), num_threads=threads)
+    interp = Interpreter(model_path=str(b.artifact(*ARTIFACT).path), num_threads=threads)
     interp.allocate_tensors()
     inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
-    dtype = inp["dtype"]
-    size = (b.spec.width, b.spec.height)
+    size, rgb, dtype = (b.spec.width, b.spec.height), b.spec.color_order == "RGB", inp["dtype"]
     cap = cv2.VideoCapture(str(video))
-    n, t0 = 0, None
+    n, t0, cpu0 = 0, None, 0.0
     while True:
         ok, img = cap.read()
         if not ok:
             break
         if t0 is None:
             t0, cpu0 = time.perf_counter(), time.process_time()
-        # The bundle's own resampler (edgecls.resample for "exact"), so both loops compute the same input.
-        if b.spec.resampler == EXACT:
-            x = resample.resize(img, *size)
-        else:
-            shrink = img.shape[0] > size[1] and img.shape[1] > size[0]
-            x = cv2.resize(img, size, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-        if b.spec.color_order == "RGB":
+        shrink = img.shape[0] > size[1] and img.shape[1] > size[0]
+        x = cv2.resize(img, size, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+        if rgb:
             x = cv2.cvtColor(x, cv2.COLOR_BGR2RGB)
-        # edgecls models take raw pixels (uint8 I/O: scale 1, zero point 0), so these casts are exact. For a
-        # foreign model with its normalisation outside (in_model false) the bare loop skips that step: it favours bare.
+        # edgecls models take raw pixels (uint8 I/O: scale 1, zero point 0), so these casts are exact.
         if dtype == np.int8:
             x = (x.astype(np.int16) - 128).astype(np.int8)
         elif dtype == np.float32:
@@ -89,49 +80,118 @@ def bare_loop(bundle_dir: Path, video: Path, threads: int) -> tuple[float, float
         n += 1
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     cap.release()
-    return (n - 1) / wall, cpu * 1000.0 / (n - 1), n
+    return {"fps": (n - 1) / wall, "cpu_ms": cpu * 1000.0 / (n - 1), "frames": n}
 
 
-def pipeline(bundle_dir: Path, video: Path, threads: int) -> tuple[float, float, int]:
+def edgecls_run(bundle_dir: Path, video: Path, threads: int, extra: tuple[str, ...] = ()) -> dict:
     p = subprocess.run([sys.executable, "-m", "edgecls", "run", str(bundle_dir), str(video), "--json",
-                        "--format", ARTIFACT[0], "--precision", ARTIFACT[1], "--threads", str(threads)], capture_output=True, text=True)
+                        "--format", ARTIFACT[0], "--precision", ARTIFACT[1], "--threads", str(threads), *extra],
+                       capture_output=True, text=True)
     if p.returncode:
         sys.exit(f"edgecls run failed: {p.stderr.strip().splitlines()[-1]}")
-    summary = json.loads(p.stdout.strip().splitlines()[-1])["summary"]
-    return summary["fps"], summary["cpu_ms_per_frame"], summary["frames"]
+    s = json.loads(p.stdout.strip().splitlines()[-1])["summary"]
+    if not s["self_test"].get("passed"):
+        sys.exit(f"edgecls run did not pass its start-up exam: {s['self_test']}")
+    return {"fps": s["fps"], "cpu_ms": s["cpu_ms_per_frame"], "frames": s["frames"]}
+
+
+def stage_times(bundle_dir: Path, video: Path, threads: int) -> dict:
+    """Median ms per frame of each stage, through the pipeline's own parts (source, prepare, model, output)."""
+    from edgecls.device.classifier import Classifier
+    from edgecls.device.outputs import JsonLinesOutput
+    from edgecls.device.sources import open_source
+    from edgecls.device.stats import LiveStats
+    from edgecls.preprocess import prepare
+
+    net = Classifier(bundle_dir, *ARTIFACT, threads=threads)
+    size, out, stats = (net.spec.width, net.spec.height), JsonLinesOutput(io.StringIO()), LiveStats()
+    times: dict[str, list[float]] = {k: [] for k in ("decode", "resize_exact", "resize_opencv", "invoke", "outputs")}
+    frames = iter(open_source(str(video)))
+    while True:
+        t0 = time.perf_counter()
+        frame = next(frames, None)
+        if frame is None:
+            break
+        t1 = time.perf_counter()
+        pixels = prepare(frame.image, net.spec, frame.order)
+        t2 = time.perf_counter()
+        cv2.resize(frame.image, size, interpolation=cv2.INTER_AREA)
+        t3 = time.perf_counter()
+        net.model.predict(pixels[None])
+        t4 = time.perf_counter()
+        result = net.classify(frame)
+        t5 = time.perf_counter()
+        out.render(frame, result, stats, None)
+        t6 = time.perf_counter()
+        out.stream.seek(0)
+        out.stream.truncate()
+        for key, dt in zip(times, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t6 - t5)):
+            times[key].append(dt * 1000.0)
+    return {k: round(float(np.median(v[1:])), 3) for k, v in times.items()}
+
+
+def compare(bundle: Path, video: Path, threads: int, repeats: int, shadow: int) -> dict:
+    """Bare, run and run --shadow in turn, `repeats` times: the medians and the ratios to bare."""
+    runs: dict[str, list[dict]] = {"bare": [], "run": [], "shadow": []}
+    for _ in range(repeats):
+        runs["bare"].append(bare_loop(bundle, video, threads))
+        runs["run"].append(edgecls_run(bundle, video, threads))
+        runs["shadow"].append(edgecls_run(bundle, video, threads, ("--shadow", str(shadow))))
+    med = {k: float(np.median([r["fps"] for r in v])) for k, v in runs.items()}
+    cpu = {k: float(np.median([r["cpu_ms"] for r in v])) for k, v in runs.items()}
+    return {"fps": {k: round(v, 1) for k, v in med.items()}, "cpu_ms": {k: round(v, 3) for k, v in cpu.items()},
+            "ratio_run": round(med["run"] / med["bare"], 3), "ratio_shadow": round(med["shadow"] / med["bare"], 3),
+            "all_fps": {k: [round(r["fps"], 1) for r in v] for k, v in runs.items()}}
+
+
+def parse_sizes(text: str) -> list[tuple[int, int]]:
+    return [tuple(int(v) for v in s.lower().split("x")) for s in text.split(",") if s.strip()]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("bundle", type=Path)
-    ap.add_argument("--video", type=Path)
-    ap.add_argument("--frames", type=int, default=300)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--sizes", default="640x480,1280x720,1920x1080")
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--frames", type=int, default=200)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--shadow", type=int, default=10)
     ap.add_argument("--target", type=float, default=0.90)
     args = ap.parse_args()
+    cv2.setNumThreads(1)   # the bare loop's resize on one core, as edgecls's exact one is
     b = load_bundle(args.bundle)
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        video = args.video or make_video(Path(tmp) / "bench.avi", args.frames)
-        bare, pipe = [], []
-        for r in range(args.repeats):
-            bare.append(bare_loop(args.bundle, video, args.threads))
-            pipe.append(pipeline(args.bundle, video, args.threads))
-            print(f"repeat {r + 1}: bare {bare[-1][0]:.1f} FPS ({bare[-1][1]:.3f} CPU ms/frame), edgecls run "
-                  f"{pipe[-1][0]:.1f} FPS ({pipe[-1][1]:.3f} CPU ms/frame)  [{bare[-1][2]} / {pipe[-1][2]} frames]",
-                  flush=True)
-    best_bare, best_pipe = max(x[0] for x in bare), max(x[0] for x in pipe)
-    ratio = best_pipe / best_bare
-    # CPU per frame barely depends on what else runs on the machine: the check that survives a busy host.
-    cpu_ratio = float(np.median([x[1] for x in bare]) / np.median([x[1] for x in pipe]))
-    print(f"model tflite-int8 {b.spec.width}x{b.spec.height}, threads {args.threads}: "
-          f"bare loop {best_bare:.1f} FPS, edgecls run {best_pipe:.1f} FPS → {ratio * 100:.1f}% of bare "
-          f"(target ≥ {args.target * 100:.0f}%); by CPU time per frame {cpu_ratio * 100:.1f}% of bare")
-    print(json.dumps({"bare_fps": [round(x[0], 2) for x in bare], "pipeline_fps": [round(x[0], 2) for x in pipe],
-                      "bare_cpu_ms": [round(x[1], 3) for x in bare], "pipeline_cpu_ms": [round(x[1], 3) for x in pipe],
-                      "ratio": round(ratio, 4), "cpu_ratio": round(cpu_ratio, 4), "threads": args.threads,
-                      "artifact": "-".join(ARTIFACT)}))
-    sys.exit(0 if ratio >= args.target else 1)
+        for size in parse_sizes(args.sizes):
+            video = make_video(Path(tmp) / f"{size[0]}x{size[1]}.avi", size, args.frames)
+            for threads in (int(t) for t in args.threads.split(",")):
+                row = {"size": f"{size[0]}x{size[1]}", "threads": threads,
+                       "stages_ms": stage_times(args.bundle, video, threads),
+                       **compare(args.bundle, video, threads, args.repeats, args.shadow)}
+                rows.append(row)
+                print_row(row, flush=True)
+    low = [f"{r['size']}/{r['threads']}t" for r in rows if min(r["ratio_run"], r["ratio_shadow"]) < args.target]
+    print(f"model tflite-int8 {b.spec.width}x{b.spec.height} ({b.spec.resampler} resampler), median of "
+          f"{args.repeats} interleaved repeats; target: edgecls run ≥ {args.target * 100:.0f}% of bare: "
+          + (f"missed at {', '.join(low)}" if low else "met everywhere"))
+    print(json.dumps({"model": f"{b.spec.width}x{b.spec.height}", "artifact": "-".join(ARTIFACT), "repeats": args.repeats,
+                      "frames": args.frames, "shadow": args.shadow, "rows": rows, **overall(rows)}))
+    sys.exit(1 if low else 0)
+
+
+def overall(rows: list[dict]) -> dict:
+    """The figures make_results.py's summary row reads: the worst ratios, and the first row's FPS."""
+    return {"ratio": min(r["ratio_run"] for r in rows),
+            "cpu_ratio": round(min(r["cpu_ms"]["bare"] / r["cpu_ms"]["run"] for r in rows), 4),
+            "bare_fps": rows[0]["all_fps"]["bare"], "pipeline_fps": rows[0]["all_fps"]["run"]}
+
+
+def print_row(r: dict, flush: bool = False) -> None:
+    s, f = r["stages_ms"], r["fps"]
+    print(f"{r['size']:>9} {r['threads']}t  bare {f['bare']:6.1f} FPS  run {f['run']:6.1f} ({r['ratio_run'] * 100:5.1f}%)"
+          f"  --shadow {f['shadow']:6.1f} ({r['ratio_shadow'] * 100:5.1f}%)  | ms: decode {s['decode']:.2f}, resize "
+          f"exact {s['resize_exact']:.2f} / OpenCV {s['resize_opencv']:.2f}, invoke {s['invoke']:.2f}, "
+          f"outputs {s['outputs']:.3f}", flush=flush)
 
 
 if __name__ == "__main__":

@@ -3,11 +3,12 @@
     python benchmarks/bench_preprocess.py [--repeats 200] [--json]
     ~/.cache/edgecls-pi-stack/pi-python litert benchmarks/bench_preprocess.py --repeats 20   # emulated Pi 4
 
-Cases: a 640x480 camera frame (one of the shared 3024x3024 digits photos, shrunk by OpenCV once) to 224x224 and
-160x160, the same frame letterboxed to 224, a 100x100 digits photo enlarged to 224, and a 3024x3024 photo to 224.
-Median milliseconds per prepare() over --repeats calls after one warm-up, each resampler in turn. Under qemu
-(the pi-python launcher) every instruction is translated: the times there say how the two compare on an ARM
-instruction mix, not how fast a Pi is.
+Cases: camera frames of 640x480, 1280x720 and 1920x1080 (one of the shared 3024x3024 digits photos, shrunk by
+OpenCV once) to 160x160 (whole ratios at 640x480) and 224x224, the 640x480 frame letterboxed to 224, a 100x100
+digits photo enlarged to 224, and a 3024x3024 photo to 224. The two resamplers are called in turn (exact, OpenCV,
+exact, …: both feel the same load on a shared machine); median milliseconds per prepare() over --repeats calls
+each, after one warm-up. Under qemu (the pi-python launcher) every instruction is translated: the times there say
+how the two compare on an ARM instruction mix, not how fast a Pi is.
 """
 from __future__ import annotations
 
@@ -29,14 +30,17 @@ DIGITS = Path(os.environ.get("EDGECLS_SHARED", ROOT.parent / "shared")) / "data"
 BIG = DIGITS / "7" / "IMG_5874.JPG"     # 3024 x 3024
 
 
-def median_ms(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
+def interleaved_ms(fns: dict, repeats: int) -> dict:
+    """{name: median ms} calling each function once in turn, `repeats` rounds, after one warm-up call each."""
+    times = {name: [] for name in fns}
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times) * 1e3)
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return {name: float(np.median(v) * 1e3) for name, v in times.items()}
 
 
 def main(argv=None) -> int:
@@ -46,16 +50,17 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     cv2.setNumThreads(1)   # OpenCV would otherwise spread one resize over every core; NumPy uses one anyway
     big = load_rgb(BIG)
-    frame = cv2.resize(big, (640, 480), interpolation=cv2.INTER_AREA)
+    frames = {size: cv2.resize(big, size, interpolation=cv2.INTER_AREA) for size in ((640, 480), (1280, 720), (1920, 1080))}
     small = load_rgb(sorted((DIGITS / "0").glob("*.JPG"))[0])
-    cases = [("640x480 → 224x224", frame, dict(height=224, width=224), args.repeats),
-             ("640x480 → 160x160", frame, dict(height=160, width=160), args.repeats),
-             ("640x480 → 224 letterbox", frame, dict(height=224, width=224, resize="letterbox"), args.repeats),
-             ("100x100 → 224x224 (enlarge)", small, dict(height=224, width=224), args.repeats),
-             ("3024x3024 → 224x224", big, dict(height=224, width=224), max(3, args.repeats // 20))]
+    cases = [(f"{w}x{h} → {side}x{side}", frames[w, h], dict(height=side, width=side), args.repeats // (w // 640))
+             for w, h in frames for side in (160, 224)]
+    cases += [("640x480 → 224 letterbox", frames[640, 480], dict(height=224, width=224, resize="letterbox"), args.repeats),
+              ("100x100 → 224x224 (enlarge)", small, dict(height=224, width=224), args.repeats),
+              ("3024x3024 → 224x224", big, dict(height=224, width=224), max(3, args.repeats // 20))]
     rows = []
     for name, img, fields, n in cases:
-        ms = {r: median_ms(lambda: prepare(img, PreprocessSpec(**fields, resampler=r)), n) for r in (EXACT, OPENCV)}
+        specs = {r: PreprocessSpec(**fields, resampler=r) for r in (EXACT, OPENCV)}
+        ms = interleaved_ms({r: (lambda spec=spec: prepare(img, spec)) for r, spec in specs.items()}, n)
         rows.append({"case": name, "exact_ms": round(ms[EXACT], 3), "opencv_ms": round(ms[OPENCV], 3),
                      "ratio": round(ms[EXACT] / ms[OPENCV], 2), "repeats": n})
     where = f"{platform.machine()}, NumPy {np.__version__}, OpenCV {cv2.__version__}"

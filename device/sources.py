@@ -40,6 +40,9 @@ class SourceOptions:
     realtime: bool = False                # finite sources: play at their own rate (a video's fps, else `fps`)
     backoff: tuple[float, float] = (0.5, 10.0)  # live sources: first and longest wait between reopen attempts
     give_up_after: int = 5                # live sources that never gave a frame: opens before it is an error
+    # The model input (width, height): with no `size`, cameras that scale in hardware are asked for a frame just
+    # covering it (device/cameras.py: covering_size), so the CPU resizes little. None: the cameras' defaults.
+    model_input: tuple[int, int] | None = None
 
 
 class Source:
@@ -149,6 +152,7 @@ class LiveSource(Source):
         self.log = log or (lambda msg: print(f"edgecls: {msg}", file=sys.stderr))
         self.cap = opener()
         self.order = self.cap.order
+        self.frame_size = getattr(self.cap, "frame_size", None)   # what the device delivers, read back
         self.captured = 0       # frames read from the device
         self.reconnects = 0     # successful reopens after a failure
         self.error: Exception | None = None   # why the capture gave up; raised by the iteration
@@ -160,6 +164,15 @@ class LiveSource(Source):
         self._stop_event = threading.Event()
         self._thread = threading.Thread(target=self._capture_loop, name=f"capture {name}", daemon=True)
         self._thread.start()
+
+    @property
+    def delivers(self) -> str:
+        """The start-up line's note on the frame size, e.g. "camera frames 320x240 (model input 224x224)"."""
+        if not self.frame_size or not all(self.frame_size):
+            return ""
+        model = self.opts.model_input
+        return (f"{self.name} delivers {self.frame_size[0]}x{self.frame_size[1]} frames"
+                + (f" (model input {model[0]}x{model[1]})" if model else ""))
 
     def _reopen(self) -> bool:
         """Reopen after a failure, waiting first, then longer after every failed attempt. False if stopped."""
@@ -263,18 +276,18 @@ def _device_index(uri: str, prefix: str) -> int:
 def open_source(uri: str, opts: SourceOptions | None = None) -> Source:
     """The source a URI names (see module doc). Raises EdgeclsError if it cannot be opened."""
     opts = opts or SourceOptions()
-    size, fps = opts.size, opts.fps
+    size, fps, model = opts.size, opts.fps, opts.model_input
     if uri == "picam" or uri.startswith("picam:"):
         idx = _device_index(uri, "picam:") if uri != "picam" else 0
-        return LiveSource(lambda: PicamCapture(idx, size, fps), f"picam:{idx}", opts)
+        return LiveSource(lambda: PicamCapture(idx, size, fps, model), f"picam:{idx}", opts)
     if uri.startswith("csi://"):
         idx = _device_index(uri, "csi://")
-        return LiveSource(lambda: open_csi(idx, size, fps), uri, opts)
+        return LiveSource(lambda: open_csi(idx, size, fps, model), uri, opts)
     if uri.startswith("usb:") or uri.startswith("/dev/video"):
         target = _device_index(uri, "usb:") if uri.startswith("usb:") else uri
         if isinstance(target, str) and not os.path.exists(target):
             raise SourceOpenError(f"camera not found: {target} (see `edgecls doctor` for the cameras on this machine)")
-        return LiveSource(lambda: CvCapture(target, cv2.CAP_V4L2, size, fps), uri, opts)
+        return LiveSource(lambda: CvCapture(target, cv2.CAP_V4L2, size, fps, model=model), uri, opts)
     if uri.lower().startswith(NETWORK_SCHEMES):
         return LiveSource(lambda: CvCapture(uri, cv2.CAP_FFMPEG, timeouts=True), uri, opts)
     if any(c in uri for c in "*?["):

@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edgecls.device.cameras import (PICAM_LAYOUT, CvCapture, SourceOpenError, csi_pipeline, picam_config,
-                                    picam_image)
+from edgecls.device.cameras import (PICAM_LAYOUT, UVC_SIZES, CvCapture, SourceOpenError, covering_size, csi_pipeline,
+                                    picam_config, picam_image, uvc_requests)
 from edgecls.device.frame import Orientation
 from edgecls.device.mjpeg import MjpegServer
 from edgecls.device.sources import (ImageFilesSource, LiveSource, SourceOptions, VideoFileSource, open_source)
@@ -330,3 +330,64 @@ def test_flip_and_rotate_options_reach_the_frames(digit_video, stream_images):
         srv.close()
     decoded = cv2.imdecode(cv2.imencode(".jpg", stream_images[0], [cv2.IMWRITE_JPEG_QUALITY, 80])[1], cv2.IMREAD_COLOR)
     assert np.abs(live.astype(int) - decoded[::-1]).mean() < 2
+
+
+# ---- issue 29: cameras that scale in hardware are asked for a frame near the model input ------------------
+
+@pytest.mark.parametrize("model, aspect, align, want", [
+    ((224, 224), (3280, 2464), (32, 2), (320, 242)),    # Pi camera v2 (4:3), RGB888's 32 px width alignment
+    ((160, 160), (4608, 2592), (32, 2), (288, 162)),    # Pi camera v3 (16:9)
+    ((224, 224), (1280, 720), (2, 2), (400, 226)),      # Jetson CSI at its 1280x720 mode
+    ((96, 96), (4, 3), (1, 1), (128, 96)),
+    ((320, 64), (4, 3), (2, 2), (320, 240)),            # a wide model: its width decides
+])
+def test_camera_frame_just_covers_the_model_at_the_cameras_aspect(model, aspect, align, want):
+    """The smallest aligned frame of the camera's aspect that is at least the model input on both sides: every
+    resize mode then only shrinks it, and a narrower aligned frame would not cover the model."""
+    w, h = covering_size(model, aspect, align)
+    assert (w, h) == want
+    assert w >= model[0] and h >= model[1] and w % align[0] == 0 and h % align[1] == 0
+    assert abs(w / h - aspect[0] / aspect[1]) < 0.02                  # the field of view kept, not cropped
+    narrower = w - align[0]
+    assert narrower < model[0] or narrower * aspect[1] / aspect[0] < model[1]
+
+
+def test_picamera2_main_stream_is_scaled_by_the_isp_to_near_the_model():
+    class Camera:   # what picam_config reads of a Picamera2: sensor_resolution, create_video_configuration
+        sensor_resolution = (3280, 2464)
+
+        def create_video_configuration(self, **kw):
+            self.kw = kw
+            return kw
+
+    cam = Camera()
+    assert picam_config(cam, None, None, (224, 224))["main"] == {"format": "RGB888", "size": (320, 242)}
+    assert picam_config(cam, (1920, 1080), None, (224, 224))["main"]["size"] == (1920, 1080)   # --resolution wins
+    assert picam_config(cam, None, None)["main"]["size"] == (1280, 720)                      # no model: as before
+
+
+def test_csi_pipeline_scales_in_hardware_to_near_the_model():
+    p = csi_pipeline(0, None, 30, (224, 224))
+    assert "video/x-raw(memory:NVMM), width=1280, height=720, framerate=30/1, format=NV12" in p   # the sensor mode
+    assert "nvvidconv ! video/x-raw, width=400, height=226, format=BGRx" in p                   # scaled by the VIC
+    assert "nvvidconv ! video/x-raw, width=1920, height=1080" in csi_pipeline(0, (1920, 1080), 30, (224, 224))
+
+
+def test_v4l2_is_asked_for_the_smallest_common_size_covering_the_model():
+    assert uvc_requests((224, 224))[:3] == [(320, 240), (352, 288), (424, 240)]
+    assert uvc_requests((96, 96))[0] == (160, 120) and uvc_requests((500, 400))[0] == (640, 480)
+    assert all(w >= 640 and h >= 480 for w, h in uvc_requests((640, 480)))
+    assert uvc_requests((4000, 3000)) == [] and len(set(UVC_SIZES)) == len(UVC_SIZES)
+
+
+def test_live_source_says_the_size_it_delivers(stream_images):
+    """The size is read back from the capture, not assumed: a real MJPEG stream of 100x100 photos."""
+    srv = StreamServer(stream_images[:1])
+    try:
+        src = open_source(srv.url, SourceOptions(model_input=(96, 96)))
+        frame = next(iter(src))
+        src.close()
+    finally:
+        srv.close()
+    assert frame.image.shape[:2] == (100, 100) and src.frame_size == (100, 100)
+    assert src.delivers == f"{srv.url} delivers 100x100 frames (model input 96x96)"

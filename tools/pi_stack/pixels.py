@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 
 # (name, PreprocessSpec fields): every resize mode; 224 enlarges the 100 px digits and shrinks the rest,
-# "wide" enlarges one axis and shrinks the other; one BGR case for the channel swap.
+# "wide" enlarges one axis and shrinks the other; one BGR case for the channel swap. Between them the three ways
+# edgecls.resample computes (block sums, prefix sums, direct taps for the 3024 px photos).
 CASES = {
     "stretch 224": dict(height=224, width=224, resize="stretch"),
     "crop 224": dict(height=224, width=224, resize="crop"),
@@ -38,6 +39,9 @@ CASES = {
     "crop 120x160": dict(height=120, width=160, resize="crop"),
     "letterbox 96x128": dict(height=96, width=128, resize="letterbox"),
     "wide 64x320": dict(height=64, width=320, resize="stretch"),
+    # whole ratios (issue 29's block sums): 100 px digits halved, 3024 px photos by 16 and 12
+    "blocks 50": dict(height=50, width=50, resize="stretch"),
+    "blocks 189x252": dict(height=189, width=252, resize="stretch"),
 }
 RESAMPLERS = ("exact", "opencv")
 SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
