@@ -48,6 +48,43 @@ class PeerLost(EdgeclsError):
     exit_code = 138
 
 
+class WorkerFailed(EdgeclsError):
+    """This worker's own TensorFlow op failed (a bug, bad data): a restart would fail the same way, so exit 1,
+    the CLI's internal error, which TFJob's ExitCode policy (1-127) treats as permanent, as it does exit 2."""
+
+    exit_code = 1
+
+
+# What a lost, restarted or hung peer raises in this worker's collectives (its socket closed, the heartbeat
+# aborted them, EDGECLS_COLLECTIVE_TIMEOUT passed); any other op error is this worker's own.
+PEER_ERRORS = ("UnavailableError", "DeadlineExceededError", "AbortedError")
+
+
+def op_failure(cluster: Cluster, error) -> EdgeclsError:
+    """The one-line error for a TensorFlow op that failed in this worker: a lost peer (exit 138, retried) or
+    what really failed (exit 1, not retried). Under EDGECLS_DEBUG=1 the latter is re-raised: its traceback."""
+    name = type(error).__name__
+    if name in PEER_ERRORS:
+        return PeerLost(f"{cluster.name()}: lost the other workers ({name}: {op_message(error)}); {RESTART}")
+    if os.environ.get("EDGECLS_DEBUG"):
+        raise error
+    return WorkerFailed(f"{cluster.name()}: training failed ({name}: {op_message(error)}); not a lost worker: "
+                        f"a restart would fail the same way (set EDGECLS_DEBUG=1 for the traceback)")
+
+
+# Lines of a TensorFlow op error that say where, not what: its Python stack, a py_func's traceback, gRPC's notes.
+_NOT_THE_CAUSE = ("Graph execution error", "Detected at node", "File ", "Traceback", "<stack traces unavailable>",
+                  "Additional GRPC error information", "The error could be from a previous operation", ":UNKNOWN:")
+
+
+def op_message(error, limit: int = 200) -> str:
+    """What went wrong, from a TensorFlow op error (often "Graph execution error:", then the op's stack): the last
+    unindented line that says what (after a py_func's traceback: "PIL.UnidentifiedImageError: …")."""
+    lines = (getattr(error, "message", None) or str(error)).splitlines()
+    said = [ln.strip() for ln in lines if ln.strip() and not ln[0].isspace() and not ln.startswith(_NOT_THE_CAUSE)]
+    return (said[-1] if said else "no message")[:limit]
+
+
 @dataclass(frozen=True)
 class Cluster:
     """This process's place in TF_CONFIG."""
@@ -149,6 +186,22 @@ def strategy(tf):
 
 def local_devices(strategy_) -> list[str]:
     return list(strategy_.extended.worker_devices)
+
+
+def input_replicas(cfg, strategy_, quiet: bool = True) -> int:
+    """Into how many replicas (every worker's devices) each batch of the input is split: 1 unless multiworker,
+    where train/data.py: make_dataset splits every batch evenly between them; says so when that changes
+    --batch-size (not a multiple of them)."""
+    if cfg.strategy != "multiworker":
+        return 1
+    from edgecls.progress import say
+    from edgecls.train.data import global_batch
+
+    replicas = strategy_.num_replicas_in_sync
+    if global_batch(cfg.batch_size, replicas) != cfg.batch_size:
+        say(f"warning: --batch-size {cfg.batch_size} is split evenly between {replicas} replicas: each step "
+            f"takes {global_batch(cfg.batch_size, replicas)} photos", quiet)
+    return replicas
 
 
 def _replica_collective(tf, local: np.ndarray, gather: bool) -> np.ndarray:
@@ -340,10 +393,8 @@ def train(train_fn, cfg, out: Path, force: bool, resume: bool, quiet: bool) -> d
             summary = train_fn(cfg if not resume else None, local, False, resume, True)
     except Interrupted as e:   # its advice (--resume RUN) is for one process; here every worker restarts
         raise Interrupted(f"{cluster.name()}: interrupted; {RESTART}", e.exit_code - 128) from None
-    except tf.errors.OpError as e:   # a peer died, restarted or hung: TF aborts every collective
-        first = (e.message or str(e)).strip().splitlines()[0][:200]
-        raise PeerLost(f"{cluster.name()}: lost the other workers ({type(e).__name__}: {first}); "
-                       f"{RESTART}") from None
+    except tf.errors.OpError as e:
+        raise op_failure(cluster, e) from None
     summary["run_dir"] = str(out)   # the run lives on the chief; this worker's copy is gone
     summary["worker"] = cluster.name()
     return summary

@@ -380,9 +380,12 @@ def _fit(tf, keras, model, strategy, cfg: TrainConfig, inputs: dict, n_classes: 
     (`stop`). Returns where the time went (seconds and images/s per phase)."""
     from edgecls.progress import EpochBar
     from edgecls.train.data import balanced_class_weights, make_dataset
+    from edgecls.train.multiworker import input_replicas
 
-    ds_train = make_dataset(tf, keras, inputs["train"], n_classes, cfg.batch_size, True, cfg.augment, cfg.seed)
-    ds_val = make_dataset(tf, keras, inputs["val"], n_classes, cfg.batch_size, False, False, cfg.seed)
+    replicas = input_replicas(cfg, strategy, quiet)   # several workers: each batch split evenly between them
+    ds_train = make_dataset(tf, keras, inputs["train"], n_classes, cfg.batch_size, True, cfg.augment, cfg.seed,
+                            replicas)
+    ds_val = make_dataset(tf, keras, inputs["val"], n_classes, cfg.batch_size, False, False, cfg.seed, replicas)
     class_weight = balanced_class_weights(inputs["train"].labels, n_classes) if cfg.class_weights else None
     timing: dict = {}
     start_phase = PHASES.index(state.data["phase"])
@@ -400,8 +403,8 @@ def _fit(tf, keras, model, strategy, cfg: TrainConfig, inputs: dict, n_classes: 
                 state.save()
             t0 = time.time()
             if phase == "head" and cfg.head == "features" and not from_scratch:
-                timing.update(_head_on_features(tf, keras, model, cfg, inputs["train"], ds_val, n_classes, class_weight,
-                                                state, stop, first_checkpoint, bar))
+                timing.update(_head_on_features(tf, keras, model, cfg, inputs["train"], inputs["val"], n_classes,
+                                                class_weight, state, stop, first_checkpoint, bar))
             else:
                 _fit_phase(tf, keras, model, strategy, cfg, phase, epochs, initial, fine_tune_at, from_scratch,
                            ds_train, ds_val, class_weight, state, stop, first_checkpoint, bar, t_start)
@@ -414,7 +417,7 @@ def _fit(tf, keras, model, strategy, cfg: TrainConfig, inputs: dict, n_classes: 
     return timing
 
 
-def _head_on_features(tf, keras, model, cfg: TrainConfig, train_split, ds_val, n_classes: int, class_weight,
+def _head_on_features(tf, keras, model, cfg: TrainConfig, train_split, val_split, n_classes: int, class_weight,
                       state: _State, stop: StopRequest, first_checkpoint, bar) -> dict:
     """The frozen phase on features computed once (train/head.py); one checkpoint at its end."""
     from edgecls.train.data import make_dataset
@@ -422,6 +425,7 @@ def _head_on_features(tf, keras, model, cfg: TrainConfig, train_split, ds_val, n
 
     t0 = time.time()
     plain = make_dataset(tf, keras, train_split, n_classes, cfg.batch_size, False, False, cfg.seed)
+    ds_val = make_dataset(tf, keras, val_split, n_classes, cfg.batch_size, False, False, cfg.seed)
     local_call = None
     if cfg.strategy == "multiworker":
         from edgecls.train.multiworker import local_call
@@ -463,6 +467,7 @@ def _fit_phase(tf, keras, model, strategy, cfg: TrainConfig, phase: str, epochs:
                fine_tune_at: int, from_scratch: bool, ds_train, ds_val, class_weight, state: _State,
                stop: StopRequest, first_checkpoint, bar, t_start: float) -> None:
     """One phase through Keras' fit: head at --lr, fine-tune at --lr/10 (cosine or constant)."""
+    from edgecls.train.data import photo_accuracy
     from edgecls.train.model import set_phase
     from edgecls.train.schedule import warmup_cosine
 
@@ -475,7 +480,7 @@ def _fit_phase(tf, keras, model, strategy, cfg: TrainConfig, phase: str, epochs:
         set_phase(model, phase, fine_tune_at, from_scratch=from_scratch)
         model.compile(optimizer=keras.optimizers.Adam(lr),
                       loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
-                      metrics=["accuracy"])
+                      metrics=[photo_accuracy(keras)])   # "accuracy", not counting multiworker's copies
         model.optimizer.iterations.assign(initial * steps)   # a resumed run continues its schedule
     callbacks = [_callback(keras, state, phase, cfg.patience, bar, stop, first_checkpoint)]
     if cfg.time_budget and phase == "finetune":
@@ -508,6 +513,7 @@ def _finish(out: Path, model, strategy, state: _State, cfg: TrainConfig, inputs:
             meta: dict, t_start: float) -> dict:
     """The best epoch's weights measured on val and test, the plots, model.keras (atomically), run.json complete."""
     from edgecls.train.data import make_dataset
+    from edgecls.train.multiworker import input_replicas
     from edgecls.train.plots import plot_confusion, plot_history
     from edgecls.train.tfenv import import_tf
 
@@ -517,10 +523,11 @@ def _finish(out: Path, model, strategy, state: _State, cfg: TrainConfig, inputs:
         with strategy.scope():
             model.load_weights(str(state.best))
     metrics = {}
+    replicas = input_replicas(cfg, strategy)
     for s in ("val", "test"):
         if s in inputs:   # through the split's own pipeline: a split not in memory is never materialised
-            ds = make_dataset(tf, keras, inputs[s], len(classes), cfg.batch_size, False, False, cfg.seed)
-            pred = model.predict(ds, verbose=0).argmax(1)
+            ds = make_dataset(tf, keras, inputs[s], len(classes), cfg.batch_size, False, False, cfg.seed, replicas)
+            pred = model.predict(ds, verbose=0).argmax(1)[:len(inputs[s])]   # several workers: copies at the end
             metrics[s] = classification_report(inputs[s].labels, pred, classes)
     history = state.data["history"]
     plot_history(history, out / "history.png")
