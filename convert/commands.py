@@ -13,7 +13,8 @@ def _default(name: str):
 
 SEARCH_HELP = {
     "target_agreement": "Keep the int8-sensitive ops float until top-1 agreement with float on the validation "
-                        "split reaches this (%).",
+                        "split reaches this (%): photos the search may see, so not held out (the gate judges the "
+                        "held-out test split).",
     "max_latency_ratio": "Latency budget of the ops kept float: int8 / float, 1 thread, measured interleaved here.",
     "max_float_ops": "Most ops the search keeps float.",
 }
@@ -57,7 +58,8 @@ def register(app) -> None:
                                        help="Refuse int8 when the test split shows (95% interval) a top-1 drop "
                                             "larger than this many pp vs float."),
         min_agreement: float = typer.Option(D("min_agreement"), "--min-agreement",
-                                            help="Least top-1 agreement (%) of int8 with float over all the run's images."),
+                                            help="Least top-1 agreement (%) of int8 with its float twin on the "
+                                                 "held-out test photos (the run's val photos if it has no test split)."),
         allow_drop: bool = typer.Option(False, "--allow-drop", help="Keep the bundle even if int8 fails the gate."),
         threads: int = typer.Option(None, "--threads", help="Threads for the parity runs (default: all cores)."),
         as_json: bool = typer.Option(False, "--json", help="Print the written edgecls.json on stdout."),

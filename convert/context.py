@@ -161,7 +161,8 @@ class Context:
                                 o.target_agreement / 100, o.max_latency_ratio, o.max_float_ops, progress=adv)
         kept = result["steps"][result["chosen"]]
         return {"path": result["path"], "float_ops": kept.float_ops,
-                "search": search.record(result, o.target_agreement / 100, o.max_latency_ratio)}
+                "search": search.record(result, o.target_agreement / 100, o.max_latency_ratio,
+                                        scored_on=self.images.search_split)}
 
     def model_for(self, key: str, path: Path, meta: dict | None = None, threads: int | None = None):
         return runtime_model(key, path, self.spec, len(self.labels), threads or self.opts.threads, meta)

@@ -6,7 +6,8 @@ builder gets what it needs as arguments (the ONNX int8 builder: the int8 TFLite'
 have candidates: PTQ with the accuracy-aware mixed-precision search (convert/search.py), then QAT;
 `--int8-method auto` keeps PTQ when its search reaches --target-agreement on the validation split, else the
 candidate that agrees best with float there. Every artifact is then measured through the device runtime on
-every image the run has (agreement needs no labels) and on the held-out test split (accuracy, paired drop),
+the held-out test split (accuracy, paired drop and agreement with its float twin: what the gate judges; held-out
+is defined in convert/measure.py) and on every image the run has (agreement incl. training photos, shown only),
 judged by convert/gate.py, and the bundle is written atomically, edgecls.json once at the end: a failed gate
 or an interrupted export leaves no bundle.
 """
@@ -50,7 +51,7 @@ class ExportOptions:
     io_dtype: str = "uint8"
     onnx_target: str = "auto"        # the int8 ONNX's activation type: onnx_export.ONNX_TARGETS, auto = this machine
     max_drop: float = 1.0            # pp: refused when the test split supports a larger drop (95% interval)
-    min_agreement: float = 97.0      # percent top-1 agreement with float over all images an int8 artifact must reach
+    min_agreement: float = 97.0      # percent top-1 agreement with its float twin on the held-out photos (int8)
     # percent: the search keeps ops float until agreement on the val split reaches it. 99.5, not 99: at 99 a
     # digits model's all-int8 step passed with 3 of 310 val photos flipped and changed 14 of 2,062 answers; at
     # 99.5 the search kept 3 ops float and changed 4 (benchmarks/NOTES.md, issue 16's recipe runs).
@@ -187,7 +188,7 @@ def choose(ctx: Context, key: str, candidates: dict[str, Callable[[], tuple[Path
         verdict = gate.judge(gate.Evidence(key, finite, paired_drop(ref == y, pred == y), agree, split=split,
                                            agreement_rule="shown"), o.max_drop, o.min_agreement)
         missed = shown_below(agree["agreed"], agree["images"], o.target_agreement / 100)
-        tried[name] = {"val_agreement": agree["rate"], "val_images": agree["images"],
+        tried[name] = {"scored_on": split, "val_agreement": agree["rate"], "val_images": agree["images"],
                        "val_accuracy": round(float((pred == y).mean()), 4) if len(y) else None,
                        "val_mean_tv": round(mean_tv(probs, ctx.images.keras[split]), 5) if finite else None,
                        "reached_target": bool(agree["rate"] >= o.target_agreement / 100),

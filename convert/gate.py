@@ -1,12 +1,16 @@
 """The export gate: ONE verdict per artifact, used by auto-selection, the gate, the default artifact and the report.
 
-An int8 artifact is judged on two pieces of evidence:
+An int8 artifact is judged on two pieces of evidence, both against its float twin (convert/measure.py):
 - its accuracy drop vs float on the held-out split, *paired* (both models answer the same photos) with a 95%
   interval (`edgecls.metrics.paired_drop`): it is refused only when the interval lies wholly above --max-drop,
   i.e. when a drop beyond the limit is statistically supported. With 49 test photos one photo is 2 pp: two
-  near-tie flips must not refuse a model, a collapse (per-tensor int8 at 41.6%) still is;
-- its top-1 agreement with float over every image the run has (train + val + test: agreement needs no labels,
-  so thousands of images rather than the test split's few dozen), which must reach --min-agreement.
+  near-tie flips must not refuse a model, a collapse (per-tensor int8 at 41.6%) still is. So a bundle can pass
+  with a measured drop above --max-drop (benchmarks/RESULTS.md has passing bundles at −1.82 and −2.27 pp): the
+  report says so in a note;
+- its top-1 agreement with float on the same held-out photos (`agreement_heldout`): refused when the count shows
+  it below --min-agreement (exact binomial, `agreement_rule` "shown"); a rate below the floor but within chance of it
+  passes with a note saying so, as a drop within chance does. Not over every image: ~70% of those are training photos, which rounding and calibration were
+  fitted on and which flatter int8 (a 6-class set: 99.0% over all images, 98.1% on the 515 held-out ones).
 A float artifact must reproduce the Keras model (FLOAT_TOLERANCE). Non-finite outputs fail any artifact.
 """
 from __future__ import annotations
@@ -27,13 +31,14 @@ class Evidence:
     key: str
     finite: bool = True
     drop: dict | None = None          # edgecls.metrics.paired_drop vs float on the judged split (int8)
-    agreement: dict | None = None     # edgecls.metrics.agreement_count vs float over the judged images (int8)
+    agreement: dict | None = None     # edgecls.metrics.agreement_count vs float on the judged photos (int8)
     max_abs_diff: float | None = None  # vs the Keras model (float)
     split: str = "test"
-    # "count": agreement below --min-agreement fails (the bundle's gate, on every image the run has);
-    # "shown": it fails only when the count shows the rate below it (metrics.shown_below) — auto-selection on
-    # the validation split alone, where 2 flips of 44 photos (95.5%) must not fail a 97% floor.
-    agreement_rule: str = "count"
+    # "shown": agreement below --min-agreement fails only when the count shows the rate below it
+    # (metrics.shown_below, the agreement's counterpart of the drop's interval) — the bundle's gate on the held-out
+    # photos and auto-selection on the validation split, where 2 flips of 49 photos (95.9%) must not fail a 97%
+    # floor, nor 108 of 110 a 99.5% target; "count": any rate below the floor fails (a plain threshold).
+    agreement_rule: str = "shown"
 
 
 @dataclass
@@ -57,25 +62,40 @@ def judge(ev: Evidence, max_drop: float, min_agreement: float) -> Verdict:
             failures.append(f"{ev.key} differs from the Keras model by {diff:.2g} (limit {FLOAT_TOLERANCE:g}): "
                             "a conversion bug, please report it")
         return Verdict(not failures, failures, notes)
-    d, a = ev.drop, ev.agreement
-    if d is not None and d["n"]:
-        lo, hi = d["ci95_pp"]
-        span = f"95% interval {lo:+.2f} to {hi:+.2f} pp over {d['n']} {ev.split} photos"
-        if lo > max_drop:
-            failures.append(f"{ev.key} loses {d['drop_pp']:.2f} pp top-1 vs float ({span}; limit {max_drop:g})")
-        elif d["drop_pp"] > max_drop:
-            lost = f"{d['lost']} photo{'s' if d['lost'] != 1 else ''} lost"
-            notes.append(f"{ev.key}'s {d['drop_pp']:.2f} pp drop ({lost}, {d['gained']} gained) "
-                         f"is within chance: {span}")
-        if (hi - lo) / 2 > max_drop:
-            notes.append(f"{d['n']} {ev.split} photos: one photo is {d['photo_pp']:.2f} pp, too few to resolve a "
-                         f"{max_drop:g} pp drop (±{(hi - lo) / 2:.1f} pp); the verdict rests on agreement over "
-                         f"{a['images'] if a else '?'} images")
-    if a is not None and not a["rate"] * 100 >= min_agreement and (
-            ev.agreement_rule == "count" or shown_below(a["agreed"], a["images"], min_agreement / 100)):
-        failures.append(f"{ev.key} agrees with float on only {a['rate'] * 100:.1f}% of {a['images']} images "
-                        f"(limit {min_agreement:g}%)")
+    _judge_drop(ev, max_drop, failures, notes)
+    _judge_agreement(ev, min_agreement, failures, notes)
     return Verdict(not failures, failures, notes)
+
+
+def _judge_drop(ev: Evidence, max_drop: float, failures: list[str], notes: list[str]) -> None:
+    d = ev.drop
+    if d is None or not d["n"]:
+        return
+    lo, hi = d["ci95_pp"]
+    span = f"95% interval {lo:+.2f} to {hi:+.2f} pp over {d['n']} {ev.split} photos"
+    if lo > max_drop:
+        failures.append(f"{ev.key} loses {d['drop_pp']:.2f} pp top-1 vs float ({span}; limit {max_drop:g})")
+    elif d["drop_pp"] > max_drop:
+        lost = f"{d['lost']} photo{'s' if d['lost'] != 1 else ''} lost"
+        notes.append(f"{ev.key}'s {d['drop_pp']:.2f} pp drop ({lost}, {d['gained']} gained) is above the "
+                     f"{max_drop:g} pp limit but within chance, so not refused: {span}")
+    if (hi - lo) / 2 > max_drop:
+        notes.append(f"{d['n']} {ev.split} photos: one photo is {d['photo_pp']:.2f} pp, too few to resolve a "
+                     f"{max_drop:g} pp drop (±{(hi - lo) / 2:.1f} pp); the verdict rests on agreement with "
+                     f"float on the same photos")
+
+
+def _judge_agreement(ev: Evidence, min_agreement: float, failures: list[str], notes: list[str]) -> None:
+    a = ev.agreement
+    if a is None or a["rate"] * 100 >= min_agreement:
+        return
+    said = (f"{ev.key} agrees with {a.get('reference', 'float')} on {a['rate'] * 100:.1f}% of {a['images']} "
+            f"{ev.split} photos ({a['agreed']}/{a['images']}), below the {min_agreement:g}% limit")
+    if ev.agreement_rule == "count" or shown_below(a["agreed"], a["images"], min_agreement / 100):
+        failures.append(said + ("" if ev.agreement_rule == "count" else
+                                " beyond chance (exact binomial, one-sided 2.5%)"))
+    else:
+        notes.append(said + f" but within chance of it (one photo is {100 / a['images']:.2f} pp), so not refused")
 
 
 def summary(verdicts: dict[str, Verdict], max_drop: float, min_agreement: float, allow_drop: bool) -> dict:

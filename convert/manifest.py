@@ -10,22 +10,25 @@ from edgecls.formats import BY_KEY
 from edgecls.fsutil import atomic_write_json, atomic_write_text, sha256_file
 from edgecls.versions import library_versions
 
-METRIC_KEYS = ("accuracy", "accuracy_ci95", "agreement", "agreement_all", "mean_tv_all", "drop",
-               "per_class_delta", "latency_ms", "latency_ratio", "max_abs_diff", "verdict")
+METRIC_KEYS = ("accuracy", "accuracy_ci95", "reference", "agreement", "agreement_heldout", "agreement_all",
+               "mean_tv_all", "drop", "per_class_delta", "latency_ms", "latency_ratio", "max_abs_diff", "verdict")
 
 
 def place(bundle_dir: Path, run, key: str, built) -> dict:
-    """Copy a built artifact into the bundle (ONNX files get labels and preprocessing embedded) and return
-    its edgecls.json entry: file, sha256, bytes, I/O, and what the builder records (method, float ops, …).
-    The same entry is what the measurement loads the artifact with, so it is measured as the device runs it."""
-    from edgecls.convert import onnx_export
+    """Copy a built artifact into the bundle with the labels embedded in the file (ONNX: and preprocessing) and
+    return its edgecls.json entry: file, sha256 (of the final file), bytes, I/O, and what the builder records
+    (method, float ops, …). The same entry is what the measurement loads the artifact with, so it is measured,
+    and the golden answers computed, on the very file the device runs."""
+    from edgecls.convert import onnx_export, tflite
     from edgecls.convert.context import io_details
 
     dest = bundle_dir / BY_KEY[key].filename
-    shutil.copyfile(built.source, dest)
     family = BY_KEY[key].family
     if family == "onnx":
+        shutil.copyfile(built.source, dest)
         onnx_export.embed_metadata(dest, run.labels, run.spec.to_dict(), {"artifact": key, "method": built.method})
+    else:   # metadata only: every tensor and buffer the runtime reads is unchanged (tflite.compact)
+        dest.write_bytes(tflite.with_labels(Path(built.source).read_bytes(), list(run.labels)))
     io = io_details(key, dest)
     return {"file": dest.name, "sha256": sha256_file(dest), "bytes": dest.stat().st_size, **io,
             "output_kind": "probabilities", "method": built.method, **built.meta}
@@ -46,7 +49,7 @@ def write(bundle_dir: Path, run, keys: list[str], entries: dict[str, dict], opts
     for key in keys:
         row = result.rows[key]
         artifacts[key] = {**entries[key], "metrics": {k: row[k] for k in METRIC_KEYS if k in row}}
-    agreement = {k: (result.rows[k].get("agreement_all") or {}).get("rate", 0.0) for k in keys}
+    agreement = {k: (result.rows[k].get("agreement_heldout") or {}).get("rate", 0.0) for k in keys}
     ref = result.rows[result.reference]
     meta = {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "labels": run.labels,
             "preprocessing": run.spec.to_dict(),

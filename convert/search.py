@@ -3,8 +3,8 @@
 Real photos have near-ties, and an int8 model flips them: MobileNetV2 on flowers changed ~3% of answers with
 every op int8. The QuantizationDebugger ranks ops by their own int8 error (`tflite.op_errors`, in quantization
 steps); step k keeps the k worst float. Each step is built, scored (top-1 agreement with the Keras model on
-the validation split: held out from training and calibration, while the test split stays untouched for the
-verdict) and timed against the float artifact (interleaved, one thread). The search stops at the first step that reaches
+the validation split: apart from training and calibration, but seen by the search, so not held out — the test
+split stays untouched for the verdict, convert/measure.py; edgecls.json records it as `scored_on`) and timed against the float artifact (interleaved, one thread). The search stops at the first step that reaches
 `target`; a step slower than the latency budget is recorded but never kept.
 
 The loop takes its build/score/time functions as arguments, so the rule is one small function that the
@@ -67,9 +67,13 @@ def run(ranked: list[tuple[str, float]], build: Callable[[list[str]], Path],
     return {"steps": steps, "chosen": chosen, "path": built[chosen][4], "reached": bool(reached), "budget": budget}
 
 
-def record(result: dict, target: float, max_ratio: float) -> dict:
-    """The search as edgecls.json keeps it: every step's float ops, agreement and latency, and the choice."""
-    return {"target_agreement": target, "max_latency_ratio": max_ratio, "budget": round(result["budget"], 3),
+def record(result: dict, target: float, max_ratio: float, scored_on: str = "val",
+           reference: str = "keras-float") -> dict:
+    """The search as edgecls.json keeps it: every step's float ops, agreement and latency, and the choice; which
+    photos the agreement was scored on (`scored_on`: val, or train for a run without a val split — never test)
+    and against which model."""
+    return {"target_agreement": target, "scored_on": scored_on, "reference": reference, "heldout": False,
+            "max_latency_ratio": max_ratio, "budget": round(result["budget"], 3),
             "reached": result["reached"], "chosen": result["chosen"],
             "steps": [{**asdict(s), "agreement": round(s.agreement, 5)} for s in result["steps"]]}
 
@@ -91,7 +95,7 @@ def plot(search: dict, title: str, dest: Path) -> None:
     ax.axhline(search["target_agreement"] * 100, ls="--", color="gray", lw=1, label="target agreement")
     ax.axvline(search["budget"], ls=":", color="gray", lw=1, label="latency budget")
     ax.set_xlabel("latency int8 / float (1 thread, interleaved)")
-    ax.set_ylabel(f"agreement with float, % of {steps[0]['images']} images")
+    ax.set_ylabel(f"agreement with float, % of {steps[0]['images']} {search.get('scored_on', 'val')} photos")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, loc="lower right")
     save_figure(fig, dest)

@@ -1,9 +1,11 @@
 """The parity table, and `evaluate()` behind `edgecls eval BUNDLE DATA_DIR` (the command is in device/commands.py):
 how far each artifact is from the float model.
 
-`export` builds its report with the same `measure()` / `parity()` / `table()` as `eval`, so the numbers
-in a bundle's edgecls.json and the numbers `eval` prints on the Pi come from the same code. No TensorFlow
-here: this module runs on the device.
+`export` builds its report with the same `measure()` / `parity()` / `table()` as `eval`, and compares each
+artifact with the same reference (`agreement_reference`: an int8 artifact with its float twin), so the numbers
+in a bundle's edgecls.json and the numbers `eval` prints on the Pi come from the same code: `eval` on the run's
+held-out test photos gives the export's held-out agreement, photo for photo. No TensorFlow here: this module
+runs on the device.
 """
 from __future__ import annotations
 
@@ -38,24 +40,31 @@ def measure(predict: Predict, pixels: np.ndarray, progress=None) -> Measured:
     return Measured(np.concatenate(probs, 0), float(np.median(times) * 1000.0))
 
 
-def parity(results: dict[str, Measured], y: np.ndarray, labels: list[str], reference: str | None) -> dict[str, dict]:
-    """Per result: top-1 accuracy, agreement with `reference`, per-class accuracy and its delta (pp) vs reference."""
+def parity(results: dict[str, Measured], y: np.ndarray, labels: list[str],
+           reference: str | dict[str, str | None] | None) -> dict[str, dict]:
+    """Per result: top-1 accuracy, agreement with its reference (with the count: `agreed` of `images`), per-class
+    accuracy and its delta (pp) vs the reference. `reference` is one key for every row, or a key per row
+    (`agreement_reference`: each int8 artifact against its float twin); each row names its own (`reference`)."""
     n = len(labels)
-    ref_pred = results[reference].probs.argmax(1) if reference in results else None
-    ref_pc = per_class_accuracy(y, ref_pred, n) if ref_pred is not None else None
+    refs = reference if isinstance(reference, dict) else {key: reference for key in results}
     rows = {}
     for key, m in results.items():
         pred = m.probs.argmax(1)
         pc = per_class_accuracy(y, pred, n)
-        row = {"accuracy": float((pred == y).mean()) if len(y) else 0.0,
-               "agreement": agreement(pred, ref_pred) if ref_pred is not None else None,
-               "latency_ms": round(m.latency_ms, 3),
-               "per_class_accuracy": {labels[i]: _num(pc[i]) for i in range(n)},
-               "per_class_delta": ({labels[i]: _num((pc[i] - ref_pc[i]) * 100.0) for i in range(n)}
-                                   if ref_pc is not None else None),
-               "confusion": confusion(y, pred, n).tolist(),
-               "predictions": pred.tolist()}
-        rows[key] = row
+        ref = refs.get(key)
+        ref_pred = results[ref].probs.argmax(1) if ref in results else None
+        ref_pc = per_class_accuracy(y, ref_pred, n) if ref_pred is not None else None
+        rows[key] = {"accuracy": float((pred == y).mean()) if len(y) else 0.0,
+                     "reference": ref if ref_pred is not None else None,
+                     "agreement": agreement(pred, ref_pred) if ref_pred is not None else None,
+                     "agreed": int((pred == ref_pred).sum()) if ref_pred is not None else None,
+                     "images": int(len(pred)),
+                     "latency_ms": round(m.latency_ms, 3),
+                     "per_class_accuracy": {labels[i]: _num(pc[i]) for i in range(n)},
+                     "per_class_delta": ({labels[i]: _num((pc[i] - ref_pc[i]) * 100.0) for i in range(n)}
+                                         if ref_pc is not None else None),
+                     "confusion": confusion(y, pred, n).tolist(),
+                     "predictions": pred.tolist()}
     return rows
 
 
@@ -73,31 +82,56 @@ def worst_class_delta(row: dict) -> tuple[str, float] | None:
 
 def table(rows: dict[str, dict], reference: str | None, sizes: dict[str, int] | None = None, title: str = "",
           reference_accuracy: float | None = None):
-    """The parity table as a rich Table (print it with a rich Console)."""
+    """The parity table as a rich Table (print it with a rich Console). Each row is compared with its own
+    `reference` when it names one (int8 with its float twin), else with `reference`; the "vs" column names it."""
     from rich.markup import escape
     from rich.table import Table
 
     # Class names and folder names are data, not markup: "[red]x" must print as itself.
     t = Table(title=escape(title) if title else None)
-    for col in ("model", "top-1", "Δ vs float (pp)", "agreement", "worst class Δ (pp)", "latency ms", "size"):
-        t.add_column(col, justify="left" if col == "model" else "right", no_wrap=col == "model")
-    ref_acc = rows[reference]["accuracy"] if reference in rows else reference_accuracy
+    for col in ("model", "vs", "top-1", "Δ vs float (pp)", "agreement", "worst class Δ (pp)", "latency ms", "size"):
+        named = col in ("model", "vs")   # the model names never fold nor shorten: they say what is compared
+        t.add_column(col, justify="left" if named else "right", no_wrap=named,
+                     min_width=len("tflite-float") if named else None)
     for key, r in rows.items():
-        drop = "" if ref_acc is None or key == reference else f"{(r['accuracy'] - ref_acc) * 100:+.2f}"
-        agree = "" if r.get("agreement") is None or key == reference else f"{r['agreement'] * 100:.1f}%"
-        worst = worst_class_delta(r) if key != reference else None
+        ref = r.get("reference") or reference
+        ref_acc = rows[ref]["accuracy"] if ref in rows else r.get("reference_accuracy", reference_accuracy)
+        own = key == ref
+        drop = "" if ref_acc is None or own else f"{(r['accuracy'] - ref_acc) * 100:+.2f}"
+        agree = "" if r.get("agreement") is None or own else _agreement_text(r)
+        worst = worst_class_delta(r) if not own else None
         size = (sizes or {}).get(key)
-        t.add_row(key, f"{r['accuracy'] * 100:.2f}%", drop, agree,
+        t.add_row(key, "" if own or ref is None else ref, f"{r['accuracy'] * 100:.2f}%", drop, agree,
                   f"{worst[1]:+.1f} ({escape(worst[0])})" if worst else "", f"{r['latency_ms']:.2f}",
                   f"{size / 1e6:.2f} MB" if size else "")
     return t
 
 
+def _agreement_text(row: dict) -> str:
+    """"96.7% (58/60)": the rate with its count when the row has it."""
+    rate = f"{row['agreement'] * 100:.1f}%"
+    return f"{rate} ({row['agreed']}/{row['images']})" if row.get("agreed") is not None and row.get("images") else rate
+
+
 def float_reference(keys: list[str]) -> str | None:
-    """The float artifact agreement is measured against: TFLite float first, as the device runs it."""
+    """The float artifact float rows are compared with: TFLite float first, as the device runs it."""
     from edgecls.formats import FORMATS
 
     return next((f.key for f in FORMATS if f.precision == "float" and f.key in keys), None)
+
+
+def agreement_reference(key: str, keys: list[str]) -> str | None:
+    """What `key` is compared with (agreement, Δ top-1, per-class Δ), in export and eval alike: an int8 artifact
+    with the float artifact of its own family (tflite-int8 vs tflite-float, onnx-int8 vs onnx-float: the twin
+    `run --shadow` and `bench` pair it with), a float artifact (or an int8 one without a twin) with
+    `float_reference`."""
+    from edgecls.formats import BY_KEY
+
+    fmt = BY_KEY[key]
+    twin = f"{fmt.family}-float"
+    if fmt.precision == "int8" and twin in keys:
+        return twin
+    return float_reference(keys)
 
 
 # ---------------------------------------------------------------- the `eval` command
@@ -113,7 +147,9 @@ def evaluate(bundle_dir: str, data_dir: str, family: str | None = None, precisio
     bundle = load_bundle(bundle_dir)
     keys = bundle.select(family, precision)
     reference = float_reference(list(bundle.artifacts))
-    run_keys = keys + ([reference] if reference and reference not in keys else [])
+    # Each artifact against its reference (int8: its float twin), which runs too when not selected.
+    references = {key: agreement_reference(key, list(bundle.artifacts)) for key in keys}
+    run_keys = list(dict.fromkeys(keys + [r for r in references.values() if r]))
     with progress_bar("checking images", quiet=not show_progress, total=1) as advance:
         found = scan(data_dir, classes=bundle.labels, progress=advance)
     if not found.items:
@@ -129,15 +165,19 @@ def evaluate(bundle_dir: str, data_dir: str, family: str | None = None, precisio
         runtimes[key] = model.runtime
         with progress_bar(f"eval {key}", quiet=not show_progress, total=len(x)) as advance:
             results[key] = measure(model.predict, x, advance)
-    rows = parity(results, y, bundle.labels, reference)
+    rows = parity(results, y, bundle.labels, references)
     artifacts = {}
     for key in keys:
-        r = rows[key]
-        artifacts[key] = {"runtime": runtimes[key], "accuracy": r["accuracy"], "agreement": r["agreement"],
+        r, ref = rows[key], references[key]
+        artifacts[key] = {"runtime": runtimes[key], "accuracy": r["accuracy"], "reference": ref,
+                          "reference_accuracy": rows[ref]["accuracy"] if ref else None,
+                          "agreement": r["agreement"], "agreed": r["agreed"], "images": r["images"],
                           "latency_ms": r["latency_ms"], "per_class_accuracy": r["per_class_accuracy"],
                           "per_class_delta": r["per_class_delta"], "confusion": r["confusion"],
                           "predictions": r["predictions"], "bytes": bundle.artifacts[key].path.stat().st_size}
     return {"bundle": str(bundle.root), "data": str(found.root), "classes": bundle.labels,
-            "reference": reference, "reference_accuracy": rows[reference]["accuracy"] if reference else None,
+            # the float rows' reference; every artifact names its own (artifacts.<key>.reference)
+            "reference": reference if reference in rows else None,
+            "reference_accuracy": rows[reference]["accuracy"] if reference in rows else None,
             "files": [rel for rel, _ in found.items], "labels": y.tolist(),
             "skipped": [{"file": f, "reason": r} for f, r in found.skipped], "artifacts": artifacts}

@@ -54,6 +54,10 @@ def test_eval_json_reproduces_the_export_numbers_without_tensorflow(bundle, test
     doc = json.loads(r.stdout)
     meta = json.loads((bundle / MANIFEST).read_text())
     assert set(doc["artifacts"]) == set(meta["artifacts"]) and doc["reference"] == "tflite-float"
+    # One reference per artifact, the export's: int8 against its own family's float artifact
+    assert {k: a["reference"] for k, a in doc["artifacts"].items()} == {
+        "tflite-float": "tflite-float", "tflite-int8": "tflite-float", "onnx-float": "tflite-float",
+        "onnx-int8": "onnx-float"}
     assert len(doc["files"]) == len(doc["labels"]) == meta["report"]["images"]
     assert doc["classes"] == meta["labels"]
     for key, a in doc["artifacts"].items():
@@ -62,8 +66,9 @@ def test_eval_json_reproduces_the_export_numbers_without_tensorflow(bundle, test
         assert a["accuracy"] == pytest.approx(acc)
         # Same images, same runtime, same code: eval and export agree exactly on accuracy.
         assert a["accuracy"] == pytest.approx(meta["artifacts"][key]["metrics"]["accuracy"]), key
-        ref = doc["artifacts"]["tflite-float"]["predictions"]
-        assert a["agreement"] == pytest.approx(sum(p == q for p, q in zip(a["predictions"], ref)) / len(ref))
+        ref = doc["artifacts"][a["reference"]]["predictions"]
+        assert a["agreed"] == sum(p == q for p, q in zip(a["predictions"], ref)) and a["images"] == len(ref)
+        assert a["agreement"] == pytest.approx(a["agreed"] / len(ref))
         assert a["latency_ms"] > 0 and a["runtime"]
 
 
@@ -72,13 +77,40 @@ def test_eval_filters_and_still_measures_agreement(bundle, test_folder):
     assert r.returncode == 0, r.stderr[-2000:]
     doc = json.loads(r.stdout)
     assert list(doc["artifacts"]) == ["onnx-int8"] and tf_modules == []
-    assert doc["artifacts"]["onnx-int8"]["agreement"] is not None   # against the float model it also ran
+    a = doc["artifacts"]["onnx-int8"]
+    assert a["agreement"] is not None and a["reference"] == "onnx-float"   # against its float twin, also run
+
+
+def test_export_reports_the_heldout_agreement_eval_gives_on_the_test_photos(bundle, test_folder, tiny_run):
+    """issue 28: `edgecls export` leads with agreement on the held-out photos (the run's test split, which training,
+    calibration, weight rounding and the search never saw), and `edgecls eval` on a folder of exactly those photos
+    gives the same figure: the same reference, the same count of photos, the same count agreeing."""
+    meta = json.loads((bundle / MANIFEST).read_text())
+    run = load_run(tiny_run)
+    assert meta["report"]["split"] == "test" and meta["report"]["images"] == len(run.split_items("test"))
+    r, _ = eval_without_tf(bundle, test_folder, "--json", "--threads", "2")
+    assert r.returncode == 0, r.stderr[-2000:]
+    doc = json.loads(r.stdout)
+    for key in ("tflite-int8", "onnx-int8"):
+        held = meta["artifacts"][key]["metrics"]["agreement_heldout"]
+        ev = doc["artifacts"][key]
+        assert held["heldout"] is True and held["split"] == "test", held
+        assert (held["reference"], held["images"], held["agreed"]) == (ev["reference"], ev["images"], ev["agreed"]), key
+        assert held["rate"] == pytest.approx(ev["agreement"], abs=1e-5)
+        # not the figure over every image: that one is labelled as including training photos
+        every = meta["artifacts"][key]["metrics"]["agreement_all"]
+        assert every["images"] > held["images"] and "training" in every["photos"]
+    # The printed tables name the reference and the photos
+    assert meta["artifacts"]["tflite-int8"]["search"]["scored_on"] == "val"
+    md = (bundle / "report.md").read_text()
+    assert "held-out test photos" in md and "agreement, held-out" in md and "incl. training photos" in md
 
 
 def test_eval_prints_the_table(bundle, test_folder):
     r = cli("eval", bundle, test_folder, "--precision", "int8")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "tflite-int8" in r.stdout and "onnx-int8" in r.stdout and "agreement" in r.stdout
+    assert "tflite-float" in r.stdout and "onnx-float" in r.stdout   # the "vs" column names each reference
 
 
 def test_eval_rejects_classes_the_bundle_does_not_know(bundle, test_folder, tmp_path):

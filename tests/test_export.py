@@ -142,7 +142,11 @@ def test_float_artifacts_reproduce_keras_and_int8_tracks_it(tiny_run, tiny_bundl
         assert q.shape == ref.shape and np.allclose(q.sum(1), 1, atol=0.05)
         recorded = b.meta["artifacts"][f"{fam}-int8"]["metrics"]
         assert recorded["accuracy"] == pytest.approx(float((q.argmax(1) == y).mean()))
-        assert recorded["agreement"] == pytest.approx(float((q.argmax(1) == ref.argmax(1)).mean()))
+        # agreement with the float artifact of the same family, on the held-out test photos, as a count
+        held = recorded["agreement_heldout"]
+        assert held["reference"] == recorded["reference"] == f"{fam}-float"
+        assert (held["agreed"], held["images"]) == (int((q.argmax(1) == got.argmax(1)).sum()), len(x))
+        assert recorded["agreement"] == pytest.approx(held["rate"], abs=1e-5)
 
 
 def test_int8_takes_pixel_codes_and_answers_like_float(tiny_run, tiny_bundle):
@@ -192,7 +196,7 @@ def test_onnx_int8_types_follow_the_target(tiny_run, tiny_bundle, tmp_path, targ
 
 
 def test_gate_failure_exits_nonzero_and_leaves_the_old_bundle(tiny_run, tiny_bundle, tmp_path):
-    """The tiny run's int8 model agrees with float on ~80% of test images (its accuracy may even be
+    """The tiny run's int8 model agrees with float on ~80% of its held-out test photos (its accuracy may even be
     higher): demanding 100% agreement must stop the export, with the table and what to try."""
     out = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, out)
@@ -202,7 +206,8 @@ def test_gate_failure_exits_nonzero_and_leaves_the_old_bundle(tiny_run, tiny_bun
     assert r.returncode == 3, r.stderr[-2000:]
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("edgecls: error: tflite-int8 ") and "--int8-method qat" in last
-    assert "tflite-int8 agrees with float on only" in last and "(limit 100%)" in last
+    # judged on the held-out test photos, against the float twin, and said so
+    assert "tflite-int8 agrees with tflite-float on" in last and "test photos" in last and "below the 100% limit" in last
     assert "--calib-samples" in last and "--allow-drop" in last
     assert "tflite-int8" in r.stderr and "keras-float" in r.stderr       # the table was printed
     assert (out / MANIFEST).read_bytes() == before                       # the old bundle is untouched
@@ -327,20 +332,20 @@ def test_guarded_ops_stay_float_in_both_int8_formats(tiny_run, tmp_path):
     assert conv.input[1] in {t.name for t in graph.initializer}   # float weights, no DequantizeLinear
     assert sum(n.op_type == "DequantizeLinear" for n in graph.node) > 50   # the rest is QDQ int8
 
-    def predict(level):
-        so = ort.SessionOptions()
-        so.graph_optimization_level = level
-        s = ort.InferenceSession(str(int8), so, providers=["CPUExecutionProvider"])
-        return s.run(None, {onnx_export.INPUT_NAME: x.astype(np.float32)})[0]
-
-    # Fused int8 kernels round a little differently from the QDQ graph run op by op (max |Δp| 0.06 seen), which
-    # flips near-ties of this weak tiny model (3 of 24 once, all margins < 0.1; once a margin of 0.10: two classes
-    # each moving 0.06 close a gap of 0.12); the re-quantized depthwise conv moves whole answers (max |Δp| 0.77,
-    # mean TV ~0.4 on MobileNetV2): no answer with a margin above 0.2 may change.
-    plain = predict(ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-    optimized = predict(ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
-    tv = np.abs(optimized - plain).sum(1).mean() / 2
-    top2 = np.sort(plain, 1)[:, -2:]
-    confident = top2[:, 1] - top2[:, 0] > 0.2
-    assert tv < 0.05 and confident.sum() >= 6, (tv, confident.sum())
-    assert (optimized.argmax(1) == plain.argmax(1))[confident].all(), (optimized, plain)
+    # What the shield prevents, read off the graph onnxruntime actually runs (its optimized model, saved): the
+    # guarded conv keeps its float weights — no QLinearConv and no int8 weights for it. Checked on the graph, not
+    # on the answers: on x86 without VNNI (this CI machine: AVX2 only) onnxruntime 1.32's fused int8 kernels
+    # differ from the QDQ graph run op by op everywhere (mean TV 0.16 on this tiny model; 9 of 110 flowers
+    # answers), which says nothing about the shield — the export's held-out gate measures and reports that
+    # (benchmarks/NOTES.md, "int8 ONNX on x86 without VNNI").
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.optimized_model_filepath = str(tmp_path / "as_run.onnx")
+    ort.InferenceSession(str(int8), so, providers=["CPUExecutionProvider"])
+    as_run = onnx.load(str(tmp_path / "as_run.onnx")).graph
+    float_weights = {t.name for t in as_run.initializer if t.data_type == onnx.TensorProto.FLOAT}
+    convs = [n for n in as_run.node if n.name.startswith("edgecls_mobilenet_v2/expanded_conv_depthwise/depthwise")]
+    assert convs and all(n.op_type != "QLinearConv" for n in convs), [(n.op_type, n.name) for n in convs]
+    assert any(i in float_weights for n in convs for i in n.input[1:2]), "the guarded conv's weights were quantized"
+    others = [n for n in as_run.node if n.op_type == "QLinearConv"]
+    assert len(others) > 30, "the rest still runs as int8 kernels"
