@@ -51,7 +51,8 @@ def run(
     headless: bool = typer.Option(False, "--headless", help="No window: one console line per result."),
     json_lines: bool = typer.Option(False, "--json", help="One JSON line per frame on stdout, then a summary line."),
     stream: Optional[int] = typer.Option(None, "--stream", help="Serve the annotated video as MJPEG on this port."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address for --stream (0.0.0.0 = every interface)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address for --stream/--ui/--metrics (0.0.0.0 = every "
+                                    "interface; then only with the token: EDGECLS_TOKEN, or the link printed)."),
     save: Optional[Path] = typer.Option(None, "--save", help="Write the annotated video to this file (.mp4/.avi)."),
     resolution: Optional[str] = typer.Option(None, "--resolution", help="Camera capture size, e.g. 1280x720."),
     fps: Optional[float] = typer.Option(None, "--fps", help="Camera capture rate."),
@@ -69,15 +70,20 @@ def run(
     classes: Optional[str] = typer.Option(None, "--classes", help="Watch only these labels, e.g. a,b (or 'uncertain')."),
     events: bool = typer.Option(False, "--events", help="Event lines in --json ({\"event\": \"enter\", …})."),
     mqtt: Optional[str] = typer.Option(None, "--mqtt", help="Publish events to mqtt://HOST[:PORT]/TOPIC "
-                                        "(mqtts:// for TLS; user:pass@HOST to log in)."),
+                                        "(mqtts:// for TLS; USER@HOST to log in, the password from "
+                                        "EDGECLS_MQTT_PASSWORD or --mqtt-password-file)."),
+    mqtt_password_file: Optional[str] = typer.Option(None, "--mqtt-password-file", help="File holding the broker "
+                                                     "password (chmod 600); never put it in the URL."),
     mqtt_qos: int = typer.Option(0, "--mqtt-qos", help="0|1|2"),
     mqtt_retain: bool = typer.Option(False, "--mqtt-retain", help="Retain the event and state messages."),
     mqtt_ca: Optional[str] = typer.Option(None, "--mqtt-ca", help="CA certificate file for mqtts://."),
     mqtt_state_interval: float = typer.Option(0.0, "--mqtt-state-interval",
                                               help="Also publish the state on TOPIC/state every N s (0: off)."),
     webhook: Optional[str] = typer.Option(None, "--webhook", help="POST each event as JSON to this http(s) URL."),
-    webhook_secret: Optional[str] = typer.Option(None, "--webhook-secret", envvar="EDGECLS_WEBHOOK_SECRET",
-                                                 help="Sign each body: X-Edgecls-Signature: sha256=HMAC."),
+    webhook_secret: Optional[str] = typer.Option(None, "--webhook-secret", hidden=True,
+                                                 help="Refused: the command line is readable by every user."),
+    webhook_secret_file: Optional[str] = typer.Option(None, "--webhook-secret-file", help="File holding the "
+                                                      "signing secret (chmod 600), or EDGECLS_WEBHOOK_SECRET."),
     webhook_timeout: float = typer.Option(5.0, "--webhook-timeout", help="Seconds per webhook attempt."),
     gpio: Optional[str] = typer.Option(None, "--gpio", help="LABEL=PIN[,LABEL=PIN…]: pin HIGH while the class is in."),
     gpio_pulse: Optional[float] = typer.Option(None, "--gpio-pulse", help="Pulse the pin N s per enter instead."),
@@ -98,6 +104,13 @@ def run(
                                                "float model, on a worker thread: live int8-vs-float agreement, drift."),
     shadow_priority: str = typer.Option("idle", "--shadow-priority", help="idle: the shadow only uses CPU nothing else "
                                         "wants (skips frames on a busy CPU); normal: it takes its share."),
+    # Fleet updates (docs/fleet.md): BUNDLE is DEVICE_DIR/current of `edgecls update --device-dir DEVICE_DIR`.
+    updates_url: Optional[str] = typer.Option(None, "--updates", help="Poll this signed update repository and "
+                                              "swap in a newer bundle that passes its checks and a canary."),
+    update_interval: float = typer.Option(300.0, "--update-interval", help="Seconds between polls (--updates)."),
+    canary_frames: int = typer.Option(200, "--canary-frames", help="Live frames a new bundle is judged on."),
+    update_topic: str = typer.Option("edgecls/updates", "--update-topic", help="With --mqtt: a message here "
+                                     "(`edgecls publish --notify`) polls at once."),
 ):
     """Classify a camera, stream, video or folder live: source → model → outputs."""
     from edgecls.device.classifier import Classifier
@@ -108,6 +121,7 @@ def run(
     from edgecls.device.pipeline import run_pipeline
     from edgecls.device.shadow import ShadowCheck, parse_every
     from edgecls.device.sources import SourceOptions, open_source
+    from edgecls.httpauth import announce as announce_token
 
     if (source_arg is None) == (source_opt is None):
         raise EdgeclsError("give the source once: edgecls run BUNDLE --source SOURCE")
@@ -122,27 +136,44 @@ def run(
     every = None if shadow_every is None else parse_every(shadow_every)
     opts = SourceOptions(size=_parse_size(resolution), fps=fps, orientation=Orientation(flip, rotate), loop=loop,
                          realtime=realtime)
-    net = Classifier(bundle, format, precision, threads=threads, top_k=top_k, smooth=smooth, threshold=threshold)
-    from edgecls.device.verify import SelfTest, startup_exam   # before the source opens: a failing bundle
-                                                              # never touches the camera
-    self_test = (SelfTest("", {"passed": None, "skipped": "--no-verify"}) if no_verify
-                 else startup_exam(net.bundle, net.model, threads=threads))
-    shadow = None if every is None else ShadowCheck(net.bundle, net.artifact_key, every, shadow_priority)
+    from edgecls.fleet.live import exam_failed, open_updates, starting
+    starting(bundle, _err)   # in a device folder: a crash loop goes back to the previous bundle
+
+    def open_net(path):
+        n = Classifier(path, format, precision, threads=threads, top_k=top_k, smooth=smooth, threshold=threshold)
+        return n, None if every is None else ShadowCheck(n.bundle, n.artifact_key, every, shadow_priority)
+
+    net, shadow = open_net(bundle)
+    opts.model_input = (net.spec.width, net.spec.height)   # cameras that scale in hardware: a frame near it
+    from edgecls.device.verify import ExamFailed, SelfTest, startup_exam   # before the source opens: a failing
+                                                                         # bundle never touches the camera
+    try:
+        self_test = (SelfTest("", {"passed": None, "skipped": "--no-verify"}) if no_verify
+                     else startup_exam(net.bundle, net.model, threads=threads))
+    except ExamFailed as e:
+        exam_failed(bundle, str(e), _err)
+        raise
+    updates = open_updates(bundle, updates_url, open_net, net.labels, format, update_interval, canary_frames,
+                           json_lines, _err, data)
     for note in shadow.notes if shadow else ():
         _err(f"edgecls: note: {note}")
     # Checked and bound (ports, pins) before the camera opens: bad input never touches the source.
     event_out = open_events(EventOptions(
         on=on, off=off, min_dwell=min_dwell, classes=classes, events=events, mqtt=mqtt, mqtt_qos=mqtt_qos,
         mqtt_retain=mqtt_retain, mqtt_ca=mqtt_ca, mqtt_state_interval=mqtt_state_interval, webhook=webhook,
-        webhook_secret=webhook_secret, webhook_timeout=webhook_timeout, gpio=gpio, gpio_pulse=gpio_pulse,
+        webhook_secret=webhook_secret, webhook_timeout=webhook_timeout, mqtt_password_file=mqtt_password_file,
+        webhook_secret_file=webhook_secret_file, gpio=gpio, gpio_pulse=gpio_pulse,
         metrics=metrics, host=host), net, json_lines, log=_err)
     extra = [event_out] if event_out else []
+    if updates is not None and event_out is not None:
+        updates.attach_sinks(event_out.sinks, update_topic)
     try:
         if stream is not None:   # its port too is bound before the camera opens
             extra.insert(0, StreamOutput(*parse_host_port(f"{host}:{stream}"), log=_err))
         extra += open_labelling(LabellingOptions(keep, keep_policy, keep_rate, keep_max_mb, keep_below, keep_chance,
                                                  ui, data, host), net, event_out, log=_err, shadow=shadow)
         src = open_source(source, opts)
+        announce_token(_err)   # the servers are bound: the token line, once (edgecls/httpauth.py)
     except BaseException:
         for o in extra:
             o.close()
@@ -158,9 +189,11 @@ def run(
         raise
     if not json_lines:
         _err(f"edgecls: {src.name} → {net.artifact_key} ({net.model.runtime}, {', '.join(net.model.providers)})")
+        if getattr(src, "delivers", ""):
+            _err(f"edgecls: {src.delivers}")
         if self_test.line:
             _err(self_test.line)
-    summary = run_pipeline(src, net, output, max_frames=max_frames, shadow=shadow)
+    summary = run_pipeline(src, net, output, max_frames=max_frames, shadow=shadow, updates=updates)
     if shadow is not None and not json_lines:
         _err(f"edgecls: {shadow.summary_text()}")
     if json_lines:

@@ -1,5 +1,6 @@
 """Prometheus metrics of the live loop: `--metrics PORT` serves http://HOST:PORT/metrics (HOST: --host, 127.0.0.1
-unless told otherwise) on the project's bounded HTTP server (edgecls/httpserve.py).
+unless told otherwise) on the project's bounded HTTP server (edgecls/httpserve.py), under its access rule
+(edgecls/httpauth.py: a loopback Host header, or on any other bind the token: `Authorization: Bearer`).
 
 Counters are updated in memory on the camera loop (a few increments per frame, no I/O); the figures of the
 other outputs (messages sent/dropped, reconnects) and of the source are read when Prometheus scrapes.
@@ -7,11 +8,10 @@ other outputs (messages sent/dropped, reconnects) and of the source are read whe
 from __future__ import annotations
 
 import threading
-from http.server import BaseHTTPRequestHandler
 
 from edgecls.device.events import EventSink
 from edgecls.errors import EdgeclsError
-from edgecls.httpserve import BoundedHTTPServer
+from edgecls.httpserve import BoundedHTTPServer, GuardedHandler
 
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
@@ -37,14 +37,15 @@ class MetricsSink(EventSink):
                                       registry=reg)
         self.shadow_margin = Gauge("edgecls_shadow_float_margin_p50", "Median float top-1 margin, live",
                                    registry=reg)
+        # `run --updates`: which bundle version runs, and what the polls found (fleet/live.py).
+        self.bundle_info = Gauge("edgecls_bundle_info", "The running bundle (1 for the current version)",
+                                 ["version", "bundle_id"], registry=reg)
+        self.updates = Counter("edgecls_updates", "Update polls by outcome", ["outcome"], registry=reg)
         reg.register(_LiveFigures(self))
         self.source, self.peers, self.n_frames = None, [], 0
         body = lambda: generate_latest(reg)  # noqa: E731
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
+        class Handler(GuardedHandler):
             def do_GET(self):
                 if self.path.split("?")[0] != "/metrics":
                     data, code, ctype = b"see /metrics\n", 404, "text/plain"
@@ -57,7 +58,7 @@ class MetricsSink(EventSink):
                 self.wfile.write(data)
 
         try:
-            self.httpd = BoundedHTTPServer((host, port), Handler)
+            self.httpd = BoundedHTTPServer((host, port), Handler, what="metrics", path="/metrics")
         except OSError as e:
             raise EdgeclsError(f"cannot serve --metrics on {host}:{port}: {e.strerror or e}") from None
         self.host, self.port = self.httpd.server_address[:2]
@@ -73,6 +74,14 @@ class MetricsSink(EventSink):
             self.shadow_agreement.set(figures["rate"])
         if (figures.get("float_margin") or {}).get("p50") is not None:
             self.shadow_margin.set(figures["float_margin"]["p50"])
+
+    def update_status(self, outcome: str | None, current: dict | None) -> None:
+        """A poll's outcome (installed, promoted, up-to-date, refused) and the bundle that runs now."""
+        if outcome:
+            self.updates.labels(outcome=outcome).inc()
+        if current:
+            self.bundle_info.clear()
+            self.bundle_info.labels(version=str(current["version"]), bundle_id=current["bundle_id"]).set(1)
 
     def send(self, event):
         self.events.labels(event.get("label", ""), event["event"]).inc()   # drift events: label ""

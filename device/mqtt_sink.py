@@ -1,6 +1,9 @@
 """Events to an MQTT broker (paho-mqtt ≥ 2): how a fleet of devices reports to one Mosquitto / EMQX / Home Assistant.
 
-    --mqtt mqtt://[user:pass@]HOST[:PORT]/TOPIC     (mqtts:// for TLS, --mqtt-ca CA.pem to trust a private CA)
+    --mqtt mqtt://[user@]HOST[:PORT]/TOPIC     (mqtts:// for TLS, --mqtt-ca CA.pem to trust a private CA)
+
+The password is never in the URL (the command line is readable by every local user): EDGECLS_MQTT_PASSWORD or
+--mqtt-password-file PATH. TOPIC is a name to publish to: no '+', '#', empty level, NUL or leading '$'.
 
 TOPIC          each event as JSON (QoS --mqtt-qos, retained with --mqtt-retain)
 TOPIC/state    the classes that are in, at most once per --mqtt-state-interval seconds (0: not sent)
@@ -19,7 +22,7 @@ import time
 import urllib.parse
 from dataclasses import dataclass
 
-from edgecls.device.sink_queue import QueuedSink, wait_until
+from edgecls.device.sink_queue import QueuedSink, masked_url, wait_until
 from edgecls.errors import EdgeclsError
 
 RECONNECT_DELAY_S = (1, 30)
@@ -41,28 +44,66 @@ class MqttTarget:
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}/{self.topic}"
 
 
-def parse_mqtt_url(url: str, ca: str | None = None) -> MqttTarget:
-    bad = f"bad --mqtt {url!r}: expected mqtt://[user:pass@]HOST[:PORT]/TOPIC (or mqtts://)"
+def parse_mqtt_url(url: str, ca: str | None = None, password: str | None = None) -> MqttTarget:
+    """The broker and topic of --mqtt; the password comes from elsewhere (EDGECLS_MQTT_PASSWORD or
+    --mqtt-password-file: a password in the URL would be on the command line, readable by every local user)."""
+    bad = f"bad --mqtt {masked_url(url)!r}: expected mqtt://[user@]HOST[:PORT]/TOPIC (or mqtts://)"
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url):
+        raise EdgeclsError(f"bad --mqtt {masked_url(url)!r}: a space or control character in it "
+                           "(percent-encode it, e.g. a space as %20)")
     u = urllib.parse.urlsplit(url)
+    if u.password is not None:
+        raise EdgeclsError("bad --mqtt URL: no password in it (the command line is readable by every local user): "
+                           "keep the user name there and put the password in EDGECLS_MQTT_PASSWORD or a file "
+                           "readable only by you, --mqtt-password-file PATH")
     if u.scheme not in ("mqtt", "mqtts") or not u.hostname:
         raise EdgeclsError(bad)
     try:
-        port = u.port or (8883 if u.scheme == "mqtts" else 1883)
+        port = u.port
     except ValueError:
-        raise EdgeclsError(f"{bad} (the port is not a number from 1 to 65535)") from None
-    topic = urllib.parse.unquote(u.path.lstrip("/"))
-    if not topic or u.query or u.fragment:
-        raise EdgeclsError(f"{bad} (no topic)" if not topic else bad)
-    if any(c in topic for c in "+#\0"):
-        raise EdgeclsError(f"bad --mqtt topic {topic!r}: '+' and '#' are for subscribing, not publishing")
+        port = 0
+    if port == 0:
+        raise EdgeclsError(f"{bad} (the port is not a number from 1 to 65535)")
+    if "#" in url:  # (urlsplit would take it for a fragment: mqtt://h/a/# would publish to "a/")
+        raise EdgeclsError(f"bad --mqtt topic in {masked_url(url)!r}: '+' and '#' are for subscribing, "
+                           "not publishing")
+    if u.query:
+        raise EdgeclsError(bad)
+    topic = check_topic(u.path[1:])
+    username = urllib.parse.unquote(u.username) if u.username else None
+    if password is not None and username is None:
+        raise EdgeclsError("an MQTT password (EDGECLS_MQTT_PASSWORD or --mqtt-password-file) needs a user name in "
+                           "--mqtt: mqtt://USER@HOST/TOPIC")
     if ca is not None:
         if u.scheme != "mqtts":
             raise EdgeclsError("--mqtt-ca needs an mqtts:// URL")
         if not os.path.isfile(ca):
             raise EdgeclsError(f"--mqtt-ca {ca}: file not found")
-    return MqttTarget(u.hostname, port, topic, u.scheme == "mqtts", ca,
-                      urllib.parse.unquote(u.username) if u.username else None,
-                      urllib.parse.unquote(u.password) if u.password else None)
+    port = port or (8883 if u.scheme == "mqtts" else 1883)
+    return MqttTarget(u.hostname, port, topic, u.scheme == "mqtts", ca, username, password)
+
+
+def check_topic(path: str) -> str:
+    """The topic events are published on (percent-decoded): a name to publish to, not a filter."""
+    try:
+        topic = urllib.parse.unquote(path, errors="strict")
+    except UnicodeDecodeError:
+        raise EdgeclsError(f"bad --mqtt topic {path!r}: not UTF-8 once percent-decoded") from None
+    bad = f"bad --mqtt topic {topic!r}"
+    if not topic:
+        raise EdgeclsError("bad --mqtt URL: no topic (expected mqtt://HOST/TOPIC, e.g. mqtt://broker/edgecls/cam1)")
+    if "+" in topic or "#" in topic:
+        raise EdgeclsError(f"{bad}: '+' and '#' are for subscribing, not publishing")
+    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in topic):
+        raise EdgeclsError(f"{bad}: no NUL or control characters")
+    if topic.startswith("/") or topic.endswith("/") or "//" in topic:
+        raise EdgeclsError(f"{bad}: an empty level (a leading, trailing or double '/'); "
+                           "TOPIC/status and TOPIC/state are published beside it")
+    if topic.startswith("$"):
+        raise EdgeclsError(f"{bad}: topics starting with '$' belong to the broker ($SYS)")
+    if len(topic.encode()) > 65535:
+        raise EdgeclsError(f"bad --mqtt topic: {len(topic.encode())} bytes, more than MQTT's 65535")
+    return topic
 
 
 class MqttSink(QueuedSink):
@@ -77,6 +118,7 @@ class MqttSink(QueuedSink):
         self.connects = 0
         self._last_state = float("-inf")
         self._refused = None
+        self._listening: list[str] = []
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
                              client_id=f"edgecls-{socket.gethostname()}-{os.getpid()}")
         if target.username is not None:
@@ -106,12 +148,27 @@ class MqttSink(QueuedSink):
         if self.connects > 1:
             self.log(f"edgecls: MQTT reconnected to {self.target.where}")
         client.publish(self.status_topic, "online", qos=1, retain=True)
+        for topic in self._listening:   # subscriptions do not survive a reconnect with a clean session
+            client.subscribe(topic, qos=1)
         self.connected.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties):
         if self.connected.is_set() and not self.give_up.is_set():
             self.log(f"edgecls: warning: MQTT connection to {self.target.where} lost ({reason_code}); retrying")
         self.connected.clear()
+
+    def listen(self, topic: str, on_message) -> None:
+        """Also subscribe to `topic` (again after every reconnect); `on_message(payload)` runs on paho's thread
+        (`run --updates`: the publisher's notify topic wakes the poll)."""
+        self._listening.append(topic)
+        self.client.message_callback_add(topic, lambda _c, _u, msg: on_message(msg.payload))
+        if self.connected.is_set():
+            self.client.subscribe(topic, qos=1)
+
+    def announce(self, subtopic: str, record: dict) -> None:
+        """A retained JSON message on TOPIC/subtopic (the fleet's update status), outside the event queue."""
+        self.client.publish(f"{self.target.topic}/{subtopic}", json.dumps(record, allow_nan=False), qos=1,
+                            retain=True)
 
     @property
     def reconnects(self) -> int:

@@ -43,8 +43,9 @@ def stop_on_signals(source: Source):
 
 
 def run_pipeline(source: Source, net: Classifier, output: Outputs, max_frames: int | None = None,
-                 shadow: ShadowCheck | None = None) -> dict:
+                 shadow: ShadowCheck | None = None, updates=None) -> dict:
     """Run until the source is exhausted, max_frames are done, a signal arrives or an output asks to stop.
+    `updates` (edgecls/fleet/live.py: LiveUpdates) may hand over a promoted model between two frames.
     Returns the run summary (also what `--json` prints last)."""
     stats = LiveStats()
     rss_start = rss_mb()
@@ -52,7 +53,11 @@ def run_pipeline(source: Source, net: Classifier, output: Outputs, max_frames: i
     try:
         with stop_on_signals(source) as signals:
             for frame in source:
+                if updates is not None:
+                    net, shadow = updates.swap(net, shadow, output)
                 result = net.classify(frame)
+                if updates is not None:
+                    updates.offer(frame, result)
                 stats.update(frame.t_capture, result.t_done, result.infer_ms)
                 output.render(frame, result, stats, shadow.step(frame, result) if shadow else None)
                 if max_frames and stats.frames >= max_frames:
@@ -61,10 +66,15 @@ def run_pipeline(source: Source, net: Classifier, output: Outputs, max_frames: i
                 if output.wants_stop:
                     stopped_by = "window closed"
                     break
+                if updates is not None and updates.wants_restart:
+                    stopped_by = "restart for an update"
+                    break
             if signals:
                 stopped_by = signal.Signals(signals[0]).name
     finally:
         source.close()
+        if updates is not None:
+            updates.close()
         try:
             if shadow is not None:   # the frame the worker still holds: its pair and events count too
                 output.finish_shadow(shadow.close())
@@ -73,10 +83,14 @@ def run_pipeline(source: Source, net: Classifier, output: Outputs, max_frames: i
     summary = {"source": source.name, "artifact": net.artifact_key, "stopped_by": stopped_by, **stats.summary()}
     if shadow is not None:
         summary["shadow"] = shadow.summary()
+    if updates is not None:
+        summary["updates"] = updates.status()
     if source.live:
         summary["captured"] = source.captured
         summary["dropped"] = max(0, source.captured - stats.frames)  # older frames replaced by newer ones
         summary["reconnects"] = source.reconnects
+        if getattr(source, "frame_size", None):
+            summary["frame_size"] = list(source.frame_size)   # what the camera delivered (device/cameras.py)
     if getattr(source, "skipped", None):
         summary["skipped_files"] = source.skipped
     summary.update(output.summary())

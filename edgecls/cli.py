@@ -51,9 +51,10 @@ def _demo(
 def _register() -> None:
     from edgecls.convert import commands as convert_commands
     from edgecls.device import commands as device_commands
+    from edgecls.fleet import commands as fleet_commands
     from edgecls.train import commands as train_commands
 
-    for stage in (train_commands, convert_commands, device_commands):
+    for stage in (train_commands, convert_commands, device_commands, fleet_commands):
         stage.register(app)
 
 

@@ -49,8 +49,8 @@ NEAR_TIE = 0.3
 # The checks --commands can ask for: the CLI's answers (eval, run), the int8 outputs on the host's own
 # prepared tensors (same-pixels: kernels alone), the byte-identity of prepare() itself (pixels) and the
 # bundle's own exam (verify: `edgecls verify`, the golden images and photos export stored, device/verify.py).
-SAME_PIXELS, PIXELS, VERIFY = "same-pixels", "pixels", "verify"
-COMMANDS = ("eval", "run", SAME_PIXELS, PIXELS, VERIFY)
+SAME_PIXELS, PIXELS, VERIFY, UPDATE = "same-pixels", "pixels", "verify", "update"
+COMMANDS = ("eval", "run", SAME_PIXELS, PIXELS, VERIFY, UPDATE)
 
 
 @dataclass
@@ -517,7 +517,29 @@ def run_checks(args, pi_python: str, tmp: Path) -> list[Row]:
             rows += pi_pixels(pi_python, cpu, env, pi_env, pixel_checks, args.min_agreement)
             if VERIFY in args.commands:
                 rows.append(verify_row(cpu, env, pi(["verify", bundle, "--json"])))
+            if UPDATE in args.commands and (cpu, env) == (args.cpus[0], args.envs[0]):   # once: it is slow emulated
+                rows.append(update_row(args, pi, cpu, env, tmp))
     return rows
+
+
+def update_row(args, pi, cpu: str, env: str, tmp: Path) -> Row:
+    """One signed update on the Pi: the host publishes BUNDLE into a file:// repository (a USB stick's kind),
+    the Pi's `edgecls update` installs it through TUF's client, and `edgecls verify DEVICE/current` passes there."""
+    repo, keys, dev = tmp / "repo", tmp / "keys", tmp / f"device-{cpu}-{env}"
+    for cli in (["keygen", str(keys)], ["publish", str(args.bundle), str(repo), "--keys", str(keys)]):
+        p = call([args.host_python, "-m", "edgecls", *cli])
+        if p.rc:
+            return Row(cpu, env, UPDATE, False, p.seconds, detail=f"host {cli[0]}: {p.last_err()}")
+    p = pi(["update", repo.resolve().as_uri(), "--device-dir", str(dev), "--root",
+            str(repo / "metadata" / "1.root.json"), "--json"])
+    if p.rc or '"installed"' not in p.out:
+        return Row(cpu, env, UPDATE, False, p.seconds, detail=f"update: exit {p.rc}: {p.last_err()} {p.out[-300:]}")
+    default = read_manifest(args.bundle).get("default_artifact", "tflite-int8")   # what the device runs
+    family, precision = default.split("-")
+    v = pi(["verify", str(dev / "current"), "--format", family, "--precision", precision, "--json"])
+    return Row(cpu, env, UPDATE, v.rc == 0, p.seconds + v.seconds,
+               detail=f"installed from a signed file:// repository; its {default} exam passes there" if v.rc == 0
+               else f"installed, but verify: exit {v.rc}: {v.last_err()}")
 
 
 def verify_row(cpu: str, env: str, p: Proc) -> Row:

@@ -1,0 +1,179 @@
+"""The device's folder: two bundle slots, which one runs, and the record of what happened.
+
+    DEVICE_DIR/state.json      current and previous slot (version, bundle id), last check, last refusal
+    DEVICE_DIR/current         a link to the slot that runs: `edgecls run DEVICE_DIR/current`
+    DEVICE_DIR/slots/a, b      bundles; a new one goes into the slot that is not current
+    DEVICE_DIR/tuf/            TUF's trusted metadata (root.json: the trust anchor, then newer roots it verified)
+    DEVICE_DIR/device-id       this device's stable id (its rollout cohort)
+
+state.json is the commit point, written whole by one rename: a power cut (SIGKILL) at any step of an install
+leaves the current slot untouched and named by state.json; the next start repairs the link from it and removes
+the half-made slot.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+from edgecls.errors import EdgeclsError
+from edgecls.fsutil import atomic_write_json, clean_stale, temp_prefix
+
+SLOTS = ("a", "b")
+STATE_FORMAT = "edgecls-device"
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class DeviceDir:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    # --- the record ---------------------------------------------------------------------------------------
+    @property
+    def state_file(self) -> Path:
+        return self.path / "state.json"
+
+    def state(self) -> dict:
+        import json
+
+        if not self.state_file.is_file():
+            return {"format": STATE_FORMAT, "current": None, "previous": None, "refused": {}}
+        try:
+            state = json.loads(self.state_file.read_text())
+            if state.get("format") != STATE_FORMAT:
+                raise ValueError(f"format {state.get('format')!r}")
+            return state
+        except (OSError, ValueError) as e:
+            raise EdgeclsError(f"{self.state_file} is unreadable ({e}): the device folder is damaged") from None
+
+    def save(self, state: dict) -> None:
+        atomic_write_json(self.state_file, state)
+
+    def note(self, **fields) -> dict:
+        """Record the outcome of a check (last_check, last_result, a refusal) without touching the slots."""
+        state = self.state()
+        state.update(fields)
+        self.save(state)
+        return state
+
+    # --- identity ------------------------------------------------------------------------------------------
+    def device_id(self) -> str:
+        """EDGECLS_DEVICE_ID, else the id made on first use and kept in DEVICE_DIR/device-id."""
+        given = os.environ.get("EDGECLS_DEVICE_ID")
+        if given:
+            return given
+        f = self.path / "device-id"
+        if not f.is_file():
+            self.path.mkdir(parents=True, exist_ok=True)
+            with open(f, "x") as out:
+                out.write(uuid.uuid4().hex + "\n")
+        return f.read_text().strip()
+
+    # --- slots ---------------------------------------------------------------------------------------------
+    def slot_dir(self, slot: str) -> Path:
+        return self.path / "slots" / slot
+
+    def free_slot(self) -> str:
+        current = (self.state().get("current") or {}).get("slot")
+        return "b" if current == "a" else "a"
+
+    def current_bundle(self) -> Path | None:
+        current = self.state().get("current")
+        return self.slot_dir(current["slot"]) if current else None
+
+    def repair(self) -> list[Path]:
+        """After a power cut: remove half-made slots of dead processes and point the link at state.json's slot."""
+        slots = self.path / "slots"
+        removed = []
+        for slot in SLOTS:
+            for suffix in (".partial", ".old"):
+                removed += clean_stale(slots, f".{slot}.", suffix)
+        current = self.state().get("current")
+        if current:
+            self._link(current["slot"])
+        return removed
+
+    def _link(self, slot: str) -> None:
+        link, target = self.path / "current", Path("slots") / slot
+        if link.is_symlink() and Path(os.readlink(link)) == target:
+            return
+        tmp = self.path / f".current.{os.getpid()}.tmp"
+        tmp.unlink(missing_ok=True)
+        os.symlink(target, tmp)
+        os.replace(tmp, link)   # the link changes in one rename
+
+    def new_slot(self) -> Path:
+        """An empty folder beside the slots for a bundle being installed (removed at the next start if we die)."""
+        slots = self.path / "slots"
+        slots.mkdir(parents=True, exist_ok=True)
+        slot = self.free_slot()
+        return Path(tempfile.mkdtemp(prefix=temp_prefix(f".{slot}."), suffix=".partial", dir=slots))
+
+    def install(self, made: Path, record: dict) -> dict:
+        """Put the checked bundle in `made` into the free slot and make it current; the old current becomes
+        previous (the one to go back to). Three renames and two state writes, in an order that is safe to cut."""
+        state = self.state()
+        slot = self.free_slot()
+        final = self.slot_dir(slot)
+        # 1. The free slot's old bundle is about to go: no longer a previous one to return to.
+        if state.get("previous") and state["previous"]["slot"] == slot:
+            state["previous"] = None
+            self.save(state)
+        if final.exists():
+            old = Path(tempfile.mkdtemp(prefix=temp_prefix(f".{slot}."), suffix=".old", dir=final.parent))
+            os.replace(final, old)
+        else:
+            old = None
+        os.replace(made, final)
+        # 2. The commit point.
+        state["previous"], state["current"] = state.get("current"), {**record, "slot": slot, "installed": now()}
+        self.save(state)
+        self._link(slot)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return state
+
+    # --- going back ----------------------------------------------------------------------------------------
+    def revert(self, reason: str) -> dict | None:
+        """Make the previous slot current again (it was the running bundle before the last install); the
+        reverted version is remembered as refused so it is not installed again. None when there is no previous."""
+        state = self.state()
+        current, previous = state.get("current"), state.get("previous")
+        if not previous or not self.slot_dir(previous["slot"]).is_dir():
+            return None
+        refused = dict(state.get("refused", {}))
+        if current:
+            refused[str(current["version"])] = f"reverted: {reason}"
+        state.update(current=previous, previous=None, refused=refused, last_result=f"reverted: {reason}",
+                     last_refusal={"version": (current or {}).get("version"), "reason": f"reverted: {reason}",
+                                   "at": now()})
+        self.save(state)
+        self._link(previous["slot"])
+        return state
+
+    def starting(self, max_unconfirmed: int) -> dict | None:
+        """`run` starts on the current slot: count the start; after `max_unconfirmed` starts that never reached
+        `confirm()` (a crash loop), go back to the previous slot. Returns the revert's state, else None."""
+        state = self.state()
+        current = state.get("current")
+        if not current or current.get("confirmed"):
+            return None
+        current["starts"] = current.get("starts", 0) + 1
+        self.save(state)
+        if current["starts"] > max_unconfirmed:
+            return self.revert(f"version {current['version']} started {current['starts'] - 1} times without "
+                               "running (a crash loop)")
+        return None
+
+    def confirm(self) -> None:
+        """The current slot ran: its start-up exam passed and it classified frames."""
+        state = self.state()
+        if state.get("current") and not state["current"].get("confirmed"):
+            state["current"]["confirmed"] = True
+            self.save(state)
