@@ -258,7 +258,14 @@ def test_bench_ratio_against_float_and_cpu_time_of_one_model(digits_bundle):
     assert p.returncode == 0, p.stderr
     rows = {(r["artifact"], r["threads"]): r for r in json.loads(p.stdout)["rows"]}
     assert len(rows) == 8
-    assert 0 < rows[("tflite-int8", 1)]["vs_float"] < 1   # measured ~0.5 on this 96 px model
+    ratio = rows[("tflite-int8", 1)]["vs_float"]
+    # int8 is the faster kernel where the CPU has an int8 dot product (x86 VNNI; ARM: XNNPACK's NEON int8 paths):
+    # measured ~0.5 on this 96 px model there. On an x86 with AVX2 but no VNNI (a CI machine of Dec 2026) XNNPACK's
+    # int8 costs what float does (0.95-1.0 here; flowers 160 px 1.06-1.10, benchmarks/NOTES.md): the ratio must
+    # then still be a sane measurement, not a speed-up that the hardware does not give.
+    from edgecls.device.runtime import int8_dot_product
+
+    assert 0 < ratio < (1 if int8_dot_product() else 1.5), ratio
     for (key, threads), r in rows.items():
         assert (r["vs_float"] is None) == key.endswith("-float")
         if threads == 1:

@@ -68,3 +68,26 @@ def test_pixel_codes_are_the_pixels_in_the_input_type():
     p = np.array([[0, 1, 127, 128, 255]], np.uint8)
     assert pixel_codes(p, np.uint8) is p
     assert pixel_codes(p, np.int8).tolist() == [[-128, -127, -1, 0, 127]]
+
+
+def test_int8_onnx_runs_unfused_where_the_cpu_has_no_int8_dot_product(digits_bundle):
+    """On an x86 without VNNI onnxruntime's fused int8 kernels move answers (a flowers model: 101/110 held-out
+    photos as float, 110/110 as the QDQ graph); there the device runtime runs the int8 ONNX unfused, and its
+    answers are the QDQ graph's op by op. Elsewhere the fused kernels run (the fast path)."""
+    import onnxruntime as ort
+
+    from edgecls.device.runtime import int8_dot_product
+
+    bundle = load_bundle(digits_bundle)
+    model = load_model(bundle, "onnx", "int8")
+    level = model.sess.get_session_options().graph_optimization_level
+    want = ort.GraphOptimizationLevel.ORT_ENABLE_ALL if int8_dot_product() else ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    assert level == want
+    x = np.load(digits_bundle / "golden" / "images.npz")["array"]
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    plain = ort.InferenceSession(str(bundle.artifacts["onnx-int8"].path), so, providers=["CPUExecutionProvider"])
+    name = plain.get_inputs()[0].name
+    op_by_op = np.concatenate([plain.run(None, {name: model._to_input(x[i:i + 1])})[0] for i in range(len(x))])
+    if not int8_dot_product():
+        assert np.abs(model.predict(x) - model._finish(op_by_op)).max() < 1e-5
