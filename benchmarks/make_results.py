@@ -101,7 +101,157 @@ def pct(x) -> str:
     return "–" if x is None else f"{x * 100:.1f}%"
 
 
-def main() -> None:
+class Report:
+    """What the stages add up to: the sections' lines, and the summary table's rows (metric | value | command)."""
+
+    def __init__(self):
+        self.lines: list[str] = []
+        self.summary: list[str] = []
+
+    def row(self, metric: str, value: str, cmd: str) -> None:
+        self.summary.append(f"| {metric} | {value} | `{cmd}` |")
+
+
+TRAIN_STAGES = (("train", DIGITS, [], "digits, ImageNet weights"),
+                ("scratch", DIGITS, ["--weights", "none"], "digits, --weights none"),
+                ("sample-imagenet", SAMPLE, [], "demo sample, ImageNet weights"),
+                ("sample-scratch", SAMPLE, ["--weights", "none"], "demo sample, --weights none"))
+EXPORT_METHODS = (("ptq --full-int8", ["--full-int8"]), ("ptq", []), ("qat", []), ("auto", []))
+EXPORT_KEYS = ("tflite-float", "tflite-int8", "onnx-float", "onnx-int8")
+
+
+def training_section(rep: Report, st: Stages, runs: Path, skip: set[str]) -> None:
+    train_rows = []
+    for name, data, extra, what in TRAIN_STAGES:
+        if name.split("-")[0] in skip or name in skip:
+            continue
+        rec = st.run(name, [*EDGECLS, "train", data, "--out", runs / name, "--force", "--json", *extra])
+        s = last_json(rec["stdout"]) or {}
+        meta = json.loads((runs / name / "run.json").read_text()) if (runs / name / "run.json").is_file() else {}
+        best_val = max((h.get("val_accuracy", 0) for h in meta.get("history", [])), default=None)
+        rep.row(f"train ({what}): test accuracy, wall time", f"{pct(s.get('test_accuracy'))}, {rec['seconds']:.0f} s",
+                rec["cmd"])
+        train_rows.append(f"| {name} | {s.get('split_sizes', {}).get('train', '?')} | {pct(best_val)} | "
+                          f"{pct(s.get('test_accuracy'))} | {rec['seconds']:.0f} | `{rec['cmd']}` |")
+    rep.lines += [GENERATED_FIRST + "MobileNetV2 1.0, 160 px, defaults: 5 head + up to 12 fine-tune epochs, early stopping)", "",
+                  "| run | train images | best val acc | test acc | wall s | command |", "|---|---|---|---|---|---|",
+                  *train_rows, ""]
+
+
+def export_rows(method: str, m: dict, rec: dict) -> list[str]:
+    """One table row per artifact of one export, and the int8/float TFLite size ratio."""
+    rows = []
+    keras_acc = m["report"]["keras_accuracy"]
+    arts = m["artifacts"]
+    for key in (k for k in EXPORT_KEYS if arts.get(k)):
+        art, mt = arts[key], arts[key]["metrics"]
+        kept = art.get("method", "")
+        if art.get("float_ops"):   # guarded PTQ: how many ops stayed float
+            kept += f" ({len(art['float_ops'])} float: {', '.join(o.split(';')[-1] for o in art['float_ops'])})"
+        rows.append(f"| {method} | {key} | {kept} | {pct(mt['accuracy'])} | "
+                    f"{(mt['accuracy'] - keras_acc) * 100:+.2f} | {pct(mt.get('agreement'))} | "
+                    f"{art['bytes'] / 1e6:.2f} | {mt.get('latency_ms', float('nan')):.2f} | {rec['seconds']:.0f} | `{rec['cmd']}` |")
+    if "tflite-int8" in arts and "tflite-float" in arts:
+        rows.append(f"| {method} | int8/float TFLite size | | | | | "
+                    f"{arts['tflite-int8']['bytes'] / arts['tflite-float']['bytes'] * 100:.1f}% | | | |")
+    return rows
+
+
+def export_summary(rep: Report, m: dict, rec: dict) -> None:
+    """The default export's (auto) rows of the summary: each int8 artifact, the wall time, the size ratio."""
+    keras_acc, arts = m["report"]["keras_accuracy"], m["artifacts"]
+    for key in ("tflite-int8", "onnx-int8"):
+        if key in arts:
+            mt = arts[key]["metrics"]
+            rep.row(f"{key} ({arts[key].get('method')}) vs float Keras {pct(keras_acc)}: top-1, held-out agreement "
+                    f"with {mt.get('reference') or 'float'}",
+                    f"{pct(mt['accuracy'])} ({(mt['accuracy'] - keras_acc) * 100:+.2f} pp), {pct(mt.get('agreement'))}",
+                    rec["cmd"])
+    rep.row("export wall time (default --int8-method auto)", f"{rec['seconds']:.0f} s", rec["cmd"])
+    if "tflite-int8" in arts and "tflite-float" in arts:
+        rep.row("int8 / float TFLite size", f"{arts['tflite-int8']['bytes'] / 1e6:.2f} / {arts['tflite-float']['bytes'] / 1e6:.2f} MB "
+                f"= {arts['tflite-int8']['bytes'] / arts['tflite-float']['bytes'] * 100:.1f}%", rec["cmd"])
+
+
+def export_section(rep: Report, st: Stages, work: Path, run: Path) -> None:
+    """PTQ vs QAT vs the default (auto); "ptq --full-int8" is PTQ with every op int8: what guarded PTQ's float
+    ops buy, side by side."""
+    rep.lines += ["## Export: float vs int8 on the held-out test split (310 photos)", "",
+                  "| --int8-method | artifact | method kept | top-1 | Δ vs Keras pp | agreement on the held-out photos (int8: vs its float twin; float: vs Keras) | MB | host ms/img | export wall s | command |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+    for method, extra in EXPORT_METHODS:
+        tag = method.replace(" --", "-")
+        rec = st.run(f"export-{tag}", [*EDGECLS, "export", run, "--out", work / f"bundle-{tag}", "--int8-method",
+                                       method.split()[0], *extra, "--allow-drop", "--json"])
+        m = last_json(rec["stdout"])
+        if not m:
+            rep.lines.append(f"| {method} | failed: {rec['stderr_tail'][-200:]} | | | | | | | | `{rec['cmd']}` |")
+            continue
+        rep.lines += export_rows(method, m, rec)
+        if method == "auto":
+            export_summary(rep, m, rec)
+    rep.lines.append("")
+
+
+def bench_section(rep: Report, st: Stages, bundle: Path) -> None:
+    """Device-side latency of the default bundle's artifacts."""
+    rec = st.run("bench", [*EDGECLS, "bench", bundle, "--threads", "1,2", "--json"])
+    b = last_json(rec["stdout"]) or {"rows": []}
+    rep.lines += ["## Latency per artifact (`edgecls bench`, batch 1)", "", f"Command: `{rec['cmd']}`", "",
+                  "| artifact | threads | runtime | median ms | p95 ms | CPU ms | FPS | MB |", "|---|---|---|---|---|---|---|---|"]
+    for r in b["rows"]:
+        if r["threads"] == 1:
+            rep.row(f"{r['artifact']} latency, 1 thread (median / p95)", f"{r['median_ms']} / {r['p95_ms']} ms", rec["cmd"])
+    rep.lines += [f"| {r['artifact']} | {r['threads']} | {r['runtime']} | {r['median_ms']} | {r['p95_ms']} | "
+                  f"{r.get('cpu_ms', '')} | {r['fps']} | {r['size_mb']} |" for r in b["rows"]]
+    rep.lines.append("")
+
+
+def last_json_line(rec: dict):
+    return last_json(rec["stdout"].strip().splitlines()[-1]) if rec["stdout"].strip() else None
+
+
+def pipeline_section(rep: Report, st: Stages, bundle: Path) -> None:
+    rec = st.run("pipeline", [sys.executable, HERE / "bench_pipeline.py", bundle, "--threads", "2"], ok_codes=(0, 1))
+    p = last_json_line(rec)
+    if not p:
+        return
+    rep.row("edgecls run FPS / bare decode→resize→invoke loop FPS (CPU-time ratio)",
+            f"{pct(p['ratio'])} ({pct(p['cpu_ratio'])})", rec["cmd"])
+    rep.lines += ["## Pipeline vs bare loop (same video, same model, same threads)", "",
+                  "| artifact | bare FPS (best) | edgecls run FPS (best) | FPS ratio | CPU-time ratio | command |",
+                  "|---|---|---|---|---|---|",
+                  f"| {p['artifact']} | {max(p['bare_fps'])} | {max(p['pipeline_fps'])} | {pct(p['ratio'])} | "
+                  f"{pct(p['cpu_ratio'])} | `{rec['cmd']}` |", ""]
+
+
+def soak_section(rep: Report, st: Stages, bundle: Path) -> None:
+    rec = st.run("soak", [sys.executable, HERE / "soak.py", bundle, "--frames", "20000"])
+    s = last_json_line(rec)
+    if not s:
+        return
+    rss = s["rss_mb"]
+    rep.row("soak: RSS first sample → end", f"{rss[0][1]:.1f} → {rss[-1][1]:.1f} MB over {s['frames']} frames", rec["cmd"])
+    rep.lines += ["## Soak: 20,000 frames through `edgecls run`", "",
+                  f"{s['frames']} frames at {s['fps']:.0f} FPS; RSS at the first sample {rss[0][1]:.1f} MB, "
+                  f"at the end {rss[-1][1]:.1f} MB. Command: `{rec['cmd']}`", ""]
+
+
+def train_bench_section(rep: Report, st: Stages) -> None:
+    rec = st.run("train-bench", [sys.executable, HERE / "bench_train.py", "--json"])
+    rep.lines += ["## Training throughput and peak memory per backbone (`weights=None`, 256 real photos, batch 32)", "",
+                  f"Command: `{rec['cmd']}`", "", "| backbone | px | params | head img/s | fine-tune img/s | peak RSS MB |",
+                  "|---|---|---|---|---|---|"]
+    for r in last_json(rec["stdout"]) or []:
+        if "error" in r:
+            rep.lines.append(f"| {r['backbone']} | {r['img_size']} | error: {r['error']} | | | |")
+        else:
+            rep.lines.append(f"| {r['backbone']} {r['alpha']} | {r['img_size']} | {r['params']:,} | "
+                             f"{r['head_img_per_s']} | {r['finetune_img_per_s']} | {r['peak_rss_mb']} |")
+    rep.lines.append("")
+
+
+def parse_args():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, default=ROOT / ".edgecls-cache" / "results")
     ap.add_argument("--fresh", action="store_true")
@@ -109,134 +259,28 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
     ap.add_argument("--sections-only", action="store_true",
                     help="re-read benchmarks/results/*.md and NOTES.md into the existing RESULTS.md; run no stage")
-    a = ap.parse_args()
+    return ap.parse_args()
+
+
+def main() -> None:
+    a = parse_args()
     if a.sections_only:
         return sections_only(a.out)
     skip = set(filter(None, a.skip.split(",")))
-    st = Stages(a.work, a.fresh)
-    runs = a.work / "runs"
-    summary: list[str] = []   # the one table: metric | value | command (machine in the header)
-
-    def row(metric: str, value: str, cmd: str) -> None:
-        summary.append(f"| {metric} | {value} | `{cmd}` |")
-
-    lines = ["# Results", "", f"Regenerated by `python benchmarks/make_results.py` (stage outputs cached in "
-             f"`.edgecls-cache/results`). Machine: {machine()}. Each row names the command that produced it.", ""]
-
-    # ---- training
-    train_rows = []
-    for name, data, extra in (("train", DIGITS, []), ("scratch", DIGITS, ["--weights", "none"]),
-                              ("sample-imagenet", SAMPLE, []), ("sample-scratch", SAMPLE, ["--weights", "none"])):
-        if name.split("-")[0] in skip or name in skip:
-            continue
-        rec = st.run(name, [*EDGECLS, "train", data, "--out", runs / name, "--force", "--json", *extra])
-        s = last_json(rec["stdout"]) or {}
-        meta = json.loads((runs / name / "run.json").read_text()) if (runs / name / "run.json").is_file() else {}
-        best_val = max((h.get("val_accuracy", 0) for h in meta.get("history", [])), default=None)
-        if name in ("train", "sample-imagenet", "sample-scratch", "scratch"):
-            what = {"train": "digits, ImageNet weights", "scratch": "digits, --weights none",
-                    "sample-imagenet": "demo sample, ImageNet weights", "sample-scratch": "demo sample, --weights none"}[name]
-            row(f"train ({what}): test accuracy, wall time", f"{pct(s.get('test_accuracy'))}, {rec['seconds']:.0f} s",
-                rec["cmd"])
-        train_rows.append(f"| {name} | {s.get('split_sizes', {}).get('train', '?')} | {pct(best_val)} | "
-                          f"{pct(s.get('test_accuracy'))} | {rec['seconds']:.0f} | `{rec['cmd']}` |")
-    lines += [GENERATED_FIRST + "MobileNetV2 1.0, 160 px, defaults: 5 head + up to 12 fine-tune epochs, early stopping)", "",
-              "| run | train images | best val acc | test acc | wall s | command |", "|---|---|---|---|---|---|",
-              *train_rows, ""]
-
-    # ---- export: PTQ vs QAT vs the default (auto)
-    run = runs / "train"
-    exports = {}
-    # "ptq --full-int8" is PTQ with every op int8: what guarded PTQ's float ops buy, side by side.
-    for method, extra in (("ptq --full-int8", ["--full-int8"]), ("ptq", []), ("qat", []), ("auto", [])):
-        tag = method.replace(" --", "-")
-        rec = st.run(f"export-{tag}", [*EDGECLS, "export", run, "--out", a.work / f"bundle-{tag}", "--int8-method",
-                                       method.split()[0], *extra, "--allow-drop", "--json"])
-        exports[method] = (last_json(rec["stdout"]), rec)
-    lines += ["## Export: float vs int8 on the held-out test split (310 photos)", "",
-              "| --int8-method | artifact | method kept | top-1 | Δ vs Keras pp | agreement on the held-out photos (int8: vs its float twin; float: vs Keras) | MB | host ms/img | export wall s | command |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
-    for method, (m, rec) in exports.items():
-        if not m:
-            lines.append(f"| {method} | failed: {rec['stderr_tail'][-200:]} | | | | | | | | `{rec['cmd']}` |")
-            continue
-        keras_acc = m["report"]["keras_accuracy"]
-        for key in ("tflite-float", "tflite-int8", "onnx-float", "onnx-int8"):
-            art = m["artifacts"].get(key)
-            if not art:
-                continue
-            mt = art["metrics"]
-            kept = art.get("method", "")
-            if art.get("float_ops"):   # guarded PTQ: how many ops stayed float
-                kept += f" ({len(art['float_ops'])} float: {', '.join(o.split(';')[-1] for o in art['float_ops'])})"
-            lines.append(f"| {method} | {key} | {kept} | {pct(mt['accuracy'])} | "
-                         f"{(mt['accuracy'] - keras_acc) * 100:+.2f} | {pct(mt.get('agreement'))} | "
-                         f"{art['bytes'] / 1e6:.2f} | {mt.get('latency_ms', float('nan')):.2f} | {rec['seconds']:.0f} | `{rec['cmd']}` |")
-        arts = m["artifacts"]
-        if method == "auto":
-            for key in ("tflite-int8", "onnx-int8"):
-                if key in arts:
-                    mt = arts[key]["metrics"]
-                    row(f"{key} ({arts[key].get('method')}) vs float Keras {pct(keras_acc)}: top-1, held-out agreement "
-                        f"with {mt.get('reference') or 'float'}",
-                        f"{pct(mt['accuracy'])} ({(mt['accuracy'] - keras_acc) * 100:+.2f} pp), {pct(mt.get('agreement'))}",
-                        rec["cmd"])
-            row("export wall time (default --int8-method auto)", f"{rec['seconds']:.0f} s", rec["cmd"])
-        if "tflite-int8" in arts and "tflite-float" in arts and method == "auto":
-            row("int8 / float TFLite size", f"{arts['tflite-int8']['bytes'] / 1e6:.2f} / {arts['tflite-float']['bytes'] / 1e6:.2f} MB "
-                f"= {arts['tflite-int8']['bytes'] / arts['tflite-float']['bytes'] * 100:.1f}%", rec["cmd"])
-        if "tflite-int8" in arts and "tflite-float" in arts:
-            lines.append(f"| {method} | int8/float TFLite size | | | | | "
-                         f"{arts['tflite-int8']['bytes'] / arts['tflite-float']['bytes'] * 100:.1f}% | | | |")
-    lines.append("")
-    bundle = a.work / "bundle-auto"
-
-    # ---- device-side numbers on the default bundle
-    rec = st.run("bench", [*EDGECLS, "bench", bundle, "--threads", "1,2", "--json"])
-    b = last_json(rec["stdout"]) or {"rows": []}
-    lines += ["## Latency per artifact (`edgecls bench`, batch 1)", "", f"Command: `{rec['cmd']}`", "",
-              "| artifact | threads | runtime | median ms | p95 ms | CPU ms | FPS | MB |", "|---|---|---|---|---|---|---|---|"]
-    for r in b["rows"]:
-        if r["threads"] == 1:
-            row(f"{r['artifact']} latency, 1 thread (median / p95)", f"{r['median_ms']} / {r['p95_ms']} ms", rec["cmd"])
-    lines += [f"| {r['artifact']} | {r['threads']} | {r['runtime']} | {r['median_ms']} | {r['p95_ms']} | "
-              f"{r.get('cpu_ms', '')} | {r['fps']} | {r['size_mb']} |" for r in b["rows"]]
-    lines.append("")
-    if "pipeline" not in skip:
-        rec = st.run("pipeline", [sys.executable, HERE / "bench_pipeline.py", bundle, "--threads", "2"], ok_codes=(0, 1))
-        p = last_json(rec["stdout"].strip().splitlines()[-1]) if rec["stdout"].strip() else None
-        if p:
-            row("edgecls run FPS / bare decode→resize→invoke loop FPS (CPU-time ratio)",
-                f"{pct(p['ratio'])} ({pct(p['cpu_ratio'])})", rec["cmd"])
-            lines += ["## Pipeline vs bare loop (same video, same model, same threads)", "",
-                      "| artifact | bare FPS (best) | edgecls run FPS (best) | FPS ratio | CPU-time ratio | command |",
-                      "|---|---|---|---|---|---|",
-                      f"| {p['artifact']} | {max(p['bare_fps'])} | {max(p['pipeline_fps'])} | {pct(p['ratio'])} | "
-                      f"{pct(p['cpu_ratio'])} | `{rec['cmd']}` |", ""]
-    if "soak" not in skip:
-        rec = st.run("soak", [sys.executable, HERE / "soak.py", bundle, "--frames", "20000"])
-        s = last_json(rec["stdout"].strip().splitlines()[-1]) if rec["stdout"].strip() else None
-        if s:
-            rss = s["rss_mb"]
-            row("soak: RSS first sample → end", f"{rss[0][1]:.1f} → {rss[-1][1]:.1f} MB over {s['frames']} frames", rec["cmd"])
-            lines += ["## Soak: 20,000 frames through `edgecls run`", "",
-                      f"{s['frames']} frames at {s['fps']:.0f} FPS; RSS at the first sample {rss[0][1]:.1f} MB, "
-                      f"at the end {rss[-1][1]:.1f} MB. Command: `{rec['cmd']}`", ""]
+    st, rep = Stages(a.work, a.fresh), Report()
+    training_section(rep, st, a.work / "runs", skip)
+    export_section(rep, st, a.work, a.work / "runs" / "train")
+    bundle = a.work / "bundle-auto"   # the default export's bundle: the device-side numbers are its
+    bench_section(rep, st, bundle)
+    for name, section in (("pipeline", pipeline_section), ("soak", soak_section)):
+        if name not in skip:
+            section(rep, st, bundle)
     if "train-bench" not in skip:
-        rec = st.run("train-bench", [sys.executable, HERE / "bench_train.py", "--json"])
-        rows = last_json(rec["stdout"]) or []
-        lines += ["## Training throughput and peak memory per backbone (`weights=None`, 256 real photos, batch 32)", "",
-                  f"Command: `{rec['cmd']}`", "", "| backbone | px | params | head img/s | fine-tune img/s | peak RSS MB |",
-                  "|---|---|---|---|---|---|"]
-        for r in rows:
-            if "error" in r:
-                lines.append(f"| {r['backbone']} | {r['img_size']} | error: {r['error']} | | | |")
-            else:
-                lines.append(f"| {r['backbone']} {r['alpha']} | {r['img_size']} | {r['params']:,} | "
-                             f"{r['head_img_per_s']} | {r['finetune_img_per_s']} | {r['peak_rss_mb']} |")
-        lines.append("")
-    head = lines[:4] + ["## Summary", "", "| metric | value | command |", "|---|---|---|", *summary, ""]
-    write(a.out, head, lines[4:])
+        train_bench_section(rep, st)
+    head = ["# Results", "", f"Regenerated by `python benchmarks/make_results.py` (stage outputs cached in "
+            f"`.edgecls-cache/results`). Machine: {machine()}. Each row names the command that produced it.", "",
+            "## Summary", "", "| metric | value | command |", "|---|---|---|", *rep.summary, ""]
+    write(a.out, head, rep.lines)
 
 
 def measured_sections() -> list[str]:

@@ -36,6 +36,8 @@ from edgecls.formats import BY_KEY
 from edgecls.metrics import (agreement_count, delta_text, margin_quantiles, mean_tv, paired_drop, top_margin,
                              wilson_interval)
 
+KERAS_KEY = "keras-float"        # the trained model itself: the reference every artifact is held to
+
 
 def photos_label(split: str) -> str:
     """What the judged photos are, as every table and report says it (the module docstring defines held-out)."""
@@ -43,7 +45,7 @@ def photos_label(split: str) -> str:
 
 
 @dataclass
-class Result:
+class Measurement:
     rows: dict[str, dict]     # per model (the Keras reference first): parity row + agreement_heldout/drop/verdict
     verdicts: dict            # key → gate.Verdict
     gate: dict                # gate.summary
@@ -89,8 +91,6 @@ def count_text(agreement: dict | None) -> str:
 def references(keys: list[str]) -> dict[str, str | None]:
     """What each row is compared with: the Keras model for float artifacts (and for nothing, itself), the float
     twin for int8 ones (device/evaluate.py: agreement_reference, as `eval` does)."""
-    from edgecls.convert.export import KERAS_KEY
-
     refs = {KERAS_KEY: None}
     for key in keys:
         refs[key] = KERAS_KEY if BY_KEY[key].precision == "float" else agreement_reference(key, keys) or KERAS_KEY
@@ -98,10 +98,9 @@ def references(keys: list[str]) -> dict[str, str | None]:
 
 
 def artifacts(ctx, bundle_dir: Path, keys: list[str], entries: dict[str, dict], split: str, keras_predict,
-              keras_bytes: int) -> Result:
+              keras_bytes: int) -> Measurement:
     """Measure the artifacts written in `bundle_dir` (their edgecls.json entries in `entries`)."""
     from edgecls.convert import gate
-    from edgecls.convert.export import KERAS_KEY
 
     o, im = ctx.opts, ctx.images
     order = [s for s in SPLITS if len(im.x[s])]
@@ -143,7 +142,7 @@ def artifacts(ctx, bundle_dir: Path, keys: list[str], entries: dict[str, dict], 
     sizes[KERAS_KEY] = keras_bytes
     summary = gate.summary({k: verdicts[k] for k in keys}, o.max_drop, o.min_agreement, o.allow_drop)
     float_margin = {"reference": KERAS_KEY, "split": split, **margin_quantiles(top_margin(im.keras[split]))}
-    return Result(rows, verdicts, summary, sizes, split, len(y), len(x_all), KERAS_KEY, float_margin)
+    return Measurement(rows, verdicts, summary, sizes, split, len(y), len(x_all), KERAS_KEY, float_margin)
 
 
 def _int8_figures(ctx, r: dict, p: np.ndarray, ref: np.ndarray, part: slice, y: np.ndarray, bundle_dir: Path,

@@ -73,7 +73,7 @@ def rounding_text(manifest: dict) -> str:
 def write(dest: Path, manifest: dict, result, labels: list[str]) -> None:
     """Draw the figures, then write report.md and report.html from the same table and notes."""
     from edgecls.convert.search import plot as plot_search
-    from edgecls.train.plots import plot_confusion
+    from edgecls.plots import plot_confusion
 
     arts = manifest["artifacts"]
     table = [_cells(k, r, arts.get(k, {}), result.sizes.get(k, 0), result.reference) for k, r in result.rows.items()]

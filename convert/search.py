@@ -80,9 +80,9 @@ def record(result: dict, target: float, max_ratio: float, scored_on: str = "val"
 
 def plot(search: dict, title: str, dest: Path) -> None:
     """Agreement vs latency ratio, one point per step, the kept step ringed: where people would rather look."""
-    from edgecls.train.plots import _plt, save_figure
+    from edgecls.plots import pyplot, save_figure
 
-    plt = _plt()
+    plt = pyplot()
     steps = search["steps"]
     xs = [s["latency_ratio"] for s in steps]
     ys = [s["agreement"] * 100 for s in steps]

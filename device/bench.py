@@ -121,7 +121,8 @@ def bench_bundle(bundle: Bundle, threads: list[int], runs: int = 50, warmup: int
     times = interleaved_times([m.predict for m in models], x, runs, warmup, progress) if plan else []
     described = [(model.runtime, list(model.providers)) for model in models]
     del models   # before cpu_ms: no other interpreter's threads may spin while it is measured
-    pairs = {(fmt.family, t) for fmt, t in plan if fmt.precision == "int8" and find(fmt.family, "float").key in present}
+    pairs = {(fmt.family, t) for fmt, t in plan   # a family without its own float (onnx-int8-trt): no pair
+             if fmt.precision == "int8" and fmt.twin is None and find(fmt.family, "float").key in present}
     ratio = {}
     for family, t in sorted(pairs):
         float_ms, int8_ms = int8_vs_float_ms(bundle, family, t, x, runs, warmup)

@@ -10,6 +10,7 @@ killed collect left in the folder (temporary files, a sidecar without its photo)
 """
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import time
@@ -97,3 +98,17 @@ def _save(folder: Path, bgr, side: dict, saved: int) -> Path:
 
 def _wall(t_monotonic: float) -> str:
     return iso_utc(time.time() - (time.monotonic() - t_monotonic))
+
+
+@contextlib.contextmanager
+def made_only_if_used(data_dir: Path, label: str):
+    """The folders `collect` makes before the source opens are removed again if it fails to open (a bad source
+    leaves nothing behind); never a folder that was there before, never one with anything in it."""
+    fresh = [d for d in (data_dir / label, data_dir) if not d.exists()]
+    try:
+        yield
+    except BaseException:
+        for d in fresh:
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise

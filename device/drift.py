@@ -6,12 +6,13 @@
 The drift rule (docs/device.md, "Drift without labels"), checked on each new pair once WINDOW pairs exist:
 - agreement: the window's int8-vs-float agreement is clearly below the export's: the upper end of its 95% Wilson
   interval is below the lower end of the export's interval on its held-out photos (`artifacts.<live>.metrics.
-  agreement` over `report.images`; `agreement_all.ci95` for a bundle without it), AND at least MIN_DISAGREEMENTS
-  of the window disagree. Held-out, not all images: training images flatter int8 (tiny digits run: 90.3% over
-  all 400 images, 86.7% on the 60 test photos; flowers 99.5% on train+val, 97.3% on val), a camera never shows
-  a training image, and held to the all-images rate the rule fired on undarkened held-out photos. The lower end,
-  not the rate: 60 test photos do not pin a rate to a point. The minimum count keeps a near-perfect export
-  (310/310) from turning one or two flipped near-ties into an alarm: 40 frames cannot tell 99.9% from 97%.
+  agreement_heldout`; a bundle from before it: `agreement` over `report.images`; `agreement_all.ci95` for a bundle
+  without either), AND at least MIN_DISAGREEMENTS of the window disagree. Held-out, not all images: training
+  images flatter int8 (tiny digits run: 90.3% over all 400 images, 86.7% on the 60 test photos; flowers 99.5% on
+  train+val, 97.3% on val), a camera never shows a training image, and held to the all-images rate the rule
+  fired on undarkened held-out photos. The lower end, not the rate: 60 test photos do not pin a rate to a point.
+  The minimum count keeps a near-perfect export (310/310) from turning one or two flipped near-ties into an alarm:
+  40 frames cannot tell 99.9% from 97%.
 - confidence: the median of the float model's top-1 margin over the window is below the 25th percentile of its
   margins on the export's held-out photos (`report.float_margin.p25`). On frames like the test photos each
   margin falls below that percentile with probability 1/4, so 20 or more of 40 do so with probability 6e-4
@@ -22,19 +23,29 @@ it (one `drift_cleared` event): a flickering rule at the edge does not warn on e
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import numpy as np
 
 from edgecls.metrics import wilson_interval
 
-if TYPE_CHECKING:
-    from edgecls.device.shadow import Pair
-
 WINDOW = 40                # recent shadowed frames the rules look at: ~4 s of a 100 FPS loop at --shadow 10
 MIN_DISAGREEMENTS = 4      # agreement rule: a tenth of the window at least
 MARGIN_PERCENTILE = "p25"  # confidence rule: the window's median margin below this percentile of the test photos'
 HIST_BINS = 1000           # the run's margin distribution, in steps of 0.001 (constant memory for a 24/7 run)
+
+
+@dataclass
+class Pair:
+    """One shadowed frame: the live int8 answer and the float model's on the same tensor."""
+    frame: int            # Frame.index
+    int8_class: int       # top-1 of the live artifact (argmax of this frame's own probabilities)
+    float_class: int      # top-1 of the float twin
+    float_margin: float   # float top-1 minus top-2 probability: how sure float was
+
+    @property
+    def agree(self) -> bool:
+        return self.int8_class == self.float_class
 
 
 class ShadowFigures:
@@ -102,13 +113,28 @@ class ShadowFigures:
                 f"float margin p50 {self.run_margin(50):.2f} p10 {self.run_margin(10):.2f}"]
 
 
+def heldout_count(meta: dict, metrics: dict) -> tuple[int, int] | None:
+    """(agreed, images) of an artifact's agreement with its float twin on the held-out photos: the field that says
+    so (`metrics.agreement_heldout`); a bundle exported before it: the bare rate (`metrics.agreement`) over
+    `report.images`. None when neither is there."""
+    heldout = metrics.get("agreement_heldout")
+    heldout = heldout if isinstance(heldout, dict) else {}
+    agreed, images = heldout.get("agreed"), heldout.get("images")
+    if isinstance(agreed, int) and isinstance(images, int):
+        return (agreed, images) if images > 0 else None
+    rate, n = metrics.get("agreement"), (meta.get("report") or {}).get("images")
+    if isinstance(rate, (int, float)) and isinstance(n, int) and n > 0:
+        return int(round(rate * n)), n
+    return None
+
+
 def agreement_floor(meta: dict, key: str) -> float | None:
     """The lower end of the 95% interval of the export's int8-vs-float agreement on its held-out photos (falling
     back to all images), from edgecls.json; None when the bundle records neither (a bundle not made by export)."""
     metrics = (meta.get("artifacts", {}).get(key) or {}).get("metrics") or {}
-    rate, n = metrics.get("agreement"), (meta.get("report") or {}).get("images")
-    if isinstance(rate, (int, float)) and isinstance(n, int) and n > 0:
-        return round(wilson_interval(int(round(rate * n)), n)[0], 5)
+    count = heldout_count(meta, metrics)
+    if count is not None:
+        return round(wilson_interval(*count)[0], 5)
     ci95 = (metrics.get("agreement_all") or {}).get("ci95")
     return float(ci95[0]) if isinstance(ci95, list) and len(ci95) == 2 else None
 

@@ -8,13 +8,15 @@ the same events on every run; live sources use the monotonic clock. Each event i
 
     {"event": "enter"|"leave", "label", "confidence", "time" (ISO 8601, UTC), "monotonic",
      "source_time_s" (finite sources), "frame", "file" (image sources), "duration_s" (leave), "bundle"}
+
+This module is the event model and the sinks' interface (`EventSink`); the sinks themselves are built from the
+run flags in `device/sinks.py`, which imports them all (so no sink's import comes back here).
 """
 from __future__ import annotations
 
 import json
 import os
 import stat
-import sys
 import time
 from dataclasses import dataclass
 from typing import IO
@@ -25,6 +27,7 @@ from edgecls.device.classifier import UNCERTAIN
 from edgecls.device.outputs import Output
 from edgecls.device.photos import iso_utc
 from edgecls.errors import EdgeclsError
+from edgecls.httpauth import DEFAULT_BIND
 
 FOLDER_RATE = 30.0  # images/s a folder stands for when no --fps is given (the rate --save writes it at, too)
 
@@ -136,7 +139,7 @@ class EventOptions:
     gpio: str | None = None
     gpio_pulse: float | None = None
     metrics: int | None = None
-    host: str = "127.0.0.1"
+    host: str = DEFAULT_BIND
 
     DEFAULT_ON, DEFAULT_OFF = 0.8, 0.6
 
@@ -313,70 +316,3 @@ def check_orphans(opts: EventOptions) -> None:
                                        opts.webhook)):
         if given and not base:
             raise EdgeclsError(f"{flag} needs {needs}")
-
-
-def plan_mqtt(opts: EventOptions, log):
-    """Check the MQTT flags (no side effects); what opens the connection later."""
-    from edgecls.device.mqtt_sink import MqttSink, parse_mqtt_url
-    target = parse_mqtt_url(opts.mqtt, opts.mqtt_ca,
-                            read_secret(MQTT_PASSWORD_ENV, "--mqtt-password-file", opts.mqtt_password_file))
-    if opts.mqtt_qos not in (0, 1, 2):
-        raise EdgeclsError(f"--mqtt-qos must be 0, 1 or 2 (got {opts.mqtt_qos})")
-    if not 0 <= opts.mqtt_state_interval < 86400:  # (NaN fails this too)
-        raise EdgeclsError("--mqtt-state-interval must be 0 (off) or more seconds")
-    return lambda: MqttSink(target, qos=opts.mqtt_qos, retain=opts.mqtt_retain,
-                            state_interval=opts.mqtt_state_interval, log=log)
-
-
-def plan_webhook(opts: EventOptions, log):
-    """Check the webhook flags (no side effects); what starts its thread later."""
-    from edgecls.device.webhook import WebhookSink, check_url
-    check_url(opts.webhook)
-    if not 0 < opts.webhook_timeout <= 600:
-        raise EdgeclsError("--webhook-timeout must be between 0 and 600 seconds")
-    secret = read_secret(WEBHOOK_SECRET_ENV, "--webhook-secret-file", opts.webhook_secret_file)
-    return lambda: WebhookSink(opts.webhook, secret=secret, timeout=opts.webhook_timeout, log=log)
-
-
-def open_events(opts: EventOptions, net, json_lines: bool, log=None) -> EventsOutput | None:
-    """Check every event flag and build the sinks (ports bound, pins claimed) — all before the camera opens,
-    so bad input is one line and nothing was touched. None when no event flag was given."""
-    check_orphans(opts)
-    if not opts.active:
-        return None
-    log = log or (lambda m: print(m, file=sys.stderr))
-    labels = net.labels
-    check_levels(opts)
-    watch = watched_labels(opts.classes, labels)
-    sinks: list[EventSink] = []
-    try:
-        # Parse everything first (cheap, no side effects), then open (ports, pins, connections).
-        plans = []
-        if opts.mqtt:
-            plans.append(plan_mqtt(opts, log))
-        if opts.webhook:
-            plans.append(plan_webhook(opts, log))
-        if opts.gpio:
-            from edgecls.device.gpio import GpioSink, parse_pins
-            pins = parse_pins(opts.gpio, labels)
-            if UNCERTAIN in pins and UNCERTAIN not in watch:
-                watch.append(UNCERTAIN)  # a pin for "uncertain" is asking to watch it
-            unwatched = [lab for lab in pins if lab not in watch]
-            if unwatched:  # its pin would never move
-                raise EdgeclsError(f"--gpio: label {unwatched[0]!r} is not among --classes {opts.classes}")
-            if opts.gpio_pulse is not None and not 0 < opts.gpio_pulse <= 3600:
-                raise EdgeclsError("--gpio-pulse must be a positive number of seconds")
-            plans.append(lambda: GpioSink(pins, pulse_s=opts.gpio_pulse))
-        if opts.metrics is not None:
-            from edgecls.device.metrics import MetricsSink
-            if not 0 <= opts.metrics < 65536:
-                raise EdgeclsError(f"bad --metrics port {opts.metrics}")
-            plans.append(lambda: MetricsSink(opts.host, opts.metrics, labels, log=log))
-        for make in plans:
-            sinks.append(make())
-    except BaseException:
-        for s in sinks:
-            s.close()
-        raise
-    tracker = EventTracker(labels, watch, *opts.levels, opts.min_dwell)
-    return EventsOutput(tracker, sinks, bundle_id(net.bundle), sys.stdout if json_lines else None, log)

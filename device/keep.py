@@ -105,8 +105,10 @@ class _Writer(QueuedSink):
 class KeepOutput(Output):
     """The keeping, as one more output of the live loop."""
 
-    def __init__(self, folder: Path, policy_name: str, net, rate: float = 1.0, max_mb: float = 500.0,
-                 below: float = 0.6, chance: float = 0.05, log=None, seed: int | None = None, shadow: bool = False):
+    def __init__(self, folder: Path, net, *, policy: str, rate: float, max_mb: float, below: float, chance: float,
+                 log=None, seed: int | None = None, shadow: bool = False):
+        # (no defaults here: they are written once, device/labelling.py: LabellingOptions.DEFAULTS)
+        policy_name = policy
         if policy_name == DISAGREE and not shadow:
             raise EdgeclsError("--keep-policy disagree needs --shadow N (the float model's answers to compare with)")
         if not 0 < rate <= 1000:

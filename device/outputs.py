@@ -17,7 +17,7 @@ from typing import IO
 import cv2
 import numpy as np
 
-from edgecls.device.classifier import Result
+from edgecls.device.classifier import Prediction
 from edgecls.device.frame import Frame
 from edgecls.device.mjpeg import MjpegServer
 from edgecls.device.overlay import draw_overlay
@@ -27,7 +27,7 @@ from edgecls.errors import EdgeclsError
 from edgecls.fsutil import temp_file
 
 
-def result_record(frame: Frame, result: Result, stats: LiveStats, shadow: ShadowReport | None = None) -> dict:
+def result_record(frame: Frame, result: Prediction, stats: LiveStats, shadow: ShadowReport | None = None) -> dict:
     """The per-frame JSON record (one line of `edgecls run --json`)."""
     rec = {"timestamp": round(time.time() - (time.monotonic() - frame.t_capture), 6), "frame": frame.index}
     if frame.file is not None:
@@ -49,7 +49,7 @@ class Output:
     shows_pictures = False   # True: render() receives the annotated BGR frame
     wants_stop = False       # True once the user asked this output to end the run (window: q / Esc)
 
-    def render(self, frame: Frame, result: Result, stats: LiveStats, annotated: np.ndarray | None,
+    def render(self, frame: Frame, result: Prediction, stats: LiveStats, annotated: np.ndarray | None,
                shadow: ShadowReport | None = None) -> None:
         raise NotImplementedError
 
@@ -252,7 +252,7 @@ class Outputs:
     def wants_stop(self) -> bool:
         return any(o.wants_stop for o in self.outputs)
 
-    def render(self, frame: Frame, result: Result, stats: LiveStats, shadow: ShadowReport | None = None) -> None:
+    def render(self, frame: Frame, result: Prediction, stats: LiveStats, shadow: ShadowReport | None = None) -> None:
         annotated = None
         if self.shows_pictures:
             annotated = draw_overlay(frame.bgr(), result, stats.fps_now,

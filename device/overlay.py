@@ -4,12 +4,12 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from edgecls.device.classifier import Result
+from edgecls.device.classifier import Prediction
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
-def draw_overlay(bgr: np.ndarray, result: Result, fps: float, shadow_lines=(), alarm: bool = False) -> np.ndarray:
+def draw_overlay(bgr: np.ndarray, result: Prediction, fps: float, shadow_lines=(), alarm: bool = False) -> np.ndarray:
     """A copy of the BGR frame with a banner: "label 97.3%" and the FPS, then the float shadow's lines (`run
     --shadow`: agreement and margin; red while drift is reported). The input is not modified."""
     out = bgr.copy()

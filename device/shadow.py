@@ -10,7 +10,7 @@ scheduling class (SCHED_IDLE, that thread only; elsewhere, or with `--shadow-pri
 with a core to spare it runs at full speed, and on a busy CPU the live loop gets the core first and the shadow
 falls behind, never the other way round. The hand-over is a queue of one: a frame that comes due while the worker
 is still busy is not shadowed (counted as `skipped`), so the live loop never waits for float. The float model gets
-the very tensor the int8 one got (`Result.pixels`): no second resize, and the comparison is on identical input, as
+the very tensor the int8 one got (`Prediction.pixels`): no second resize, and the comparison is on identical input, as
 `edgecls eval` compares the two on a photo.
 """
 from __future__ import annotations
@@ -24,30 +24,18 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgecls.bundle import Bundle
-from edgecls.device.classifier import Result
+from edgecls.device.classifier import Prediction
+from edgecls.device.drift import DriftMonitor, Pair, ShadowFigures, agreement_floor
 from edgecls.device.frame import Frame
 from edgecls.device.runtime import load_model
 from edgecls.errors import EdgeclsError
-from edgecls.formats import BY_KEY, find
+from edgecls.formats import BY_KEY, float_twin as twin_key
 from edgecls.metrics import top_margin
 
 QUEUED, SKIPPED = "queued", "skipped"   # what happened to a frame that came due (its JSON line says it)
 # --shadow-priority: "idle" (the default) never takes a core the live loop or anything else wants; "normal" takes its
 # share of a busy CPU (checks every Nth frame there too, at the live loop's expense).
 PRIORITIES = ("idle", "normal")
-
-
-@dataclass
-class Pair:
-    """One shadowed frame: the live int8 answer and the float model's on the same tensor."""
-    frame: int            # Frame.index
-    int8_class: int       # top-1 of the live artifact (argmax of this frame's own probabilities)
-    float_class: int      # top-1 of the float twin
-    float_margin: float   # float top-1 minus top-2 probability: how sure float was
-
-    @property
-    def agree(self) -> bool:
-        return self.int8_class == self.float_class
 
 
 def run_this_thread_when_idle() -> None:
@@ -65,7 +53,7 @@ def float_twin(bundle: Bundle, live_key: str) -> str:
     if fmt.precision == "float":
         raise EdgeclsError(f"--shadow compares the live int8 model with its float twin, but the live model "
                            f"{live_key} is already float: drop --precision float")
-    twin = find(fmt.family, "float").key
+    twin = twin_key(live_key)
     if twin not in bundle.artifacts:
         raise EdgeclsError(f"--shadow needs the bundle's {twin} model beside {live_key}, and bundle {bundle.root} has "
                            f"none (it has: {', '.join(bundle.artifacts)}); export it with --formats {fmt.family}")
@@ -90,7 +78,7 @@ class Shadow:
         self._thread = threading.Thread(target=self._work, name="edgecls-shadow", daemon=True)
         self._thread.start()
 
-    def offer(self, frame: Frame, result: Result) -> str | None:
+    def offer(self, frame: Frame, result: Prediction) -> str | None:
         """Every Nth call: hand the frame's tensor to the worker ("queued"), or "skipped" when it is still busy.
         None for the frames in between. Never blocks."""
         n, self._seen = self._seen, self._seen + 1
@@ -175,8 +163,6 @@ class ShadowCheck:
     """The worker, the figures and the drift rules, joined for `run_pipeline`: one `step` per live frame."""
 
     def __init__(self, bundle: Bundle, live_key: str, every: int, priority: str = "idle"):
-        from edgecls.device.drift import DriftMonitor, ShadowFigures, agreement_floor
-
         self.labels = bundle.labels
         self.shadow = Shadow(bundle, live_key, every, priority)
         self.figures = ShadowFigures()
@@ -188,7 +174,7 @@ class ShadowCheck:
     def notes(self) -> list[str]:
         return self.drift.notes
 
-    def step(self, frame: Frame, result: Result) -> ShadowReport:
+    def step(self, frame: Frame, result: Prediction) -> ShadowReport:
         return self._report(self.shadow.offer(frame, result), self.shadow.finished())
 
     def close(self) -> ShadowReport:

@@ -32,6 +32,7 @@ COOKIE_MAX_AGE_S = 30 * 24 * 3600
 # Sent in a URL, a header and a cookie unescaped: URL-safe characters only, and long enough not to be guessed.
 TOKEN_FORM = re.compile(r"[A-Za-z0-9._~-]{16,256}")
 LOOPBACK_NAMES = ("localhost",)
+DEFAULT_BIND = "127.0.0.1"   # every server edgecls runs binds here unless its --host says otherwise
 
 _lock = threading.Lock()
 _token: str | None = None

@@ -7,7 +7,8 @@ RUN_DIR/
   splits.json     {"root", "classes", "train"|"val"|"test": [[relative path, label], ...]}
   dataset.json    every photo used, by content hash: path, class, split, sha256 (edgecls/dataset_manifest.py)
   history.png, confusion.png
-  .checkpoint/    while training: resumable state (removed when the run completes)
+  .checkpoint/    while training: state.json, last.h5, best.h5, to resume from (removed when the run completes)
+  .cache/         while training with --cache disk: the decoded splits (train/split_input.py; removed likewise)
 """
 from __future__ import annotations
 
@@ -26,6 +27,9 @@ RUN_JSON = "run.json"
 SPLITS_JSON = "splits.json"
 LABELS_TXT = "labels.txt"
 DATASET_JSON = "dataset.json"
+CKPT = ".checkpoint"
+STATE_JSON = "state.json"   # in CKPT: the phase, epoch and history a resumed run continues from
+CACHE = ".cache"
 
 
 @dataclass
@@ -55,6 +59,17 @@ def is_run(path: str | os.PathLike) -> bool:
     try:
         return json.loads(p.read_text()).get("format") == RUN_FORMAT
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return False
+
+
+def has_checkpoint(run: Path) -> bool:
+    return (run / CKPT / STATE_JSON).is_file()
+
+
+def is_complete(run: Path) -> bool:
+    try:
+        return json.loads((run / RUN_JSON).read_text()).get("status") == "complete"
+    except (OSError, ValueError, AttributeError):
         return False
 
 

@@ -19,6 +19,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgecls.device.drift import heldout_count
 from edgecls.errors import EdgeclsError
 from edgecls.metrics import shown_below
 
@@ -26,11 +27,9 @@ COLLAPSE_SHARE = 0.95
 
 
 def export_agreement(meta: dict, key: str) -> float | None:
-    """The export's int8-vs-float agreement of `key` on its held-out photos, as edgecls.json records it."""
-    metrics = (meta.get("artifacts", {}).get(key) or {}).get("metrics") or {}
-    held_out = metrics.get("agreement_heldout")
-    rate = held_out.get("rate") if isinstance(held_out, dict) else metrics.get("agreement")
-    return float(rate) if isinstance(rate, (int, float)) else None
+    """The export's int8-vs-float agreement of `key` on its held-out photos (the drift monitor's reader)."""
+    count = heldout_count(meta, (meta.get("artifacts", {}).get(key) or {}).get("metrics") or {})
+    return count[0] / count[1] if count else None
 
 
 @dataclass

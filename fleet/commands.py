@@ -98,10 +98,10 @@ def update(
     device_dir: Path = typer.Option(..., "--device-dir", help="The device's folder: slots, state, trusted metadata."),
     root: Optional[Path] = typer.Option(None, "--root", help="First use only: the repository's 1.root.json, "
                                         "brought to the device (the trust anchor)."),
-    once: bool = typer.Option(True, "--once", help="Check once and exit (for a systemd timer)."),
     json_out: bool = typer.Option(False, "--json", help="Print the outcome as one JSON line."),
 ):
-    """Check an update repository once; install and promote a newer signed bundle that passes its checks here."""
+    """Check an update repository once and exit (a systemd timer repeats it; `run --updates` polls by itself);
+    install and promote a newer signed bundle that passes its checks here."""
     from edgecls.fleet.update import check_once
 
     out = check_once(url, device_dir, root)

@@ -225,7 +225,7 @@ def install(dev: DeviceDir, staged: Staged) -> Outcome:
 
 
 def check_once(url: str, device_dir: Path, root: Path | None = None) -> Outcome:
-    """`edgecls update --once`: install the newest release meant for this device once it passes every check
+    """`edgecls update`: install the newest release meant for this device once it passes every check
     here (no live frames, so no canary: `run --updates` adds it), or say why not."""
     dev = DeviceDir(device_dir)
     staged = stage(url, dev, root)

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edgecls.device.classifier import UNCERTAIN, Result
+from edgecls.device.classifier import UNCERTAIN, Prediction
 from edgecls.device.frame import Frame
 from edgecls.device.mjpeg import MjpegServer
 from edgecls.device.outputs import (ConsoleOutput, JsonLinesOutput, Outputs, StreamOutput, VideoFileOutput,
@@ -27,7 +27,7 @@ def photo(shared) -> np.ndarray:
 
 
 def _result(label="5", p=0.9):
-    return Result(label, p, [(label, p), ("3", 1 - p)], 5, 12.5, time.monotonic())
+    return Prediction(label, p, [(label, p), ("3", 1 - p)], 5, 12.5, time.monotonic())
 
 
 def _frame(img, i=0, file=None):

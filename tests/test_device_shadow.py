@@ -222,6 +222,29 @@ def test_export_records_the_float_margin_of_its_test_photos(digits_bundle, tiny_
         assert fm[f"p{q}"] == pytest.approx(np.percentile(margins, q), abs=0.02)
 
 
+def test_drift_floor_reads_the_held_out_field_and_older_bundles(digits_bundle):
+    """The agreement floor comes from the field that names its photos and reference (`agreement_heldout`: agreed
+    of images, vs the float twin); a bundle exported before that field gives the same floor from the bare rate
+    over report.images; one with neither falls back to all images."""
+    from edgecls.device.drift import agreement_floor
+    from edgecls.metrics import wilson_interval
+
+    meta = load_bundle(digits_bundle).meta
+    held = meta["artifacts"]["tflite-int8"]["metrics"]["agreement_heldout"]
+    assert held["reference"] == "tflite-float" and held["heldout"] is True
+    floor = agreement_floor(meta, "tflite-int8")
+    assert floor == round(wilson_interval(held["agreed"], held["images"])[0], 5)
+    metrics = meta["artifacts"]["tflite-int8"]["metrics"]
+    older = {**metrics}
+    del older["agreement_heldout"]
+    assert agreement_floor({**meta, "artifacts": {"tflite-int8": {"metrics": older}}}, "tflite-int8") == floor
+    newer = {k: v for k, v in metrics.items() if k != "agreement"}   # the explicit field alone is enough
+    assert agreement_floor({**meta, "artifacts": {"tflite-int8": {"metrics": newer}}}, "tflite-int8") == floor
+    neither = {k: v for k, v in metrics.items() if k not in ("agreement", "agreement_heldout")}
+    assert agreement_floor({**meta, "artifacts": {"tflite-int8": {"metrics": neither}}}, "tflite-int8") \
+        == metrics["agreement_all"]["ci95"][0]
+
+
 def _copy_with(bundle: Path, dest: Path, edit) -> Path:
     shutil.copytree(bundle, dest)
     meta = json.loads((dest / MANIFEST).read_text())

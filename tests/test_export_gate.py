@@ -220,7 +220,7 @@ def test_report_escapes_class_names(tmp_path):
     """Class names come from folder names: report.md and report.html must show them, never run them."""
     from edgecls.convert import report
     from edgecls.convert.gate import Verdict
-    from edgecls.convert.measure import Result
+    from edgecls.convert.measure import Measurement
 
     labels = ["<script>alert(1)</script>", "cat & dog"]
     row = {"accuracy": 0.5, "accuracy_ci95": [0.2, 0.8], "latency_ms": 1.0, "confusion": [[1, 0], [1, 0]],
@@ -231,7 +231,7 @@ def test_report_escapes_class_names(tmp_path):
                             "verdict": {"passed": True, "failures": [], "notes": []}}}
     gate_block = {"passed": True, "max_drop_pp": 1.0, "min_agreement_pct": 97.0, "failures": [], "notes": [],
                   "message": "ok"}
-    result = Result(rows, {"tflite-int8": Verdict(True)}, gate_block, {"tflite-int8": 1000}, "test", 2, 2, "keras-float")
+    result = Measurement(rows, {"tflite-int8": Verdict(True)}, gate_block, {"tflite-int8": 1000}, "test", 2, 2, "keras-float")
     manifest = {"artifacts": {"tflite-int8": {"method": "ptq", "float_ops": []}}, "default_artifact": "tflite-int8"}
     report.write(tmp_path, manifest, result, labels)
     for name in ("report.md", "report.html"):
@@ -248,7 +248,7 @@ def test_a_run_without_a_test_split_says_its_agreement_is_not_held_out(tmp_path)
 
     from edgecls.convert import report
     from edgecls.convert.gate import Verdict
-    from edgecls.convert.measure import Result
+    from edgecls.convert.measure import Measurement
 
     labels = ["a", "b"]
     seen = {**_agreement(44, 1), "split": "val", "heldout": False}
@@ -261,7 +261,7 @@ def test_a_run_without_a_test_split_says_its_agreement_is_not_held_out(tmp_path)
                             "verdict": {"passed": True, "failures": [], "notes": []}}}
     gate_block = {"passed": True, "max_drop_pp": 1.0, "min_agreement_pct": 97.0, "failures": [], "notes": [],
                   "message": "ok"}
-    result = Result(rows, {"tflite-int8": Verdict(True)}, gate_block, {"tflite-int8": 1000}, "val", 44, 300,
+    result = Measurement(rows, {"tflite-int8": Verdict(True)}, gate_block, {"tflite-int8": 1000}, "val", 44, 300,
                     "keras-float")
     report.write(tmp_path, {"artifacts": {"tflite-int8": {"method": "ptq", "float_ops": []}},
                             "default_artifact": "tflite-int8"}, result, labels)

@@ -21,7 +21,7 @@ import pytest
 
 from edgecls.train.config import TrainConfig
 
-from conftest import DIGITS, cli
+from conftest import DIGITS, cli, skip_or_fail
 
 
 def one_line_error(r, needle, code=2):
@@ -65,12 +65,12 @@ def tree(folder: Path) -> dict[str, bytes]:
 
 @contextlib.contextmanager
 def tmpfs(where: Path, size: str, readonly: bool = False):
-    """A real small filesystem at `where` (needs root and mount); skips the test where that is not possible."""
+    """A real small filesystem at `where` (needs root and mount); else a skip (a failure under CI)."""
     where.mkdir(parents=True, exist_ok=True)
     opts = f"size={size}" + (",ro" if readonly else "")
     r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(where)], capture_output=True, text=True)
     if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip()[:100]})")
+        skip_or_fail(f"cannot mount a tmpfs here ({r.stderr.strip()[:100]})")
     try:
         yield where
     finally:
@@ -455,7 +455,7 @@ def test_ctrl_c_in_export_says_interrupted(tiny_run, tmp_path, ignore_sigint, si
 def test_a_signal_inside_an_import_waits_for_the_import_to_finish(tmp_path, monkeypatch):
     """KeyboardInterrupt raised inside an import that C code started surfaced as a SystemError traceback
     (TensorFlow's nest.flatten, seen in CI); StopRequest retries the interrupt until the import is done."""
-    from edgecls.train.stopping import StopRequest
+    from edgecls.stopping import StopRequest
 
     (tmp_path / "slow_import_probe.py").write_text(
         "import signal, time\n"
@@ -477,7 +477,7 @@ def test_a_signal_inside_an_import_waits_for_the_import_to_finish(tmp_path, monk
 def test_a_signal_inside_tensorflow_code_waits_until_it_returns():
     """The same inside TensorFlow's Python code, which its C++ may have called (CI: AssertSameStructureForData):
     the interrupt is raised once the main thread is back in code that is not TensorFlow's."""
-    from edgecls.train.stopping import StopRequest
+    from edgecls.stopping import StopRequest
 
     scope = {}
     exec(compile("import signal, time\n"
@@ -495,7 +495,7 @@ def test_a_signal_inside_tensorflow_code_waits_until_it_returns():
 
 def test_only_installed_tensorflow_packages_count_as_tensorflow_code():
     """A user's own folder named keras/ or tensorflow/ is not TensorFlow: a signal there is raised at once."""
-    from edgecls.train.stopping import StopRequest
+    from edgecls.stopping import StopRequest
 
     for where, deferred in (("/home/me/keras/train_flowers.py", False), ("/srv/tensorflow/job.py", False),
                             ("/venv/lib/python3.11/dist-packages/tf_keras/src/engine.py", True)):

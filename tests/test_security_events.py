@@ -7,6 +7,7 @@ in a subprocess (test_device_run's wrapper) or, for the table of bad input, the 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -20,6 +21,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
@@ -144,7 +146,29 @@ def test_the_documented_receiver_accepts_each_event_once_and_rejects_replays_sta
 
 # --- item 6: secrets from the environment or a 0600 file, never in /proc/PID/cmdline ------------------------
 
-def test_a_running_device_has_no_secret_in_its_command_line(confident, tmp_path):
+@dataclass
+class SecretSinks:
+    password: str        # Mosquitto's, for the user "cam"
+    key: str             # the webhook's signing secret
+    video: Path          # a looped run of it sends events to both
+    mqtt_url: str
+    webhook_url: str
+    subscriber: Subscriber   # on the broker's topic, as "cam"
+    verdicts: list           # the receiver's verdict on each request ("new", "seen", "bad")
+
+    def wait_until_used(self) -> None:
+        """Both secrets in use: the broker let the run log in, the receiver verified its signature."""
+        assert self.subscriber.wait_for(1, timeout=30), "no event reached the password-protected broker"
+        deadline = time.monotonic() + 30
+        while "new" not in self.verdicts and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert self.verdicts and set(self.verdicts) == {"new"}, self.verdicts
+
+
+@contextlib.contextmanager
+def secret_sinks(confident, tmp_path):
+    """A real Mosquitto that wants a password and a webhook receiver that checks signatures with the docs' code,
+    each with a fresh random secret, and a video whose events reach both (also used by test_run_config)."""
     broker_available()
     password, key = "mq-" + secrets.token_hex(8), "wh-" + secrets.token_hex(8)
     subprocess.run(["mosquitto_passwd", "-c", "-b", str(tmp_path / "pw"), "cam", password], check=True)
@@ -154,32 +178,35 @@ def test_a_running_device_has_no_secret_in_its_command_line(confident, tmp_path)
     receiver = recording_handler(lambda h, body: (verdicts.append(check(h.headers, body, key.encode())) or 200, {}))
     video = write_video(tmp_path / "ab.mkv", segments(confident, "AB", each=4))
     sub = Subscriber(broker.port, "cam", auth=("cam", password))
-    proc = None
     try:
         with http_server(receiver) as port:
+            yield SecretSinks(password, key, video, f"mqtt://cam@127.0.0.1:{broker.port}/cam",
+                              f"http://127.0.0.1:{port}/hook", sub, verdicts)
+    finally:
+        sub.close()
+        broker.kill()
+
+
+def test_a_running_device_has_no_secret_in_its_command_line(confident, tmp_path):
+    proc = None
+    with secret_sinks(confident, tmp_path) as s:
+        password, key = s.password, s.key
+        try:
             proc = subprocess.Popen(
-                [sys.executable, "-c", WRAPPER, "run", str(BUNDLE), str(video), "--loop", "--json",
-                 "--mqtt", f"mqtt://cam@127.0.0.1:{broker.port}/cam",
-                 "--mqtt-password-file", str(secret_file(tmp_path / "mqtt-password", password)),
-                 "--webhook", f"http://127.0.0.1:{port}/hook"],
+                [sys.executable, "-c", WRAPPER, "run", str(BUNDLE), str(s.video), "--loop", "--json",
+                 "--mqtt", s.mqtt_url, "--mqtt-password-file", str(secret_file(tmp_path / "mqtt-password", password)),
+                 "--webhook", s.webhook_url],
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**ENV, "EDGECLS_WEBHOOK_SECRET": key})
-            # both secrets are in use: the broker let it log in, the receiver verified its signature
-            assert sub.wait_for(1, timeout=30), "no event reached the password-protected broker"
-            deadline = time.monotonic() + 30
-            while "new" not in verdicts and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert verdicts and set(verdicts) == {"new"}, verdicts
+            s.wait_until_used()
             cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes()
             assert b"--webhook" in cmdline and b"cam@127.0.0.1" in cmdline  # (the live process, read right)
             assert password.encode() not in cmdline and key.encode() not in cmdline
             assert os.stat(f"/proc/{proc.pid}/environ").st_mode & 0o077 == 0  # the environment: its owner's only
             proc.send_signal(signal.SIGTERM)
             err = proc.communicate(timeout=30)[1].decode()
-    finally:
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-        sub.close()
-        broker.kill()
+        finally:
+            if proc is not None and proc.poll() is None:
+                proc.kill()
     assert proc.returncode == 0, err
     assert password not in err and key not in err
 

@@ -148,7 +148,7 @@ def test_an_uneven_set_trains_on_two_workers_as_on_one(tmp_path, keras_home):
 # ---------------------------------------------------------------- a worker's own failure is not a lost peer
 
 def test_an_op_error_is_a_lost_peer_only_when_a_peer_was_lost(monkeypatch):
-    from edgecls.train.multiworker import Cluster, PeerLost, WorkerFailed, op_failure
+    from edgecls.train.cluster import Cluster, PeerLost, WorkerFailed, op_failure
     from edgecls.train.tfenv import import_tf
 
     tf, _ = import_tf()

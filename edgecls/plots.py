@@ -1,4 +1,6 @@
-"""Pictures of a training run: learning curves and the confusion matrix (matplotlib, no display needed)."""
+"""Figures train and export draw: learning curves, confusion matrices (and export's search plot draws on
+`pyplot` and `save_figure`). matplotlib, no display needed, no TensorFlow; it comes with the train extra, the
+only stages that draw."""
 from __future__ import annotations
 
 import warnings
@@ -7,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 
-def _plt():
+def pyplot():
+    """matplotlib.pyplot on its file-only backend (imported here, lazily: seconds, and only train/export draw)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -17,8 +20,9 @@ def _plt():
 
 
 def save_figure(fig, path: Path) -> None:
-    from edgecls.fsutil import atomic_write_bytes
     import io
+
+    from edgecls.fsutil import atomic_write_bytes
 
     buf = io.BytesIO()
     with warnings.catch_warnings():  # e.g. "Glyph missing from font" for CJK class names: the log is not the place
@@ -28,7 +32,7 @@ def save_figure(fig, path: Path) -> None:
 
 
 def plot_history(history: list[dict], path: Path) -> None:
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     x = np.arange(1, len(history) + 1)
     for ax, key, title in ((axes[0], "accuracy", "accuracy"), (axes[1], "loss", "loss")):
@@ -47,7 +51,7 @@ def plot_history(history: list[dict], path: Path) -> None:
 
 
 def plot_confusion(cm, classes: list[str], path: Path, title: str = "test confusion matrix") -> None:
-    plt = _plt()
+    plt = pyplot()
     cm = np.asarray(cm)
     n = len(classes)
     size = max(4.0, 0.45 * n + 2)

@@ -1,4 +1,5 @@
-"""SIGINT/SIGTERM during `train`: stop at the next safe point, never lose the signal.
+"""SIGINT/SIGTERM during `train` and `export`: stop at the next safe point, never lose the signal.
+(No TensorFlow here: it only recognises TensorFlow's frames on the stack.)
 
 Why Python's own Ctrl-C handling was not enough (issue 17):
 - A process started with SIGINT ignored (what a non-interactive shell does to `cmd &`, e.g. `make test &`

@@ -1,6 +1,6 @@
 """int8 TFLite PTQ against the number of calibration images, on one training run.
 
-    python benchmarks/calib_sweep.py RUN_DIR [--sizes 200,500,1442] [--work DIR]
+    python benchmarks/scratch/calib_sweep.py RUN_DIR [--sizes 200,500,1442] [--work DIR]
 
 Converts the run's float model once to a SavedModel, then to full-integer TFLite with the first N training
 images (round-robin over classes, as `edgecls export --calib-samples N` picks them) for each N, and prints

@@ -1,6 +1,6 @@
 """How far a recipe could go: every trained model of one split on that split's test photos (issue 16).
 
-    python benchmarks/ensemble_ceiling.py RUN [RUN ...] [-- RUN ...]
+    python benchmarks/scratch/ensemble_ceiling.py RUN [RUN ...] [-- RUN ...]
 
 Runs separated by `--` are groups; each group holds runs of one seed (the same test split, checked). Per group:
 each model's test top-1, the photos wrong in every model, the photos wrong in some, and the top-1 of the
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))   # benchmarks/: make_results
 from make_results import SHARED  # noqa: E402
 
 

@@ -16,7 +16,7 @@ from edgecls.httpserve import BoundedHTTPServer, GuardedHandler
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
 
-class MetricsSink(EventSink):
+class PrometheusSink(EventSink):
     name = "metrics"
 
     def __init__(self, host: str, port: int, labels: list[str], log=None):
@@ -104,7 +104,7 @@ class MetricsSink(EventSink):
 class _LiveFigures:
     """Figures owned by others (the source, the other outputs), read at scrape time."""
 
-    def __init__(self, sink: MetricsSink):
+    def __init__(self, sink: PrometheusSink):
         self.sink = sink
 
     def collect(self):

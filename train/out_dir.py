@@ -1,4 +1,5 @@
-"""Where `train` may write, and `--force` replacing a run without losing it before the new one exists.
+"""`train --out`: where it may write, and `--force` replacing a run without losing it before the new one exists.
+(What a run folder holds, and whether it can resume: edgecls/rundir.py.)
 
 Rules (docs/guarantees.md):
 - `--out` is never the data folder, inside it, or a folder that contains it.
@@ -11,29 +12,13 @@ Rules (docs/guarantees.md):
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
 
 from edgecls.errors import EdgeclsError
 from edgecls.progress import say
-from edgecls.rundir import RUN_JSON, is_run
-
-CKPT = ".checkpoint"
-CACHE = ".cache"   # train --cache disk: the decoded splits (train/split_input.py), removed when the run completes
-STATE_JSON = "state.json"
-
-
-def has_checkpoint(run: Path) -> bool:
-    return (run / CKPT / STATE_JSON).is_file()
-
-
-def is_complete(run: Path) -> bool:
-    try:
-        return json.loads((run / RUN_JSON).read_text()).get("status") == "complete"
-    except (OSError, ValueError, AttributeError):
-        return False
+from edgecls.rundir import has_checkpoint, is_complete, is_run
 
 
 def _nearest_existing(path: Path) -> Path:

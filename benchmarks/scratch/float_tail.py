@@ -1,6 +1,6 @@
 """Does keeping the classifier's tail float help int8 parity? (issue 18, measured 2026-12-01; not adopted)
 
-    python benchmarks/float_tail.py RUN
+    python benchmarks/scratch/float_tail.py RUN
 
 From the run's calibrated float TFLite (the export's own path), four int8 models: all-int8, the two ops the
 QuantizationDebugger ranks worst kept float (the search's usual step), and each of those with the final

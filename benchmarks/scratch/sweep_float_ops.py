@@ -1,6 +1,6 @@
 """What moves int8-vs-float agreement on held-out photos: ops kept float, and the calibration set.
 
-    python benchmarks/sweep_float_ops.py RUN_DIR [--max-ops 8] [--calib 200,all,all+augmented]
+    python benchmarks/scratch/sweep_float_ops.py RUN_DIR [--max-ops 8] [--calib 200,all,all+augmented]
                                          [--weight-rounding nearest|gptq]
 
 For each calibration set (the first N training images; `all` of them; `all+augmented` = every training image

@@ -1,0 +1,118 @@
+"""`edgecls run`'s start-up and live loop, from its settings (device/run_options.py: RunSettings): the model and
+its exam first, then every output and sink checked and bound, and only then the source — bad input or a failing
+bundle never touches the camera. Nothing here imports TensorFlow.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+from edgecls.device.run_options import RunSettings
+
+
+def _err(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run_live(s: RunSettings) -> None:
+    """Open everything in order, run the loop until the source ends (or --max-frames, SIGINT, SIGTERM), report."""
+    from edgecls.device.pipeline import run_pipeline
+    from edgecls.device.shadow import parse_every
+    from edgecls.fleet.live import starting
+
+    every = None if s.shadow.shadow_every is None else parse_every(s.shadow.shadow_every)
+    starting(s.bundle, _err)   # in a device folder: a crash loop goes back to the previous bundle
+    open_net = _net_opener(s, every)
+    net, shadow = open_net(s.bundle)
+    s.source_opts.model_input = (net.spec.width, net.spec.height)   # cameras that scale in hardware: near it
+    self_test = _startup_exam(s, net)
+    src, output, updates = _open_outputs_and_source(s, net, shadow, open_net)
+    if not s.outputs.json_lines:
+        _err(f"edgecls: {src.name} → {net.artifact_key} ({net.model.runtime}, {', '.join(net.model.providers)})")
+        if getattr(src, "delivers", ""):
+            _err(f"edgecls: {src.delivers}")
+        if self_test.line:
+            _err(self_test.line)
+    summary = run_pipeline(src, net, output, max_frames=s.outputs.max_frames, shadow=shadow, updates=updates)
+    _report(summary, self_test, shadow, s.outputs.json_lines)
+
+
+def _net_opener(s: RunSettings, every: int | None):
+    """path -> (Classifier, ShadowCheck or None): the start-up's, and a fleet update's for its new bundle."""
+    from edgecls.device.classifier import Classifier
+    from edgecls.device.shadow import ShadowCheck
+
+    m = s.model
+
+    def open_net(path):
+        n = Classifier(path, m.format, m.precision, threads=m.threads, top_k=m.top_k, smooth=m.smooth,
+                       threshold=m.threshold)
+        return n, None if every is None else ShadowCheck(n.bundle, n.artifact_key, every, s.shadow.shadow_priority)
+    return open_net
+
+
+def _startup_exam(s: RunSettings, net):
+    """The bundle's exam with this machine's runtime, before the source opens (a failed one in a device folder is
+    recorded, for going back)."""
+    from edgecls.device.verify import ExamFailed, SelfTest, startup_exam
+    from edgecls.fleet.live import exam_failed
+
+    if s.model.no_verify:
+        return SelfTest("", {"passed": None, "skipped": "--no-verify"})
+    try:
+        return startup_exam(net.bundle, net.model, threads=s.model.threads)
+    except ExamFailed as e:
+        exam_failed(s.bundle, str(e), _err)
+        raise
+
+
+def _open_outputs_and_source(s: RunSettings, net, shadow, open_net):
+    """Updates, events, stream, keep and page checked and bound (ports, pins) — then the source, then the outputs
+    joined. Whatever was opened is closed again when a later step fails."""
+    from edgecls.device.labelling import open_labelling
+    from edgecls.device.outputs import StreamOutput, open_output, parse_host_port
+    from edgecls.device.sinks import open_events
+    from edgecls.device.sources import open_source
+    from edgecls.fleet.live import open_updates
+    from edgecls.httpauth import announce as announce_token
+
+    o, u, fps = s.outputs, s.updates, s.source_opts.fps
+    updates = open_updates(s.bundle, u.updates_url, open_net, net.labels, s.model.format, u.update_interval,
+                           u.canary_frames, o.json_lines, _err, s.labelling.data)
+    for note in shadow.notes if shadow else ():
+        _err(f"edgecls: note: {note}")
+    event_out = open_events(s.events, net, o.json_lines, log=_err)
+    extra = [event_out] if event_out else []
+    if updates is not None and event_out is not None:
+        updates.attach_sinks(event_out.sinks, u.update_topic)
+    try:
+        if o.stream is not None:   # its port too is bound before the camera opens
+            extra.insert(0, StreamOutput(*parse_host_port(f"{o.host}:{o.stream}"), log=_err))
+        extra += open_labelling(s.labelling, net, event_out, log=_err, shadow=shadow)
+        src = open_source(s.source, s.source_opts)
+        announce_token(_err)   # the servers are bound: the token line, once (edgecls/httpauth.py)
+    except BaseException:
+        for out in extra:
+            out.close()
+        raise
+    try:
+        for out in extra:
+            out.attach_source(src, fps)
+        output = open_output(json_lines=o.json_lines, headless=o.headless, every_frame=not src.live,
+                             save=str(o.save) if o.save else None,
+                             save_fps=getattr(src, "fps", None) or fps or 30.0, log=_err, extra=extra)
+    except BaseException:
+        src.close()
+        raise
+    return src, output, updates
+
+
+def _report(summary: dict, self_test, shadow, json_lines: bool) -> None:
+    if shadow is not None and not json_lines:
+        _err(f"edgecls: {shadow.summary_text()}")
+    if json_lines:
+        print(json.dumps({"summary": {**summary, "self_test": self_test.record}}, allow_nan=False), flush=True)
+    else:
+        _err(f"edgecls: {summary['frames']} frames, {summary['fps']:.1f} FPS, latency p50 "
+             f"{summary['latency_ms_p50']:.1f} ms, p95 {summary['latency_ms_p95']:.1f} ms "
+             f"(stopped: {summary['stopped_by']})")
