@@ -69,8 +69,12 @@ def keras_home(tmp_path_factory, shared) -> Path:
     return home
 
 
-TINY_TRAIN_ARGS = ("--img-size", "96", "--epochs", "3", "--fine-tune-epochs", "3", "--max-images-per-class", "40",
-                   "--batch-size", "32")
+# A small run that still answers confidently (issue 28: the tests' agreement floors rest on it): 60 photos a class, the
+# head on cached features (cheap per epoch), then 8 fine-tuning epochs at a higher rate. Measured on the shared digits:
+# 94.4% test accuracy (90 photos) where 3+3 epochs on 40 a class gave 66.7% with top-1 near 0.3
+# (tests/data/digits96/README.md has the candidates, their accuracy and cost).
+TINY_TRAIN_ARGS = ("--img-size", "96", "--epochs", "10", "--fine-tune-epochs", "8", "--max-images-per-class", "60",
+                   "--batch-size", "32", "--lr", "0.003")
 
 
 def _fixture_cache() -> Path | None:
@@ -85,7 +89,7 @@ def _fixture_cache() -> Path | None:
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, keras_home) -> Path:
-    """A real, small training run on the shared digits (MobileNetV2 1.0, ImageNet weights, 96 px, ~30 s)."""
+    """A real, small training run on the shared digits (MobileNetV2 1.0, ImageNet weights, 96 px, about a minute)."""
     cached = _fixture_cache()
     if cached is not None and (cached / "tiny" / "model.keras").is_file():
         return cached / "tiny"
@@ -154,10 +158,10 @@ def reference_photos(shared) -> dict[str, str]:
             str(d / "grace_hopper.bmp"): "military uniform", str(d / "hot_dog.jpg"): "hotdog"}
 
 
-# Exporting the tiny run: a weak model (trained for seconds), so the gates are opened; the gates
+# Exporting the tiny run: a small model, so the gates are opened (its test split is a few dozen photos); the gates
 # themselves are tested on their own in test_export.py.
-# At most two ops kept float by the search (its target is out of this model's reach): a small, fast export whose
-# float ops are still exercised.
+# At most two ops kept float by the search: a small, fast export (on this run the search may keep none; the
+# guarded-ops test in test_export.py forces an op float on its own).
 TINY_EXPORT_ARGS = ("--int8-method", "ptq", "--calib-samples", "20", "--max-drop", "50", "--min-agreement", "0",
                     "--max-float-ops", "2")
 

@@ -43,9 +43,10 @@ def test_labels_txt_must_agree_with_the_manifest(tmp_path):
         load_bundle(b)
 
 
-def test_an_onnx_file_with_other_labels_is_refused(tmp_path):
-    """The labels export embeds in an ONNX file must be the bundle's: swapped labels (same count, consistent
-    edgecls.json and labels.txt) would otherwise name every answer wrong."""
+@pytest.mark.parametrize("family", ["onnx", "tflite"])
+def test_a_model_file_with_other_labels_is_refused(tmp_path, family):
+    """The labels export embeds in the ONNX and TFLite files must be the bundle's: swapped labels (same count,
+    consistent edgecls.json and labels.txt) would otherwise name every answer wrong."""
     from edgecls.device.runtime import load_model
 
     b = _copy(tmp_path)
@@ -54,8 +55,5 @@ def test_an_onnx_file_with_other_labels_is_refused(tmp_path):
     (b / MANIFEST).write_text(json.dumps(meta))
     (b / "labels.txt").write_text("\n".join(meta["labels"]) + "\n")
     with pytest.raises(EdgeclsError, match="carries the labels"):
-        load_model(load_bundle(b), "onnx", "int8")
-    # This committed bundle's TFLite file predates labels in TFLite files: it loads, its labels unbound
-    # (tests/test_security_labels.py holds the TFLite path of newer exports).
-    assert not load_model(load_bundle(b), "tflite", "int8").labels_bound
-    load_model(load_bundle(BUNDLE), "onnx", "int8")
+        load_model(load_bundle(b), family, "int8")
+    assert load_model(load_bundle(BUNDLE), family, "int8").labels_bound

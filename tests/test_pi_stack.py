@@ -72,7 +72,7 @@ def reference_with_onnx(dest: Path) -> Path:
     onnx = onnx_export.from_tflite(bundle / "model_int8.tflite", bundle / "model_int8.onnx")
     meta = json.loads((bundle / "edgecls.json").read_text())
     meta["artifacts"]["onnx-int8"] = {"file": onnx.name, "sha256": sha256_file(onnx), "output_kind": "probabilities",
-                                      **tflite.io_details(bundle / "model_int8.tflite")}
+                                      **tflite.entry_fields(bundle / "model_int8.tflite")}
     (bundle / "edgecls.json").write_text(json.dumps(meta, indent=2))
     return bundle
 
@@ -127,11 +127,13 @@ def rows_where(rows, **kw):
     return [r for r in rows if all(r[k] == v for k, v in kw.items())]
 
 
-# The small bundle CI exports is trained for seconds (about half its answers are right, with top-1
-# probabilities near 0.2): rounding differences between CPUs flip a few of its near-ties from run to run.
-# On it every difference must be a near-tie (check.py NEAR_TIE); the >= 99% bar is asserted on a trained
-# bundle below, where answers are confident and the figure is the same every run.
-TINY_MIN_AGREEMENT = 0.8
+# The small bundle CI exports answers confidently (conftest.TINY_TRAIN_ARGS: about 94% right), but on 40 photos one
+# near-tie flipped by another CPU's rounding is 2.5%: every difference must be a near-tie (check.py NEAR_TIE) and at
+# most 4 of the 40 may differ; the >= 99% bar is asserted on the trained bundle below (310 held-out photos).
+TINY_MIN_AGREEMENT = 0.9
+# LiteRT runs XNNPACK's integer kernels on both sides: the same answers, every one (measured 2026-12-05: 40/40 on the
+# tiny bundle; 310/310 with max |Δp| 0 on the trained one's own pixels). Only other kernels may flip a near-tie.
+SAME_KERNELS = ("litert", "tflite-int8")
 
 
 def only_near_ties(row: dict) -> bool:
@@ -178,7 +180,7 @@ def test_top1_differs_from_the_host_only_on_near_ties(pi_case, pi_a72, env, arti
         [row] = rows_where(rows, cpu="cortex-a72", env=env, check=f"{kind} {artifact}")
         [host] = rows_where(rows, cpu="host", check=f"{kind} {artifact}")
         assert row["total"] == host["total"] >= 10, out   # every image the host saw was answered on the Pi
-        assert row["agreement"] == 1.0 or only_near_ties(row), out
+        assert row["agreement"] == 1.0 or ((env, artifact) != SAME_KERNELS and only_near_ties(row)), out
 
 
 def test_doctor_names_the_runtime_and_the_numpy_trap(pi_a72):
@@ -238,16 +240,23 @@ def test_a_trained_bundle_gives_the_hosts_answers(pi_trained, env, artifact):
     assert row["agreement"] >= 0.99, out
 
 
-def test_tflite_runtime_computes_the_reference_kernels_answers(pi_trained):
-    """tflite-runtime 2.14 (the fallback) against the host's LiteRT with its reference kernels: what it
-    computes on aarch64 for an all-int8 model, bit for bit (docs/pi-stack.md, Findings). Integer kernels only:
-    a guarded export's float op runs on other float kernels there, so near-ties may flip (the tiny bundle's
-    rows above allow exactly that)."""
-    rc, out, rows, _ = pi_trained
-    meta = json.loads((TRAINED / "bundle" / "edgecls.json").read_text())
-    assert not meta["artifacts"]["tflite-int8"].get("float_ops"), "this check needs an all-int8 TFLite"
-    [ref] = rows_where(rows, env="tflite", check="eval vs reference kernels")
-    assert ref["total"] == len(trained_images()) and ref["agreement"] >= 0.99, out
+def all_int8(bundle: Path) -> bool:
+    meta = json.loads((bundle / "edgecls.json").read_text())
+    return not meta["artifacts"]["tflite-int8"].get("float_ops")
+
+
+def test_tflite_runtime_computes_the_reference_kernels_answers(pi_case, pi_a72, pi_trained):
+    """tflite-runtime 2.14 (the fallback) against the host's LiteRT with its reference kernels: what it computes on
+    aarch64 for an all-int8 model, bit for bit (docs/pi-stack.md, Findings). Held on whichever bundle is all-int8:
+    today's default export keeps the search's ops float (tests/data/digits96/README.md), and on that guarded model
+    the host's reference-kernel run answered nothing sensible (31/310 "agree", every probability near 0), while
+    tflite-runtime there gave the host's XNNPACK answers on 308/310 (test_a_trained_bundle_gives_the_hosts_answers)."""
+    for bundle, (rc, out, rows, _) in ((TRAINED / "bundle", pi_trained), (pi_case[0], pi_a72)):
+        if all_int8(bundle):
+            [ref] = rows_where(rows, env="tflite", check="eval vs reference kernels")
+            assert ref["total"] >= 10 and ref["agreement"] >= 0.99 and ref["near_ties"] == len(ref["mismatches"]), out
+            return
+    skip_or_fail("neither bundle's int8 TFLite is all-int8: the reference kernels' comparison needs one")
 
 
 def test_on_the_same_pixels_only_the_kernels_differ(pi_case, pi_a72):

@@ -27,7 +27,7 @@ from edgecls.preprocess import EXACT, OPENCV, RESIZE_MODES, PreprocessSpec, prep
 
 FLOWERS = DIGITS.parent / "flowers"
 BIG = DIGITS / "7" / "IMG_5874.JPG"          # 3024 x 3024, one of the three in the shared digits
-DIGITS96 = ROOT / "tests" / "data" / "digits96" / "bundle"   # bundle version 1: made before the field
+DIGITS96 = ROOT / "tests" / "data" / "digits96" / "bundle"
 
 
 def flowers(n: int) -> list[Path]:
@@ -197,12 +197,21 @@ def test_new_specs_say_exact_and_old_ones_mean_opencv(shared):
         PreprocessSpec.from_dict(old, implied_resampler=None)
 
 
+def version_1(meta: dict) -> dict:
+    """A manifest as bundle version 1 wrote it (the committed digits96 bundle was one until issue 28): no
+    resampler field — its pixels came from OpenCV — and no exam."""
+    preprocessing = {k: v for k, v in meta["preprocessing"].items() if k != "resampler"}
+    return {**{k: v for k, v in meta.items() if k != "golden"}, "version": 1, "preprocessing": preprocessing}
+
+
 def test_bundle_versions_and_the_resampler(tmp_path, shared):
     """Version <= 2 (before the field): OpenCV, and only OpenCV. Version 3: the field is required."""
-    assert load_bundle(DIGITS96).spec.resampler == OPENCV
+    assert load_bundle(DIGITS96).spec.resampler == EXACT   # today's bundle (tests/test_fixtures_current.py)
     b = tmp_path / "b"
     shutil.copytree(DIGITS96, b)
-    meta = json.loads((b / MANIFEST).read_text())
+    meta = version_1(json.loads((b / MANIFEST).read_text()))
+    (b / MANIFEST).write_text(json.dumps(meta))
+    assert load_bundle(b).spec.resampler == OPENCV
 
     def load_with(version, **pre):
         m = dict(meta, version=version, preprocessing={**meta["preprocessing"], **pre})

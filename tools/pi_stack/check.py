@@ -270,6 +270,9 @@ def int8_only_bundle(bundle: Path, dest: Path) -> Path:
     for art in keep.values():   # copies: a bundle's files must lie inside its folder (no symlinks out of it)
         (dest / art["file"]).unlink(missing_ok=True)
         shutil.copyfile(bundle / art["file"], dest / art["file"])
+    for extra in ("teach", "head"):   # the teach set and a taught head travel with it (edgecls.json names them)
+        if isinstance(meta.get(extra), dict) and meta[extra].get("file"):
+            shutil.copyfile(bundle / meta[extra]["file"], dest / meta[extra]["file"])
     if (bundle / "golden").is_dir():   # the bundle's exam travels with it (`edgecls verify`, run's self-test)
         shutil.rmtree(dest / "golden", ignore_errors=True)
         shutil.copytree(bundle / "golden", dest / "golden", symlinks=False)
