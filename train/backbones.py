@@ -21,6 +21,7 @@ class Backbone:
     fine_tune_fraction: float = 0.35       # default: unfreeze the top 35% of the backbone's layers
     weights_glob: str | None = None        # Keras cache file name(s) of the ImageNet no-top weights
     extra_kwargs: dict = field(default_factory=dict)
+    builder: str | None = None             # no public Keras class: the edgecls.train module whose body() builds it
 
     def check_alpha(self, alpha: float) -> None:
         if not any(abs(alpha - a) < 1e-9 for a in self.alphas):
@@ -45,6 +46,8 @@ def _alpha_str(alpha: float) -> str:
 
 
 _MOBILENET = dict(scale=(1 / 127.5,) * 3, offset=(-1.0,) * 3)
+# EfficientNet-Lite0's own preprocessing, (x - 127)/128 (train/lite0.py checks the weights file agrees).
+_LITE = dict(scale=(1 / 128,) * 3, offset=(-127 / 128,) * 3)
 # ResNet50 was trained "caffe"-style: BGR, ImageNet mean subtracted, no scaling.
 _CAFFE = dict(scale=(1.0,) * 3, offset=(-103.939, -116.779, -123.68), color_order="BGR")
 
@@ -60,6 +63,9 @@ BACKBONES: dict[str, Backbone] = {b.name: b for b in (
              extra_kwargs={"include_preprocessing": False}),
     Backbone("resnet50", "ResNet50", (1.0,), fine_tune_fraction=0.2, **_CAFFE,
              weights_glob="resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    # Built by Keras' internal EfficientNet builder (train/lite0.py); weights: ../shared/weights/PROVENANCE.md.
+    Backbone("efficientnet_lite0", "", (1.0,), **_LITE, weights_glob="efficientnet_lite0_no_top.h5",
+             builder="lite0"),
 )}
 
 

@@ -20,6 +20,12 @@ def build_model(cfg: TrainConfig, n_classes: int, weights: str | None):
     _, keras = import_tf()
     bb = get_backbone(cfg.backbone)
     size = cfg.img_size
+    if bb.builder:   # a backbone no public Keras class builds: its module makes the flat model from raw pixels
+        import importlib
+
+        module = importlib.import_module(f"edgecls.train.{bb.builder}")
+        base = module.body(keras, size, weights, bb.scale, bb.offset, input_name="pixels", norm_name=NORMALIZE)
+        return _with_head(keras, cfg, base, base.input, n_classes, weights)
     inp = keras.Input((size, size, 3), name="pixels")
     x = keras.layers.Rescaling(list(bb.scale), list(bb.offset), name=NORMALIZE)(inp)
     ctor = getattr(keras.applications, bb.keras_fn)
@@ -33,6 +39,11 @@ def build_model(cfg: TrainConfig, n_classes: int, weights: str | None):
             raise EdgeclsError(f"ImageNet weights for {cfg.backbone} alpha {cfg.alpha} are not cached and could not "
                                f"be downloaded ({type(e).__name__}); pass --weights PATH or --weights none") from None
         raise EdgeclsError(f"cannot load weights {weights} into {cfg.backbone}: {str(e).splitlines()[0][:160]}") from None
+    return _with_head(keras, cfg, base, inp, n_classes, weights)
+
+
+def _with_head(keras, cfg: TrainConfig, base, inp, n_classes: int, weights: str | None):
+    """The pooled head on the backbone's feature map: the whole flat model from `inp` (raw pixels)."""
     if weights is None:
         # From scratch, Keras' BatchNorm momentum (0.999 in MobileNets) leaves the moving statistics far
         # from the batch ones for thousands of steps: validation looks like chance while training learns.
