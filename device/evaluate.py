@@ -125,11 +125,10 @@ def agreement_reference(key: str, keys: list[str]) -> str | None:
     with the float artifact of its own family (tflite-int8 vs tflite-float, onnx-int8 vs onnx-float: the twin
     `run --shadow` and `bench` pair it with), a float artifact (or an int8 one without a twin) with
     `float_reference`."""
-    from edgecls.formats import BY_KEY
+    from edgecls.formats import float_twin
 
-    fmt = BY_KEY[key]
-    twin = f"{fmt.family}-float"
-    if fmt.precision == "int8" and twin in keys:
+    twin = float_twin(key)   # onnx-int8-trt's is onnx-float (edgecls/formats.py: Format.twin)
+    if twin is not None and twin in keys:
         return twin
     return float_reference(keys)
 

@@ -238,6 +238,7 @@ class Exam:
     normalised_here: bool = False           # edgecls.json's scale/offset reach the models (in_model false)
     reason: str | None = None               # None: passed
     seconds: float = 0.0
+    sensor: str | None = None               # the IMX500 package's note: an exam this host cannot take (imx500_camera)
 
     @property
     def passed(self) -> bool:
@@ -335,7 +336,12 @@ def verify(bundle: Bundle, keys: list[str], threads: int | None = None) -> Exam:
         raise EdgeclsError(f"bundle {bundle.root} has no golden exam (exported before edgecls could self-test): "
                            "re-export it to verify it")
     load = loader(bundle, threads)
-    return run_exam(bundle, {k: load(k) for k in keys}, golden, load, t0)
+    exam = run_exam(bundle, {k: load(k) for k in keys}, golden, load, t0)
+    if "imx500" in bundle.meta:   # export --target imx500: say which exam applied to it, and that this is not it
+        from edgecls.device.imx500_camera import startup_note
+
+        exam.sensor = startup_note(bundle.meta)
+    return exam
 
 
 @dataclass
@@ -381,5 +387,7 @@ def format_exam(exam: Exam) -> str:
                  f"{ph['values_off']} values off (max {ph['max_diff']}, allowed {ph['tolerance']})")
     lines.append(f"normalisation {'fail   ' + exam.normalisation if exam.normalisation else 'pass'}")
     lines.append("labels        " + labels_line(exam.labels))
+    if exam.sensor:
+        lines.append(f"imx500        not examined here: {exam.sensor}")
     lines.append(f"verdict: {'PASS' if exam.passed else 'FAIL'} ({exam.seconds:.2f} s)")
     return "\n".join(lines)
