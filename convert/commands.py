@@ -20,18 +20,23 @@ SEARCH_HELP = {
 }
 
 
+TARGET_HELP = ("Also export for an accelerator (comma-separated): tensorrt (symmetric int8 QDQ ONNX, onnx-int8-trt: "
+               "docs/jetson.md) | imx500 (Raspberry Pi AI Camera: packerOut.zip, docs/imx500.md; needs "
+               "`edgecls setup-imx500` once).")
+
+
 def register(app) -> None:
     import typer
 
-    from edgecls.formats import FAMILIES
-
     D = _default
+    register_imx500(app)   # setup-imx500, beside export
 
     @app.command("export")
     def export_command(
         run_dir: Path = typer.Argument(..., help="Training run folder (written by `edgecls train`)."),
         out: Path = typer.Option(None, "--out", help="Bundle folder to write (default: RUN_DIR/bundle)."),
-        formats: str = typer.Option(",".join(FAMILIES), "--formats", help="Comma-separated families: tflite,onnx."),
+        formats: str = typer.Option(",".join(D("families")), "--formats", help="Comma-separated families: tflite,onnx."),
+        target: str = typer.Option("", "--target", help=TARGET_HELP),
         int8: bool = typer.Option(D("int8"), "--int8/--no-int8", help="Also write int8 artifacts (default: yes)."),
         int8_method: str = typer.Option(D("int8_method"), "--int8-method",
                                         help="auto: PTQ with the mixed-precision search, then QAT if the search "
@@ -70,6 +75,7 @@ def register(app) -> None:
         from edgecls.convert.export import ExportOptions, export
 
         opts = ExportOptions(run_dir=run_dir, out=out, families=tuple(f.strip() for f in formats.split(",") if f.strip()),
+                             targets=tuple(t.strip() for t in target.split(",") if t.strip()),
                              int8=int8, int8_method="qat" if qat else int8_method, qat_epochs=qat_epochs,
                              calib_samples=calib_samples, calib_dir=calib, full_int8=full_int8, weight_rounding=weight_rounding,
                              io_dtype=io_dtype, onnx_target=onnx_target, max_drop=max_drop,
@@ -79,3 +85,23 @@ def register(app) -> None:
         manifest = export(opts)
         if as_json:
             typer.echo(json.dumps(manifest))
+
+
+def register_imx500(app) -> None:
+    import typer
+
+    @app.command("setup-imx500")
+    def setup_imx500_command(
+        env: Path = typer.Option(None, "--env", help="Where to create it (default: $EDGECLS_IMX500_ENV, else "
+                                 "~/.cache/edgecls/imx500-env)."),
+        python: str = typer.Option(None, "--python", help="Python 3.9-3.11 to build it with (default: python3.11)."),
+    ):
+        """Create the environment `export --target imx500` runs in (TensorFlow 2.15, Sony's MCT and imx500-converter),
+        once: about 2 minutes and 2.3 GB."""
+        import json
+
+        from edgecls.convert import imx500
+        from edgecls.progress import wide_console
+
+        record = imx500.setup(env, python, console=wide_console(stderr=True))
+        typer.echo(json.dumps(record))

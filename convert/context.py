@@ -63,7 +63,7 @@ class Context:
     work: Path                       # scratch folder (SavedModels, candidates)
     calib: np.ndarray                # (N,H,W,3) uint8 from the training split
     images: Images
-    stop: object = None              # edgecls.train.stopping.StopRequest: a signal is acted on after each step
+    stop: object = None              # edgecls.stopping.StopRequest: a signal is acted on after each step
     _cache: dict = field(default_factory=dict)
 
     def once(self, name: str, make: Callable[[], object]):
@@ -207,14 +207,16 @@ def runtime_model(key: str, path: Path, spec, n_classes: int, threads: int | Non
     fmt = BY_KEY[key]
     # A candidate has no edgecls.json entry yet: its I/O block (input.feed) comes from the file, as it will
     # there; what the builder recorded goes on top (the from-tflite ONNX's uint8 scales: ONNX files carry none).
-    art = Artifact(fmt, path, {"output_kind": "probabilities", **io_details(key, path), **(meta or {})})
+    art = Artifact(fmt, path, {"output_kind": "probabilities", **entry_fields_of(key, path, n_classes), **(meta or {})})
     return BACKENDS[fmt.runtime](art, spec, n_classes, threads=threads)
 
 
-def io_details(key: str, path: Path) -> dict:
+def entry_fields_of(key: str, path: Path, n_classes: int | None = None) -> dict:
+    """The fields of artifact `key`'s edgecls.json entry that its file itself carries (input, output, …),
+    read by its family's reader."""
     from edgecls.convert import onnx_export, tflite
 
-    return (tflite if BY_KEY[key].family == "tflite" else onnx_export).io_details(path)
+    return (tflite if BY_KEY[key].family == "tflite" else onnx_export).entry_fields(path, n_classes)
 
 
 def calibration_subset(items: list[tuple[str, int]], n: int) -> list[tuple[str, int]]:

@@ -23,12 +23,14 @@ import numpy as np
 
 from edgecls.convert.context import Built, Context, check_images, keras_predictor, load_calib_folder, load_images
 from edgecls.errors import EdgeclsError
-from edgecls.formats import BY_KEY, FAMILIES, FORMATS
+from edgecls.formats import BY_KEY, DEFAULT_FAMILIES, FAMILIES, FORMATS
 from edgecls.fsutil import atomic_dir, scratch_dir
 from edgecls.progress import wide_console
 
-KERAS_KEY = "keras-float"        # the trained model itself: the reference every artifact is held to
 INT8_METHODS = ("auto", "ptq", "qat")
+# --target: accelerators beyond the CPU, each adding its family (an int8 artifact brings its float twin: onnx-int8-trt
+# comes with onnx-float); imx500 builds no runtime artifact but the sensor's package beside them (convert/imx500.py).
+TARGET_FAMILIES = {"tensorrt": ("tensorrt",), "imx500": ()}
 
 
 class GateFailed(EdgeclsError):
@@ -39,7 +41,9 @@ class GateFailed(EdgeclsError):
 class ExportOptions:
     run_dir: Path
     out: Path | None = None
-    families: tuple[str, ...] = FAMILIES
+    families: tuple[str, ...] = DEFAULT_FAMILIES
+    targets: tuple[str, ...] = ()    # --target: TARGET_FAMILIES
+    imx500_gptq_epochs: int = 0      # --target imx500: MCT's GPTQ epochs (0: MCT's PTQ)
     int8: bool = True
     int8_method: str = "auto"
     qat_epochs: int = 2
@@ -63,7 +67,10 @@ class ExportOptions:
     show_progress: bool = True
 
     def keys(self) -> list[str]:
-        return [f.key for f in FORMATS if f.family in self.families and (self.int8 or f.precision == "float")]
+        families = {*self.families, *(f for t in self.targets for f in TARGET_FAMILIES.get(t, ()))}
+        chosen = {f.key for f in FORMATS if f.family in families and (self.int8 or f.precision == "float")}
+        chosen |= {BY_KEY[k].twin for k in chosen if BY_KEY[k].twin}
+        return [f.key for f in FORMATS if f.key in chosen]
 
 
 def default(name: str):
@@ -91,6 +98,9 @@ def check_options(opts: ExportOptions) -> None:
     bad = [f for f in opts.families if f not in FAMILIES]
     if bad or not opts.families:
         raise EdgeclsError(f"unknown --formats {','.join(bad) or '(empty)'}; expected a list of {', '.join(FAMILIES)}")
+    bad = [t for t in opts.targets if t not in TARGET_FAMILIES]
+    if bad:
+        raise EdgeclsError(f"unknown --target {bad[0]!r}; expected one of {', '.join(TARGET_FAMILIES)}")
     if opts.int8_method not in INT8_METHODS:
         raise EdgeclsError(f"unknown --int8-method {opts.int8_method!r}; expected one of {', '.join(INT8_METHODS)}")
     from edgecls.convert.rounding import ROUNDINGS
@@ -121,7 +131,7 @@ def check_dependencies(opts: ExportOptions) -> None:
     import_tf()   # tf_keras (Keras 2, which tfmot needs), quiet start-up; one-line error when missing
     if opts.int8 and opts.int8_method in ("auto", "qat"):
         require("tensorflow_model_optimization", "tensorflow-model-optimization", "--int8 (QAT)")
-    if "onnx" in opts.families:
+    if "onnx-float" in opts.keys():
         require("tf2onnx", "tf2onnx", "ONNX export")
         require("onnx", "onnx", "ONNX export")
         require("onnxruntime", "onnxruntime", "ONNX export and its parity check")
@@ -266,7 +276,7 @@ def build_onnx_int8(ctx: Context, tflite_int8: Built | None = None) -> Built:
         def from_tflite():
             path = ctx.candidate("onnx-int8", "from-tflite", ".onnx")
             onnx_export.from_tflite(tflite_int8.source, path)
-            return path, {**tflite.io_details(tflite_int8.source), "float_ops": []}
+            return path, {**tflite.entry_fields(tflite_int8.source, len(ctx.labels)), "float_ops": []}
         routes = {"from-tflite": from_tflite, **routes}
     if ctx.opts.int8_method == "ptq":
         routes = {"ptq": routes["ptq"]}
@@ -275,12 +285,22 @@ def build_onnx_int8(ctx: Context, tflite_int8: Built | None = None) -> Built:
     return choose(ctx, "onnx-int8", routes)
 
 
+def build_onnx_int8_trt(ctx: Context) -> Built:
+    """Symmetric int8 QDQ for TensorRT (convert/onnx_symmetric.py), min/max ranges then percentile ones; PTQ
+    only (--int8-method qat too: the QAT route reaches ONNX through the int8 TFLite, which is asymmetric)."""
+    from edgecls.convert import onnx_symmetric
+
+    routes = onnx_symmetric.routes(ctx)
+    return choose(ctx, "onnx-int8-trt", {"ptq": routes["ptq"]} if ctx.opts.int8_method == "ptq" else routes)
+
+
 # key → (builder, the keys whose Built results it takes as keyword arguments)
 BUILDERS: dict[str, tuple[Callable[..., Built], tuple[str, ...]]] = {
     "tflite-float": (build_tflite_float, ()),
     "tflite-int8": (build_tflite_int8, ()),
     "onnx-float": (build_onnx_float, ()),
     "onnx-int8": (build_onnx_int8, ("tflite-int8",)),
+    "onnx-int8-trt": (build_onnx_int8_trt, ()),
 }
 assert set(BUILDERS) == set(BY_KEY), "every format in edgecls.formats needs a builder"
 
@@ -302,12 +322,12 @@ def export(opts: ExportOptions, console=None) -> dict:
     """Run the export; returns the manifest written. Raises EdgeclsError (GateFailed for the gate; Interrupted,
     exit 130/143, for SIGINT/SIGTERM, with nothing written).
 
-    The signals get train's handler (edgecls.train.stopping) for the whole export: a process started with
+    The signals get train's handler (edgecls/stopping.py) for the whole export: a process started with
     SIGINT ignored (`cmd &` from a script) heard no Ctrl-C before and ran to the end, and a KeyboardInterrupt
     that lands in one of TensorFlow's `__del__`s is dropped by Python — the recorded signal is acted on at
     the next step (Context.once) or at the end."""
     from edgecls.errors import Interrupted
-    from edgecls.train.stopping import StopRequest
+    from edgecls.stopping import StopRequest
 
     stop = StopRequest()
     with stop.installed():
@@ -320,7 +340,7 @@ def export(opts: ExportOptions, console=None) -> dict:
 
 
 def _export(opts: ExportOptions, console, stop) -> dict:
-    from edgecls.convert import golden
+    from edgecls.convert import embeddings, golden, imx500
     from edgecls.convert import manifest as bundle_manifest
     from edgecls.convert import measure, report
     from edgecls.rundir import load_run
@@ -329,6 +349,9 @@ def _export(opts: ExportOptions, console, stop) -> dict:
     check_options(opts)
     run = load_run(opts.run_dir)
     out = output_dir(opts)
+    backbone = (run.meta.get("config") or {}).get("backbone")
+    if "imx500" in opts.targets:   # its environment, Java and backbone: one line each, before the slow work
+        imx500.check_ready(backbone)
     check_dependencies(opts)
     items, eval_split = check_images(run)
     calib_folder, calibration = None, {"source": "training split"}
@@ -347,13 +370,17 @@ def _export(opts: ExportOptions, console, stop) -> dict:
         built = build_all(ctx, keys, console)
         entries = {key: bundle_manifest.place(tmp, run, key, built[key]) for key in keys}
         result = measure.artifacts(ctx, tmp, keys, entries, eval_split, keras_predict, run.model_path.stat().st_size)
+        sensor = imx500.attach(ctx, tmp, eval_split, backbone, result, console) if "imx500" in opts.targets else None
         console.print(result.table(run.root.name))
         for line in result.gate["notes"]:
             console.print(f"note: {line}", markup=False)
         if not result.gate["passed"] and not opts.allow_drop:
             raise GateFailed(result.gate["message"])
         exam = golden.write(ctx, tmp, run, items[eval_split], eval_split, keys, entries)
-        manifest = bundle_manifest.write(tmp, run, keys, entries, opts, result, exam, calibration)
+        teach = embeddings.write(ctx, tmp, entries)   # the teach set and the unknown rule (docs/teach.md)
+        manifest = bundle_manifest.write(tmp, run, keys, entries, opts, result, exam, calibration, extra=teach)
+        if sensor is not None:
+            manifest = imx500.record(tmp, manifest, sensor)
         report.write(tmp, manifest, result, run.labels)
         stop.check()   # a signal dropped inside TensorFlow still leaves no bundle
     if not result.gate["passed"]:

@@ -20,16 +20,15 @@ def place(bundle_dir: Path, run, key: str, built) -> dict:
     (method, float ops, …). The same entry is what the measurement loads the artifact with, so it is measured,
     and the golden answers computed, on the very file the device runs."""
     from edgecls.convert import onnx_export, tflite
-    from edgecls.convert.context import io_details
+    from edgecls.convert.context import entry_fields_of
 
     dest = bundle_dir / BY_KEY[key].filename
-    family = BY_KEY[key].family
-    if family == "onnx":
+    if BY_KEY[key].runtime == "onnxruntime":   # onnx-int8-trt too: an ONNX file, labels embedded alike
         shutil.copyfile(built.source, dest)
         onnx_export.embed_metadata(dest, run.labels, run.spec.to_dict(), {"artifact": key, "method": built.method})
     else:   # metadata only: every tensor and buffer the runtime reads is unchanged (tflite.compact)
         dest.write_bytes(tflite.with_labels(Path(built.source).read_bytes(), list(run.labels)))
-    io = io_details(key, dest)
+    io = entry_fields_of(key, dest, len(run.labels))
     return {"file": dest.name, "sha256": sha256_file(dest), "bytes": dest.stat().st_size, **io,
             "output_kind": "probabilities", "method": built.method, **built.meta}
 
@@ -40,8 +39,9 @@ def versions() -> dict:
 
 
 def write(bundle_dir: Path, run, keys: list[str], entries: dict[str, dict], opts, result, golden: dict,
-          calibration: dict | None = None) -> dict:
-    """edgecls.json; `golden` is the bundle's exam (convert/golden.py)."""
+          calibration: dict | None = None, extra: dict | None = None) -> dict:
+    """edgecls.json; `golden` is the bundle's exam (convert/golden.py); `extra`: more top-level blocks (the teach
+    set and the unknown rule: convert/embeddings.py)."""
     from edgecls.convert import gate
 
     atomic_write_text(bundle_dir / LABELS_TXT, "\n".join(run.labels) + "\n")
@@ -67,6 +67,6 @@ def write(bundle_dir: Path, run, keys: list[str], entries: dict[str, dict], opts
                                                       "qat_epochs", "target_agreement", "max_latency_ratio",
                                                       "max_float_ops", "max_drop", "min_agreement")}
                       | {"calibration": calibration or {"source": "training split"}},
-            "versions": versions(), "golden": golden}
+            "versions": versions(), "golden": golden, **(extra or {})}
     atomic_write_json(bundle_dir / MANIFEST, meta)
     return meta

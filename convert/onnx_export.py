@@ -23,8 +23,10 @@ def to_float(model, spec, dest: Path) -> Path:
     import tensorflow as tf
     import tf2onnx
 
+    from edgecls.convert.embeddings import with_embedding
+
     sig = [tf.TensorSpec([None, spec.height, spec.width, 3], tf.float32, name=INPUT_NAME)]
-    proto, _ = tf2onnx.convert.from_keras(model, input_signature=sig, opset=OPSET)
+    proto, _ = tf2onnx.convert.from_keras(with_embedding(model), input_signature=sig, opset=OPSET)
     dest.write_bytes(proto.SerializeToString())
     return dest
 
@@ -54,6 +56,12 @@ class _Calibration:
         pass
 
 
+def calibration_reader(images: Iterable[np.ndarray]):
+    """An onnxruntime CalibrationDataReader over prepared images, feeding the float ONNX's input."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    return type("Reader", (_Calibration, CalibrationDataReader), {})(images, INPUT_NAME)
+
 
 # The int8 types per target CPU (activations, weights), both as onnxruntime's QDQ. Measured on the flowers run
 # (MobileNetV2 160 px, onnxruntime 1.32, this x86 CPU, 1 thread, interleaved vs float ONNX: benchmarks/NOTES.md):
@@ -81,17 +89,16 @@ def to_int8(float_onnx: Path, calib: Iterable[np.ndarray], dest: Path, method: s
     """QDQ int8 with per-channel int8 weights and the activation type of `target` (ONNX_TARGETS; None or "auto":
     this machine's). `method` sets the activation ranges: minmax (as TFLite) or percentile (99.999th: ignores
     the rare outliers that widen a range). `float_nodes` stay float, as PTQ keeps them in the TFLite
-    (`nodes_named`). The choice is written into the file's metadata (QUANT_META), which `io_details` reads back
+    (`nodes_named`). The choice is written into the file's metadata (QUANT_META), which `entry_fields` reads back
     for edgecls.json."""
     import onnx
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     target = resolve_target(target)
     activations, weights = ONNX_TARGETS[target]
     qtype = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
-    reader = type("Reader", (_Calibration, CalibrationDataReader), {})(calib, INPUT_NAME)
+    reader = calibration_reader(calib)
     with tempfile.TemporaryDirectory() as tmp:
         pre, out = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
         # Shape inference + graph fusion first, as onnxruntime recommends before static quantisation.
@@ -178,8 +185,12 @@ def read_metadata(path: Path) -> dict:
     return {p.key[len("edgecls."):]: json.loads(p.value) for p in model.metadata_props if p.key.startswith("edgecls.")}
 
 
-def io_details(path: Path) -> dict:
+def entry_fields(path: Path, n_classes: int | None = None) -> dict:
+    """The fields of an ONNX artifact's edgecls.json entry that the file itself carries: {"input", "output"}, and
+    "quantization" for an int8 file to_int8 made; "embedding" and "outputs" for a file with an embedding output."""
     import onnx
+
+    from edgecls.convert.embeddings import output_roles
 
     model = onnx.load(str(path), load_external_data=False)
     names = {1: "float32", 2: "uint8", 3: "int8"}
@@ -189,7 +200,13 @@ def io_details(path: Path) -> dict:
         shape = [d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim]
         return {"dtype": names.get(t.elem_type, str(t.elem_type)), "shape": shape, "scale": 0.0, "zero_point": 0}
 
-    details = {"input": one(model.graph.input[0]), "output": one(model.graph.output[0])}
+    outs = list(model.graph.output)
+    carried = {p.key: p.value for p in model.metadata_props}.get(LABELS_META)   # a bundle's file: its labels
+    n_classes = n_classes or (len(json.loads(carried)) if carried else None)
+    roles = output_roles([one(o)["shape"][-1] for o in outs], n_classes)
+    details = {"input": one(model.graph.input[0]), "output": one(outs[roles["probabilities"]])}
+    if "embedding" in roles:   # its second output (convert/embeddings.py)
+        details.update(embedding=one(outs[roles["embedding"]]), outputs=roles)
     chosen = {p.key: p.value for p in model.metadata_props}.get(QUANT_META)
     if chosen:   # an int8 file to_int8 made: edgecls.json records its types and target (artifacts.KEY.quantization)
         details["quantization"] = json.loads(chosen)

@@ -8,7 +8,7 @@ the input quantization chosen so that the code of pixel p is p itself (uint8; p 
 raw toolchain's graph, without an int8 MUL + ADD over the whole image. Otherwise (ResNet's per-channel
 means) the int8 signature declares the raw pixel range with a fake-quant op, so the input scale is
 exactly 1.0. Either way camera pixels go in as they are, with no rounding; the file's metadata entry
-INPUT_META ("pixel-codes") says which, and `io_details` puts it into edgecls.json as input.feed.
+INPUT_META ("pixel-codes") says which, and `entry_fields` puts it into edgecls.json as input.feed.
 """
 from __future__ import annotations
 
@@ -31,12 +31,18 @@ FOLD_FILE = "edgecls_fold.json"   # in the SavedModel folder when it has CODES_S
 INPUT_META = "edgecls.input_feed"   # TFLite metadata entry: how the device feeds the input (bundle.PIXEL_CODES)
 
 
-def save_batch1(model, spec, dest: Path, fold: bool = True) -> Path:
+def save_batch1(model, spec, dest: Path, fold: bool = True, embedding: bool = True) -> Path:
     """SavedModel of `model` with signatures taking (1,H,W,3) float32 raw pixels, and (when `fold` and
-    `fold_plan` allows) CODES_SIGNATURE, the folded model the int8 conversion uses."""
+    `fold_plan` allows) CODES_SIGNATURE, the folded model the int8 conversion uses. With `embedding` every
+    signature also returns the pooled features, second (convert/embeddings.py: with_embedding)."""
     import json
 
     import tensorflow as tf
+
+    from edgecls.convert.embeddings import with_embedding
+
+    if embedding:
+        model = with_embedding(model)
 
     shape = tf.TensorSpec([1, spec.height, spec.width, 3], tf.float32, name="pixels")
     plain = tf.function(lambda x: model(x, training=False)).get_concrete_function(shape)
@@ -338,9 +344,22 @@ def input_feed(model: bytes) -> str | None:
     return None
 
 
-def io_details(path: Path) -> dict:
-    """{"input": {...}, "output": {...}} as edgecls.json records them, read back from the file itself
-    (input.feed: "pixel-codes" when the file's metadata says so, see the module docstring)."""
+def labels_count(model: bytes) -> int | None:
+    """How many labels the file carries (its LABELS_META entry), or None."""
+    import json
+
+    from edgecls.device.tflite_scan import metadata
+
+    raw = metadata(model).get(LABELS_META)
+    return len(json.loads(raw)) if raw else None
+
+
+def entry_fields(path: Path, n_classes: int | None = None) -> dict:
+    """The fields of a TFLite artifact's edgecls.json entry that the file itself carries: {"input": {...},
+    "output": {...}}, read back from the file
+    (input.feed: "pixel-codes" when the file's metadata says so, see the module docstring); a file with an
+    embedding output also gets "embedding" and "outputs" (which index is which: convert/embeddings.py)."""
+    from edgecls.convert.embeddings import output_roles
     from edgecls.device.runtime import tflite_interpreter_class
 
     Interpreter, _ = tflite_interpreter_class()
@@ -351,7 +370,11 @@ def io_details(path: Path) -> dict:
         return {"dtype": np.dtype(d["dtype"]).name, "shape": [int(v) for v in d["shape"]],
                 "scale": float(scale), "zero_point": int(zp)}
 
-    details = {"input": one(interp.get_input_details()[0]), "output": one(interp.get_output_details()[0])}
+    outs = interp.get_output_details()
+    roles = output_roles([int(d["shape"][-1]) for d in outs], n_classes or labels_count(Path(path).read_bytes()))
+    details = {"input": one(interp.get_input_details()[0]), "output": one(outs[roles["probabilities"]])}
+    if "embedding" in roles:   # its second output (convert/embeddings.py)
+        details.update(embedding=one(outs[roles["embedding"]]), outputs=roles)
     feed = input_feed(Path(path).read_bytes())
     if feed:
         details["input"]["feed"] = feed

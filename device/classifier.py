@@ -1,4 +1,4 @@
-"""The model stage of the live loop: a bundle artifact that turns a `Frame` into a `Result`.
+"""The model stage of the live loop: a bundle artifact that turns a `Frame` into a `Prediction`.
 
 Preprocessing comes from the bundle's edgecls.json only (via `prepare`); the frame's own channel order is
 passed along so a BGR camera frame is never converted as a whole. Optional temporal smoothing averages
@@ -15,6 +15,7 @@ import numpy as np
 from edgecls.bundle import load_bundle
 from edgecls.device.frame import Frame
 from edgecls.device.runtime import load_model
+from edgecls.device.unknown import UNKNOWN, UnknownRule
 from edgecls.errors import EdgeclsError
 from edgecls.preprocess import prepare
 
@@ -22,7 +23,7 @@ UNCERTAIN = "uncertain"
 
 
 @dataclass
-class Result:
+class Prediction:
     label: str                       # top-1 label, or "uncertain" below the threshold
     confidence: float                # top-1 probability (after smoothing)
     top: list[tuple[str, float]]     # top-k (label, probability)
@@ -30,12 +31,17 @@ class Result:
     infer_ms: float                  # preprocess + invoke + postprocess
     t_done: float                    # time.monotonic() when the result was ready
     probs: np.ndarray | None = None  # every class's probability (after smoothing): what events are tracked on
+                                     # (all zeros when the answer is "unknown": events see no class)
     pixels: np.ndarray | None = None  # the prepared model input (HxWx3 uint8): what `--shadow` feeds the float model
     frame_class: int = -1            # top-1 of this frame's own probabilities (argmax, before smoothing)
 
     @property
     def uncertain(self) -> bool:
         return self.label == UNCERTAIN
+
+    @property
+    def unknown(self) -> bool:
+        return self.label == UNKNOWN
 
 
 def rank(probs: np.ndarray, k: int) -> np.ndarray:
@@ -56,16 +62,19 @@ class Classifier:
         self.labels, self.spec = self.bundle.labels, self.bundle.spec
         self.top_k = max(1, min(top_k, len(self.labels)))
         self.threshold = threshold
+        # The bundle's calibrated unknown rule (device/unknown.py); --threshold, when given, overrides it.
+        self.unknown_rule = UnknownRule.from_bundle(self.bundle) if threshold == 0.0 and self.model.has_embedding else None
         self._history: deque[np.ndarray] = deque(maxlen=smooth)
 
     @property
     def artifact_key(self) -> str:
         return self.model.key
 
-    def classify(self, frame: Frame) -> Result:
+    def classify(self, frame: Frame) -> Prediction:
         t0 = time.perf_counter()
         pixels = prepare(frame.image, self.spec, image_order=frame.order)
-        probs = self.model.predict(pixels[None])[0]
+        probs, embedding = self.model.predict_both(pixels[None])
+        probs = probs[0]
         if not np.isfinite(probs).all():  # a broken model: no answer is better than NaN passed on as one
             raise EdgeclsError(f"{self.model.artifact.path.name} gave non-finite outputs (NaN or infinity) for "
                                f"{frame.file or f'frame {frame.index}'}: the model is broken")
@@ -77,6 +86,8 @@ class Classifier:
         top = [(self.labels[i], float(probs[i])) for i in order]
         best, conf = int(order[0]), float(probs[order[0]])
         label = self.labels[best] if conf >= self.threshold else UNCERTAIN
+        if self.unknown_rule is not None and self.unknown_rule.unknown(embedding[0]):
+            label, probs = UNKNOWN, np.zeros_like(probs)   # events see no class (top keeps what the model said)
         now = time.perf_counter()
-        return Result(label, conf, top, best, (now - t0) * 1000.0, time.monotonic(), probs=probs, pixels=pixels,
+        return Prediction(label, conf, top, best, (now - t0) * 1000.0, time.monotonic(), probs=probs, pixels=pixels,
                       frame_class=frame_class)

@@ -20,6 +20,7 @@ from edgecls.bundle import (FEED_VALUES, INPUT_FEEDS, LABELS_META, PIXEL_CODES, 
                             labels_difference, labels_from_meta)
 from edgecls.device.onnx_scan import OnnxParseError, external_tensors
 from edgecls.device.tflite_scan import TfliteParseError
+from edgecls.device.teach_head import base_labels, with_head
 from edgecls.device.tflite_scan import metadata as tflite_metadata
 from edgecls.errors import EdgeclsError
 from edgecls.preprocess import PreprocessSpec, model_input
@@ -124,6 +125,7 @@ class Model:
     def __init__(self, artifact: Artifact, spec: PreprocessSpec, n_classes: int):
         self.artifact, self.spec, self.n_classes = artifact, spec, n_classes
         self.feed = (artifact.meta.get("input") or {}).get("feed", FEED_VALUES)
+        self.roles = output_roles(artifact)
         if self.feed not in INPUT_FEEDS:
             raise EdgeclsError(f"{artifact.path.name}: edgecls.json says its input is fed as {self.feed!r}, which "
                                f"this edgecls does not know ({', '.join(INPUT_FEEDS)}) — upgrade edgecls")
@@ -172,12 +174,27 @@ class Model:
         flat = np.ascontiguousarray(pixels).reshape(-1, pixels.shape[-2], 3)
         return cv2.LUT(flat, self._lut).reshape(pixels.shape)
 
-    def _finish(self, out: np.ndarray) -> np.ndarray:
-        if self.output_io.quantized:
-            out = (out.astype(np.float32) - self.output_io.zero_point) * self.output_io.scale
+    def _finish(self, out: np.ndarray, io: TensorIO | None = None) -> np.ndarray:
+        io = io or self.output_io
+        if io.quantized:
+            out = (out.astype(np.float32) - io.zero_point) * io.scale
         return out.astype(np.float32).reshape(out.shape[0], -1)
 
+    @property
+    def has_embedding(self) -> bool:
+        return "embedding" in self.roles
+
     def predict(self, pixels: np.ndarray) -> np.ndarray:
+        return self.predict_both(pixels)[0]
+
+    def predict_both(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(probabilities, embeddings or None) from one run of the model: the outputs edgecls.json names."""
+        outs = self._run(pixels)
+        emb = outs[self.roles["embedding"]] if self.has_embedding else None
+        return (self._finish(outs[self.roles["probabilities"]]),
+                None if emb is None else self._finish(emb, self.embedding_io))
+
+    def _run(self, pixels: np.ndarray) -> list[np.ndarray]:
         raise NotImplementedError
 
     def embedded_labels(self) -> list[str] | None:
@@ -205,17 +222,23 @@ class TFLiteModel(Model):
         except (ValueError, RuntimeError) as e:
             raise EdgeclsError(f"cannot load {artifact.path.name}: {str(e).splitlines()[0]}") from None
         self.providers = ["XNNPACK/CPU"]
-        inp, out = self.interp.get_input_details()[0], self.interp.get_output_details()[0]
+        inp, outs = self.interp.get_input_details()[0], self.interp.get_output_details()
         self.check_shape(inp["shape"], "edgecls.json preprocessing")
-        self._in_index, self._out_index = inp["index"], out["index"]
-        s, z = inp["quantization"]
-        self.input_io = TensorIO(np.dtype(inp["dtype"]), float(s), int(z))
-        s, z = out["quantization"]
-        self.output_io = TensorIO(np.dtype(out["dtype"]), float(s), int(z))
+        check_roles(self, len(outs))
+        out = outs[self.roles["probabilities"]]
+        self._in_index, self._out_indices = inp["index"], [d["index"] for d in outs]
+        self.input_io = self._tensor_io(inp)
+        self.output_io = self._tensor_io(out)
+        self.embedding_io = self._tensor_io(outs[self.roles["embedding"]]) if self.has_embedding else None
         self.check_feed()
         if int(out["shape"][-1]) != n_classes:
             raise EdgeclsError(f"{artifact.path.name}: model has {int(out['shape'][-1])} outputs but the bundle "
                                f"has {n_classes} labels")
+
+    @staticmethod
+    def _tensor_io(d: dict) -> TensorIO:
+        s, z = d["quantization"]
+        return TensorIO(np.dtype(d["dtype"]), float(s), int(z))
 
     def _labels_meta(self):
         try:
@@ -223,14 +246,16 @@ class TFLiteModel(Model):
         except TfliteParseError as e:
             raise EdgeclsError(f"cannot load {self.artifact.path.name}: its metadata cannot be read ({e})") from None
 
-    def predict(self, pixels: np.ndarray) -> np.ndarray:
+    def _run(self, pixels: np.ndarray) -> list[np.ndarray]:
         x = self._to_input(pixels)
-        outs = []
+        wanted = sorted(set(self.roles.values()))   # a one-output read where nothing asks for the embedding
+        outs: list[list[np.ndarray]] = [[] for _ in self._out_indices]
         for i in range(len(x)):  # exported with batch 1: the shape a camera loop uses
             self.interp.set_tensor(self._in_index, x[i:i + 1])
             self.interp.invoke()
-            outs.append(self.interp.get_tensor(self._out_index).copy())
-        return self._finish(np.concatenate(outs, 0))
+            for j in wanted:
+                outs[j].append(self.interp.get_tensor(self._out_indices[j]).copy())
+        return [np.concatenate(o, 0) if o else None for o in outs]
 
 
 ONNX_DTYPES = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8}
@@ -275,12 +300,16 @@ class OnnxModel(Model):
             raise EdgeclsError(f"{artifact.path.name}: unsupported input type {inp.type}")
         # ONNX files carry no scales; edgecls.json does (an ONNX converted from an int8 TFLite keeps its
         # uint8 input and output).
-        out = self.sess.get_outputs()[0]
+        outputs = self.sess.get_outputs()
+        check_roles(self, len(outputs))
+        out = outputs[self.roles["probabilities"]]
         classes = out.shape[-1] if out.shape else None
         if isinstance(classes, int) and classes != n_classes:
             raise EdgeclsError(f"{artifact.path.name}: model has {classes} outputs but the bundle has {n_classes} labels")
         self.input_io = self._io(inp.type, artifact.meta.get("input", {}))
         self.output_io = self._io(out.type, artifact.meta.get("output", {}))
+        self.embedding_io = (self._io(outputs[self.roles["embedding"]].type, artifact.meta.get("embedding", {}))
+                             if self.has_embedding else None)
         self._batch_fixed = isinstance(inp.shape[0], int)
         self.check_feed()
 
@@ -292,16 +321,32 @@ class OnnxModel(Model):
         return TensorIO(np.dtype(ONNX_DTYPES.get(onnx_type, np.float32)), float(meta.get("scale", 0.0)),
                         int(meta.get("zero_point", 0)))
 
-    def predict(self, pixels: np.ndarray) -> np.ndarray:
+    def _run(self, pixels: np.ndarray) -> list[np.ndarray]:
         x = self._to_input(pixels)
-        if self._batch_fixed:
-            out = np.concatenate([self.sess.run(None, {self._in_name: x[i:i + 1]})[0] for i in range(len(x))], 0)
-        else:
-            out = self.sess.run(None, {self._in_name: x})[0]
-        return self._finish(out)
+        if not self._batch_fixed:
+            return self.sess.run(None, {self._in_name: x})
+        runs = [self.sess.run(None, {self._in_name: x[i:i + 1]}) for i in range(len(x))]
+        return [np.concatenate([r[j] for r in runs], 0) for j in range(len(runs[0]))] if runs else []
 
 
 BACKENDS = {"litert": TFLiteModel, "onnxruntime": OnnxModel}
+
+
+def output_roles(artifact: Artifact) -> dict[str, int]:
+    """edgecls.json's artifacts.KEY.outputs: which output index is which (convert/embeddings.py); a bundle
+    exported before the embedding output has none, and its one output is the probabilities."""
+    roles = artifact.meta.get("outputs") or {"probabilities": 0}
+    if (not isinstance(roles, dict) or "probabilities" not in roles
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in roles.values())):
+        raise EdgeclsError(f"{artifact.path.name}: edgecls.json's outputs must map probabilities (and embedding) "
+                           f"to output indices, not {roles!r}")
+    return {k: v for k, v in roles.items() if k in ("probabilities", "embedding")}
+
+
+def check_roles(model: Model, n_outputs: int) -> None:
+    if any(i >= n_outputs for i in model.roles.values()):
+        raise EdgeclsError(f"{model.artifact.path.name}: edgecls.json names output {max(model.roles.values())} but "
+                           f"the model has {n_outputs} output(s): it belongs to another bundle; re-export")
 
 
 def load_model(bundle: Bundle, family: str | None = None, precision: str | None = None,
@@ -309,19 +354,20 @@ def load_model(bundle: Bundle, family: str | None = None, precision: str | None 
     """The bundle's artifact for --format/--precision, opened, with its file's labels held to the bundle's."""
     art = bundle.artifact(family, precision)
     cls = BACKENDS[art.fmt.runtime]
+    own_labels = base_labels(bundle)   # a taught version (device/teach.py) answers through head.npz
     if cls is OnnxModel:
         try:
             import onnxruntime  # noqa: F401
         except ImportError:
             raise EdgeclsError("onnxruntime is not installed: pip install onnxruntime (Jetson: JetPack's onnxruntime-gpu)") from None
-        model = cls(art, bundle.spec, len(bundle.labels), threads=threads, **kw)
+        model = cls(art, bundle.spec, len(own_labels), threads=threads, **kw)
     else:
-        model = cls(art, bundle.spec, len(bundle.labels), threads=threads)
+        model = cls(art, bundle.spec, len(own_labels), threads=threads)
     embedded = model.embedded_labels()
-    if embedded is not None and embedded != bundle.labels:   # export writes both from one list
-        raise EdgeclsError(labels_mismatch(art.path.name, embedded, bundle.labels))
+    if embedded is not None and embedded != own_labels:   # export writes both from one list
+        raise EdgeclsError(labels_mismatch(art.path.name, embedded, own_labels))
     model.labels_bound = embedded is not None   # False: exported before files carried labels (verify says so)
-    return model
+    return with_head(bundle, model)
 
 
 def labels_mismatch(name: str, carried: list[str], listed: list[str]) -> str:

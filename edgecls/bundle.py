@@ -241,7 +241,19 @@ def validate_manifest(meta, root: Path, where: str) -> PreprocessSpec:
         raise EdgeclsError(f"{where}: default_artifact {default!r} is not one of its artifacts")
     if "golden" in meta:   # optional: bundles exported before the self-test have none
         _check_golden(root, meta["golden"], where)
+    _check_teach(root, meta, where)
     return spec
+
+
+def _check_teach(root: Path, meta: dict, where: str) -> None:
+    """The optional teach set and a taught version's head (device/teach.py): files like an artifact's; a head
+    names the labels its model file was exported with."""
+    for name in ("teach", "head"):
+        if name in meta:
+            _check_file(root, meta[name], name, where)
+    base = meta["head"].get("base_labels") if "head" in meta else []
+    if not isinstance(base, list) or not all(isinstance(x, str) for x in base):
+        raise EdgeclsError(f"{where}: head.base_labels must list the model file's own labels")
 
 
 # ---------------------------------------------------------------- the bundle's own exam (edgecls.json golden)

@@ -2,6 +2,7 @@
 so `edgecls --help` and the device commands never load TensorFlow."""
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 
@@ -56,6 +57,7 @@ def _register() -> None:
 
     for stage in (train_commands, convert_commands, device_commands, fleet_commands):
         stage.register(app)
+    importlib.import_module("edgecls.device.teach").register(app)   # edgecls teach (issue 33)
 
 
 _register()

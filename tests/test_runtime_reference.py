@@ -29,7 +29,7 @@ def test_onnx_converted_from_an_int8_tflite_gives_its_probabilities(reference_bu
     b = load_bundle(reference_bundle)
     src = reference_bundle / "model_int8.tflite"
     onnx = onnx_export.from_tflite(src, tmp_path / "model_int8.onnx")
-    io = tflite.io_details(src)
+    io = tflite.entry_fields(src)
     assert io["output"]["dtype"] == "uint8" and io["output"]["scale"] > 0
     x = np.stack([prepare(load_rgb(p), b.spec) for p in reference_photos])
     want = load_model(b, "tflite", "int8", threads=2).predict(x)
