@@ -32,15 +32,16 @@ def interpreter_module():
         return interpreter, "tflite-runtime"
 
 
-def raw_outputs(model_path: str, x: np.ndarray, resolver: str, pixel_codes: bool) -> np.ndarray:
+def raw_outputs(model_path: str, x: np.ndarray, resolver: str, pixel_codes: bool, output: int = 0) -> np.ndarray:
     """The model's raw uint8 outputs for uint8 pixels `x` fed as they are: edgecls' int8 export takes them so,
     either as values (scale 1, zero point 0) or as codes (edgecls.json input.feed "pixel-codes": the
-    normalisation folded into the input quantization)."""
+    normalisation folded into the input quantization). `output`: the probabilities' output index, as edgecls.json's
+    artifacts.KEY.outputs records it (a model with an embedding output has two, in the converter's order)."""
     mod, _ = interpreter_module()
     it = mod.Interpreter(model_path=model_path, num_threads=2,
                          experimental_op_resolver_type=getattr(mod.OpResolverType, resolver))
     it.allocate_tensors()
-    inp, out = it.get_input_details()[0], it.get_output_details()[0]
+    inp, out = it.get_input_details()[0], it.get_output_details()[output]
     if inp["dtype"] != np.uint8 or not (pixel_codes or tuple(inp["quantization"]) == (1.0, 0)):
         raise SystemExit("kernels.py: expects edgecls' int8 export with uint8 pixels in (values or codes)")
     rows = []
@@ -81,7 +82,8 @@ def main(argv=None) -> int:
     x, _ = load_arrays(found.root, found.items, bundle.spec)
     _, runtime = interpreter_module()
     codes = (art.meta.get("input") or {}).get("feed") == "pixel-codes"
-    outs = {f"{runtime} {name}": raw_outputs(str(art.path), x.astype(np.uint8), r, codes)
+    output = (art.meta.get("outputs") or {}).get("probabilities", 0)
+    outs = {f"{runtime} {name}": raw_outputs(str(art.path), x.astype(np.uint8), r, codes, output)
             for name, r in RESOLVERS.items()}
     print(f"{len(x)} images, {art.path.name}")
     other = {}
