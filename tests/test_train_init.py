@@ -9,7 +9,10 @@ import pytest
 from edgecls.dataset import scan
 from edgecls.rundir import load_run
 
-from conftest import DIGITS, cli, train_then_interrupt
+from conftest import DIGITS, TINY_TRAIN_ARGS, cli, train_then_interrupt
+
+PER_CLASS = int(TINY_TRAIN_ARGS[TINY_TRAIN_ARGS.index("--max-images-per-class") + 1])   # tiny_run's photos per class
+TOTAL = 10 * PER_CLASS
 
 # One head epoch at a learning rate that cannot move a weight: the new model is what --init loaded.
 FROZEN = ("--epochs", "1", "--fine-tune-epochs", "0", "--lr", "1e-12", "--batch-size", "32")
@@ -41,7 +44,7 @@ def test_run_keeps_a_dataset_manifest_of_every_photo_by_content(tiny_run):
     assert manifest["format"] == "edgecls-dataset" and manifest["content_hash"] == run.meta["dataset"]["content_hash"]
     by_path = {f["path"]: f for f in manifest["files"]}
     splits = {rel: s for s in ("train", "val", "test") for rel, _ in run.split_items(s)}
-    assert set(by_path) == set(splits) and len(by_path) == 400
+    assert set(by_path) == set(splits) and len(by_path) == TOTAL
     for rel, f in list(by_path.items())[::37]:
         data = (run.data_root / rel).read_bytes()
         assert f["sha256"] == hashlib.sha256(data).hexdigest() and f["bytes"] == len(data)
@@ -50,23 +53,23 @@ def test_run_keeps_a_dataset_manifest_of_every_photo_by_content(tiny_run):
 
 @pytest.mark.slow
 def test_init_with_the_same_labels_starts_from_all_the_weights(tiny_run, tmp_path, keras_home):
-    data = _copy_photos(tmp_path / "data", [str(i) for i in range(10)], 40, extra={"3": 5})
+    data = _copy_photos(tmp_path / "data", [str(i) for i in range(10)], PER_CLASS, extra={"3": 5})
     out = tmp_path / "next"
     r = cli("train", data, "--out", out, "--init", tiny_run, *FROZEN)   # no --img-size: --init implies 96
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "all weights copied (same labels); 5 new, 0 removed, 400 unchanged" in r.stderr
+    assert f"all weights copied (same labels); 5 new, 0 removed, {TOTAL} unchanged" in r.stderr
     meta = json.loads((out / "run.json").read_text())
     init = meta["init"]
     assert init["run"] == str(tiny_run.resolve()) and init["labels_same"] and init["head"] == "copied"
     assert init["model_sha256"] == hashlib.sha256((tiny_run / "model.keras").read_bytes()).hexdigest()
     since = init["data_since"]
-    assert since["previous_manifest"] and (since["new"], since["removed"], since["unchanged"]) == (5, 0, 400)
-    assert since["per_class"]["3"] == {"new": 5, "removed": 0, "unchanged": 40}
+    assert since["previous_manifest"] and (since["new"], since["removed"], since["unchanged"]) == (5, 0, TOTAL)
+    assert since["per_class"]["3"] == {"new": 5, "removed": 0, "unchanged": PER_CLASS}
     assert meta["config"]["img_size"] == 96 and meta["config"]["init"] == str(tiny_run.resolve())
     # Each photo of the previous run keeps its split: none it trained on is in the new test split.
     before = {f["sha256"]: f["split"] for f in json.loads((tiny_run / "dataset.json").read_text())["files"]}
     after = {f["sha256"]: f["split"] for f in json.loads((out / "dataset.json").read_text())["files"]}
-    assert all(after[h] == s for h, s in before.items()) and len(after) == 405
+    assert all(after[h] == s for h, s in before.items()) and len(after) == TOTAL + 5
     # The model is the previous one (the learning rate could not move it): same answers on real photos.
     from edgecls.dataset import load_arrays
 
@@ -130,7 +133,7 @@ def test_init_refusals_are_one_line_and_write_nothing(tiny_run, tmp_path, case, 
 
 @pytest.mark.slow
 def test_an_interrupted_init_run_resumes_with_its_init_record(tiny_run, tmp_path, keras_home):
-    data = _copy_photos(tmp_path / "data", [str(i) for i in range(10)], 40, extra={"5": 3})
+    data = _copy_photos(tmp_path / "data", [str(i) for i in range(10)], PER_CLASS, extra={"5": 3})
     out = tmp_path / "next"
     r = train_then_interrupt(out, data, "--init", tiny_run, "--epochs", "3", "--fine-tune-epochs", "1",
                              "--patience", "10")
