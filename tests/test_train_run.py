@@ -3,7 +3,7 @@ import json
 
 from edgecls.rundir import load_run
 
-from conftest import DIGITS, cli, train_then_interrupt
+from conftest import DIGITS, TINY_TRAIN_ARGS, cli, train_then_interrupt
 
 
 def test_tiny_run_folder_holds_everything(tiny_run):
@@ -20,13 +20,17 @@ def test_tiny_run_folder_holds_everything(tiny_run):
     assert len(meta["dataset"]["content_hash"]) == 64
     assert meta["versions"]["tensorflow"].startswith("2.")
     assert meta["preprocessing"]["height"] == 96 and meta["preprocessing"]["in_model"] is True
-    assert [h["phase"] for h in meta["history"]] == ["head"] * 3 + ["finetune"] * 3
+    head, finetune = (int(TINY_TRAIN_ARGS[TINY_TRAIN_ARGS.index(f) + 1]) for f in ("--epochs", "--fine-tune-epochs"))
+    phases = [h["phase"] for h in meta["history"]]   # each phase may stop early (--patience), never run over
+    n_head = phases.count("head")
+    assert phases == ["head"] * n_head + ["finetune"] * (len(phases) - n_head), phases
+    assert 0 < n_head <= head and 0 < len(phases) - n_head <= finetune, phases
     assert meta["preprocessing"]["resampler"] == "exact"
     test = meta["metrics"]["test"]
     assert test["n"] == len(parts["test"]) and len(test["confusion"]) == 10
     assert set(test["per_class"]["3"]) == {"precision", "recall", "f1", "support"}
-    # ImageNet features make even this 6-epoch, 40-images-per-class run far better than chance (0.1).
-    assert test["accuracy"] > 0.5, test["accuracy"]
+    # The CI model is trained to answer confidently (conftest: TINY_TRAIN_ARGS; 94-96% measured on its 90 test photos).
+    assert test["accuracy"] > 0.8, test["accuracy"]
 
 
 def test_json_summary_and_model_loads_without_custom_code(tiny_run):
