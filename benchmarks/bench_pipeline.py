@@ -55,7 +55,9 @@ def bare_loop(bundle_dir: Path, video: Path, threads: int) -> dict:
     Interpreter, _ = tflite_interpreter_class()
     interp = Interpreter(model_path=str(b.artifact(*ARTIFACT).path), num_threads=threads)
     interp.allocate_tensors()
-    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+    art = b.artifact(*ARTIFACT)   # a bundle with an embedding output names which output is the probabilities
+    probabilities = (art.meta.get("outputs") or {}).get("probabilities", 0)
+    inp, out = interp.get_input_details()[0], interp.get_output_details()[probabilities]
     size, rgb, dtype = (b.spec.width, b.spec.height), b.spec.color_order == "RGB", inp["dtype"]
     cap = cv2.VideoCapture(str(video))
     n, t0, cpu0 = 0, None, 0.0
