@@ -44,7 +44,7 @@ def latency(lite0_bundle: Path, mnv2_bundle: Path) -> dict:
     """Lite0 int8 / MobileNetV2 int8 and Lite0 int8 / Lite0 float, 1 thread, timed in turns."""
     from edgecls.bundle import load_bundle
     from edgecls.device.bench import bench_input, interleaved_ratios
-    from edgecls.device.runtime import load_model
+    from edgecls.device.model.runtime import load_model
 
     lite, mnv2 = load_bundle(lite0_bundle), load_bundle(mnv2_bundle)
     x_lite, x_mnv2 = bench_input(lite), bench_input(mnv2)

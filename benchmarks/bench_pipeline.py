@@ -49,7 +49,7 @@ def make_video(dest: Path, size: tuple[int, int], frames: int) -> Path:
 
 def bare_loop(bundle_dir: Path, video: Path, threads: int) -> dict:
     """decode → OpenCV resize → invoke with the bundle's int8 TFLite artifact: FPS and CPU ms per frame."""
-    from edgecls.device.runtime import tflite_interpreter_class
+    from edgecls.device.model.runtime import tflite_interpreter_class
 
     b = load_bundle(bundle_dir)
     Interpreter, _ = tflite_interpreter_class()
@@ -99,10 +99,10 @@ def edgecls_run(bundle_dir: Path, video: Path, threads: int, extra: tuple[str, .
 
 def stage_times(bundle_dir: Path, video: Path, threads: int) -> dict:
     """Median ms per frame of each stage, through the pipeline's own parts (source, prepare, model, output)."""
-    from edgecls.device.classifier import Classifier
-    from edgecls.device.outputs import JsonLinesOutput
-    from edgecls.device.sources import open_source
-    from edgecls.device.stats import LiveStats
+    from edgecls.device.model.classifier import Classifier
+    from edgecls.device.output.outputs import JsonLinesOutput
+    from edgecls.device.capture.sources import open_source
+    from edgecls.device.output.stats import LiveStats
     from edgecls.preprocess import prepare
 
     net = Classifier(bundle_dir, *ARTIFACT, threads=threads)

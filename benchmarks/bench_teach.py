@@ -68,8 +68,8 @@ def trained_bundle(work: Path, name: str, data: Path, train_args: list[str], exp
 def answers(bundle: Path, files: list[Path]) -> tuple[list[str], list[bool]]:
     """(label, unknown?) per photo through the device runtime: the bundle's default artifact, its unknown rule."""
     from edgecls.bundle import load_bundle
-    from edgecls.device.runtime import load_model
-    from edgecls.device.unknown import UnknownRule
+    from edgecls.device.model.runtime import load_model
+    from edgecls.device.model.unknown import UnknownRule
     from edgecls.images import load_rgb
     from edgecls.preprocess import prepare
 
@@ -167,7 +167,7 @@ def embedding_cost(old: Path, new: Path, run_dir: Path, rounds: int = 200) -> di
     from edgecls.bundle import load_bundle
     from edgecls.dataset import load_arrays
     from edgecls.device.bench import interleaved_ratios
-    from edgecls.device.runtime import load_model
+    from edgecls.device.model.runtime import load_model
     from edgecls.rundir import load_run
 
     run = load_run(run_dir)

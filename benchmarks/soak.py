@@ -36,7 +36,7 @@ def serve_as_camera(video: Path, fps: float = 100.0) -> str:
 
     import cv2
 
-    from edgecls.device.mjpeg import MjpegServer
+    from edgecls.device.output.mjpeg import MjpegServer
 
     cap = cv2.VideoCapture(str(video))
     frames = [f for ok, f in iter(cap.read, (False, None)) if ok]

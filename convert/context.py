@@ -202,7 +202,7 @@ def predict_all(model, x: np.ndarray) -> np.ndarray:
 
 
 def runtime_model(key: str, path: Path, spec, n_classes: int, threads: int | None, meta: dict | None = None):
-    from edgecls.device.runtime import BACKENDS
+    from edgecls.device.model.runtime import BACKENDS
 
     fmt = BY_KEY[key]
     # A candidate has no edgecls.json entry yet: its I/O block (input.feed) comes from the file, as it will

@@ -1,5 +1,5 @@
 """The embedding output and the teach set: what export gives the device so that it can learn a class itself
-(`edgecls teach`, device/teach.py) and say "unknown" (device/unknown.py).
+(`edgecls teach`, device/teach/command.py) and say "unknown" (device/model/unknown.py).
 
 - Every model file export converts gets a second output, the pooled features the classifier reads
   (`with_embedding`: one model, no second file); which output is which is recorded by index in edgecls.json
@@ -8,7 +8,7 @@
   (validation) photos' embeddings per class, float16, computed with the bundle's own int8 model through the
   device runtime — the very numbers the device's embeddings will be compared with — and the classifier's
   Dense kernel and bias, so the device can rebuild the classifier in NumPy.
-- the unknown rule, calibrated on the held-out embeddings (device/unknown.py: calibrate).
+- the unknown rule, calibrated on the held-out embeddings (device/model/unknown.py: calibrate).
 """
 from __future__ import annotations
 
@@ -87,8 +87,8 @@ def write(ctx, bundle_dir: Path, entries: dict[str, dict]) -> dict:
     """teach.npz into `bundle_dir`; returns edgecls.json's `teach` and `unknown` blocks ({} when no artifact has
     an embedding output)."""
     from edgecls.convert.golden import entry
-    from edgecls.device.teach_head import embed_all, save_npz
-    from edgecls.device.unknown import calibrate
+    from edgecls.device.teach.head import embed_all, save_npz
+    from edgecls.device.model.unknown import calibrate
 
     key = source_key(entries)
     if key is None:

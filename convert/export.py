@@ -138,7 +138,7 @@ def check_dependencies(opts: ExportOptions) -> None:
         if opts.int8:
             require("sympy", "sympy", "--int8 ONNX (onnxruntime quantisation)")
     if "tflite" in opts.families or opts.int8:   # the search measures int8 TFLite even for ONNX-only bundles
-        from edgecls.device.runtime import tflite_interpreter_class
+        from edgecls.device.model.runtime import tflite_interpreter_class
 
         tflite_interpreter_class()
 

@@ -3,7 +3,7 @@
 - `images`: held-out photos (the judged split), already prepared to the model's input, picked round-robin
   over classes — what every artifact is run on;
 - `outputs.<key>`: what this host's device runtime answered on them for each artifact, and `float`: what the
-  Keras model answered — the answers the device is held to (device/verify.py);
+  Keras model answered — the answers the device is held to (device/model/verify.py);
 - `photos`: three of those photos (the most colourful) as raw PNG files, with `photos_prepared`, what `prepare()` made of them
   here: the exam runs the device's decoding and resizing too, so a wrong resize mode or colour order fails.
   Photos are shrunk to at most 1.5 times the model's input side (a 3024 px photo would cost megabytes) and two of
@@ -84,7 +84,7 @@ def raw_photo(path: Path, spec, aspect: float | None) -> np.ndarray:
 def write(ctx, bundle_dir: Path, run, items: list[tuple[str, int]], split: str, keys: list[str],
           entries: dict[str, dict]) -> dict:
     """Write golden/ into `bundle_dir` and return edgecls.json's `golden` block."""
-    from edgecls.device.verify import tolerances
+    from edgecls.device.model.verify import tolerances
     from edgecls.images import load_rgb
     from edgecls.preprocess import prepare
 

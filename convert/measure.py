@@ -19,7 +19,7 @@ compared with the Keras model (`max_abs_diff`, and its agreement: the Keras-vs-f
   calibration and rounding were fitted on, which flatter int8 (benchmarks/NOTES.md). Shown, never judged.
 - int8 vs float latency ratio, same runtime, one thread, interleaved (device/bench.py: interleaved_ratios).
 - The float reference's top-1 margin (top-1 minus top-2 probability) on the held-out split, as quantiles: what
-  `edgecls run --shadow` holds the float model's confidence on live frames to (device/drift.py).
+  `edgecls run --shadow` holds the float model's confidence on live frames to (device/model/drift.py).
 Then convert/gate.py judges each artifact.
 """
 from __future__ import annotations

@@ -307,7 +307,7 @@ def with_input_feed(model: bytes, feed: str | None, share: bool = True) -> bytes
 
 def with_labels(model: bytes, labels: list[str]) -> bytes:
     """`model` (compacted) carrying `labels`, in order, as its LABELS_META entry: the device refuses the file
-    beside any other labels (device/runtime.py: load_model), as an ONNX file's edgecls.labels."""
+    beside any other labels (device/model/runtime.py: load_model), as an ONNX file's edgecls.labels."""
     import json
 
     return with_metadata(model, {LABELS_META: json.dumps(labels).encode()})
@@ -348,7 +348,7 @@ def labels_count(model: bytes) -> int | None:
     """How many labels the file carries (its LABELS_META entry), or None."""
     import json
 
-    from edgecls.device.tflite_scan import metadata
+    from edgecls.device.model.tflite_scan import metadata
 
     raw = metadata(model).get(LABELS_META)
     return len(json.loads(raw)) if raw else None
@@ -360,7 +360,7 @@ def entry_fields(path: Path, n_classes: int | None = None) -> dict:
     (input.feed: "pixel-codes" when the file's metadata says so, see the module docstring); a file with an
     embedding output also gets "embedding" and "outputs" (which index is which: convert/embeddings.py)."""
     from edgecls.convert.embeddings import output_roles
-    from edgecls.device.runtime import tflite_interpreter_class
+    from edgecls.device.model.runtime import tflite_interpreter_class
 
     Interpreter, _ = tflite_interpreter_class()
     interp = Interpreter(model_path=str(path))

@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 
 from edgecls.bundle import Bundle
-from edgecls.device.runtime import load_model
+from edgecls.device.model.runtime import load_model
 from edgecls.formats import BY_KEY, FORMATS, find
 
 

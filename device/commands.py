@@ -11,7 +11,7 @@ from typing import Optional
 
 import typer
 
-from edgecls.device.collect import CollectOptions
+from edgecls.device.data.collect import CollectOptions
 from edgecls.device.run_options import (EVENTS, KEEP, MODEL, OUTPUTS, SHADOW, SOURCE, UPDATES, check_choice,
                                         source_options, with_groups)
 from edgecls.errors import EdgeclsError
@@ -72,9 +72,9 @@ def collect_command(
     **source_values,
 ):
     """Save photos from the device's camera (or any source) into DATA_DIR/LABEL/, with a JSON sidecar each."""
-    from edgecls.device.collect import check_collect, collect, made_only_if_used
-    from edgecls.device.photos import check_label
-    from edgecls.device.sources import open_source
+    from edgecls.device.data.collect import check_collect, collect, made_only_if_used
+    from edgecls.device.data.photos import check_label
+    from edgecls.device.capture.sources import open_source
 
     opts = CollectOptions(every=every, count=count)
     check_label(label)   # before any path is built from it (a name too long fails even Path.exists())
@@ -103,8 +103,8 @@ def ui_command(
     import signal
     import threading
 
-    from edgecls.device.labelling import clean_page_folders
-    from edgecls.device.webui import WebUi, labels_of_data_dir
+    from edgecls.device.data.labelling import clean_page_folders
+    from edgecls.device.data.webui import WebUi, labels_of_data_dir
     from edgecls.httpauth import announce as announce_token
 
     if not 0 <= port < 65536:
@@ -214,8 +214,8 @@ def verify(
 ):
     """Run the bundle's own exam with this machine's runtime: exit 0 pass, 1 fail, 2 unusable bundle."""
     from edgecls.bundle import load_bundle
-    from edgecls.device.verify import ExamFailed, format_exam
-    from edgecls.device.verify import verify as run_verify
+    from edgecls.device.model.verify import ExamFailed, format_exam
+    from edgecls.device.model.verify import verify as run_verify
 
     check_choice(format, FAMILIES, "--format")
     check_choice(precision, PRECISIONS, "--precision")

@@ -47,7 +47,7 @@ def check_python() -> list[dict]:
 
 
 def check_tflite() -> list[dict]:
-    from edgecls.device.runtime import numpy2_trap
+    from edgecls.device.model.runtime import numpy2_trap
 
     litert, tfl = _version("ai-edge-litert"), _version("tflite-runtime")
     out = []

@@ -140,7 +140,7 @@ def evaluate(bundle_dir: str, data_dir: str, family: str | None = None, precisio
     """Run the bundle's artifacts on every image of `data_dir` (classes must be the bundle's labels)."""
     from edgecls.bundle import load_bundle
     from edgecls.dataset import load_arrays, scan
-    from edgecls.device.runtime import load_model
+    from edgecls.device.model.runtime import load_model
     from edgecls.errors import EdgeclsError
 
     bundle = load_bundle(bundle_dir)

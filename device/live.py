@@ -17,7 +17,7 @@ def _err(msg: str) -> None:
 def run_live(s: RunSettings) -> None:
     """Open everything in order, run the loop until the source ends (or --max-frames, SIGINT, SIGTERM), report."""
     from edgecls.device.pipeline import run_pipeline
-    from edgecls.device.shadow import parse_every
+    from edgecls.device.model.shadow import parse_every
     from edgecls.fleet.live import starting
 
     every = None if s.shadow.shadow_every is None else parse_every(s.shadow.shadow_every)
@@ -39,8 +39,8 @@ def run_live(s: RunSettings) -> None:
 
 def _net_opener(s: RunSettings, every: int | None):
     """path -> (Classifier, ShadowCheck or None): the start-up's, and a fleet update's for its new bundle."""
-    from edgecls.device.classifier import Classifier
-    from edgecls.device.shadow import ShadowCheck
+    from edgecls.device.model.classifier import Classifier
+    from edgecls.device.model.shadow import ShadowCheck
 
     m = s.model
 
@@ -54,7 +54,7 @@ def _net_opener(s: RunSettings, every: int | None):
 def _startup_exam(s: RunSettings, net):
     """The bundle's exam with this machine's runtime, before the source opens (a failed one in a device folder is
     recorded, for going back)."""
-    from edgecls.device.verify import ExamFailed, SelfTest, startup_exam
+    from edgecls.device.model.verify import ExamFailed, SelfTest, startup_exam
     from edgecls.fleet.live import exam_failed
 
     if s.model.no_verify:
@@ -69,10 +69,10 @@ def _startup_exam(s: RunSettings, net):
 def _open_outputs_and_source(s: RunSettings, net, shadow, open_net):
     """Updates, events, stream, keep and page checked and bound (ports, pins) — then the source, then the outputs
     joined. Whatever was opened is closed again when a later step fails."""
-    from edgecls.device.labelling import open_labelling
-    from edgecls.device.outputs import StreamOutput, open_output, parse_host_port
-    from edgecls.device.sinks import open_events
-    from edgecls.device.sources import open_source
+    from edgecls.device.data.labelling import open_labelling
+    from edgecls.device.output.outputs import StreamOutput, open_output, parse_host_port
+    from edgecls.device.sinks.factory import open_events
+    from edgecls.device.capture.sources import open_source
     from edgecls.fleet.live import open_updates
     from edgecls.httpauth import announce as announce_token
 

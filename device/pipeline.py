@@ -6,7 +6,7 @@
         output.render(frame, result, stats)
 
 SIGINT/SIGTERM end the loop after the current frame; the camera and outputs are always released.
-With `--shadow N` a `ShadowCheck` (device/shadow.py) takes each result beside the outputs: every Nth frame's
+With `--shadow N` a `ShadowCheck` (device/model/shadow.py) takes each result beside the outputs: every Nth frame's
 tensor goes to the float model on its worker thread, and what it reports travels to the outputs with the frame.
 """
 from __future__ import annotations
@@ -15,11 +15,11 @@ import contextlib
 import signal
 import threading
 
-from edgecls.device.classifier import Classifier
-from edgecls.device.outputs import Outputs
-from edgecls.device.shadow import ShadowCheck
-from edgecls.device.sources import Source
-from edgecls.device.stats import LiveStats, rss_mb
+from edgecls.device.model.classifier import Classifier
+from edgecls.device.output.outputs import Outputs
+from edgecls.device.model.shadow import ShadowCheck
+from edgecls.device.capture.sources import Source
+from edgecls.device.output.stats import LiveStats, rss_mb
 
 
 @contextlib.contextmanager
@@ -90,7 +90,7 @@ def run_pipeline(source: Source, net: Classifier, output: Outputs, max_frames: i
         summary["dropped"] = max(0, source.captured - stats.frames)  # older frames replaced by newer ones
         summary["reconnects"] = source.reconnects
         if getattr(source, "frame_size", None):
-            summary["frame_size"] = list(source.frame_size)   # what the camera delivered (device/cameras.py)
+            summary["frame_size"] = list(source.frame_size)   # what the camera delivered (device/capture/cameras.py)
     if getattr(source, "skipped", None):
         summary["skipped_files"] = source.skipped
     summary.update(output.summary())

@@ -27,7 +27,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgecls.device.events import MQTT_PASSWORD_ENV, WEBHOOK_SECRET_ENV
+from edgecls.device.sinks.events import MQTT_PASSWORD_ENV, WEBHOOK_SECRET_ENV
 from edgecls.device.run_options import PANELS, Opt
 from edgecls.errors import EdgeclsError
 
@@ -172,7 +172,7 @@ def merge(ctx, cfg: RunConfig, given: dict) -> set[str]:
 
 
 def hand_over_secrets(cfg: RunConfig, values: dict) -> None:
-    """The file's secrets go where the sinks read them (device/events.py: read_secret), the environment of this
+    """The file's secrets go where the sinks read them (device/sinks/events.py: read_secret), the environment of this
     process — not its /proc/PID/environ, which keeps the start-up environment and is its owner's only anyway.
     Given twice (here and the environment or a --*-file) is an error, as it is between those two."""
     for key, secret in cfg.secrets.items():

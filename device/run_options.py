@@ -15,10 +15,10 @@ from typing import Optional
 
 import typer
 
-from edgecls.device.events import EventOptions
-from edgecls.device.frame import Orientation
-from edgecls.device.labelling import LabellingOptions
-from edgecls.device.sources import SourceOptions
+from edgecls.device.sinks.events import EventOptions
+from edgecls.device.capture.frame import Orientation
+from edgecls.device.data.labelling import LabellingOptions
+from edgecls.device.capture.sources import SourceOptions
 from edgecls.errors import EdgeclsError
 from edgecls.formats import FAMILIES, PRECISIONS
 from edgecls.httpauth import DEFAULT_BIND
@@ -58,7 +58,7 @@ class OutputOptions:
 
 @dataclass
 class ShadowOptions:
-    shadow_every: str | None = None  # --shadow N (parsed by device/shadow.py: parse_every)
+    shadow_every: str | None = None  # --shadow N (parsed by device/model/shadow.py: parse_every)
     shadow_priority: str = "idle"
 
 

@@ -246,7 +246,7 @@ def validate_manifest(meta, root: Path, where: str) -> PreprocessSpec:
 
 
 def _check_teach(root: Path, meta: dict, where: str) -> None:
-    """The optional teach set and a taught version's head (device/teach.py): files like an artifact's; a head
+    """The optional teach set and a taught version's head (device/teach/command.py): files like an artifact's; a head
     names the labels its model file was exported with."""
     for name in ("teach", "head"):
         if name in meta:
@@ -257,7 +257,7 @@ def _check_teach(root: Path, meta: dict, where: str) -> None:
 
 
 # ---------------------------------------------------------------- the bundle's own exam (edgecls.json golden)
-# Written by convert/golden.py, run by device/verify.py. Every file is an entry like an artifact's.
+# Written by convert/golden.py, run by device/model/verify.py. Every file is an entry like an artifact's.
 GOLDEN_FILES = ("images", "photos_prepared", "float")   # golden.<name>: one array file each
 GOLDEN_LABELS = "labels"   # golden.labels: the labels as exported (JSON); optional, bundles before it lack it
 

@@ -57,7 +57,7 @@ def _register() -> None:
 
     for stage in (train_commands, convert_commands, device_commands, fleet_commands):
         stage.register(app)
-    importlib.import_module("edgecls.device.teach").register(app)   # edgecls teach (issue 33)
+    importlib.import_module("edgecls.device.teach.command").register(app)   # edgecls teach (issue 33)
 
 
 _register()

@@ -139,7 +139,7 @@ def temp_file(folder: str | os.PathLike, prefix: str, suffix: str = "") -> Path:
 
 def new_temp_file(folder: str | os.PathLike, prefix: str, suffix: str = "") -> Path:
     """A new empty file `temp_prefix(prefix)` RANDOM `suffix` in `folder` (mode per the umask), without
-    scanning the folder for leftovers (for writers that clean once at start, e.g. device/photos.py)."""
+    scanning the folder for leftovers (for writers that clean once at start, e.g. device/data/photos.py)."""
     fd, tmp = tempfile.mkstemp(prefix=temp_prefix(prefix), suffix=suffix, dir=folder)
     os.close(fd)
     follow_umask(tmp)

@@ -19,7 +19,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgecls.device.drift import heldout_count
+from edgecls.device.model.drift import heldout_count
 from edgecls.errors import EdgeclsError
 from edgecls.metrics import shown_below
 
@@ -64,9 +64,9 @@ def judge(answers: list[tuple[str, str, str]], expected: float | None, floor: fl
 
 class Canary:
     def __init__(self, bundle_dir: Path, family: str | None, frames: int, floor: float | None):
-        from edgecls.device.classifier import Classifier
-        from edgecls.device.runtime import load_model
-        from edgecls.device.shadow import float_twin
+        from edgecls.device.model.classifier import Classifier
+        from edgecls.device.model.runtime import load_model
+        from edgecls.device.model.shadow import float_twin
         from edgecls.formats import BY_KEY
 
         self.frames, self.floor = frames, floor

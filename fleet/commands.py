@@ -56,7 +56,7 @@ def publish(
     if min_agreement_with_current is not None and not 0 <= min_agreement_with_current <= 1:
         raise EdgeclsError("--min-agreement-with-current is a fraction from 0 to 1")
     if notify is not None:   # checked before anything is signed
-        from edgecls.device.mqtt_sink import parse_mqtt_url
+        from edgecls.device.sinks.mqtt_sink import parse_mqtt_url
         parse_mqtt_url(notify)
     release = add(bundle, repo, keys, rollout, min_agreement_with_current, min_edgecls, _days(timestamp_days))
     if notify is not None:

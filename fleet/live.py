@@ -193,7 +193,7 @@ class LiveUpdates:
 
     def _on_labelled_photos(self, canary: Canary, verdict):
         """Rule (c) after the live frames: the photos filed on this device (`--data`), candidate vs running."""
-        from edgecls.device.classifier import Classifier
+        from edgecls.device.model.classifier import Classifier
         from edgecls.fleet.canary import Verdict, labelled_verdict
 
         try:

@@ -15,8 +15,8 @@ def notify(url: str, version: int, ca: str | None = None) -> None:
     """Publish {"version": N} on the URL's topic (QoS 1) and wait until the broker has it."""
     import paho.mqtt.client as mqtt
 
-    from edgecls.device.events import read_secret
-    from edgecls.device.mqtt_sink import parse_mqtt_url
+    from edgecls.device.sinks.events import read_secret
+    from edgecls.device.sinks.mqtt_sink import parse_mqtt_url
 
     target = parse_mqtt_url(url, ca, read_secret("EDGECLS_MQTT_PASSWORD", "--mqtt-password-file", None))
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"edgecls-publish-{version}")

@@ -21,7 +21,7 @@ INDEX = "releases.json"
 INDEX_FORMAT = "edgecls-releases"
 # The first edgecls that reads each bundle version (all so far: 0.1.0); a release needs at least that one.
 READS_SINCE = {1: "0.1.0", 2: "0.1.0", 3: "0.1.0"}
-# Which importable module runs each family on a device (device/runtime.py loads them the same way).
+# Which importable module runs each family on a device (device/model/runtime.py loads them the same way).
 RUNTIME_MODULES = {"tflite": ("ai_edge_litert", "tflite_runtime"), "onnx": ("onnxruntime",)}
 
 

@@ -135,7 +135,7 @@ def choose(releases: list[Release], current_version: int, device_id: str) -> Rel
 
 
 def _exam(bundle, key: str) -> None:
-    from edgecls.device.verify import verify
+    from edgecls.device.model.verify import verify
 
     try:
         exam = verify(bundle, [key])

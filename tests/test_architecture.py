@@ -24,6 +24,20 @@ def test_every_file_and_name_on_the_map_exists():
     assert not missing, missing
 
 
+def test_every_device_module_sits_in_a_room_the_map_names():
+    """device/ is rooms that follow the loop (issue 30): the map's block lists the rooms and what stays at the
+    top; a new module lands in one of them or the map says why not."""
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    block = text.split("device/    edgecls.device", 1)[1].split("fleet/", 1)[0]
+    rooms = set(re.findall(r"^  (\w+)/ ", block, re.M))
+    top = set(re.findall(r"(\w+)\.py", block.split("capture/", 1)[0]))
+    found_rooms = {p.parent.name for p in (ROOT / "device").glob("*/__init__.py")}
+    found_top = {p.stem for p in (ROOT / "device").glob("*.py")} - {"__init__"}
+    assert found_rooms == rooms and len(rooms) >= 5
+    assert found_top <= top, sorted(found_top - top)
+    assert not [p for p in (ROOT / "device").glob("*/*.py") if p.parent.name not in rooms]
+
+
 # ---------------------------------------------------------------- the package's imports (issue 30)
 
 def _package_modules() -> dict[str, Path]:

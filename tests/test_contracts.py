@@ -47,7 +47,7 @@ def test_labels_txt_must_agree_with_the_manifest(tmp_path):
 def test_a_model_file_with_other_labels_is_refused(tmp_path, family):
     """The labels export embeds in the ONNX and TFLite files must be the bundle's: swapped labels (same count,
     consistent edgecls.json and labels.txt) would otherwise name every answer wrong."""
-    from edgecls.device.runtime import load_model
+    from edgecls.device.model.runtime import load_model
 
     b = _copy(tmp_path)
     meta = json.loads((b / MANIFEST).read_text())

@@ -6,8 +6,8 @@ import time
 import numpy as np
 import pytest
 
-from edgecls.device.classifier import UNCERTAIN, Classifier, rank
-from edgecls.device.frame import Frame
+from edgecls.device.model.classifier import UNCERTAIN, Classifier, rank
+from edgecls.device.capture.frame import Frame
 from edgecls.images import load_rgb
 
 

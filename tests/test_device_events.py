@@ -28,8 +28,8 @@ import numpy as np
 import pytest
 
 from edgecls.bundle import load_bundle
-from edgecls.device.events import EventTracker
-from edgecls.device.runtime import load_model
+from edgecls.device.sinks.events import EventTracker
+from edgecls.device.model.runtime import load_model
 from edgecls.preprocess import prepare
 
 from conftest import ROOT, skip_or_fail

@@ -20,8 +20,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edgecls.device.photos import save_photo
-from edgecls.device.webui import MAX_BODY, WebUi
+from edgecls.device.data.photos import save_photo
+from edgecls.device.data.webui import MAX_BODY, WebUi
 
 from test_device_events import BUNDLE, DIGITS96, free_port, video_frame, write_video
 from test_device_run import ENV, WRAPPER, edgecls, json_lines, one_line_error

@@ -10,13 +10,13 @@ import cv2
 import numpy as np
 import pytest
 
-from edgecls.device.classifier import UNCERTAIN, Prediction
-from edgecls.device.frame import Frame
-from edgecls.device.mjpeg import MjpegServer
-from edgecls.device.outputs import (ConsoleOutput, JsonLinesOutput, Outputs, StreamOutput, VideoFileOutput,
+from edgecls.device.model.classifier import UNCERTAIN, Prediction
+from edgecls.device.capture.frame import Frame
+from edgecls.device.output.mjpeg import MjpegServer
+from edgecls.device.output.outputs import (ConsoleOutput, JsonLinesOutput, Outputs, StreamOutput, VideoFileOutput,
                                     WindowOutput, opencv_window_available, parse_host_port)
-from edgecls.device.overlay import draw_overlay
-from edgecls.device.stats import LiveStats
+from edgecls.device.output.overlay import draw_overlay
+from edgecls.device.output.stats import LiveStats
 from edgecls.errors import EdgeclsError
 
 

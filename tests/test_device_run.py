@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 
 from edgecls.bundle import MANIFEST, load_bundle
-from edgecls.device.mjpeg import MjpegServer
-from edgecls.device.runtime import load_model
+from edgecls.device.output.mjpeg import MjpegServer
+from edgecls.device.model.runtime import load_model
 from edgecls.fsutil import sha256_file
 from edgecls.images import load_rgb
 from edgecls.preprocess import prepare
@@ -279,7 +279,7 @@ def test_bench_ratio_against_float_and_cpu_time_of_one_model(digits_bundle):
     # measured ~0.5 on this 96 px model there. On an x86 with AVX2 but no VNNI (a CI machine of Dec 2026) XNNPACK's
     # int8 costs what float does (0.95-1.0 here; flowers 160 px 1.06-1.10, benchmarks/NOTES.md): the ratio must
     # then still be a sane measurement, not a speed-up that the hardware does not give.
-    from edgecls.device.runtime import int8_dot_product
+    from edgecls.device.model.runtime import int8_dot_product
 
     assert 0 < ratio < (1 if int8_dot_product() else 1.5), ratio
     for (key, threads), r in rows.items():

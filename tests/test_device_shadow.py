@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from edgecls.bundle import MANIFEST, load_bundle
-from edgecls.device.runtime import load_model
+from edgecls.device.model.runtime import load_model
 from edgecls.metrics import top_margin
 
 from conftest import skip_or_fail
@@ -134,7 +134,7 @@ def visible_degradation(bundle, photos) -> tuple[object, str]:
     """(the first of DEGRADATIONS either drift rule can see on these photos, or None; what each looked like). A
     rule sees one when the float model's median margin on the degraded photos is below the test photos' p25, or
     int8's agreement with float there below the export's floor."""
-    from edgecls.device.drift import agreement_floor
+    from edgecls.device.model.drift import agreement_floor
     from edgecls.preprocess import prepare
 
     seen = []
@@ -158,7 +158,7 @@ def test_drift_warning_fires_in_the_dark_part_only_and_clears_after(digits_bundl
     the first part), and ends in the last part; the console says both. (Measured on four tiny runs: the float
     model's median margin 2.0-2.6x the test photos' p25 on the photos, 0.25-0.63x on the dim ones; with today's
     recipe 2.4x and 0.38x, int8-float agreement 47% there.)"""
-    from edgecls.device.drift import WINDOW
+    from edgecls.device.model.drift import WINDOW
 
     photos = held_out(tiny_run, ("test", "val"))
     # In a shuffled order, as a camera sees varied scenes: in split-and-class order a window is 40 photos of two or
@@ -226,7 +226,7 @@ def test_drift_floor_reads_the_held_out_field_and_older_bundles(digits_bundle):
     """The agreement floor comes from the field that names its photos and reference (`agreement_heldout`: agreed
     of images, vs the float twin); a bundle exported before that field gives the same floor from the bare rate
     over report.images; one with neither falls back to all images."""
-    from edgecls.device.drift import agreement_floor
+    from edgecls.device.model.drift import agreement_floor
     from edgecls.metrics import wilson_interval
 
     meta = load_bundle(digits_bundle).meta

@@ -9,11 +9,11 @@ import cv2
 import numpy as np
 import pytest
 
-from edgecls.device.cameras import (PICAM_LAYOUT, UVC_SIZES, CvCapture, SourceOpenError, covering_size, csi_pipeline,
+from edgecls.device.capture.cameras import (PICAM_LAYOUT, UVC_SIZES, CvCapture, SourceOpenError, covering_size, csi_pipeline,
                                     picam_config, picam_image, uvc_requests)
-from edgecls.device.frame import Orientation
-from edgecls.device.mjpeg import MjpegServer
-from edgecls.device.sources import (ImageFilesSource, LiveSource, SourceOptions, VideoFileSource, open_source)
+from edgecls.device.capture.frame import Orientation
+from edgecls.device.output.mjpeg import MjpegServer
+from edgecls.device.capture.sources import (ImageFilesSource, LiveSource, SourceOptions, VideoFileSource, open_source)
 from edgecls.errors import EdgeclsError
 
 

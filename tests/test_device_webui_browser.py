@@ -130,7 +130,7 @@ def test_the_page_shows_the_live_run_and_files_a_kept_frame_with_one_click(held_
         assert card.find_element(By.CSS_SELECTOR, ".guess").text.startswith(f"model: {side['model']['label']} ")
         card.find_element(By.CSS_SELECTOR, f"button.label[data-label='{truth}']").click()
         filed = data / truth / name
-        # The page's reply says the move is done (photo, then sidecar, then the kept pair removed: device/photos.py)
+        # The page's reply says the move is done (photo, then sidecar, then the kept pair removed: device/data/photos.py)
         wait(lambda: f"filed as {truth}/{name}" in driver.find_element(By.ID, "message").text)
         assert filed.is_file() and not (keep / name).exists() and not (keep / name).with_suffix(".json").exists()
         assert cv2.imread(str(filed)).shape == (SIDE, SIDE, 3)

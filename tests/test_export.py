@@ -127,7 +127,7 @@ def test_onnx_files_carry_labels_and_preprocessing(tiny_bundle):
 
 def test_float_artifacts_reproduce_keras_and_int8_tracks_it(tiny_run, tiny_bundle):
     """Independent of export's own numbers: Keras vs the device runtime on the run's test images."""
-    from edgecls.device.runtime import load_model
+    from edgecls.device.model.runtime import load_model
     from edgecls.train.tfenv import import_tf
 
     _, keras = import_tf()
@@ -155,7 +155,7 @@ def test_int8_takes_pixel_codes_and_answers_like_float(tiny_run, tiny_bundle):
     the input's scale 1/127.5 and zero point 128, as it does for a model whose input means pixel values — would feed
     saturated codes and answer something else."""
     from edgecls.bundle import Artifact
-    from edgecls.device.runtime import TFLiteModel, load_model
+    from edgecls.device.model.runtime import TFLiteModel, load_model
 
     run = load_run(tiny_run)
     x, _ = load_arrays(run.data_root, run.split_items("test"), run.spec)

@@ -105,7 +105,7 @@ def hand_made_run(dest, model, cfg) -> None:
 @pytest.mark.slow   # ~1 min idle, 3 under load: QAT SavedModel + two TFLite conversions
 def test_mobilenet_v3_qat_exports_a_full_integer_bundle(tmp_path):
     from edgecls.bundle import MANIFEST, load_bundle
-    from edgecls.device.runtime import load_model
+    from edgecls.device.model.runtime import load_model
 
     model, cfg = tiny_model("mobilenet_v3_small")
     hand_made_run(tmp_path / "run", model, cfg)

@@ -12,8 +12,8 @@ import pytest
 
 from edgecls.bundle import MANIFEST, load_bundle
 from edgecls.dataset import load_arrays
-from edgecls.device.classifier import Classifier
-from edgecls.device.frame import Frame
+from edgecls.device.model.classifier import Classifier
+from edgecls.device.capture.frame import Frame
 from edgecls.images import load_rgb
 from edgecls.preprocess import COLOR_ORDERS, RESIZE_MODES, PreprocessSpec, model_input, prepare
 

@@ -64,8 +64,8 @@ def test_the_committed_bundle_was_exported_with_todays_defaults():
 
 def test_the_committed_bundle_records_what_export_writes_today(digits_bundle):
     """Same top-level blocks, export options, preprocessing fields and per-artifact facts as a bundle this code just
-    exported; and its TFLite file carries its labels (bound at load, device/runtime.py)."""
-    from edgecls.device.runtime import load_model
+    exported; and its TFLite file carries its labels (bound at load, device/model/runtime.py)."""
+    from edgecls.device.model.runtime import load_model
 
     fixture, today = manifest(FIXTURE), manifest(digits_bundle)
     assert fixture.keys() == today.keys()

@@ -31,7 +31,7 @@ def _edit_final_layer(src: Path, dest: Path, edit, keys=("tflite-int8",)) -> Pat
     `edit(weights, bias, per-channel quantization)`, with their hashes and their exam answers made again — a bundle
     a key holder re-published: it loads, is signed and passes its own exam, and answers otherwise."""
     from edgecls.bundle import load_bundle
-    from edgecls.device.runtime import load_model
+    from edgecls.device.model.runtime import load_model
     from edgecls.fsutil import sha256_file
 
     shutil.copytree(src, dest)

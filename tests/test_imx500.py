@@ -107,14 +107,14 @@ def test_imx500_and_tensorrt_export_for_real(tiny_run, tmp_path):
 
 
 def test_camera_adapter_follows_picamera2s_imx500_api(tmp_path, monkeypatch):
-    """device/imx500_camera.py against a stand-in for picamera2 with exactly the names its IMX500 examples use (no
+    """device/capture/imx500_camera.py against a stand-in for picamera2 with exactly the names its IMX500 examples use (no
     camera here: what real hardware does with them is untested, docs/imx500.md)."""
     import sys
     import types
 
     import numpy as np
 
-    from edgecls.device import imx500_camera
+    from edgecls.device.capture import imx500_camera
     from edgecls.errors import EdgeclsError
 
     calls = []

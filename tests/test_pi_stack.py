@@ -149,7 +149,7 @@ def test_every_check_passes_on_a_pi4(pi_a72):
 
 
 def test_the_bundles_own_exam_passes_on_a_pi4(pi_case, pi_a72):
-    """`edgecls verify` (the golden images and photos export stored, device/verify.py) passes with each Pi
+    """`edgecls verify` (the golden images and photos export stored, device/model/verify.py) passes with each Pi
     environment's runtime: LiteRT and tflite-runtime's kernels give the host's answers within the tolerance."""
     if pi_check.VERIFY not in pi_case[2]:
         skip_or_fail("the reference bundle has no exam (no golden block)")

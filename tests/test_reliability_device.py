@@ -204,7 +204,7 @@ def test_external_data_is_found_in_initializers_and_constant_attributes(tmp_path
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from edgecls.device.onnx_scan import external_tensors
+    from edgecls.device.model.onnx_scan import external_tensors
 
     const = helper.make_node("Constant", [], ["c"], value=numpy_helper.from_array(np.ones((4, 4), np.float32), "C"))
     graph = helper.make_graph([const, helper.make_node("Add", ["x", "c"], ["y"])], "g",
@@ -552,7 +552,7 @@ def test_video_frames_above_the_limit_are_refused_before_decoding(tmp_path, monk
     import cv2
 
     from edgecls import images
-    from edgecls.device.sources import open_source
+    from edgecls.device.capture.sources import open_source
     from edgecls.errors import EdgeclsError
 
     path = tmp_path / "clip.avi"
@@ -625,7 +625,7 @@ def test_stream_without_frames_backs_off_then_gives_up(tmp_path):
     import threading
     import time
 
-    from edgecls.device.sources import SourceOptions, open_source
+    from edgecls.device.capture.sources import SourceOptions, open_source
     from edgecls.errors import EdgeclsError
 
     srv = EmptyVideoServer(tmp_path)
@@ -675,7 +675,7 @@ def test_a_client_that_resets_mid_reply_prints_nothing(capfd):
     import struct
     import time
 
-    from edgecls.device.mjpeg import MjpegServer
+    from edgecls.device.output.mjpeg import MjpegServer
 
     server = MjpegServer("127.0.0.1", 0)
     try:
@@ -702,7 +702,7 @@ def test_a_client_that_resets_mid_reply_prints_nothing(capfd):
 def test_connections_are_capped_with_503_and_idle_ones_time_out():
     import time
 
-    from edgecls.device.mjpeg import MjpegServer
+    from edgecls.device.output.mjpeg import MjpegServer
     from edgecls.httpserve import MAX_CONNECTIONS
 
     server = MjpegServer("127.0.0.1", 0)          # the defaults `run --stream` uses

@@ -4,7 +4,7 @@ import numpy as np
 from edgecls.bundle import load_bundle
 from edgecls.images import load_rgb
 from edgecls.preprocess import prepare
-from edgecls.device.runtime import load_model
+from edgecls.device.model.runtime import load_model
 
 
 def test_reference_int8_model_names_the_photos(reference_bundle, reference_photos):
@@ -23,7 +23,7 @@ def test_onnx_converted_from_an_int8_tflite_gives_its_probabilities(reference_bu
     dequantizes it with the scale edgecls.json records, so ONNX and TFLite report the same probabilities."""
     from edgecls.bundle import Artifact
     from edgecls.convert import onnx_export, tflite
-    from edgecls.device.runtime import OnnxModel
+    from edgecls.device.model.runtime import OnnxModel
     from edgecls.formats import BY_KEY
 
     b = load_bundle(reference_bundle)
@@ -63,7 +63,7 @@ def test_runtime_refuses_an_input_feed_it_does_not_know(reference_bundle, tmp_pa
 
 
 def test_pixel_codes_are_the_pixels_in_the_input_type():
-    from edgecls.device.runtime import pixel_codes
+    from edgecls.device.model.runtime import pixel_codes
 
     p = np.array([[0, 1, 127, 128, 255]], np.uint8)
     assert pixel_codes(p, np.uint8) is p
@@ -76,7 +76,7 @@ def test_int8_onnx_runs_unfused_where_the_cpu_has_no_int8_dot_product(digits_bun
     answers are the QDQ graph's op by op. Elsewhere the fused kernels run (the fast path)."""
     import onnxruntime as ort
 
-    from edgecls.device.runtime import int8_dot_product
+    from edgecls.device.model.runtime import int8_dot_product
 
     bundle = load_bundle(digits_bundle)
     model = load_model(bundle, "onnx", "int8")

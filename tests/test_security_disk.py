@@ -16,9 +16,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-import edgecls.device.photos as photos
-from edgecls.device.photos import MAX_LABEL_BYTES, move_photo, save_photo
-from edgecls.device.webui import WebUi
+import edgecls.device.data.photos as photos
+from edgecls.device.data.photos import MAX_LABEL_BYTES, move_photo, save_photo
+from edgecls.device.data.webui import WebUi
 from edgecls.fsutil import WriteError
 
 from test_device_events import BUNDLE
@@ -118,7 +118,7 @@ def test_collect_with_a_300_byte_label_is_one_line_and_writes_nothing(video, tmp
 STUCK_SAVE = ("import os, sys, time\n"
               "from pathlib import Path\n"
               "import numpy as np\n"
-              "from edgecls.device.photos import save_photo\n"
+              "from edgecls.device.data.photos import save_photo\n"
               "def stuck(fd):\n"
               "    print('ready', flush=True)\n"
               "    time.sleep(600)\n"

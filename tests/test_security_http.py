@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from edgecls.device.photos import save_photo
+from edgecls.device.data.photos import save_photo
 from edgecls.httpserve import BoundedHTTPServer
 
 from test_device_events import BUNDLE, free_port, video_frame

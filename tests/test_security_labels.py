@@ -90,9 +90,9 @@ def copy(src: Path, dest: Path, *changes) -> Path:
 def test_export_writes_the_labels_into_every_model_file_and_the_exam(bound_bundle):
     from edgecls.bundle import Artifact
     from edgecls.convert.tflite import with_metadata
-    from edgecls.device.runtime import TFLiteModel, load_model
-    from edgecls.device.tflite_scan import metadata
-    from edgecls.device.verify import load_golden
+    from edgecls.device.model.runtime import TFLiteModel, load_model
+    from edgecls.device.model.tflite_scan import metadata
+    from edgecls.device.model.verify import load_golden
 
     b = load_bundle(bound_bundle)
     golden = load_golden(b)

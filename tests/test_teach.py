@@ -44,9 +44,9 @@ def test_export_gives_every_model_its_embedding_output_and_the_teach_set(digits_
     """Each artifact's second output is the classifier's input: the stored Dense weights applied to the float
     model's embeddings give its probabilities; the int8 ones stay within int8's reach of them."""
     from edgecls.bundle import load_bundle
-    from edgecls.device.runtime import load_model
-    from edgecls.device.teach_head import load_npz, softmax
-    from edgecls.device.verify import load_golden
+    from edgecls.device.model.runtime import load_model
+    from edgecls.device.teach.head import load_npz, softmax
+    from edgecls.device.model.verify import load_golden
 
     bundle = load_bundle(digits_bundle)
     teach = load_npz(bundle.root, bundle.meta["teach"], "teach")

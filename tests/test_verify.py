@@ -164,8 +164,8 @@ def test_other_correct_kernels_pass_within_the_measured_tolerance(digits_bundle)
     pass them, naming the difference, while holding them to the near-tie rule."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    from edgecls.device.runtime import load_model
-    from edgecls.device.verify import SAME_KERNELS, examine, load_golden
+    from edgecls.device.model.runtime import load_model
+    from edgecls.device.model.verify import SAME_KERNELS, examine, load_golden
 
     b = load_bundle(digits_bundle)
     model = load_model(b, "tflite", "int8")
@@ -179,7 +179,7 @@ def test_other_correct_kernels_pass_within_the_measured_tolerance(digits_bundle)
 
 
 def test_pixel_tolerance_follows_the_resampler():
-    from edgecls.device.verify import pixel_tolerance
+    from edgecls.device.model.verify import pixel_tolerance
     from edgecls.preprocess import PreprocessSpec
 
     assert pixel_tolerance(PreprocessSpec(96, 96, resampler="exact")) == 0

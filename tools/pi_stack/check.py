@@ -48,7 +48,7 @@ COMMAND_TIMEOUT_S = 900
 NEAR_TIE = 0.3
 # The checks --commands can ask for: the CLI's answers (eval, run), the int8 outputs on the host's own
 # prepared tensors (same-pixels: kernels alone), the byte-identity of prepare() itself (pixels) and the
-# bundle's own exam (verify: `edgecls verify`, the golden images and photos export stored, device/verify.py).
+# bundle's own exam (verify: `edgecls verify`, the golden images and photos export stored, device/model/verify.py).
 SAME_PIXELS, PIXELS, VERIFY, UPDATE = "same-pixels", "pixels", "verify", "update"
 COMMANDS = ("eval", "run", SAME_PIXELS, PIXELS, VERIFY, UPDATE)
 

@@ -90,7 +90,7 @@ def sha256(a: np.ndarray) -> str:
 
 def probabilities(bundle, x: np.ndarray, keys: list[str]) -> dict[str, np.ndarray]:
     """Each artifact's probabilities on the prepared uint8 tensors x, through the device runtime."""
-    from edgecls.device.runtime import load_model
+    from edgecls.device.model.runtime import load_model
 
     return {k: load_model(bundle, *k.split("-"), threads=2).predict(x) for k in keys if k in bundle.artifacts}
 

@@ -22,9 +22,9 @@ from typing import Callable, Iterator
 
 import cv2
 
-from edgecls.device.cameras import (NETWORK_TIMEOUT_MS, CvCapture, FramesTooLarge, PicamCapture, SourceOpenError,
+from edgecls.device.capture.cameras import (NETWORK_TIMEOUT_MS, CvCapture, FramesTooLarge, PicamCapture, SourceOpenError,
                                     open_csi)
-from edgecls.device.frame import Frame, Orientation
+from edgecls.device.capture.frame import Frame, Orientation
 from edgecls.errors import EdgeclsError
 from edgecls.images import ImageRefused, file_kind, is_image_name, load_rgb
 
@@ -41,7 +41,7 @@ class SourceOptions:
     backoff: tuple[float, float] = (0.5, 10.0)  # live sources: first and longest wait between reopen attempts
     give_up_after: int = 5                # live sources that never gave a frame: opens before it is an error
     # The model input (width, height): with no `size`, cameras that scale in hardware are asked for a frame just
-    # covering it (device/cameras.py: covering_size), so the CPU resizes little. None: the cameras' defaults.
+    # covering it (device/capture/cameras.py: covering_size), so the CPU resizes little. None: the cameras' defaults.
     model_input: tuple[int, int] | None = None
 
 

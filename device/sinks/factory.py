@@ -1,22 +1,22 @@
 """The event sinks built from the run flags, in one place: every flag checked first (no side effects), then each
 sink opened (ports bound, pins claimed, connections started) — all before the camera opens.
 
-This is the one module that imports every sink; the sinks import only the interface (`device/events.py:
-EventSink`, `device/sink_queue.py: QueuedSink`), so adding a sink never makes an import cycle.
+This is the one module that imports every sink; the sinks import only the interface (`device/sinks/events.py:
+EventSink`, `device/sinks/sink_queue.py: QueuedSink`), so adding a sink never makes an import cycle.
 """
 from __future__ import annotations
 
 import sys
 
-from edgecls.device.classifier import UNCERTAIN
-from edgecls.device.events import (MQTT_PASSWORD_ENV, WEBHOOK_SECRET_ENV, EventOptions, EventSink, EventsOutput,
+from edgecls.device.model.classifier import UNCERTAIN
+from edgecls.device.sinks.events import (MQTT_PASSWORD_ENV, WEBHOOK_SECRET_ENV, EventOptions, EventSink, EventsOutput,
                                    EventTracker, bundle_id, check_levels, check_orphans, read_secret, watched_labels)
 from edgecls.errors import EdgeclsError
 
 
 def plan_mqtt(opts: EventOptions, log):
     """Check the MQTT flags (no side effects); what opens the connection later."""
-    from edgecls.device.mqtt_sink import MqttSink, parse_mqtt_url
+    from edgecls.device.sinks.mqtt_sink import MqttSink, parse_mqtt_url
     target = parse_mqtt_url(opts.mqtt, opts.mqtt_ca,
                             read_secret(MQTT_PASSWORD_ENV, "--mqtt-password-file", opts.mqtt_password_file))
     if opts.mqtt_qos not in (0, 1, 2):
@@ -29,7 +29,7 @@ def plan_mqtt(opts: EventOptions, log):
 
 def plan_webhook(opts: EventOptions, log):
     """Check the webhook flags (no side effects); what starts its thread later."""
-    from edgecls.device.webhook import WebhookSink, check_url
+    from edgecls.device.sinks.webhook import WebhookSink, check_url
     check_url(opts.webhook)
     if not 0 < opts.webhook_timeout <= 600:
         raise EdgeclsError("--webhook-timeout must be between 0 and 600 seconds")
@@ -39,7 +39,7 @@ def plan_webhook(opts: EventOptions, log):
 
 def plan_gpio(opts: EventOptions, labels: list[str], watch: list[str]):
     """Check the GPIO flags (no side effects; may add "uncertain" to `watch`); what claims the pins later."""
-    from edgecls.device.gpio import GpioSink, parse_pins
+    from edgecls.device.sinks.gpio import GpioSink, parse_pins
     pins = parse_pins(opts.gpio, labels)
     if UNCERTAIN in pins and UNCERTAIN not in watch:
         watch.append(UNCERTAIN)  # a pin for "uncertain" is asking to watch it
@@ -53,7 +53,7 @@ def plan_gpio(opts: EventOptions, labels: list[str], watch: list[str]):
 
 def plan_prometheus(opts: EventOptions, labels: list[str], log):
     """Check --metrics (no side effects); what binds its port later."""
-    from edgecls.device.prometheus import PrometheusSink
+    from edgecls.device.sinks.prometheus import PrometheusSink
     if not 0 <= opts.metrics < 65536:
         raise EdgeclsError(f"bad --metrics port {opts.metrics}")
     return lambda: PrometheusSink(opts.host, opts.metrics, labels, log=log)

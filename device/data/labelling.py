@@ -50,8 +50,8 @@ class LabellingOptions:
 def open_labelling(opts: LabellingOptions, net, event_out=None, log=_err, shadow=None) -> list:
     """The keep and web-page outputs the flags ask for (checked, folders made, port bound: before the camera
     opens). The page shows the recent events when `event_out` (the event model) is on."""
-    from edgecls.device.keep import KeepOutput
-    from edgecls.device.webui import UiEventSink, UiOutput, WebUi
+    from edgecls.device.data.keep import KeepOutput
+    from edgecls.device.data.webui import UiEventSink, UiOutput, WebUi
 
     opts.check()
     outs = []
@@ -75,9 +75,9 @@ def open_labelling(opts: LabellingOptions, net, event_out=None, log=_err, shadow
 
 def clean_page_folders(ui, log) -> None:
     """What killed processes left where the page files photos (the keep folder, each DATA_DIR/<class>): their
-    temporary files and sidecars without photos (device/photos.py: clean_leftovers). The page's own folders
+    temporary files and sidecars without photos (device/data/photos.py: clean_leftovers). The page's own folders
     only, after WebUi checked them (a class folder that is a symlink is not followed)."""
-    from edgecls.device.photos import clean_at_start
+    from edgecls.device.data.photos import clean_at_start
 
     folders = [ui.keep_dir] if ui.keep_dir is not None else []
     if ui.data_dir is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from edgecls.device.classifier import Prediction
+from edgecls.device.model.classifier import Prediction
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 

@@ -48,7 +48,7 @@ def copy_parent(src: Path, dest: Path) -> None:
 
 def provenance(bundle: Bundle, action: str, label: str, photos) -> dict:
     from edgecls import __version__
-    from edgecls.device.photos import iso_utc
+    from edgecls.device.data.photos import iso_utc
 
     parent = bundle.meta.get("derived", {})
     return {"device_local": True, "publisher": False, "action": action, "label": label, "time": iso_utc(),
@@ -70,7 +70,7 @@ def runnable(key: str) -> bool:
 
 def new_meta(bundle: Bundle, dest: Path, state, rule: dict, prov: dict) -> dict:
     """The new version's edgecls.json, less its exam: artifacts without an embedding output are left out."""
-    from edgecls.device.teach_head import HEAD_FILE, save_npz
+    from edgecls.device.teach.head import HEAD_FILE, save_npz
 
     save_npz(dest / bundle.meta["teach"]["file"], state.arrays)
     save_npz(dest / HEAD_FILE, {"kernel": state.kernel, "bias": state.bias})
@@ -89,8 +89,8 @@ def new_meta(bundle: Bundle, dest: Path, state, rule: dict, prov: dict) -> dict:
 
 def regenerate_exam(dest: Path, meta: dict, parent: Bundle) -> dict:
     """The exam's answers through the new classifier, on the parent's stored images (`golden` block)."""
-    from edgecls.device.runtime import load_model
-    from edgecls.device.verify import load_golden
+    from edgecls.device.model.runtime import load_model
+    from edgecls.device.model.verify import load_golden
 
     stored = load_golden(parent)
     if stored is None:
@@ -116,7 +116,7 @@ def regenerate_exam(dest: Path, meta: dict, parent: Bundle) -> dict:
 
 def write_version(bundle: Bundle, out: Path, state, rule: dict, action: str, label: str, photos) -> dict:
     """Write the version into a hidden folder beside `out`, take its exam, then rename it into place."""
-    from edgecls.device.verify import ExamFailed, verify
+    from edgecls.device.model.verify import ExamFailed, verify
 
     prov = provenance(bundle, action, label, photos)
     with atomic_dir(out) as tmp:

@@ -12,7 +12,7 @@ Policies are one function each, `(frame, result) -> reason or None`:
     random     each frame with probability --keep-chance (a plain sample of what the camera sees)
 `disagree` (needs `--shadow N`) keeps the shadowed frames whose int8 top-1 differs from the float model's: the
 float answer comes later, from the shadow's worker, so each shadowed frame is held (a few at most) until its pair
-arrives (device/shadow.py: ShadowReport.pairs).
+arrives (device/model/shadow.py: ShadowReport.pairs).
 """
 from __future__ import annotations
 
@@ -22,11 +22,11 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from edgecls.device.events import bundle_id
-from edgecls.device.outputs import Output
-from edgecls.device.shadow import QUEUED
-from edgecls.device.photos import clean_at_start, encode_jpeg, folder_bytes, iso_utc, save_photo, writable_dir
-from edgecls.device.sink_queue import QueuedSink
+from edgecls.device.sinks.events import bundle_id
+from edgecls.device.output.outputs import Output
+from edgecls.device.model.shadow import QUEUED
+from edgecls.device.data.photos import clean_at_start, encode_jpeg, folder_bytes, iso_utc, save_photo, writable_dir
+from edgecls.device.sinks.sink_queue import QueuedSink
 from edgecls.errors import EdgeclsError
 from edgecls.fsutil import WriteError
 
@@ -107,7 +107,7 @@ class KeepOutput(Output):
 
     def __init__(self, folder: Path, net, *, policy: str, rate: float, max_mb: float, below: float, chance: float,
                  log=None, seed: int | None = None, shadow: bool = False):
-        # (no defaults here: they are written once, device/labelling.py: LabellingOptions.DEFAULTS)
+        # (no defaults here: they are written once, device/data/labelling.py: LabellingOptions.DEFAULTS)
         policy_name = policy
         if policy_name == DISAGREE and not shadow:
             raise EdgeclsError("--keep-policy disagree needs --shadow N (the float model's answers to compare with)")

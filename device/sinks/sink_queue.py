@@ -10,7 +10,7 @@ import collections
 import re
 import threading
 
-from edgecls.device.events import EventSink
+from edgecls.device.sinks.events import EventSink
 
 QUEUE_SIZE = 256
 CLOSE_TIMEOUT_S = 3.0

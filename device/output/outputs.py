@@ -2,7 +2,7 @@
 
 Each output is one object with `render(frame, result, stats)` and `close()`; `Outputs` fans a result out to
 all of them and draws the overlay at most once per frame, only when some output shows pictures. With
-`run --shadow`, a `ShadowReport` (device/shadow.py) travels with the frame: its fields join the JSON line, its
+`run --shadow`, a `ShadowReport` (device/model/shadow.py) travels with the frame: its fields join the JSON line, its
 text the overlay and the MJPEG page, and its drift events become their own JSON lines and a console warning.
 """
 from __future__ import annotations
@@ -17,12 +17,12 @@ from typing import IO
 import cv2
 import numpy as np
 
-from edgecls.device.classifier import Prediction
-from edgecls.device.frame import Frame
-from edgecls.device.mjpeg import MjpegServer
-from edgecls.device.overlay import draw_overlay
-from edgecls.device.shadow import ShadowReport
-from edgecls.device.stats import LiveStats
+from edgecls.device.model.classifier import Prediction
+from edgecls.device.capture.frame import Frame
+from edgecls.device.output.mjpeg import MjpegServer
+from edgecls.device.output.overlay import draw_overlay
+from edgecls.device.model.shadow import ShadowReport
+from edgecls.device.output.stats import LiveStats
 from edgecls.errors import EdgeclsError
 from edgecls.fsutil import temp_file
 

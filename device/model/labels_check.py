@@ -1,9 +1,9 @@
-"""The bundle's labels held to what export wrote: part of the bundle's exam (device/verify.py).
+"""The bundle's labels held to what export wrote: part of the bundle's exam (device/model/verify.py).
 
 Labels are only names, so no answer of the exam can see them: a consistent edit of edgecls.json and labels.txt
 (two lines swapped) keeps every shape and every probability, and names every answer wrong. Export keeps two
 records of them outside edgecls.json: golden/labels.json (hashed, convert/golden.py) and each model file's own
-metadata (edgecls.bundle.LABELS_META; device/runtime.py: load_model refuses a file carrying other labels).
+metadata (edgecls.bundle.LABELS_META; device/model/runtime.py: load_model refuses a file carrying other labels).
 A bundle exported before either existed still runs, with one line saying its labels are unbound.
 """
 from __future__ import annotations

@@ -17,10 +17,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgecls.device.events import FOLDER_RATE
-from edgecls.device.photos import check_label, clean_at_start, iso_utc, save_photo, writable_dir
+from edgecls.device.sinks.events import FOLDER_RATE
+from edgecls.device.data.photos import check_label, clean_at_start, iso_utc, save_photo, writable_dir
 from edgecls.device.pipeline import stop_on_signals
-from edgecls.device.sources import Source, SourceOptions
+from edgecls.device.capture.sources import Source, SourceOptions
 from edgecls.errors import EdgeclsError
 from edgecls.fsutil import WriteError
 

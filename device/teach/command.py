@@ -2,9 +2,9 @@
 TensorFlow (docs/teach.md).
 
 The bundle's own model computes the photos' embeddings (its second output, convert/embeddings.py); the classifier
-is rebuilt in NumPy (device/teach_head.py: the new class imprinted from its normalised mean, then a few steps of
+is rebuilt in NumPy (device/teach/head.py: the new class imprinted from its normalised mean, then a few steps of
 L2-regularised softmax regression over the stored embeddings of every class); the unknown rule is re-calibrated
-(device/unknown.py); and a new bundle version is written beside the old one (device/teach_version.py), which is
+(device/model/unknown.py); and a new bundle version is written beside the old one (device/teach/version.py), which is
 kept, untouched, for going back. `--more LABEL` adds photos to a class, `--forget LABEL` removes one.
 """
 from __future__ import annotations
@@ -35,7 +35,7 @@ class TeachState:
 
     @classmethod
     def of(cls, bundle: Bundle) -> TeachState:
-        from edgecls.device.teach_head import base_labels, load_npz
+        from edgecls.device.teach.head import base_labels, load_npz
 
         if "teach" not in bundle.meta or not any("embedding" in (a.meta.get("outputs") or {})
                                                  for a in bundle.artifacts.values()):
@@ -54,7 +54,7 @@ class TeachState:
 
 
 def check_request(state: TeachState, label: str, more: bool, forget: bool) -> None:
-    from edgecls.device.photos import check_label
+    from edgecls.device.data.photos import check_label
 
     check_label(label, flag="--forget" if forget else ("--more" if more else "--label"))
     known = label in state.labels
@@ -79,7 +79,7 @@ def stored(state: TeachState, new: np.ndarray, index: int) -> dict[str, np.ndarr
 
 
 def add_class(state: TeachState, label: str, emb: np.ndarray) -> TeachState:
-    from edgecls.device.teach_head import fit_head, imprint
+    from edgecls.device.teach.head import fit_head, imprint
 
     kernel, bias = imprint(state.kernel, state.bias, emb)
     arrays = stored(state, emb, len(state.labels))
@@ -88,7 +88,7 @@ def add_class(state: TeachState, label: str, emb: np.ndarray) -> TeachState:
 
 
 def add_photos(state: TeachState, label: str, emb: np.ndarray) -> TeachState:
-    from edgecls.device.teach_head import fit_head
+    from edgecls.device.teach.head import fit_head
 
     arrays = stored(state, emb, state.labels.index(label))
     kernel, bias = fit_head(state.kernel, state.bias, arrays["embeddings"], arrays["classes"].astype(int))
@@ -125,11 +125,11 @@ class TeachRequest:
 
 def teach(req: TeachRequest) -> dict:
     """Teach (or --more, --forget); returns what was written. Nothing is written unless all of it is."""
-    from edgecls.device.runtime import load_model
-    from edgecls.device.teach_head import embed_all
-    from edgecls.device.teach_photos import collect
-    from edgecls.device.teach_version import next_version, write_version
-    from edgecls.device.unknown import calibrate
+    from edgecls.device.model.runtime import load_model
+    from edgecls.device.teach.head import embed_all
+    from edgecls.device.teach.photos import collect
+    from edgecls.device.teach.version import next_version, write_version
+    from edgecls.device.model.unknown import calibrate
 
     t0 = time.perf_counter()
     bundle = load_bundle(req.bundle)

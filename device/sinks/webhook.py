@@ -26,7 +26,7 @@ import urllib.parse
 import urllib.request
 import uuid
 
-from edgecls.device.sink_queue import QueuedSink, backoff_delays, masked_url, sleep_unless
+from edgecls.device.sinks.sink_queue import QueuedSink, backoff_delays, masked_url, sleep_unless
 from edgecls.errors import EdgeclsError
 
 SIGNATURE_HEADER = "X-Edgecls-Signature"

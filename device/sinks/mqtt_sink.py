@@ -22,7 +22,7 @@ import time
 import urllib.parse
 from dataclasses import dataclass
 
-from edgecls.device.sink_queue import QueuedSink, masked_url, wait_until
+from edgecls.device.sinks.sink_queue import QueuedSink, masked_url, wait_until
 from edgecls.errors import EdgeclsError
 
 RECONNECT_DELAY_S = (1, 30)

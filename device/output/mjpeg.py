@@ -4,7 +4,7 @@ GET /            a page showing the stream
 GET /stream      multipart/x-mixed-replace JPEG stream (what browsers, VLC and OpenCV read)
 GET /frame.jpg   the newest frame as one JPEG
 GET /status.json the status lines under the picture (`run --shadow`: live int8-vs-float agreement, drift)
-`routes(handler, method, path) -> bool` may serve more (the web page, device/webui.py): asked first, for GET
+`routes(handler, method, path) -> bool` may serve more (the web page, device/data/webui.py): asked first, for GET
 and POST; False lets the stream's own paths answer.
 Binds to 127.0.0.1 unless told otherwise: a camera feed should not reach the network by accident. Who may ask:
 edgecls/httpauth.py's rule (loopback Host headers only; any other bind needs the token), applied by the server.

@@ -10,7 +10,7 @@ the same events on every run; live sources use the monotonic clock. Each event i
      "source_time_s" (finite sources), "frame", "file" (image sources), "duration_s" (leave), "bundle"}
 
 This module is the event model and the sinks' interface (`EventSink`); the sinks themselves are built from the
-run flags in `device/sinks.py`, which imports them all (so no sink's import comes back here).
+run flags in `device/sinks/factory.py`, which imports them all (so no sink's import comes back here).
 """
 from __future__ import annotations
 
@@ -23,9 +23,9 @@ from typing import IO
 
 import numpy as np
 
-from edgecls.device.classifier import UNCERTAIN
-from edgecls.device.outputs import Output
-from edgecls.device.photos import iso_utc
+from edgecls.device.model.classifier import UNCERTAIN
+from edgecls.device.output.outputs import Output
+from edgecls.device.data.photos import iso_utc
 from edgecls.errors import EdgeclsError
 from edgecls.httpauth import DEFAULT_BIND
 

@@ -18,10 +18,10 @@ import numpy as np
 
 from edgecls.bundle import (FEED_VALUES, INPUT_FEEDS, LABELS_META, PIXEL_CODES, Artifact, Bundle,
                             labels_difference, labels_from_meta)
-from edgecls.device.onnx_scan import OnnxParseError, external_tensors
-from edgecls.device.tflite_scan import TfliteParseError
-from edgecls.device.teach_head import base_labels, with_head
-from edgecls.device.tflite_scan import metadata as tflite_metadata
+from edgecls.device.model.onnx_scan import OnnxParseError, external_tensors
+from edgecls.device.model.tflite_scan import TfliteParseError
+from edgecls.device.teach.head import base_labels, with_head
+from edgecls.device.model.tflite_scan import metadata as tflite_metadata
 from edgecls.errors import EdgeclsError
 from edgecls.preprocess import PreprocessSpec, model_input
 
@@ -355,7 +355,7 @@ def load_model(bundle: Bundle, family: str | None = None, precision: str | None 
     """The bundle's artifact for --format/--precision, opened, with its file's labels held to the bundle's."""
     art = bundle.artifact(family, precision)
     cls = BACKENDS[art.fmt.runtime]
-    own_labels = base_labels(bundle)   # a taught version (device/teach.py) answers through head.npz
+    own_labels = base_labels(bundle)   # a taught version (device/teach/command.py) answers through head.npz
     if cls is OnnxModel:
         try:
             import onnxruntime  # noqa: F401

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 
-from edgecls.device.events import EventSink
+from edgecls.device.sinks.events import EventSink
 from edgecls.errors import EdgeclsError
 from edgecls.httpserve import BoundedHTTPServer, GuardedHandler
 
@@ -31,7 +31,7 @@ class PrometheusSink(EventSink):
         self.latency = Histogram("edgecls_latency_seconds", "Capture to result time per frame",
                                  buckets=LATENCY_BUCKETS_S, registry=reg)
         self.events = Counter("edgecls_events", "Events by label and kind", ["label", "event"], registry=reg)
-        # `run --shadow N`: the live int8-vs-float figures (device/drift.py: ShadowFigures), once pairs exist.
+        # `run --shadow N`: the live int8-vs-float figures (device/model/drift.py: ShadowFigures), once pairs exist.
         self.shadow_pairs = Gauge("edgecls_shadow_pairs", "Frames compared with the float model", registry=reg)
         self.shadow_agreement = Gauge("edgecls_shadow_agreement", "Live int8-vs-float top-1 agreement (0..1)",
                                       registry=reg)

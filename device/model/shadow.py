@@ -24,10 +24,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgecls.bundle import Bundle
-from edgecls.device.classifier import Prediction
-from edgecls.device.drift import DriftMonitor, Pair, ShadowFigures, agreement_floor
-from edgecls.device.frame import Frame
-from edgecls.device.runtime import load_model
+from edgecls.device.model.classifier import Prediction
+from edgecls.device.model.drift import DriftMonitor, Pair, ShadowFigures, agreement_floor
+from edgecls.device.capture.frame import Frame
+from edgecls.device.model.runtime import load_model
 from edgecls.errors import EdgeclsError
 from edgecls.formats import BY_KEY, float_twin as twin_key
 from edgecls.metrics import top_margin
@@ -139,7 +139,7 @@ class Shadow:
 
 @dataclass
 class ShadowReport:
-    """What the shadow adds to one frame's outputs (device/outputs.py)."""
+    """What the shadow adds to one frame's outputs (device/output/outputs.py)."""
     status: str | None          # this frame: QUEUED, SKIPPED, or None (not due)
     pairs: list[dict]           # pairs completed since the previous frame, as JSON records
     figures: dict | None        # the running figures, when pairs completed (ShadowFigures.to_dict)

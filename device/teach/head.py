@@ -3,7 +3,7 @@ NumPy to the model's embedding output (`HeadModel`), and how it is fitted (`fit_
 steps of L2-regularised softmax regression). No TensorFlow.
 
 The embedding output and the stored embeddings come from export (convert/embeddings.py); the teach command is
-device/teach.py.
+device/teach/command.py.
 """
 from __future__ import annotations
 

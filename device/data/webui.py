@@ -1,7 +1,7 @@
 """The device's own web page: `edgecls run … --ui PORT` (live) and `edgecls ui DATA_DIR` (labelling alone).
 
-Plain HTML + a little JavaScript from device/static/ (no build step, no CDN: devices are often offline), served
-by the MJPEG server (device/mjpeg.py: bounded connections and timeouts) on 127.0.0.1 unless --host says more.
+Plain HTML + a little JavaScript from device/data/static/ (no build step, no CDN: devices are often offline), served
+by the MJPEG server (device/output/mjpeg.py: bounded connections and timeouts) on 127.0.0.1 unless --host says more.
 
     GET  /                  the page                       GET  /static/app.js, /static/style.css
     GET  /stream            the annotated MJPEG stream     GET  /frame.jpg   the newest annotated frame
@@ -30,10 +30,10 @@ import threading
 import time
 from pathlib import Path
 
-from edgecls.device.events import EventSink
-from edgecls.device.mjpeg import MjpegServer
-from edgecls.device.outputs import Output, result_record
-from edgecls.device.photos import (SAFE_NAME, check_label, discard_photo, iso_utc, move_photo, save_photo,
+from edgecls.device.sinks.events import EventSink
+from edgecls.device.output.mjpeg import MjpegServer
+from edgecls.device.output.outputs import Output, result_record
+from edgecls.device.data.photos import (SAFE_NAME, check_label, discard_photo, iso_utc, move_photo, save_photo,
                                    writable_dir)
 from edgecls.errors import EdgeclsError
 from edgecls.fsutil import DISK_FULL

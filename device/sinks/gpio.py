@@ -7,8 +7,8 @@ and released at exit. Tests use gpiozero's MockFactory, as its documentation rec
 """
 from __future__ import annotations
 
-from edgecls.device.classifier import UNCERTAIN
-from edgecls.device.sink_queue import QueuedSink
+from edgecls.device.model.classifier import UNCERTAIN
+from edgecls.device.sinks.sink_queue import QueuedSink
 from edgecls.errors import EdgeclsError
 
 

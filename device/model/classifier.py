@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgecls.bundle import load_bundle
-from edgecls.device.frame import Frame
-from edgecls.device.runtime import load_model
-from edgecls.device.unknown import UNKNOWN, UnknownRule
+from edgecls.device.capture.frame import Frame
+from edgecls.device.model.runtime import load_model
+from edgecls.device.model.unknown import UNKNOWN, UnknownRule
 from edgecls.errors import EdgeclsError
 from edgecls.preprocess import prepare
 
@@ -62,7 +62,7 @@ class Classifier:
         self.labels, self.spec = self.bundle.labels, self.bundle.spec
         self.top_k = max(1, min(top_k, len(self.labels)))
         self.threshold = threshold
-        # The bundle's calibrated unknown rule (device/unknown.py); --threshold, when given, overrides it.
+        # The bundle's calibrated unknown rule (device/model/unknown.py); --threshold, when given, overrides it.
         self.unknown_rule = UnknownRule.from_bundle(self.bundle) if threshold == 0.0 and self.model.has_embedding else None
         self._history: deque[np.ndarray] = deque(maxlen=smooth)
 

@@ -72,7 +72,7 @@ class UnknownRule:
     @classmethod
     def from_bundle(cls, bundle) -> UnknownRule | None:
         """The rule edgecls.json records, with its class means from teach.npz; None for a bundle without one."""
-        from edgecls.device.teach_head import load_npz
+        from edgecls.device.teach.head import load_npz
 
         block, teach = bundle.meta.get("unknown"), bundle.meta.get("teach")
         if not block or not teach:

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from edgecls.bundle import GOLDEN_LABELS, PIXEL_CODES, Bundle, golden_entries, labels_from_meta, verify_file
-from edgecls.device.labels_check import labels_check, labels_line, unbound_note
+from edgecls.device.model.labels_check import labels_check, labels_line, unbound_note
 from edgecls.errors import EdgeclsError
 from edgecls.formats import BY_KEY
 
@@ -320,7 +320,7 @@ def run_exam(bundle: Bundle, models: dict, golden: Golden, load=None, t0: float 
 
 
 def loader(bundle: Bundle, threads: int | None = None):
-    from edgecls.device.runtime import load_model
+    from edgecls.device.model.runtime import load_model
 
     def load(key: str):
         fmt = BY_KEY[key]
@@ -338,7 +338,7 @@ def verify(bundle: Bundle, keys: list[str], threads: int | None = None) -> Exam:
     load = loader(bundle, threads)
     exam = run_exam(bundle, {k: load(k) for k in keys}, golden, load, t0)
     if "imx500" in bundle.meta:   # export --target imx500: say which exam applied to it, and that this is not it
-        from edgecls.device.imx500_camera import startup_note
+        from edgecls.device.capture.imx500_camera import startup_note
 
         exam.sensor = startup_note(bundle.meta)
     return exam

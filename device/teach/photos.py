@@ -1,4 +1,4 @@
-"""The photos `edgecls teach` learns from: a folder, image files, a video or a camera (device/sources.py), each
+"""The photos `edgecls teach` learns from: a folder, image files, a video or a camera (device/capture/sources.py), each
 prepared as the live loop prepares a frame, with a record of what was used (name and sha256). No TensorFlow.
 
 A folder is read whole before anything is computed: one unreadable photo stops the teach with its name (a
@@ -65,7 +65,7 @@ def from_frames(source, spec, count: int, every: int) -> TeachPhotos:
 
 def collect(uri: str, spec, count: int, every: int = 1) -> TeachPhotos:
     """Up to `count` prepared photos from `uri`; EdgeclsError (one line) for an empty or unreadable source."""
-    from edgecls.device.sources import ImageFilesSource, SourceOptions, open_source
+    from edgecls.device.capture.sources import ImageFilesSource, SourceOptions, open_source
 
     if not 1 <= count <= MAX_COUNT:
         raise EdgeclsError(f"--count must be between 1 and {MAX_COUNT}")
