@@ -156,7 +156,7 @@ class Context:
 
         n = min(o.max_float_ops, len(ranked)) + 1
         with progress_bar("mixed-precision search", quiet=not o.show_progress, total=n) as adv:
-            result = search.run(ranked, build, lambda p: self.agreement("tflite-int8", p),
+            result = search.choose_float_ops(ranked, build, lambda p: self.agreement("tflite-int8", p),
                                 lambda paths: self.latency_ratios("tflite-int8", paths, self.float_tflite()),
                                 o.target_agreement / 100, o.max_latency_ratio, o.max_float_ops, progress=adv)
         kept = result["steps"][result["chosen"]]

@@ -113,7 +113,7 @@ def convert(job: Path, q_model) -> dict:
     return {"converter_log": [line for line in r.stdout.splitlines() if line.strip()][-20:]}
 
 
-def run(job: Path) -> dict:
+def convert_job(job: Path) -> dict:
     import numpy as np
 
     spec = json.loads((job / "job.json").read_text())
@@ -156,6 +156,6 @@ def _version(name: str) -> str:
 
 if __name__ == "__main__":
     job_dir = Path(sys.argv[1])
-    result = run(job_dir)
+    result = convert_job(job_dir)
     (job_dir / "result.json").write_text(json.dumps(result))
     sys.exit(3 if "error" in result else 0)

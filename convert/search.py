@@ -33,7 +33,7 @@ class Step:
         return self.agreed / self.images if self.images else 0.0
 
 
-def run(ranked: list[tuple[str, float]], build: Callable[[list[str]], Path],
+def choose_float_ops(ranked: list[tuple[str, float]], build: Callable[[list[str]], Path],
         score: Callable[[Path], tuple[int, int]], ratios: Callable[[list[Path]], list[float]],
         target: float, max_ratio: float, max_float_ops: int, progress=None) -> dict:
     """Steps k = 0, 1, … keep the k worst-ranked ops float. Returns {"steps", "chosen", "path", "reached",

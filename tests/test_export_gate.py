@@ -140,7 +140,7 @@ def _fake_search(agreements, ratios, target=0.99, max_ratio=0.65, max_ops=6):
         return [ratios[int(p.name[4:])] for p in paths]
 
     timed_calls = []
-    result = search.run(ranked, build, score, timed, target, max_ratio, max_ops)
+    result = search.choose_float_ops(ranked, build, score, timed, target, max_ratio, max_ops)
     assert timed_calls == [len(built)]
     return result, built
 

@@ -39,7 +39,7 @@ def launch(train_one, cfg, out: Path, force: bool, resume: bool, quiet: bool) ->
     if resume:
         refuse_resume_flag(out)
     elif cfg is not None and cfg.strategy == "multiworker":
-        return train(train_one, cfg, out, force, resume, quiet)
+        return train_on_workers(train_one, cfg, out, force, resume, quiet)
     elif cfg is not None:
         warn_if_cluster_unused(cfg.strategy, quiet)
     return train_one(cfg, out, force, resume, quiet)
@@ -269,7 +269,7 @@ def _unpack(packed: bytes, into: Path) -> bool:
 
 # ---------------------------------------------------------------- one worker's part
 
-def train(train_fn, cfg, out: Path, force: bool, resume: bool, quiet: bool) -> dict:
+def train_on_workers(train_fn, cfg, out: Path, force: bool, resume: bool, quiet: bool) -> dict:
     """Run `train_fn` (trainer's single-process run) as this worker's part of the run."""
     from edgecls.fsutil import scratch_dir
     from edgecls.progress import say
