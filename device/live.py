@@ -4,6 +4,7 @@ bundle never touches the camera. Nothing here imports TensorFlow.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 
@@ -24,6 +25,8 @@ def run_live(s: RunSettings) -> None:
     starting(s.bundle, _err)   # in a device folder: a crash loop goes back to the previous bundle
     open_net = _net_opener(s, every)
     net, shadow = open_net(s.bundle)
+    if _on_sensor(s):   # the AI Camera: its source is the network file the classifier checked
+        s = dataclasses.replace(s, source=net.source_uri)
     s.source_opts.model_input = (net.spec.width, net.spec.height)   # cameras that scale in hardware: near it
     self_test = _startup_exam(s, net)
     src, output, updates = _open_outputs_and_source(s, net, shadow, open_net)
@@ -43,6 +46,8 @@ def _net_opener(s: RunSettings, every: int | None):
     from edgecls.device.model.shadow import ShadowCheck
 
     m = s.model
+    if _on_sensor(s):
+        return _sensor_opener(s)
 
     def open_net(path):
         n = Classifier(path, m.format, m.precision, threads=m.threads, top_k=m.top_k, smooth=m.smooth,
@@ -51,12 +56,39 @@ def _net_opener(s: RunSettings, every: int | None):
     return open_net
 
 
+def _on_sensor(s: RunSettings) -> bool:
+    """--source imx500: the network runs on the AI Camera's sensor, and the source says so (never guessed)."""
+    from edgecls.device.capture.imx500_camera import is_imx500
+
+    return is_imx500(s.source)
+
+
+def _sensor_opener(s: RunSettings):
+    """path -> (SensorClassifier, None); what needs a model on this CPU is refused first, in one line."""
+    from edgecls.device.model.sensor_classifier import SensorClassifier
+    from edgecls.errors import EdgeclsError
+
+    cpu_only = [flag for flag, given in (("--format", s.model.format), ("--precision", s.model.precision),
+                                         ("--shadow", s.shadow.shadow_every), ("--updates-url", s.updates.updates_url))
+                if given is not None]
+    if cpu_only:
+        raise EdgeclsError(f"{', '.join(cpu_only)} cannot be used with --source imx500: the network runs on the "
+                           "camera's sensor, not on this CPU (docs/imx500.md)")
+    m = s.model
+    return lambda path: (SensorClassifier(path, s.source, top_k=m.top_k, smooth=m.smooth, threshold=m.threshold), None)
+
+
 def _startup_exam(s: RunSettings, net):
     """The bundle's exam with this machine's runtime, before the source opens (a failed one in a device folder is
-    recorded, for going back)."""
+    recorded, for going back). On the AI Camera's sensor no exam can be taken: say which one applied instead."""
     from edgecls.device.model.verify import ExamFailed, SelfTest, startup_exam
     from edgecls.fleet.live import exam_failed
 
+    if _on_sensor(s):
+        from edgecls.device.capture.imx500_camera import startup_note
+
+        _err(f"edgecls: note: {startup_note(net.bundle.meta)}")
+        return SelfTest("", {"passed": None, "skipped": "imx500: the network runs on the camera's sensor"})
     if s.model.no_verify:
         return SelfTest("", {"passed": None, "skipped": "--no-verify"})
     try:

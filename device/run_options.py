@@ -115,8 +115,8 @@ def _opts(owner, *rows) -> tuple[Opt, ...]:
 _LABELLING = LabellingOptions.DEFAULTS
 SOURCE = _opts(
     SourceOptions,
-    ("source", ("--source", "-s"), str, "picam:[N] | csi://N | /dev/videoN | usb:N | rtsp://… | http://… | "
-                                        "video file | image file | folder | glob", {"owner": None}),
+    ("source", ("--source", "-s"), str, "picam:[N] | csi://N | /dev/videoN | usb:N | imx500[:PATH.rpk] | "
+                                        "rtsp://… | http://… | video file | image file | folder | glob", {"owner": None}),
     ("resolution", "--resolution", str, "Camera capture size, e.g. 1280x720.", {"owner": None}),
     ("fps", "--fps", float, "Camera capture rate."),
     ("flip", "--flip", str, "none|h|v|both", {"owner": Orientation}),

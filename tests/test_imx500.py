@@ -106,61 +106,52 @@ def test_imx500_and_tensorrt_export_for_real(tiny_run, tmp_path):
     assert os.path.getsize(out / block["quantized_model"]["file"]) > 0
 
 
-def test_camera_adapter_follows_picamera2s_imx500_api(tmp_path, monkeypatch):
-    """device/capture/imx500_camera.py against a stand-in for picamera2 with exactly the names its IMX500 examples use (no
-    camera here: what real hardware does with them is untested, docs/imx500.md)."""
+@pytest.fixture
+def standin_picamera2(monkeypatch):
+    """tests/standins/picamera2 importable as picamera2 for one test, and gone again after it."""
     import sys
-    import types
 
+    names = ("picamera2", "picamera2.devices")
+    assert not any(name in sys.modules for name in names)
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "standins"))
+    yield
+    for name in names:
+        sys.modules.pop(name, None)
+
+
+def test_camera_adapter_follows_picamera2s_imx500_api(tmp_path, monkeypatch, standin_picamera2):
+    """device/capture/imx500_camera.py against a stand-in for picamera2 with exactly the names its manual and IMX500
+    examples use (tests/standins/picamera2; no camera here: what real hardware does with them is untested,
+    docs/imx500.md): frames without an output (the network uploading) are skipped, and each frame's pixels come with
+    the tensor of the same request."""
     import numpy as np
 
     from edgecls.device.capture import imx500_camera
+    from edgecls.device.capture.cameras import SourceOpenError
     from edgecls.errors import EdgeclsError
 
-    calls = []
+    outputs = tmp_path / "outputs.npy"
+    np.save(outputs, np.array([[0.1, 0.7, 0.2], [0.6, 0.3, 0.1]], np.float32))
+    monkeypatch.setenv("STANDIN_IMX500_OUTPUTS", str(outputs))
+    monkeypatch.setenv("STANDIN_IMX500_LOADING", "2")
+    monkeypatch.delenv("STANDIN_IMX500_LOG", raising=False)
+    import picamera2
 
-    class IMX500:
-        def __init__(self, path):
-            calls.append(("IMX500", path))
-            self.camera_num, self.outputs = 1, [None, [np.array([[0.1, 0.7, 0.2]], np.float32)]]
-
-        def show_network_fw_progress_bar(self):
-            calls.append(("progress",))
-
-        def get_outputs(self, metadata, add_batch=False):
-            assert metadata == {"CnnOutputTensor": "…"} and add_batch
-            return self.outputs.pop(0)
-
-    class Picamera2:
-        def __init__(self, camera_num):
-            calls.append(("Picamera2", camera_num))
-
-        def create_preview_configuration(self, controls=None, buffer_count=None):
-            return {"controls": controls}
-
-        def start(self, config, show_preview=False):
-            calls.append(("start", config["controls"]["FrameRate"], show_preview))
-
-        def capture_metadata(self):
-            return {"CnnOutputTensor": "…"}
-
-        def stop(self):
-            calls.append(("stop",))
-
-    monkeypatch.setitem(sys.modules, "picamera2", types.SimpleNamespace(Picamera2=Picamera2))
-    monkeypatch.setitem(sys.modules, "picamera2.devices", types.SimpleNamespace(IMX500=IMX500))
     rpk = tmp_path / "network.rpk"
-    with pytest.raises(EdgeclsError, match="imx500-package"):
-        imx500_camera.Imx500Camera(rpk, ["a", "b", "c"])
+    with pytest.raises(SourceOpenError, match="imx500-package"):
+        imx500_camera.Imx500Capture(rpk)
     rpk.write_bytes(b"rpk")
-    cam = imx500_camera.Imx500Camera(rpk, ["a", "b", "c"])
-    assert cam.read() is None                      # no output yet (the network still loading)
-    result = cam.read()
-    assert result.label == "b" and result.score == pytest.approx(0.7)
-    cam.close()
-    assert calls == [("IMX500", str(rpk)), ("Picamera2", 1), ("progress",), ("start", 30.0, False), ("stop",)]
+    cam = imx500_camera.Imx500Capture(rpk, size=(320, 240))
+    assert (cam.order, cam.frame_size) == ("BGR", (320, 240))     # RGB888 asked for: OpenCV's order, no conversion
+    first = cam.read()
+    assert first.shape == (240, 320, 3) and cam.outputs.ravel().tolist() == pytest.approx([0.1, 0.7, 0.2])
+    cam.read()
+    assert cam.outputs.ravel().tolist() == pytest.approx([0.6, 0.3, 0.1])
+    cam.release()
+    assert picamera2.CALLS == [("IMX500", str(rpk)), ("Picamera2", 0), ("progress",),
+                               ("start", "RGB888", 30.0, 12, False), ("stop",), ("close",)]
     with pytest.raises(EdgeclsError, match="not this bundle's"):
-        imx500_camera.interpret([np.zeros((1, 5))], ["a", "b", "c"])
+        imx500_camera.probabilities(np.zeros((1, 5)), ["a", "b", "c"])
     note = imx500_camera.startup_note({"imx500": {"metrics": {"agreement_heldout": {"agreed": 108, "images": 110}}}})
     assert "cannot take the bundle's exam" in note and "108/110" in note
 

@@ -5,8 +5,8 @@ exhausted (unless loop=True). Live sources (cameras, network streams) are read o
 only the newest frame, so a slow model never works on stale pictures; a device or stream that fails is
 reopened with exponential backoff while the loop keeps waiting.
 
-URIs: picam: | picam:N | csi://N | /dev/videoN | usb:N | rtsp://… | http(s)://… | video file | image file |
-folder | glob (e.g. "photos/*.jpg").
+URIs: picam: | picam:N | csi://N | /dev/videoN | usb:N | imx500:PATH.rpk (the AI Camera: frames carry the sensor's
+output) | rtsp://… | http(s)://… | video file | image file | folder | glob (e.g. "photos/*.jpg").
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ import cv2
 from edgecls.device.capture.cameras import (NETWORK_TIMEOUT_MS, CvCapture, FramesTooLarge, PicamCapture, SourceOpenError,
                                     open_csi)
 from edgecls.device.capture.frame import Frame, Orientation
+from edgecls.device.capture.imx500_camera import SCHEME as IMX500, Imx500Capture, SensorFrame, is_imx500
 from edgecls.errors import EdgeclsError
 from edgecls.images import ImageRefused, file_kind, is_image_name, load_rgb
 
@@ -221,13 +222,17 @@ class LiveSource(Source):
             self._frames_this_open += 1
             self._delay = self.opts.backoff[0]
             # Orientation is applied by the consumer, to the frames it takes, not to every captured one.
-            frame = Frame(img, self.order, time.monotonic(), self.captured)
+            frame = self._frame(img)
             with self._cond:
                 self._latest = frame
                 self.captured += 1
                 self._cond.notify_all()
         with self._cond:
             self._cond.notify_all()
+
+    def _frame(self, img) -> Frame:
+        """The frame for pixels just read (on the capture thread, right after the read)."""
+        return Frame(img, self.order, time.monotonic(), self.captured)
 
     def __iter__(self) -> Iterator[Frame]:
         seen = -1
@@ -258,6 +263,14 @@ class LiveSource(Source):
             cap.release()
 
 
+class SensorSource(LiveSource):
+    """The AI Camera (device/capture/imx500_camera.py): its frames carry the output the sensor's network computed on
+    them (`SensorFrame.outputs`), which `SensorClassifier` reads instead of running a model on this CPU."""
+
+    def _frame(self, img) -> Frame:
+        return SensorFrame(img, self.order, time.monotonic(), self.captured, outputs=self.cap.outputs)
+
+
 def _image_files(folder: Path) -> list[Path]:
     out = []
     for dirpath, dirnames, filenames in os.walk(folder):
@@ -280,6 +293,11 @@ def open_source(uri: str, opts: SourceOptions | None = None) -> Source:
     if uri == "picam" or uri.startswith("picam:"):
         idx = _device_index(uri, "picam:") if uri != "picam" else 0
         return LiveSource(lambda: PicamCapture(idx, size, fps, model), f"picam:{idx}", opts)
+    if is_imx500(uri):
+        rpk = uri[len(IMX500) + 1:]
+        if not rpk:   # `run` names the bundle's own network; elsewhere the file must be given
+            raise SourceOpenError("--source imx500 needs its network file here: imx500:PATH.rpk")
+        return SensorSource(lambda: Imx500Capture(Path(rpk), size, fps), f"{IMX500}:{rpk}", opts)
     if uri.startswith("csi://"):
         idx = _device_index(uri, "csi://")
         return LiveSource(lambda: open_csi(idx, size, fps, model), uri, opts)

@@ -52,6 +52,7 @@ def open_labelling(opts: LabellingOptions, net, event_out=None, log=_err, shadow
     opens). The page shows the recent events when `event_out` (the event model) is on."""
     from edgecls.device.data.keep import KeepOutput
     from edgecls.device.data.webui import UiEventSink, UiOutput, WebUi
+    from edgecls.device.teach.page import TeachPage
 
     opts.check()
     outs = []
@@ -60,6 +61,7 @@ def open_labelling(opts: LabellingOptions, net, event_out=None, log=_err, shadow
             outs.append(KeepOutput(opts.keep, net, **opts.keep_settings(), log=log, shadow=shadow is not None))
         if opts.ui is not None:
             ui = WebUi(opts.host, opts.ui, net.labels, opts.data, opts.keep, live=True, log=log)
+            ui.teacher = TeachPage(net.bundle.root, ui, log)   # "teach as a new class" (device/teach/page.py)
             clean_page_folders(ui, log)
             if outs:
                 ui.extra_status = lambda: outs[0].summary()["keep"]

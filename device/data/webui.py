@@ -6,19 +6,22 @@ by the MJPEG server (device/output/mjpeg.py: bounded connections and timeouts) o
     GET  /                  the page                       GET  /static/app.js, /static/style.css
     GET  /stream            the annotated MJPEG stream     GET  /frame.jpg   the newest annotated frame
     GET  /api/status        {"mode", "labels", "frames", "fps", "latency_ms_p50", "label", "confidence", "top",
-                             "events", "keep", "data", "can_label", "can_capture"}
+                             "events", "keep", "data", "can_label", "can_capture", "can_teach"}
     GET  /api/kept          {"photos": [{"name", "url", "time", "reason", "model": {…}}]}, newest first
     GET  /api/kept/NAME.jpg a kept frame
     POST /api/label         {"name": NAME.jpg, "label": CLASS}: the kept frame and its sidecar → DATA_DIR/CLASS/
     POST /api/discard       {"name": NAME.jpg}: delete a kept frame and its sidecar
     POST /api/capture       {"label": CLASS}: the current frame (full resolution, no overlay) → DATA_DIR/CLASS/
+    POST /api/teach         {"label": NEW, "names": [NAME.jpg, …]} or {"label": NEW, "capture": N}: teach the
+    GET  /api/teach         bundle a new class (run --ui only; device/teach/page.py: TeachPage, dispatched here)
 
 Every state change is a POST with a JSON body (Content-Type: application/json — which another site's page
-cannot send here without a CORS preflight this server never answers), at most MAX_BODY bytes. Names must be
-plain file names inside the keep folder (no '/', '..', leading dot, or symlink); labels must be the bundle's (or
-DATA_DIR's classes). Who may ask at all is edgecls/httpauth.py's rule (a loopback Host header, or on any other
-bind the token), applied by the server before these routes. A disk fault while saving, moving or discarding a
-photo is a reply too (507 full, 403 read-only or not allowed, 500 else; {"error": reason}) and one warning line.
+cannot send here without a CORS preflight this server never answers), at most MAX_BODY bytes (TEACH_MAX_BODY for
+/api/teach). Names must be plain file names inside the keep folder (no '/', '..', leading dot, or symlink); labels
+must be the bundle's (or DATA_DIR's classes; a taught label must be new: device/teach/page.py). Who may ask at
+all is edgecls/httpauth.py's rule (a loopback Host header, or on any other bind the token), applied by the
+server before these routes. A disk fault while saving, moving or discarding a photo is a reply too (507 full,
+403 read-only or not allowed, 500 else; {"error": reason}) and one warning line.
 """
 from __future__ import annotations
 
@@ -44,6 +47,7 @@ STATIC_FILES = {"/": ("index.html", "text/html; charset=utf-8"),
                 "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
                 "/static/style.css": ("style.css", "text/css; charset=utf-8")}
 MAX_BODY = 4096        # bytes of a POST body: a name and a label
+TEACH_MAX_BODY = 65536  # /api/teach: a label and the names of up to a few hundred kept frames
 RECENT_EVENTS = 20
 GALLERY_MAX = 200
 
@@ -71,6 +75,7 @@ class WebUi:
         self.frame = None
         self.source_name = ""
         self.extra_status = None   # () -> dict: e.g. the keep output's counts
+        self.teacher = None        # run --ui: device/teach/page.py: TeachPage (set by device/data/labelling.py)
         self._lock = threading.Lock()
         self._published = 0.0
         self.log = log or (lambda m: print(m, file=sys.stderr, flush=True))
@@ -98,6 +103,8 @@ class WebUi:
 
     def route(self, h, method: str, path: str) -> bool:
         try:
+            if path == "/api/teach":
+                return self._teach(h, method)
             if method == "GET":
                 if path in STATIC_FILES:
                     name, ctype = STATIC_FILES[path]
@@ -147,7 +154,8 @@ class WebUi:
         out = {"mode": "run" if self.live else "label", "labels": self.labels, "source": self.source_name,
                "frames": 0, "fps": 0.0, "latency_ms_p50": None, "label": None, "confidence": None, "top": [],
                "events": list(self.events), "can_label": self.data_dir is not None and self.keep_dir is not None,
-               "can_capture": self.live and self.data_dir is not None, "data": self.data_counts(), "keep": {}}
+               "can_capture": self.live and self.data_dir is not None, "data": self.data_counts(), "keep": {},
+               "can_teach": self.teacher is not None}
         if stats is not None:
             s = stats.summary()
             out.update({"frames": s["frames"], "fps": rec.get("fps", 0.0), "latency_ms_p50": s["latency_ms_p50"],
@@ -193,6 +201,14 @@ class WebUi:
                 "source": self.source_name, "frame": frame.index, "by": "ui-capture",
                 "model": {k: self.record.get(k) for k in ("label", "confidence", "top")}}
         return save_photo(self._class_dir(label), frame.bgr(), side)
+
+    def _teach(self, h, method: str) -> bool:
+        if self.teacher is None:
+            raise BadRequest(409, "teaching needs the model: `edgecls run BUNDLE … --ui PORT` "
+                                  "(this page only labels)")
+        if method == "GET":
+            return _json(h, 200, self.teacher.state())
+        return _json(h, *self.teacher.start(_body(h, TEACH_MAX_BODY), self._kept_photo))
 
     def _label(self, body: dict) -> str:
         label = _field(body, "label")
@@ -267,7 +283,7 @@ def _json(h, code: int, obj) -> bool:
     return True
 
 
-def _body(h) -> dict:
+def _body(h, limit: int = MAX_BODY) -> dict:
     ctype = h.headers.get("Content-Type", "").split(";")[0].strip().lower()
     if ctype != "application/json":
         raise BadRequest(415, "send JSON (Content-Type: application/json)")
@@ -275,8 +291,8 @@ def _body(h) -> dict:
         length = int(h.headers.get("Content-Length", ""))
     except ValueError:
         raise BadRequest(411, "Content-Length required") from None
-    if not 0 <= length <= MAX_BODY:
-        raise BadRequest(413, f"request body over {MAX_BODY} bytes")
+    if not 0 <= length <= limit:
+        raise BadRequest(413, f"request body over {limit} bytes")
     try:
         body = json.loads(h.rfile.read(length))
     except ValueError:

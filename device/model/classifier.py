@@ -50,15 +50,23 @@ def rank(probs: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-probs, kind="stable")[:k]
 
 
+def check_decision(smooth: int, threshold: float) -> None:
+    if smooth < 1:
+        raise EdgeclsError("--smooth must be at least 1 (frames to average)")
+    if not 0.0 <= threshold <= 1.0:
+        raise EdgeclsError("--threshold must be between 0 and 1")
+
+
 class Classifier:
     def __init__(self, bundle_path, family: str | None = None, precision: str | None = None,
                  threads: int | None = None, top_k: int = 3, smooth: int = 1, threshold: float = 0.0):
-        if smooth < 1:
-            raise EdgeclsError("--smooth must be at least 1 (frames to average)")
-        if not 0.0 <= threshold <= 1.0:
-            raise EdgeclsError("--threshold must be between 0 and 1")
+        check_decision(smooth, threshold)
         self.bundle = load_bundle(bundle_path)
         self.model = load_model(self.bundle, family, precision, threads=threads)
+        self.set_decision(top_k, smooth, threshold)
+
+    def set_decision(self, top_k: int, smooth: int, threshold: float) -> None:
+        """How an answer is decided from the probabilities (shared with device/model/sensor_classifier.py)."""
         self.labels, self.spec = self.bundle.labels, self.bundle.spec
         self.top_k = max(1, min(top_k, len(self.labels)))
         self.threshold = threshold
@@ -70,14 +78,18 @@ class Classifier:
     def artifact_key(self) -> str:
         return self.model.key
 
-    def classify(self, frame: Frame) -> Prediction:
-        t0 = time.perf_counter()
+    def model_outputs(self, frame: Frame):
+        """(probabilities (n_classes,), embedding batch or None, the prepared input or None) for one frame."""
         pixels = prepare(frame.image, self.spec, image_order=frame.order)
         probs, embedding = self.model.predict_both(pixels[None])
-        probs = probs[0]
         if not np.isfinite(probs).all():  # a broken model: no answer is better than NaN passed on as one
             raise EdgeclsError(f"{self.model.artifact.path.name} gave non-finite outputs (NaN or infinity) for "
                                f"{frame.file or f'frame {frame.index}'}: the model is broken")
+        return probs[0], embedding, pixels
+
+    def classify(self, frame: Frame) -> Prediction:
+        t0 = time.perf_counter()
+        probs, embedding, pixels = self.model_outputs(frame)
         frame_class = int(probs.argmax())   # argmax, as `eval` scores a photo
         self._history.append(probs)
         if len(self._history) > 1:

@@ -121,6 +121,7 @@ class TeachRequest:
     more: bool = False
     forget: bool = False
     out: Path | None = None
+    photos: object | None = None   # device/teach/photos.py: TeachPhotos already prepared (the web page's frames)
 
 
 def teach(req: TeachRequest) -> dict:
@@ -140,9 +141,9 @@ def teach(req: TeachRequest) -> dict:
         raise EdgeclsError(f"--out {out} exists: a bundle version is never overwritten; choose another folder")
     photos, emb = None, None
     if not req.forget:
-        if not req.source:
+        if req.photos is None and not req.source:
             raise EdgeclsError("--source is required (a folder, image files, a video or a camera)")
-        photos = collect(req.source, bundle.spec, req.count, req.every)
+        photos = req.photos if req.photos is not None else collect(req.source, bundle.spec, req.count, req.every)
         source_key = bundle.meta["teach"].get("source_artifact")
         fmt = bundle.artifacts[source_key].fmt if source_key in bundle.artifacts else None
         model = load_model(bundle, fmt.family if fmt else None, fmt.precision if fmt else None, threads=1)

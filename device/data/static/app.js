@@ -54,6 +54,7 @@ function drawEvents(events) {
 function setupLabels(s) {
   labels = s.labels;
   $("capture").hidden = !s.can_capture;
+  $("teach").hidden = !s.can_teach;   // `edgecls ui DATA_DIR` has no model to teach
   $("capture-buttons").replaceChildren(...labels.map((lab, i) =>
     el("button", {class: "capture", "data-label": lab, title: i < 9 ? `key ${i + 1}` : "", onclick: () => capture(lab)},
        lab, ...(i < 9 ? [el("small", {class: "key"}, ` ${i + 1}`)] : []))));
@@ -101,6 +102,11 @@ async function loadGallery() {
     const card = el("div", {class: "card", "data-name": p.name});
     card.append(el("img", {src: p.url, alt: p.name, loading: "lazy"}),
                 el("div", {class: "guess"}, `model: ${guess}`));
+    if (status && status.can_teach) {
+      const pick = el("input", {type: "checkbox", class: "pick", title: "teach from this frame"});
+      pick.onchange = countPicked;
+      card.append(el("label", {class: "picker"}, pick, " teach from this"));
+    }
     if (canLabel) {
       card.append(el("div", {class: "buttons"},
         ...labels.map((lab) => el("button", {class: "label", "data-label": lab, onclick: () => file(p.name, lab, card)}, lab)),
@@ -108,6 +114,35 @@ async function loadGallery() {
     }
     return card;
   }));
+  countPicked();
+}
+
+function picked() {
+  return [...document.querySelectorAll("#gallery .pick:checked")].map((c) => c.closest(".card").dataset.name);
+}
+
+function countPicked() { $("teach-picked").textContent = picked().length; }
+
+const pause = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+// The reply comes when the teach is done, or 202 while it still runs: then its state is polled.
+async function teach(body) {
+  const shown = $("teach-result");
+  shown.textContent = `teaching ${body.label}…`;
+  try {
+    let out = await post("/api/teach", body);
+    while (out.state === "capturing" || out.state === "teaching") {
+      shown.textContent = out.state === "capturing" ? `capturing ${out.captured || 0}/${body.capture} frames…`
+                                                    : `teaching ${body.label}…`;
+      await pause(500);
+      out = await (await fetch("/api/teach", {cache: "no-store"})).json();
+    }
+    if (out.state !== "done") throw new Error(out.error || "the teach stopped");
+    shown.textContent = `taught ${out.label}: new version ${out.bundle} (exam ${out.exam}; ${out.photos} photos, ` +
+      `${out.seconds} s). The camera still runs the previous version: restart edgecls run on ${out.bundle} to use it.`;
+    for (const c of document.querySelectorAll("#gallery .pick:checked")) c.checked = false;
+    countPicked();
+  } catch (e) { shown.textContent = `teach failed: ${e.message}`; }
 }
 
 document.addEventListener("keydown", (e) => {
@@ -116,4 +151,6 @@ document.addEventListener("keydown", (e) => {
 });
 for (const b of document.querySelectorAll(".tab")) b.onclick = () => showPage(b.dataset.page);
 $("refresh").onclick = loadGallery;
+$("teach-kept").onclick = () => teach({label: $("teach-label").value.trim(), names: picked()});
+$("teach-capture").onclick = () => teach({label: $("teach-label").value.trim(), capture: Number($("teach-count").value)});
 poll();
