@@ -18,6 +18,8 @@ import typer
 from edgecls.device.sinks.events import EventOptions
 from edgecls.device.capture.frame import Orientation
 from edgecls.device.data.labelling import LabellingOptions
+from edgecls.device.model.classifier import SMOOTH, THRESHOLD, TOP_K
+from edgecls.device.model.shadow import PRIORITY
 from edgecls.device.capture.sources import SourceOptions
 from edgecls.errors import EdgeclsError
 from edgecls.formats import FAMILIES, PRECISIONS
@@ -29,9 +31,9 @@ class ModelOptions:
     format: str | None = None        # None: the bundle's recommended artifact
     precision: str | None = None
     threads: int | None = None       # None: all cores
-    top_k: int = 3
-    smooth: int = 1
-    threshold: float = 0.0
+    top_k: int = TOP_K
+    smooth: int = SMOOTH
+    threshold: float = THRESHOLD
     no_verify: bool = False
 
     def check(self) -> None:
@@ -59,7 +61,7 @@ class OutputOptions:
 @dataclass
 class ShadowOptions:
     shadow_every: str | None = None  # --shadow N (parsed by device/model/shadow.py: parse_every)
-    shadow_priority: str = "idle"
+    shadow_priority: str = PRIORITY
 
 
 @dataclass

@@ -57,9 +57,14 @@ def check_decision(smooth: int, threshold: float) -> None:
         raise EdgeclsError("--threshold must be between 0 and 1")
 
 
+# The decision's defaults, written once: `run`'s --top-k/--smooth/--threshold (device/run_options.py) take them.
+TOP_K, SMOOTH, THRESHOLD = 3, 1, 0.0
+
+
 class Classifier:
     def __init__(self, bundle_path, family: str | None = None, precision: str | None = None,
-                 threads: int | None = None, top_k: int = 3, smooth: int = 1, threshold: float = 0.0):
+                 threads: int | None = None, top_k: int = TOP_K, smooth: int = SMOOTH,
+                 threshold: float = THRESHOLD):
         check_decision(smooth, threshold)
         self.bundle = load_bundle(bundle_path)
         self.model = load_model(self.bundle, family, precision, threads=threads)

@@ -12,7 +12,7 @@ import numpy as np
 from edgecls.bundle import load_bundle
 from edgecls.device.capture.frame import Frame
 from edgecls.device.capture.imx500_camera import check_ready, network_file, probabilities
-from edgecls.device.model.classifier import Classifier, check_decision
+from edgecls.device.model.classifier import SMOOTH, THRESHOLD, TOP_K, Classifier, check_decision
 from edgecls.errors import EdgeclsError
 
 
@@ -29,7 +29,8 @@ class SensorClassifier(Classifier):
     """`source_uri` is `imx500` (the bundle's imx500/network.rpk) or `imx500:PATH.rpk`; everything the camera needs
     is checked here, before anything opens (device/capture/imx500_camera.py: check_ready)."""
 
-    def __init__(self, bundle_path, source_uri: str, top_k: int = 3, smooth: int = 1, threshold: float = 0.0):
+    def __init__(self, bundle_path, source_uri: str, top_k: int = TOP_K, smooth: int = SMOOTH,
+                 threshold: float = THRESHOLD):
         check_decision(smooth, threshold)
         self.bundle = load_bundle(bundle_path)
         self.rpk = network_file(self.bundle, source_uri)

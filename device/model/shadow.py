@@ -36,6 +36,7 @@ QUEUED, SKIPPED = "queued", "skipped"   # what happened to a frame that came due
 # --shadow-priority: "idle" (the default) never takes a core the live loop or anything else wants; "normal" takes its
 # share of a busy CPU (checks every Nth frame there too, at the live loop's expense).
 PRIORITIES = ("idle", "normal")
+PRIORITY = PRIORITIES[0]   # the default, written once (`run --shadow-priority` takes it)
 
 
 def run_this_thread_when_idle() -> None:
@@ -61,7 +62,7 @@ def float_twin(bundle: Bundle, live_key: str) -> str:
 
 
 class Shadow:
-    def __init__(self, bundle: Bundle, live_key: str, every: int, priority: str = "idle"):
+    def __init__(self, bundle: Bundle, live_key: str, every: int, priority: str = PRIORITY):
         if every < 1:
             raise EdgeclsError("--shadow must be at least 1 (shadow every Nth frame)")
         if priority not in PRIORITIES:
@@ -162,7 +163,7 @@ def parse_every(text: str) -> int:
 class ShadowCheck:
     """The worker, the figures and the drift rules, joined for `run_pipeline`: one `step` per live frame."""
 
-    def __init__(self, bundle: Bundle, live_key: str, every: int, priority: str = "idle"):
+    def __init__(self, bundle: Bundle, live_key: str, every: int, priority: str = PRIORITY):
         self.labels = bundle.labels
         self.shadow = Shadow(bundle, live_key, every, priority)
         self.figures = ShadowFigures()
