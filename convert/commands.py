@@ -24,6 +24,8 @@ TARGET_HELP = ("Also export for an accelerator (comma-separated): tensorrt (symm
                "docs/jetson.md) | imx500 (Raspberry Pi AI Camera: packerOut.zip, docs/imx500.md; needs "
                "`edgecls setup-imx500` once).")
 
+GPTQ_HELP = "--target imx500: epochs of MCT's GPTQ after its PTQ (0: PTQ only; docs/imx500.md: when it helped)."
+
 
 def register(app) -> None:
     import typer
@@ -37,6 +39,7 @@ def register(app) -> None:
         out: Path = typer.Option(None, "--out", help="Bundle folder to write (default: RUN_DIR/bundle)."),
         formats: str = typer.Option(",".join(D("families")), "--formats", help="Comma-separated families: tflite,onnx."),
         target: str = typer.Option("", "--target", help=TARGET_HELP),
+        imx500_gptq_epochs: int = typer.Option(D("imx500_gptq_epochs"), "--imx500-gptq-epochs", help=GPTQ_HELP),
         int8: bool = typer.Option(D("int8"), "--int8/--no-int8", help="Also write int8 artifacts (default: yes)."),
         int8_method: str = typer.Option(D("int8_method"), "--int8-method",
                                         help="auto: PTQ with the mixed-precision search, then QAT if the search "
@@ -75,7 +78,7 @@ def register(app) -> None:
         from edgecls.convert.export import ExportOptions, export
 
         opts = ExportOptions(run_dir=run_dir, out=out, families=tuple(f.strip() for f in formats.split(",") if f.strip()),
-                             targets=tuple(t.strip() for t in target.split(",") if t.strip()),
+                             targets=tuple(t.strip() for t in target.split(",") if t.strip()), imx500_gptq_epochs=imx500_gptq_epochs,
                              int8=int8, int8_method="qat" if qat else int8_method, qat_epochs=qat_epochs,
                              calib_samples=calib_samples, calib_dir=calib, full_int8=full_int8, weight_rounding=weight_rounding,
                              io_dtype=io_dtype, onnx_target=onnx_target, max_drop=max_drop,

@@ -122,6 +122,8 @@ def check_options(opts: ExportOptions) -> None:
             raise EdgeclsError(f"--{name.replace('_', '-')} is a percentage: 0 to 100")
     if opts.max_latency_ratio <= 0:
         raise EdgeclsError("--max-latency-ratio must be positive")
+    if opts.imx500_gptq_epochs < 0 or (opts.imx500_gptq_epochs and "imx500" not in opts.targets):
+        raise EdgeclsError("--imx500-gptq-epochs is a count (0: MCT's PTQ) and needs --target imx500")
 
 
 def check_dependencies(opts: ExportOptions) -> None:

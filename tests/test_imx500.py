@@ -69,6 +69,13 @@ def test_an_unknown_target_is_one_line(tiny_run, tmp_path):
     one_line_error(r, "unknown --target 'hailo'", "tensorrt, imx500")
 
 
+@pytest.mark.parametrize("args", [("--imx500-gptq-epochs", "2"), ("--imx500-gptq-epochs", "-1", "--target", "imx500")])
+def test_mcts_gptq_epochs_need_the_imx500_target_and_a_count(tiny_run, tmp_path, args):
+    r = cli("export", tiny_run, "--out", tmp_path / "bundle", *args)
+    one_line_error(r, "--imx500-gptq-epochs is a count", "needs --target imx500")
+    assert not (tmp_path / "bundle").exists()
+
+
 @pytest.mark.slow
 def test_imx500_and_tensorrt_export_for_real(tiny_run, tmp_path):
     """One export for both accelerators (≈8 min on a busy 2-core host, most of it imxconv-tf): the real converter
