@@ -3,7 +3,10 @@ NumPy to the model's embedding output (`HeadModel`), and how it is fitted (`fit_
 steps of L2-regularised softmax regression). No TensorFlow.
 
 The embedding output and the stored embeddings come from export (convert/embeddings.py); the teach command is
-device/teach/command.py.
+device/teach/command.py. Measured against other fits (more steps, stronger anchor, flipped photos, more stored
+embeddings, a centred imprint, nearest class mean) on cached embeddings of all five flowers folds: none moved the
+new-class / old-class trade-off, and taught from 86 photos this fit matches a head fitted from zero on all train
+photos (benchmarks/results/teach-offline.md).
 """
 from __future__ import annotations
 
