@@ -93,7 +93,7 @@ def pi_case(request, tmp_path_factory, shared) -> tuple[Path, Path, list[str]]:
         bundle = None
     if bundle is not None:
         return bundle, digits_subset(tmp / "images", IMAGES_PER_CLASS), ["eval", "run", pi_check.SAME_PIXELS,
-                                                                     pi_check.VERIFY, pi_check.UPDATE]
+                                                                     pi_check.VERIFY, pi_check.UPDATE, pi_check.TEACH]
     images = digits_subset(tmp / "images", 1)
     photos = REFERENCE / "coral_test_data_extras"
     (images / "photos").mkdir()
@@ -167,6 +167,22 @@ def test_a_pi4_takes_one_signed_update(pi_case, pi_a72):
         skip_or_fail("the reference bundle has no exam, which an update needs")
     rows = [r for r in pi_a72[2] if r["check"] == pi_check.UPDATE]
     assert len(rows) == 1 and rows[0]["ok"], (rows, pi_a72[1])
+
+
+def test_a_pi4_teaches_the_hosts_new_class(pi_case, pi_a72):
+    """`edgecls teach` on the Pi 4 (litert env, once: about a minute emulated) from the host's 5 photos: the same
+    labels, identical embeddings of the taught photos, head.npz within teach_check.HEAD_TOLERANCE of the host's,
+    its top-1 on every stored held-out embedding the host's; then `edgecls verify` passes there on its new version
+    (tools/pi_stack/teach_check.py)."""
+    if pi_check.TEACH not in pi_case[2]:
+        skip_or_fail("the reference bundle has no teach set (it was not exported by edgecls)")
+    rc, out, rows, _ = pi_a72
+    teach = {r["check"]: r for r in rows if r["cpu"] == "cortex-a72" and r["check"].startswith(pi_check.TEACH)}
+    assert set(teach) == {"teach", "teach verify"}, out   # the same kernels: no "teach verify host's"
+    assert all(r["env"] == "litert" for r in teach.values()), out
+    assert teach["teach"]["ok"] and "identical embeddings" in teach["teach"]["detail"], out
+    assert teach["teach"]["total"] > 0 and teach["teach"]["agree"] == teach["teach"]["total"], out
+    assert teach["teach verify"]["ok"] and teach["teach verify"]["total"] > 0, out
 
 
 @pytest.mark.parametrize("env", ["litert", "tflite"])

@@ -10,9 +10,12 @@ matches the host's. `edgecls doctor --json` must name the runtime each environme
 the tflite-runtime + NumPy 2 trap in the environment built to fall into it. Two more checks (pixels.py) keep
 preprocessing apart from kernels: `same-pixels` runs each int8 artifact on the host's prepared tensors (so only
 the kernels differ), `pixels` asserts that prepare() gives byte-identical tensors with the exact resampler.
-An image that flips anywhere is counted once in the closing summary.
+An image that flips anywhere is counted once in the closing summary. `teach` (teach_check.py) teaches a copy of
+the bundle a new label from 5 photos on the host and, once per CPU in the first runtime environment, on the Pi, and
+compares the two new versions; `edgecls verify` must pass on the Pi's.
 Exit 0 when every command worked and every agreement is >= --min-agreement (default 0.99), 1 otherwise,
-2 on bad usage. Standard library only: it runs with any host python that has edgecls installed.
+2 on bad usage. Standard library only (teach's comparison imports NumPy, which edgecls brings): it runs with any
+host python that has edgecls installed.
 """
 from __future__ import annotations
 
@@ -28,6 +31,22 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+
+
+def load_sibling(name: str):
+    """A module of this folder (check.py is run as a script and loaded by tests/test_pi_stack.py as a file)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"edgecls_pi_stack_{name}", HERE / f"{name}.py")
+    mod = sys.modules.get(spec.name)
+    if mod is None:
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = mod   # dataclasses look their module up here
+        spec.loader.exec_module(mod)
+    return mod
+
+
+teach_check = load_sibling("teach_check")
 INT8_ARTIFACTS = {"tflite-int8": "tflite", "onnx-int8": "onnx"}   # bundle artifact key -> --format
 # Environment -> the TFLite runtime `edgecls doctor` must report there (see build.sh).
 ENVS = {"litert": "ai-edge-litert", "tflite": "tflite-runtime"}
@@ -48,9 +67,10 @@ COMMAND_TIMEOUT_S = 900
 NEAR_TIE = 0.3
 # The checks --commands can ask for: the CLI's answers (eval, run), the int8 outputs on the host's own
 # prepared tensors (same-pixels: kernels alone), the byte-identity of prepare() itself (pixels) and the
-# bundle's own exam (verify: `edgecls verify`, the golden images and photos export stored, device/model/verify.py).
-SAME_PIXELS, PIXELS, VERIFY, UPDATE = "same-pixels", "pixels", "verify", "update"
-COMMANDS = ("eval", "run", SAME_PIXELS, PIXELS, VERIFY, UPDATE)
+# bundle's own exam (verify: `edgecls verify`, the golden images and photos export stored, device/model/verify.py),
+# one signed update (update) and a new class taught on the Pi against the host's (teach: teach_check.py).
+SAME_PIXELS, PIXELS, VERIFY, UPDATE, TEACH = "same-pixels", "pixels", "verify", "update", teach_check.TEACH
+COMMANDS = ("eval", "run", SAME_PIXELS, PIXELS, VERIFY, UPDATE, TEACH)
 
 
 @dataclass
@@ -501,6 +521,8 @@ def run_checks(args, pi_python: str, tmp: Path) -> list[Row]:
     rows: list[Row] = []
     host = host_predictions(args, formats, rows)
     pixel_checks = host_pixels(args, formats, tmp, rows)
+    taught = host_taught(args, tmp, rows) if TEACH in args.commands else None
+    teach_env = next((e for e in args.envs if e in ENVS), None)   # not the trap env, where nothing runs
     for cpu in args.cpus:
         pi_env = dict(os.environ, QEMU_CPU=cpu)
         p = call([pi_python, args.envs[0], "-c", CPU_FEATURES], pi_env)
@@ -525,6 +547,37 @@ def run_checks(args, pi_python: str, tmp: Path) -> list[Row]:
                 rows.append(verify_row(cpu, env, pi(["verify", bundle, "--json"])))
             if UPDATE in args.commands and (cpu, env) == (args.cpus[0], args.envs[0]):   # once: it is slow emulated
                 rows.append(update_row(args, pi, cpu, env, tmp))
+            if taught and env == teach_env:   # once per CPU: teaching takes about a minute emulated
+                rows += teach_rows(args, pi, cpu, env, taught, tmp)
+    return rows
+
+
+def host_taught(args, tmp: Path, rows: list[Row]):
+    """The host teaches a copy of BUNDLE a new label from 5 of IMAGES' photos; its version is the Pi's reference."""
+    taught = teach_check.host_teach(call, args.host_python, args.bundle, args.images, tmp)
+    rows.append(Row("host", "host", TEACH, not taught.error, taught.seconds, detail=taught.error or
+                    f"taught {taught.label!r} from {teach_check.TEACH_PHOTOS} photos into {taught.out.name}"))
+    return None if taught.error else taught
+
+
+def teach_rows(args, pi, cpu: str, env: str, taught, tmp: Path) -> list[Row]:
+    """The Pi teaches the same photos (teach_check.py compares the versions), then `edgecls verify` passes there on
+    the Pi's new version and, where the Pi's kernels gave other embeddings, on the host's too (its exam holds this
+    device to what the host answered; with the same kernels that is what the teach row already compared)."""
+    v2 = tmp / f"teach-{cpu}-{env}"
+    p = pi(taught.cli(args.bundle, v2))
+    if p.rc != 0 or not (v2 / "head.npz").is_file():
+        return [Row(cpu, env, TEACH, False, p.seconds, detail=f"exit {p.rc}: {p.last_err()}")]
+    fields = teach_check.compare_versions(taught.out, v2, args.min_agreement)
+    same_embeddings = fields.pop("same_embeddings", False)
+    rows = [Row(cpu, env, TEACH, seconds=p.seconds, **fields)]
+    versions = [(f"{TEACH} verify", v2)]
+    if not same_embeddings:   # other kernels: does the host's exam hold them? (the same ones answer as the host did)
+        versions.append((f"{TEACH} verify host's", taught.out))
+    for name, version in versions:
+        row = verify_row(cpu, env, pi(["verify", str(version), "--json"]))
+        row.check = name
+        rows.append(row)
     return rows
 
 
@@ -594,7 +647,8 @@ def main(argv: list[str] | None = None) -> int:
                     "(cortex-a72 = Pi 4, cortex-a53 = Pi 3 / Zero 2 W, cortex-a76 = Pi 5)")
     ap.add_argument("--envs", default=",".join([*ENVS, TRAP_ENV]), help="Pi environments (see build.sh)")
     ap.add_argument("--commands", default="eval,run,same-pixels,verify", help=f"which checks to run: {','.join(COMMANDS)} "
-                    "(same-pixels: int8 outputs on the host's prepared tensors; pixels: prepare() byte-identity; verify: the bundle's exam)")
+                    "(same-pixels: int8 outputs on the host's prepared tensors; pixels: prepare() byte-identity; verify: the bundle's exam; "
+                    "teach: a new label taught on the Pi vs the host, in the first of --envs but tflite-np2)")
     ap.add_argument("--formats", default=",".join(INT8_ARTIFACTS), help="which int8 artifacts to compare")
     ap.add_argument("--with-float", action="store_true",
                     help="keep the bundle's float artifacts (eval then also runs its float reference: slower)")
