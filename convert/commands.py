@@ -24,7 +24,7 @@ TARGET_HELP = ("Also export for an accelerator (comma-separated): tensorrt (symm
                "docs/jetson.md) | imx500 (Raspberry Pi AI Camera: packerOut.zip, docs/imx500.md; needs "
                "`edgecls setup-imx500` once).")
 
-GPTQ_HELP = "--target imx500: epochs of MCT's GPTQ after its PTQ (0: PTQ only; docs/imx500.md: when it helped)."
+GPTQ_HELP = "--target imx500: epochs of MCT's GPTQ after its PTQ (0: PTQ only, the default; docs/imx500.md)."
 
 
 def register(app) -> None:
