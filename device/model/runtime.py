@@ -325,7 +325,8 @@ class OnnxModel(Model):
         # One frame at a time, as the camera loop runs, even where the batch is free: onnxruntime's float kernels
         # sum in a batch-dependent order, and in a QDQ graph that moves int8 answers by up to 4 codes (a tiny
         # digits model, 16 photos as one batch vs one by one), so eval would report answers no camera gives.
-        # On 2 x86 cores it costs nothing (72 vs 71 ms for 16 photos).
+        # It costs eval and verify time, not the camera's (batch 1 anyway): 68 vs 57 ms for 16 photos on 2 x86 cores
+        # (benchmarks/scratch/onnx_batch_order.py).
         runs = [self.sess.run(None, {self._in_name: x[i:i + 1]}) for i in range(len(x))]
         return [np.concatenate([r[j] for r in runs], 0) for j in range(len(runs[0]))] if runs else []
 
