@@ -6,9 +6,11 @@ Never imports TensorFlow (only asks whether it could be found). Each check is a 
 from __future__ import annotations
 
 import glob
+import importlib
 import importlib.util
 import os
 import platform
+import shutil
 import sys
 from importlib import metadata
 
@@ -115,6 +117,10 @@ def check_opencv() -> list[dict]:
     return out
 
 
+AI_CAMERA_MODEL = "imx500"   # the Model picamera2's global_camera_info() gives the Raspberry Pi AI Camera
+AI_CAMERA_FIX = "sudo apt install imx500-all imx500-tools python3-picamera2 (docs/imx500.md)"
+
+
 def check_picamera() -> list[dict]:
     if not importlib.util.find_spec("picamera2"):
         return [_check("picamera2", "missing", "not installed: picam: sources unavailable",
@@ -124,12 +130,41 @@ def check_picamera() -> list[dict]:
         from picamera2 import Picamera2
 
         cams = Picamera2.global_camera_info()
-        names = ", ".join(f"picam:{i} {c.get('Model', '?')}" for i, c in enumerate(cams)) or "no camera detected"
-        return [_check("picamera2", "ok" if cams else "warn", f"libcamera cameras: {names}",
-                       "" if cams else "check the ribbon cable and `rpicam-hello --list-cameras`")]
     except Exception as e:  # libcamera missing or broken
         return [_check("picamera2", "warn", f"installed but unusable: {str(e)[:100]}",
                        "sudo apt install python3-libcamera python3-picamera2")]
+    names = ", ".join(f"picam:{i} {c.get('Model', '?')}" + (" (AI Camera)" if is_ai_camera(c) else "")
+                      for i, c in enumerate(cams)) or "no camera detected"
+    return [_check("picamera2", "ok" if cams else "warn", f"libcamera cameras: {names}",
+                   "" if cams else "check the ribbon cable and `rpicam-hello --list-cameras`"),
+            *check_ai_camera([i for i, c in enumerate(cams) if is_ai_camera(c)])]
+
+
+def is_ai_camera(info: dict) -> bool:
+    return str(info.get("Model", "")).lower() == AI_CAMERA_MODEL
+
+
+def check_ai_camera(indexes: list[int]) -> list[dict]:
+    """The AI Camera's row, when one is attached: what `run --source imx500` needs besides the camera — picamera2's
+    IMX500 helper, and `imx500-package` (imx500-tools), which turns a bundle's packerOut.zip into network.rpk."""
+    if not indexes:
+        return []
+    where = ", ".join(f"picam:{i}" for i in indexes)
+    missing = [what for what, there in (("picamera2.devices.IMX500", _ai_helper_found()),
+                                        ("imx500-package", shutil.which("imx500-package") is not None)) if not there]
+    if missing:
+        return [_check("ai-camera", "warn", f"AI Camera (IMX500) at {where}; missing: {', '.join(missing)}",
+                       AI_CAMERA_FIX)]
+    return [_check("ai-camera", "ok", f"AI Camera (IMX500) at {where}: the network runs on the sensor "
+                   "(`edgecls run BUNDLE --source imx500`; bundles from `edgecls export RUN --target imx500`)")]
+
+
+def _ai_helper_found() -> bool:
+    try:
+        return importlib.util.find_spec("picamera2.devices") is not None and \
+            hasattr(importlib.import_module("picamera2.devices"), "IMX500")
+    except Exception:  # a broken install is a missing helper here
+        return False
 
 
 def check_cameras() -> list[dict]:

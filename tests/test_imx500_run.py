@@ -97,3 +97,33 @@ def test_imx500_needs_its_network_file_outside_run(tmp_path):
     """`collect` (and any other user of the sources) must name the .rpk: only `run` knows the bundle's."""
     r = cli("collect", tmp_path / "data", "--source", "imx500", "--label", "a", "--count", "1", timeout=60)
     one_line_error(r, "imx500:PATH.rpk")
+
+
+def test_doctor_names_the_ai_camera_and_what_it_still_needs(tmp_path):
+    """`edgecls doctor` with picamera2 reporting an AI Camera: the camera list names it, and its own row says what
+    `run --source imx500` still lacks (imx500-package, from imx500-tools) until it is there; another camera gets
+    no such row."""
+    def doctor(extra_path: str = "", cameras: list | None = None) -> dict:
+        env = {"PYTHONPATH": str(STANDINS), "PATH": os.pathsep.join(filter(None, [extra_path, "/usr/bin", "/bin"]))}
+        if cameras is not None:
+            env["STANDIN_CAMERAS"] = json.dumps(cameras)
+        r = cli("doctor", "--json", env=env, timeout=120)
+        assert r.returncode == 0, r.stderr[-2000:]
+        return {c["name"]: c for c in json.loads(r.stdout)["checks"]}
+
+    checks = doctor()
+    assert checks["picamera2"]["status"] == "ok" and "picam:0 imx500 (AI Camera)" in checks["picamera2"]["detail"]
+    ai = checks["ai-camera"]
+    assert ai["status"] == "warn" and "missing: imx500-package" in ai["detail"], ai
+    assert "apt install imx500-all imx500-tools" in ai["fix"]
+
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    (tools / "imx500-package").write_text("#!/bin/sh\nexit 0\n")
+    (tools / "imx500-package").chmod(0o755)
+    ai = doctor(str(tools))["ai-camera"]
+    assert ai["status"] == "ok" and "edgecls run BUNDLE --source imx500" in ai["detail"], ai
+
+    checks = doctor(str(tools), cameras=[{"Model": "imx708", "Num": 0}])
+    assert "ai-camera" not in checks and "picam:0 imx708" in checks["picamera2"]["detail"]
+    assert "AI Camera" not in checks["picamera2"]["detail"]

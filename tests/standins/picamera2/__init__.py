@@ -41,7 +41,17 @@ class CompletedRequest:
         pass
 
 
+# What global_camera_info() gives for an AI Camera on a Pi 5 (picamera2 manual: Model, Location, Rotation, Id, Num);
+# $STANDIN_CAMERAS (a JSON list) replaces it.
+AI_CAMERA = {"Model": "imx500", "Location": 2, "Rotation": 0, "Id": "/base/axi/pcie@120000/rp1/i2c@88000/imx500@1a",
+             "Num": 0}
+
+
 class Picamera2:
+    @staticmethod
+    def global_camera_info():
+        return json.loads(os.environ["STANDIN_CAMERAS"]) if "STANDIN_CAMERAS" in os.environ else [AI_CAMERA]
+
     def __init__(self, camera_num=0):
         log("Picamera2", camera_num)
         self.frames, self.config = 0, None
