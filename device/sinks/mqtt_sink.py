@@ -22,7 +22,7 @@ import time
 import urllib.parse
 from dataclasses import dataclass
 
-from edgecls.device.sinks.sink_queue import QueuedSink, masked_url, wait_until
+from edgecls.device.sinks.sink_queue import QueuedSink, checked_port, masked_url, wait_until
 from edgecls.errors import EdgeclsError
 
 RECONNECT_DELAY_S = (1, 30)
@@ -58,12 +58,7 @@ def parse_mqtt_url(url: str, ca: str | None = None, password: str | None = None)
                            "readable only by you, --mqtt-password-file PATH")
     if u.scheme not in ("mqtt", "mqtts") or not u.hostname:
         raise EdgeclsError(bad)
-    try:
-        port = u.port
-    except ValueError:
-        port = 0
-    if port == 0:
-        raise EdgeclsError(f"{bad} (the port is not a number from 1 to 65535)")
+    port = checked_port(u, f"{bad} (the port is not a number from 1 to 65535)")
     if "#" in url:  # (urlsplit would take it for a fragment: mqtt://h/a/# would publish to "a/")
         raise EdgeclsError(f"bad --mqtt topic in {masked_url(url)!r}: '+' and '#' are for subscribing, "
                            "not publishing")

@@ -106,6 +106,20 @@ def sleep_unless(give_up: threading.Event, seconds: float) -> bool:
     return not give_up.wait(seconds)
 
 
+def checked_port(u, refusal: str) -> int | None:
+    """The port of a sink's split URL `u` (None when it names none); `refusal`, as an EdgeclsError, when it is
+    not a number from 1 to 65535 (urlsplit raises ValueError for some and returns 0 for ":0")."""
+    from edgecls.errors import EdgeclsError
+
+    try:
+        port = u.port
+    except ValueError:
+        port = 0
+    if port == 0:
+        raise EdgeclsError(refusal)
+    return port
+
+
 def masked_url(url: str) -> str:
     """A sink's URL as messages show it: any user:password@ in it masked."""
     return re.sub(r"//[^/]*@", "//***@", url, count=1)

@@ -26,7 +26,7 @@ import urllib.parse
 import urllib.request
 import uuid
 
-from edgecls.device.sinks.sink_queue import QueuedSink, backoff_delays, masked_url, sleep_unless
+from edgecls.device.sinks.sink_queue import QueuedSink, backoff_delays, checked_port, masked_url, sleep_unless
 from edgecls.errors import EdgeclsError
 
 SIGNATURE_HEADER = "X-Edgecls-Signature"
@@ -48,12 +48,7 @@ def check_url(url: str) -> None:
     u = urllib.parse.urlsplit(url)
     if u.scheme not in ("http", "https") or not u.hostname:
         raise EdgeclsError(f"{bad}: expected http(s)://HOST[:PORT]/PATH")
-    try:
-        port = u.port
-    except ValueError:
-        port = 0
-    if port == 0:
-        raise EdgeclsError(f"{bad}: the port is not a number from 1 to 65535")
+    checked_port(u, f"{bad}: the port is not a number from 1 to 65535")
     if u.username is not None or u.password is not None:
         raise EdgeclsError("bad --webhook URL: no user or password in it (the command line is readable by "
                            "every local user); sign with EDGECLS_WEBHOOK_SECRET or --webhook-secret-file instead")
