@@ -14,6 +14,7 @@ from pathlib import Path
 import cv2
 
 from edgecls.bundle import MANIFEST
+from edgecls.device.teach.page import CAPTURE_GAP_S, WAIT_S
 from edgecls.fsutil import sha256_file
 from test_device_events import free_port
 from test_device_run import edgecls
@@ -22,6 +23,7 @@ from test_security_http import TOKEN_LINK, Served, ask, bearer
 from test_teach import DAISY, tree_hashes
 
 SIDE, FPS = 160, 10
+CAPTURE = int(WAIT_S / CAPTURE_GAP_S) + 4   # live frames taught from: their capture alone outlasts the POST's wait
 
 
 def bundle_copy(digits_bundle: Path, tmp_path: Path) -> tuple[Path, dict]:
@@ -134,16 +136,21 @@ def test_bad_teach_requests_get_the_cli_reason_and_write_nothing_and_capture_tea
         assert json.loads(ask(port, "/api/teach", headers=bearer(token))[2]) == {"state": "idle"}
         assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "daisies.avi", "keep"]
         assert tree_hashes(bundle) == before
-        code, reply = teach(port, token, {"label": "daisy", "capture": 3})
+        # CAPTURE frames CAPTURE_GAP_S apart outlast WAIT_S: the POST answers 202 and the page's poll takes over.
+        code, reply = teach(port, token, {"label": "daisy", "capture": CAPTURE})
+        assert code == 202 and reply["state"] == "capturing", reply
+        polled = []
         while code == 202 or reply.get("state") in ("capturing", "teaching"):
             time.sleep(0.3)
             code, _, data = ask(port, "/api/teach", headers=bearer(token))
             reply = json.loads(data)
+            polled.append((reply["state"], reply.get("captured")))
     finally:
         err = s.stop()
     assert code == 200 and reply["state"] == "done" and reply["bundle"] == str(tmp_path / "bundle-v2"), reply
+    assert polled[0][0] == "capturing" and polled[-1][0] == "done" and polled[-1][1] == CAPTURE, polled
     meta = json.loads((tmp_path / "bundle-v2" / MANIFEST).read_text())
-    assert meta["labels"][-1] == "daisy" and [("frame" in u) for u in meta["derived"]["photos"]] == [True] * 3
+    assert meta["labels"][-1] == "daisy" and [("frame" in u) for u in meta["derived"]["photos"]] == [True] * CAPTURE
     assert tree_hashes(bundle) == before and "Traceback" not in err, err[-3000:]
 
 
