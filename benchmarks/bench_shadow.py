@@ -23,6 +23,8 @@ import numpy as np
 
 from bench_pipeline import make_video
 
+VIDEO_SIZE = (640, 480)   # a camera's VGA frames, made from the shared flowers photos
+
 
 def run_once(bundle: Path, video: Path, frames: int, threads: int | None, every: int | None) -> dict:
     cmd = [sys.executable, "-m", "edgecls", "run", str(bundle), str(video), "--json", "--loop", "--max-frames",
@@ -45,7 +47,7 @@ def main() -> None:
     ap.add_argument("--target", type=float, default=0.95)
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        video = make_video(Path(tmp) / "digits.avi", 600)
+        video = make_video(Path(tmp) / "flowers.avi", VIDEO_SIZE, 600)
         run_once(a.bundle, video, 200, a.threads, a.every)   # warm the page cache and the imports
         plain, shadow = [], []
         for i in range(a.repeats):

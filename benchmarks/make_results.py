@@ -46,7 +46,15 @@ def machine() -> str:
         cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return f"{platform.machine()} {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    try:
+        flags = next(l for l in open("/proc/cpuinfo") if l.startswith(("flags", "Features"))).split()
+    except (OSError, StopIteration):
+        flags = []
+    dot = [f for f in ("avx512_vnni", "avx_vnni", "asimddp") if f in flags]
+    # Where the CPU has no int8 dot product, int8 is no faster than float (benchmarks/NOTES.md): say so by the numbers.
+    dot_text = f"int8 dot product: {', '.join(dot)}" if dot else \
+        "no int8 dot product (no VNNI): int8 runs no faster than float here, the int8 ONNX unfused"
+    return f"{platform.machine()} {cpu}, {os.cpu_count()} cores, {dot_text}, Python {platform.python_version()}"
 
 
 def shown(cmd: list) -> str:
@@ -138,6 +146,22 @@ def training_section(rep: Report, st: Stages, runs: Path, skip: set[str]) -> Non
                   *train_rows, ""]
 
 
+def agreement_cell(mt: dict) -> str:
+    """Held-out agreement with its count and 95% interval, e.g. "99.68% (309/310; 98.2–99.9)"."""
+    h = mt.get("agreement_heldout")
+    if not h:
+        return pct(mt.get("agreement"))
+    lo, hi = h["ci95"]
+    return f"{h['rate'] * 100:.2f}% ({h['agreed']}/{h['images']}; {lo * 100:.1f}–{hi * 100:.1f})"
+
+
+def drop_cell(mt: dict) -> str:
+    """int8 minus its float twin on the held-out photos, pp, with its paired 95% interval."""
+    from edgecls.metrics import delta_text
+
+    return delta_text(mt["drop"]) if mt.get("drop") else "–"
+
+
 def export_rows(method: str, m: dict, rec: dict) -> list[str]:
     """One table row per artifact of one export, and the int8/float TFLite size ratio."""
     rows = []
@@ -149,10 +173,11 @@ def export_rows(method: str, m: dict, rec: dict) -> list[str]:
         if art.get("float_ops"):   # guarded PTQ: how many ops stayed float
             kept += f" ({len(art['float_ops'])} float: {', '.join(o.split(';')[-1] for o in art['float_ops'])})"
         rows.append(f"| {method} | {key} | {kept} | {pct(mt['accuracy'])} | "
-                    f"{(mt['accuracy'] - keras_acc) * 100:+.2f} | {pct(mt.get('agreement'))} | "
+                    f"{(mt['accuracy'] - keras_acc) * 100:+.2f} | {mt.get('reference') or 'keras-float'} | "
+                    f"{agreement_cell(mt)} | {drop_cell(mt)} | "
                     f"{art['bytes'] / 1e6:.2f} | {mt.get('latency_ms', float('nan')):.2f} | {rec['seconds']:.0f} | `{rec['cmd']}` |")
     if "tflite-int8" in arts and "tflite-float" in arts:
-        rows.append(f"| {method} | int8/float TFLite size | | | | | "
+        rows.append(f"| {method} | int8/float TFLite size | | | | | | | "
                     f"{arts['tflite-int8']['bytes'] / arts['tflite-float']['bytes'] * 100:.1f}% | | | |")
     return rows
 
@@ -163,10 +188,9 @@ def export_summary(rep: Report, m: dict, rec: dict) -> None:
     for key in ("tflite-int8", "onnx-int8"):
         if key in arts:
             mt = arts[key]["metrics"]
-            rep.row(f"{key} ({arts[key].get('method')}) vs float Keras {pct(keras_acc)}: top-1, held-out agreement "
-                    f"with {mt.get('reference') or 'float'}",
-                    f"{pct(mt['accuracy'])} ({(mt['accuracy'] - keras_acc) * 100:+.2f} pp), {pct(mt.get('agreement'))}",
-                    rec["cmd"])
+            rep.row(f"{key} ({arts[key].get('method')}): top-1 (Keras float {pct(keras_acc)}); held-out agreement "
+                    f"with {mt.get('reference') or 'float'} and Δ top-1 vs it, pp (95% CI)",
+                    f"{pct(mt['accuracy'])}; {agreement_cell(mt)}; {drop_cell(mt)}", rec["cmd"])
     rep.row("export wall time (default --int8-method auto)", f"{rec['seconds']:.0f} s", rec["cmd"])
     if "tflite-int8" in arts and "tflite-float" in arts:
         rep.row("int8 / float TFLite size", f"{arts['tflite-int8']['bytes'] / 1e6:.2f} / {arts['tflite-float']['bytes'] / 1e6:.2f} MB "
@@ -177,8 +201,8 @@ def export_section(rep: Report, st: Stages, work: Path, run: Path) -> None:
     """PTQ vs QAT vs the default (auto); "ptq --full-int8" is PTQ with every op int8: what guarded PTQ's float
     ops buy, side by side."""
     rep.lines += ["## Export: float vs int8 on the held-out test split (310 photos)", "",
-                  "| --int8-method | artifact | method kept | top-1 | Δ vs Keras pp | agreement on the held-out photos (int8: vs its float twin; float: vs Keras) | MB | host ms/img | export wall s | command |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "| --int8-method | artifact | method kept | top-1 | Δ vs Keras pp | reference | held-out agreement with the reference (n; 95% CI) | Δ top-1 vs the reference pp (95% CI) | MB | host ms/img | export wall s | command |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for method, extra in EXPORT_METHODS:
         tag = method.replace(" --", "-")
         rec = st.run(f"export-{tag}", [*EDGECLS, "export", run, "--out", work / f"bundle-{tag}", "--int8-method",
@@ -232,7 +256,7 @@ def soak_section(rep: Report, st: Stages, bundle: Path) -> None:
         return
     rss = s["rss_mb"]
     rep.row("soak: RSS first sample → end", f"{rss[0][1]:.1f} → {rss[-1][1]:.1f} MB over {s['frames']} frames", rec["cmd"])
-    rep.lines += ["## Soak: 20,000 frames through `edgecls run`", "",
+    rep.lines += ["## Soak: 20,000 frames (a 640×480 video of real photos, looped) through `edgecls run`", "",
                   f"{s['frames']} frames at {s['fps']:.0f} FPS; RSS at the first sample {rss[0][1]:.1f} MB, "
                   f"at the end {rss[-1][1]:.1f} MB. Command: `{rec['cmd']}`", ""]
 
@@ -291,7 +315,9 @@ def measured_sections() -> list[str]:
     first = ("heldout", "parity")
     for section in sorted((HERE / "results").glob("*.md"),
                           key=lambda f: (next((i for i, p in enumerate(first) if f.name.startswith(p)), 2), f.name)):
-        measured += [section.read_text().strip(), ""]
+        text = section.read_text().strip()
+        # a script's own output may open with a title ("# …"): a section of this file, one level down
+        measured += [("#" + text) if text.startswith("# ") else text, ""]
     return measured
 
 

@@ -21,6 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_pipeline import make_video  # noqa: E402  (same real-photo video as the pipeline benchmark)
 
+VIDEO_SIZE = (640, 480)   # a camera's VGA frames, made from the shared flowers photos
+
 
 def rss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/status") as f:
@@ -67,7 +69,7 @@ def main() -> None:
                     help="serve the video as an MJPEG camera stream on localhost and soak the live-source path")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        video = args.video or make_video(Path(tmp) / "soak.avi", 200)
+        video = args.video or make_video(Path(tmp) / "soak.avi", VIDEO_SIZE, 200)
         source = serve_as_camera(video) if args.live else str(video)
         cmd = [sys.executable, "-m", "edgecls", "run", str(args.bundle), source, "--loop", "--json",
                "--max-frames", str(args.frames), "--threads", str(args.threads), "--stream", "0"]
