@@ -46,13 +46,10 @@ def machine() -> str:
         cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    try:
-        flags = next(l for l in open("/proc/cpuinfo") if l.startswith(("flags", "Features"))).split()
-    except (OSError, StopIteration):
-        flags = []
-    dot = [f for f in ("avx512_vnni", "avx_vnni", "asimddp") if f in flags]
+    from edgecls.device.model.runtime import int8_dot_product
+
     # Where the CPU has no int8 dot product, int8 is no faster than float (benchmarks/NOTES.md): say so by the numbers.
-    dot_text = f"int8 dot product: {', '.join(dot)}" if dot else \
+    dot_text = "int8 dot product" if int8_dot_product() else \
         "no int8 dot product (no VNNI): int8 runs no faster than float here, the int8 ONNX unfused"
     return f"{platform.machine()} {cpu}, {os.cpu_count()} cores, {dot_text}, Python {platform.python_version()}"
 

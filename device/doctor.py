@@ -6,7 +6,6 @@ Never imports TensorFlow (only asks whether it could be found). Each check is a 
 from __future__ import annotations
 
 import glob
-import importlib
 import importlib.util
 import os
 import platform
@@ -160,10 +159,12 @@ def check_ai_camera(indexes: list[int]) -> list[dict]:
 
 
 def _ai_helper_found() -> bool:
+    from edgecls.device.capture.imx500_camera import picamera2_classes   # what `run --source imx500` imports
+
     try:
-        return importlib.util.find_spec("picamera2.devices") is not None and \
-            hasattr(importlib.import_module("picamera2.devices"), "IMX500")
-    except Exception:  # a broken install is a missing helper here
+        picamera2_classes()
+        return True
+    except Exception:  # its EdgeclsError, or a broken install: a missing helper here
         return False
 
 

@@ -26,7 +26,6 @@ CLASSES = ["0", "1", "2"]
 def tiny_model(backbone: str, size: int = 96):
     from edgecls.train.config import TrainConfig
     from edgecls.train.model import build_model
-
     from edgecls.train.tfenv import import_tf
 
     _, keras = import_tf()
