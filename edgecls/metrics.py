@@ -77,11 +77,31 @@ def paired_drop(ref_correct, new_correct, z: float = Z95) -> dict:
             "photo_pp": round(100 / n, 3)}
 
 
+def difference_interval(k_a: int, n_a: int, k_b: int, n_b: int, z: float = Z95) -> tuple[float, float]:
+    """95% interval of p_b − p_a for two proportions on different photos (Newcombe 1998, method 10: the two
+    Wilson intervals combined). For the same photos answered twice use paired_drop, which is tighter."""
+    p_a, p_b = k_a / n_a, k_b / n_b
+    (lo_a, hi_a), (lo_b, hi_b) = wilson_interval(k_a, n_a, z), wilson_interval(k_b, n_b, z)
+    d = p_b - p_a
+    return (float(d - np.sqrt((p_b - lo_b) ** 2 + (hi_a - p_a) ** 2)),
+            float(d + np.sqrt((hi_b - p_b) ** 2 + (p_a - lo_a) ** 2)))
+
+
 def delta_text(drop: dict) -> str:
     """A paired_drop as people read it in tables: the change of top-1 (int8 minus float) and its interval,
     "+0.91 (-2.6 to +4.4)"."""
     lo, hi = drop["ci95_pp"]
     return f"{-drop['drop_pp']:+.2f} ({-hi:+.1f} to {-lo:+.1f})"
+
+
+def agreement_text(agreed: int, images: int, interval: bool = False, decimals: int = 2) -> str:
+    """An agreement as every table shows it: "96.67% (58/60)", with `interval` its Wilson 95% interval too,
+    "98.18% (108/110; 93.6–99.5)"."""
+    rate = f"{agreed / images * 100:.{decimals}f}%" if images else "–"
+    if not interval:
+        return f"{rate} ({agreed}/{images})"
+    lo, hi = wilson_interval(agreed, images)
+    return f"{rate} ({agreed}/{images}; {lo * 100:.1f}–{hi * 100:.1f})"
 
 
 def agreement_count(pred_a, pred_b) -> dict:
