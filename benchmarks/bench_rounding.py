@@ -29,7 +29,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from make_results import EDGECLS, ROOT, SHARED, Stages, last_json  # noqa: E402
 
-from edgecls.metrics import delta_text, wilson_interval  # noqa: E402
+from edgecls.metrics import agreement_text, delta_text  # noqa: E402
 
 DATA = {"flowers": SHARED / "data" / "flowers", "digits": SHARED / "data" / "sign_language_digits"}
 ROUNDINGS = {"gptq": [], "nearest": ["--weight-rounding", "nearest"]}
@@ -38,8 +38,7 @@ KEYS = ("tflite-int8", "onnx-int8")
 
 def count_ci(agreed: int, images: int) -> str:
     """"98.18% (108/110; 93.6–99.5)": a count with its Wilson 95% interval."""
-    lo, hi = wilson_interval(agreed, images)
-    return f"{agreed / images * 100:.2f}% ({agreed}/{images}; {lo * 100:.1f}–{hi * 100:.1f})"
+    return agreement_text(agreed, images, interval=True)
 
 
 def seed_row(name: str, seed: int, how: str, art: dict, seconds: float) -> tuple[str, dict]:

@@ -145,11 +145,12 @@ def training_section(rep: Report, st: Stages, runs: Path, skip: set[str]) -> Non
 
 def agreement_cell(mt: dict) -> str:
     """Held-out agreement with its count and 95% interval, e.g. "99.68% (309/310; 98.2–99.9)"."""
+    from edgecls.metrics import agreement_text
+
     h = mt.get("agreement_heldout")
     if not h:
         return pct(mt.get("agreement"))
-    lo, hi = h["ci95"]
-    return f"{h['rate'] * 100:.2f}% ({h['agreed']}/{h['images']}; {lo * 100:.1f}–{hi * 100:.1f})"
+    return agreement_text(h["agreed"], h["images"], interval=True)
 
 
 def drop_cell(mt: dict) -> str:

@@ -33,8 +33,8 @@ from edgecls.dataset import SPLITS
 from edgecls.device.evaluate import Measured, agreement_reference, measure, parity
 from edgecls.progress import progress_bar
 from edgecls.formats import BY_KEY
-from edgecls.metrics import (agreement_count, delta_text, margin_quantiles, mean_tv, paired_drop, top_margin,
-                             wilson_interval)
+from edgecls.metrics import (agreement_count, agreement_text, delta_text, margin_quantiles, mean_tv, paired_drop,
+                             top_margin, wilson_interval)
 
 KERAS_KEY = "keras-float"        # the trained model itself: the reference every artifact is held to
 
@@ -85,7 +85,7 @@ class Measurement:
 
 def count_text(agreement: dict | None) -> str:
     """An agreement_count as tables show it: "96.67% (58/60)"."""
-    return f"{agreement['rate'] * 100:.2f}% ({agreement['agreed']}/{agreement['images']})" if agreement else ""
+    return agreement_text(agreement["agreed"], agreement["images"]) if agreement else ""
 
 
 def references(keys: list[str]) -> dict[str, str | None]:

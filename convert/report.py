@@ -8,7 +8,7 @@ from pathlib import Path
 
 from edgecls.convert.measure import count_text
 from edgecls.device.evaluate import worst_class_delta
-from edgecls.metrics import delta_text
+from edgecls.metrics import agreement_text, delta_text
 from edgecls.fsutil import atomic_write_text
 
 
@@ -46,7 +46,7 @@ def _search_lines(title: str, key: str, search: dict) -> list[str]:
     for i, s in enumerate(search["steps"]):
         mark = " **kept**" if i == search["chosen"] else ""
         md.append(f"| {i}{mark} | {html.escape(s['added'] or '— (all int8)')} | {s['error_steps'] or ''} | "
-                  f"{s['agreement'] * 100:.2f}% ({s['agreed']}/{s['images']}) | {s['latency_ratio']:.2f} |")
+                  f"{agreement_text(s['agreed'], s['images'])} | {s['latency_ratio']:.2f} |")
     return md + [""]
 
 

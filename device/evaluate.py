@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from edgecls.metrics import agreement, confusion, per_class_accuracy
+from edgecls.metrics import agreement, agreement_text, confusion, per_class_accuracy
 from edgecls.progress import progress_bar
 
 Predict = Callable[[np.ndarray], np.ndarray]   # (N,H,W,3) uint8 → (N,classes) probabilities
@@ -109,8 +109,9 @@ def table(rows: dict[str, dict], reference: str | None, sizes: dict[str, int] | 
 
 def _agreement_text(row: dict) -> str:
     """"96.7% (58/60)": the rate with its count when the row has it."""
-    rate = f"{row['agreement'] * 100:.1f}%"
-    return f"{rate} ({row['agreed']}/{row['images']})" if row.get("agreed") is not None and row.get("images") else rate
+    if row.get("agreed") is not None and row.get("images"):
+        return agreement_text(row["agreed"], row["images"], decimals=1)
+    return f"{row['agreement'] * 100:.1f}%"
 
 
 def float_reference(keys: list[str]) -> str | None:
