@@ -23,7 +23,7 @@ from bench_teach import POOL, SHARED, interval
 
 CLASSES = ("daisy", "dandelion", "roses", "sunflowers", "tulips")
 DIGITS = 200
-HOW = ("Embeddings first (`python benchmarks/teach_offline.py embed --work .edgecls-cache/teach`), then: ")
+HOW = "Embeddings first (`python benchmarks/teach_offline.py embed --work {work}`), then: "
 
 
 def digits_files(n: int = DIGITS) -> list[Path]:
@@ -342,7 +342,7 @@ def main() -> None:
     folds = load_folds(args.work)
     text = head_table(folds, [5, 10, 20]) + "\n\n" + more_photos_lines(folds) + "\n\n" + unknown_table(folds)
     if args.out:
-        args.out.write_text(f"# Teaching and the unknown rule, offline\n\n{HOW}`python {' '.join(sys.argv)}`\n\n"
+        args.out.write_text(f"# Teaching and the unknown rule, offline ({args.work.name})\n\n{HOW.format(work=args.work)}`python {' '.join(sys.argv)}`\n\n"
                             f"{text}\n")
 
 
