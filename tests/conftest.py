@@ -107,6 +107,36 @@ def skip_or_fail(reason: str):
     pytest.skip(reason)
 
 
+LITE0_WEIGHTS = WEIGHTS / "efficientnet_lite0_no_top.h5"
+
+
+@pytest.fixture(scope="session")
+def lite0_home(keras_home) -> Path:
+    """The session's Keras cache, with the shared Lite0 file under the name `--weights imagenet` looks for."""
+    if not LITE0_WEIGHTS.is_file():
+        skip_or_fail(f"{LITE0_WEIGHTS} not found")
+    link = keras_home / "models" / LITE0_WEIGHTS.name
+    if not link.exists():
+        link.symlink_to(LITE0_WEIGHTS)
+    return keras_home
+
+
+@pytest.fixture(scope="session")
+def lite0_bundle(tmp_path_factory, lite0_home, shared) -> tuple[Path, Path]:
+    """(run, bundle): a small Lite0 run on the digits (ImageNet weights from the Keras cache, 96 px) and its default
+    int8 TFLite export (input fold, GPTQ, the float-op search) — test_lite0.py checks it, test_pi_stack.py runs it on
+    the emulated Pi. Built once: ~1.5 minutes."""
+    tmp = tmp_path_factory.mktemp("lite0")
+    run, bundle = tmp / "run", tmp / "bundle"
+    r = cli("train", DIGITS, "--out", run, "--backbone", "efficientnet_lite0", "--img-size", "96", "--epochs", "2",
+            "--fine-tune-epochs", "1", "--max-images-per-class", "12", "--batch-size", "32")
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = cli("export", run, "--out", bundle, "--formats", "tflite", "--calib-samples", "16", "--max-float-ops", "1",
+            "--allow-drop", timeout=2400)   # ~3 CPU-minutes; a loaded 2-core machine took over 15 wall minutes
+    assert r.returncode == 0, r.stderr[-3000:]
+    return run, bundle
+
+
 @pytest.fixture(scope="session")
 def shared() -> Path:
     if not DIGITS.is_dir():

@@ -9,20 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import DIGITS, MNV2_WEIGHTS, WEIGHTS, cli, skip_or_fail
-
-LITE0_WEIGHTS = WEIGHTS / "efficientnet_lite0_no_top.h5"
-
-
-@pytest.fixture(scope="module")
-def lite0_home(keras_home) -> Path:
-    """The session's Keras cache, with the shared Lite0 file under the name `--weights imagenet` looks for."""
-    if not LITE0_WEIGHTS.is_file():
-        skip_or_fail(f"{LITE0_WEIGHTS} not found")
-    link = keras_home / "models" / LITE0_WEIGHTS.name
-    if not link.exists():
-        link.symlink_to(LITE0_WEIGHTS)
-    return keras_home
+from conftest import DIGITS, LITE0_WEIGHTS, MNV2_WEIGHTS, cli, skip_or_fail
 
 
 def test_builder_makes_the_pinned_lite0_and_loads_the_shared_weights(lite0_home):
@@ -84,16 +71,11 @@ def test_train_without_the_builder_fails_in_one_line_and_writes_nothing(tmp_path
 
 
 @pytest.mark.slow
-def test_lite0_trains_exports_int8_and_passes_verify_and_eval(tmp_path, lite0_home, shared):
+def test_lite0_trains_exports_int8_and_passes_verify_and_eval(tmp_path, lite0_bundle):
     """A small Lite0 run (ImageNet weights from the Keras cache), its default int8 export (input fold, GPTQ, the
-    float-op search), then `edgecls verify` and `edgecls eval` on its held-out photos, all in the real CLI."""
-    run, bundle = tmp_path / "run", tmp_path / "bundle"
-    r = cli("train", DIGITS, "--out", run, "--backbone", "efficientnet_lite0", "--img-size", "96", "--epochs", "2",
-            "--fine-tune-epochs", "1", "--max-images-per-class", "12", "--batch-size", "32")
-    assert r.returncode == 0, r.stderr[-3000:]
-    r = cli("export", run, "--out", bundle, "--formats", "tflite", "--calib-samples", "16", "--max-float-ops", "1",
-            "--allow-drop", timeout=2400)   # ~3 CPU-minutes; a loaded 2-core machine took over 15 wall minutes
-    assert r.returncode == 0, r.stderr[-3000:]
+    float-op search: conftest.lite0_bundle), then `edgecls verify` and `edgecls eval` on its held-out photos, all
+    in the real CLI."""
+    run, bundle = lite0_bundle
     manifest = json.loads((bundle / "edgecls.json").read_text())
     pre = manifest["preprocessing"]
     assert pre["in_model"] and np.allclose(pre["scale"], 1 / 128) and np.allclose(pre["offset"], -127 / 128)
