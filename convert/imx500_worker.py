@@ -83,7 +83,7 @@ def quantize(model, calib, gptq_epochs: int):
     tpc = mct.get_target_platform_capabilities("tensorflow", "imx500", target_platform_version="v1")
     if gptq_epochs > 0:
         config = mct.gptq.get_keras_gptq_config(n_epochs=gptq_epochs)
-        q_model, _ = mct.gptq.keras_gradient_based_post_training_quantization(
+        q_model, _ = mct.gptq.keras_gradient_post_training_quantization(
             model, representative(calib), gptq_config=config, target_platform_capabilities=tpc)
     else:
         q_model, _ = mct.ptq.keras_post_training_quantization(model, representative(calib),
