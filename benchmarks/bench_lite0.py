@@ -25,7 +25,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from bench_rounding import DATA, count_ci  # noqa: E402
-from make_results import EDGECLS, ROOT, SHARED, Stages, last_json  # noqa: E402
+from make_results import EDGECLS, ROOT, SHARED, Stages, last_json, publish  # noqa: E402
 
 from edgecls.metrics import delta_text, wilson_interval  # noqa: E402
 
@@ -154,9 +154,7 @@ def main() -> None:
     lines += ["", "| data | px | seeds | mean Lite0 test top-1 | pooled (95% CI; seeds' test photos overlap) | "
               "mean MobileNetV2 default | difference pp |", "|---|---|---|---|---|---|---|", *sums, "",
               "Commands (the first seed; the others differ by --seed, --out):", *cmds]
-    out = a.out or HERE / "results" / f"lite0-{a.data.replace(',', '-')}.md"
-    out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    publish(a.out or HERE / "results" / f"lite0-{a.data.replace(',', '-')}.md", lines)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from make_results import EDGECLS, ROOT, SHARED, Stages, last_json  # noqa: E402
+from make_results import EDGECLS, ROOT, SHARED, Stages, last_json, publish  # noqa: E402
 
 from edgecls.metrics import delta_text  # noqa: E402
 
@@ -129,8 +129,7 @@ def main() -> None:
     lines += ["", "Training runs behind it (defaults: MobileNetV2 1.0, 160 px, ImageNet weights):", "",
               "| data | split sizes | float test top-1 | train s | command |", "|---|---|---|---|---|", *train_lines, ""]
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    publish(a.out, lines)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from make_results import EDGECLS, ROOT, SHARED, WEIGHTS, shown  # noqa: E402
+from make_results import EDGECLS, ROOT, SHARED, WEIGHTS, publish, shown  # noqa: E402
 
 from edgecls.metrics import delta_text, difference_interval, paired_drop, wilson_interval  # noqa: E402
 
@@ -139,8 +139,7 @@ def main() -> None:
                   "|---|---|---|---|---|---|", *compared]
     lines += ["", "Commands (RUNS = --runs):", *commands, "",
               f"_{len(seeds)} seeds; benchmark wall time {time.time() - t0:.0f} s (finished runs are reused)._"]
-    a.out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    publish(a.out, lines)
 
 
 if __name__ == "__main__":

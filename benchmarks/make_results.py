@@ -102,6 +102,12 @@ def last_json(text: str):
     return None
 
 
+def publish(out: Path, lines: list[str]) -> None:
+    """A benchmark's section: written to `out` (benchmarks/results/, read into RESULTS.md) and printed."""
+    out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def pct(x) -> str:
     return "–" if x is None else f"{x * 100:.1f}%"
 
