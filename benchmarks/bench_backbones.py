@@ -133,8 +133,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
     seeds = [int(s) for s in a.seeds.split(",")]
-    lines = [f"## Backbones and input sizes on {a.data} (`python benchmarks/bench_backbones.py "
-             f"{' '.join(sys.argv[1:])}`)", "", *table(a.data, seeds)]
+    command = " ".join(["python benchmarks/bench_backbones.py", *sys.argv[1:]])
+    lines = [f"## Backbones and input sizes on {a.data} (`{command}`)", "", *table(a.data, seeds)]
     publish(a.out or HERE / "results" / f"backbones-{a.data}.md", lines)
 
 
