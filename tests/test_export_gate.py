@@ -10,7 +10,7 @@ import pytest
 
 from edgecls.bundle import MANIFEST
 from edgecls.convert import gate, search
-from edgecls.metrics import agreement_count, paired_drop, wilson_interval
+from edgecls.metrics import agreement_count, agreement_text, difference_interval, paired_drop, wilson_interval
 
 from conftest import NEAREST, cli
 
@@ -122,6 +122,18 @@ def test_intervals_are_honest_at_the_edges():
     assert wilson_interval(49, 49)[0] < 1.0 and wilson_interval(0, 10)[1] > 0.0
     zero = paired_drop(*_pairs(49, 0, 0))
     assert zero["drop_pp"] == 0 and zero["ci95_pp"][0] < 0 < zero["ci95_pp"][1]   # no flips ≠ certainty
+
+
+def test_two_rates_on_other_photos_and_the_tables_text():
+    """difference_interval is Newcombe's method 10 (his worked example: 56/70 vs 48/80 gives p1 - p2 in 0.0524 to
+    0.3339); agreement_text is what every table prints."""
+    lo, hi = difference_interval(56, 70, 48, 80)   # p_b - p_a: the example's interval, negated
+    assert abs(lo + 0.3339) < 5e-4 and abs(hi + 0.0524) < 5e-4
+    lo, hi = difference_interval(289, 330, 288, 330)   # the recipe table: one photo of 330 is noise
+    assert lo < 0 < hi
+    assert agreement_text(58, 60) == "96.67% (58/60)"
+    assert agreement_text(108, 110, interval=True) == "98.18% (108/110; 93.6–99.5)"
+    assert agreement_text(58, 60, decimals=1) == "96.7% (58/60)"
 
 
 def _fake_search(agreements, ratios, target=0.99, max_ratio=0.65, max_ops=6):
