@@ -36,6 +36,10 @@ LITE0 = ROOT / ".edgecls-cache" / "lite0"
 LATENCY_ROUNDS = 60
 
 
+def seeds_text(n: int) -> str:
+    return f"{n} seed{'s' if n != 1 else ''}"
+
+
 def candidates(data: str, seed: int) -> dict[tuple[str, int], dict]:
     """(backbone, px) → {"run", "bundle", "export"} of one seed, for the runs that exist."""
     rows = {("MobileNetV2", 160): {"run": HELD / "runs" / f"{data}-s{seed}",
@@ -102,7 +106,7 @@ def table(data: str, seeds: list[int]) -> list[str]:
         if key != base_key and both:
             d = paired_drop(np.concatenate([test_correct(per_seed[s][base_key]["run"]) for s in both]),
                             np.concatenate([test_correct(per_seed[s][key]["run"]) for s in both]))
-            delta = f"{delta_text(d)} (−{d['lost']} +{d['gained']}; {len(both)} seeds)"
+            delta = f"{delta_text(d)} (−{d['lost']} +{d['gained']}; {seeds_text(len(both))})"
         else:
             delta = "–"
         int8 = [m for m in (int8_metrics(per_seed[s][key].get("export")) for s in have) if m]
@@ -111,7 +115,7 @@ def table(data: str, seeds: list[int]) -> list[str]:
             images = sum(m["agreement_heldout"]["images"] for m in int8)
             lost = sum(m["drop"]["lost"] for m in int8)
             gained = sum(m["drop"]["gained"] for m in int8)
-            int8_cells = [f"{agreement_text(agreed, images, interval=True)} ({len(int8)} seeds)",
+            int8_cells = [f"{agreement_text(agreed, images, interval=True)} ({seeds_text(len(int8))})",
                           f"{(gained - lost) / images * 100:+.2f} pp (−{lost} +{gained})"]
             export_s = f"{np.mean([m['export_s'] for m in int8]):.0f}"
         else:
