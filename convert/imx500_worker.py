@@ -82,7 +82,11 @@ def quantize(model, calib, gptq_epochs: int):
 
     tpc = mct.get_target_platform_capabilities("tensorflow", "imx500", target_platform_version="v1")
     if gptq_epochs > 0:
-        config = mct.gptq.get_keras_gptq_config(n_epochs=gptq_epochs)
+        # Without MCT's Hessian-based loss weights and sample attention: with them (its defaults) one 20-epoch GPTQ of
+        # MobileNetV2 160 px on 200 images spent over an hour in Hessian estimates (100 iterations at ~35 s each, then
+        # another 100) on a 2-core CPU before any GPTQ step, and was stopped there.
+        config = mct.gptq.get_keras_gptq_config(n_epochs=gptq_epochs, use_hessian_based_weights=False,
+                                                use_hessian_sample_attention=False)
         q_model, _ = mct.gptq.keras_gradient_post_training_quantization(
             model, representative(calib), gptq_config=config, target_platform_capabilities=tpc)
     else:
