@@ -29,6 +29,13 @@ DATA = {"flowers": SHARED / "data" / "flowers", "digits": SHARED / "data" / "sig
 # the 2-class subset (~300 photos): roses and tulips, the pair the flowers models confuse most
 SUBSETS = {"flowers2": ("flowers", ["roses", "tulips"])}
 
+RECIPES = {   # label → train arguments
+    # the default before issue 16: 5 head epochs through the backbone, then 12 at a constant lr/10, 160 px
+    "old": ["--head", "images", "--schedule", "constant", "--epochs", "5", "--fine-tune-epochs", "12",
+            "--img-size", "160"],
+    "new": [],   # today's defaults (--preset balanced)
+}
+
 
 def data_dir(runs: Path, data: str) -> Path:
     """The photo folder of a data set; a subset is a folder of links to some of a set's class folders."""
@@ -41,12 +48,6 @@ def data_dir(runs: Path, data: str) -> Path:
         if not (folder / c).exists():
             (folder / c).symlink_to(DATA[parent] / c)
     return folder
-RECIPES = {   # label → train arguments
-    # the default before issue 16: 5 head epochs through the backbone, then 12 at a constant lr/10, 160 px
-    "old": ["--head", "images", "--schedule", "constant", "--epochs", "5", "--fine-tune-epochs", "12",
-            "--img-size", "160"],
-    "new": [],   # today's defaults (--preset balanced)
-}
 
 
 def train(runs: Path, data: str, recipe: str, seed: int) -> tuple[dict, str]:

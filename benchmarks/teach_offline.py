@@ -342,8 +342,8 @@ def main() -> None:
     folds = load_folds(args.work)
     text = head_table(folds, [5, 10, 20]) + "\n\n" + more_photos_lines(folds) + "\n\n" + unknown_table(folds)
     if args.out:
-        args.out.write_text(f"# Teaching and the unknown rule, offline ({args.work.name})\n\n{HOW.format(work=args.work)}`python {' '.join(sys.argv)}`\n\n"
-                            f"{text}\n")
+        args.out.write_text(f"# Teaching and the unknown rule, offline ({args.work.name})\n\n"
+                            f"{HOW.format(work=args.work)}`python {' '.join(sys.argv)}`\n\n{text}\n")
 
 
 if __name__ == "__main__":
