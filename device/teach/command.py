@@ -154,7 +154,7 @@ def teach(req: TeachRequest) -> dict:
         new = add_photos(state, req.label, emb)
     else:
         new = add_class(state, req.label, emb)
-    rule = calibrate({**new.arrays, "kernel": new.kernel})   # on the held-out set, the taught photos joined
+    rule = calibrate({**new.arrays, "kernel": new.kernel})   # a taught class: its own photos, leave-one-out
     action = "forget" if req.forget else ("more" if req.more else "teach")
     written = write_version(bundle, out, new, rule, action, req.label, photos)
     written["seconds"] = round(time.perf_counter() - t0, 2)
