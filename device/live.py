@@ -7,8 +7,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+from pathlib import Path
 
 from edgecls.device.run_options import RunSettings
+from edgecls.errors import EdgeclsError
 
 
 def _err(msg: str) -> None:
@@ -16,8 +18,32 @@ def _err(msg: str) -> None:
 
 
 def run_live(s: RunSettings) -> None:
-    """Open everything in order, run the loop until the source ends (or --max-frames, SIGINT, SIGTERM), report."""
-    from edgecls.device.pipeline import run_pipeline
+    """Open everything in order, run the loop until the source ends (or --max-frames, SIGINT, SIGTERM), report.
+    When the page asks to run a version it taught (POST /api/teach/use), the loop ends after its frame and all of
+    it starts again on that version, as a restart would; if that version cannot start, the one before goes on."""
+    previous = None
+    while True:
+        try:
+            started = _start(s)
+        except EdgeclsError as e:
+            if previous is None:
+                raise
+            _err(f"edgecls: warning: the taught version {s.bundle} could not start ({e}); going on with {previous}")
+            s, previous = dataclasses.replace(s, bundle=previous), None
+            continue
+        summary = _loop(*started)
+        if "switch_to" not in summary:
+            return
+        previous, s = s.bundle, dataclasses.replace(s, bundle=Path(summary["switch_to"]))
+        if s.outputs.json_lines:
+            print(json.dumps({"switch": {"from": str(previous), "to": str(s.bundle), "after_frames": summary["frames"]}}),
+                  flush=True)
+        _err(f"edgecls: switching to the taught version {s.bundle} (asked on the web page) after "
+             f"{summary['frames']} frames")
+
+
+def _start(s: RunSettings):
+    """(settings, classifier, shadow, exam, source, outputs, updates): everything opened, in order."""
     from edgecls.device.model.shadow import parse_every
     from edgecls.fleet.live import starting
 
@@ -30,6 +56,12 @@ def run_live(s: RunSettings) -> None:
     s.source_opts.model_input = (net.spec.width, net.spec.height)   # cameras that scale in hardware: near it
     self_test = _startup_exam(s, net)
     src, output, updates = _open_outputs_and_source(s, net, shadow, open_net)
+    return s, net, shadow, self_test, src, output, updates
+
+
+def _loop(s: RunSettings, net, shadow, self_test, src, output, updates) -> dict:
+    from edgecls.device.pipeline import run_pipeline
+
     if not s.outputs.json_lines:
         _err(f"edgecls: {src.name} → {net.artifact_key} ({net.model.runtime}, {', '.join(net.model.providers)})")
         if getattr(src, "delivers", ""):
@@ -38,6 +70,7 @@ def run_live(s: RunSettings) -> None:
             _err(self_test.line)
     summary = run_pipeline(src, net, output, max_frames=s.outputs.max_frames, shadow=shadow, updates=updates)
     _report(summary, self_test, shadow, s.outputs.json_lines)
+    return summary
 
 
 def _net_opener(s: RunSettings, every: int | None):

@@ -21,6 +21,8 @@ from edgecls.device.model.shadow import ShadowCheck
 from edgecls.device.capture.sources import Source
 from edgecls.device.output.stats import LiveStats, rss_mb
 
+SWITCH = "switch to a taught version"
+
 
 @contextlib.contextmanager
 def stop_on_signals(source: Source):
@@ -66,6 +68,9 @@ def run_pipeline(source: Source, net: Classifier, output: Outputs, max_frames: i
                 if output.wants_stop:
                     stopped_by = "window closed"
                     break
+                if output.switch_to is not None:   # run starts again on it (device/live.py)
+                    stopped_by = SWITCH
+                    break
                 if updates is not None and updates.wants_restart:
                     stopped_by = "restart for an update"
                     break
@@ -81,6 +86,8 @@ def run_pipeline(source: Source, net: Classifier, output: Outputs, max_frames: i
         finally:
             output.close()
     summary = {"source": source.name, "artifact": net.artifact_key, "stopped_by": stopped_by, **stats.summary()}
+    if stopped_by == SWITCH:
+        summary["switch_to"] = str(output.switch_to)
     if shadow is not None:
         summary["shadow"] = shadow.summary()
     if updates is not None:

@@ -78,12 +78,22 @@ def test_the_page_teaches_a_new_class_from_kept_frames_in_a_real_browser(digits_
         shown = wait(lambda: (lambda t: t if t.startswith(("taught", "teach failed")) else None)(
             driver.find_element(By.ID, "teach-result").text), timeout=90)
         shoot(driver, tmp_path, "taught")
+        assert shown.startswith(f"taught daisy: new version {tmp_path / 'bundle-v2'} (exam passed"), shown
+        started = status(port)["started"]
+        # "Run it now": run starts again on the version (model, exam, page, source) and the page reloads itself.
+        driver.find_element(By.ID, "teach-use").click()
+        wait(lambda: driver.execute_script("return status !== null && status.labels.includes('daisy')"), timeout=90)
+        after = status(port)
+        assert after["started"] != started and after["bundle"] == str(tmp_path / "bundle-v2"), after
+        wait(lambda: status(port)["label"] == "daisy", timeout=30)   # the live daisies, named by the new class
+        shoot(driver, tmp_path, "switched")
     finally:
         if driver is not None:
             driver.quit()
         err = s.stop()
     version = tmp_path / "bundle-v2"
-    assert shown.startswith(f"taught daisy: new version {version} (exam passed") and "restart edgecls run" in shown
+    assert "Run it now" in shown
+    assert f"switching to the taught version {version} (asked on the web page)" in err, err[-3000:]
     meta = json.loads((version / MANIFEST).read_text())
     assert meta["labels"] == json.loads((bundle / MANIFEST).read_text())["labels"] + ["daisy"]
     used = {Path(u["file"]).name: u["sha256"] for u in meta["derived"]["photos"]}
@@ -92,6 +102,15 @@ def test_the_page_teaches_a_new_class_from_kept_frames_in_a_real_browser(digits_
     assert p.returncode == 0 and "verdict: PASS" in p.stdout, p.stdout + p.stderr
     assert tree_hashes(bundle) == before   # the version run started with, untouched
     assert "Traceback" not in err and "the web page taught 'daisy'" in err, err[-3000:]
+
+
+def status_while_switching(port: int, token: str) -> dict:
+    """/api/status, or {} while run is starting again (its page server is down for a moment)."""
+    try:
+        code, _, data = ask(port, "/api/status", headers=bearer(token))
+    except OSError:
+        return {}
+    return json.loads(data) if code == 200 else {}
 
 
 def teach(port: int, token: str, body, ctype: str = "application/json") -> tuple[int, dict]:
@@ -134,6 +153,8 @@ def test_bad_teach_requests_get_the_cli_reason_and_write_nothing_and_capture_tea
             assert got == code and fragment in reply["error"] and "\n" not in reply["error"], (body, got, reply)
         assert teach(port, token, {"label": "new", "capture": 1}, ctype="text/plain")[0] == 415
         assert json.loads(ask(port, "/api/teach", headers=bearer(token))[2]) == {"state": "idle"}
+        code, _, data = ask(port, "/api/teach/use", "POST", body={"bundle": str(bundle)}, headers=bearer(token))
+        assert code == 409 and "no taught version" in json.loads(data)["error"], data
         assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "daisies.avi", "keep"]
         assert tree_hashes(bundle) == before
         # CAPTURE frames CAPTURE_GAP_S apart outlast WAIT_S: the POST answers 202 and the page's poll takes over.
@@ -145,13 +166,31 @@ def test_bad_teach_requests_get_the_cli_reason_and_write_nothing_and_capture_tea
             code, _, data = ask(port, "/api/teach", headers=bearer(token))
             reply = json.loads(data)
             polled.append((reply["state"], reply.get("captured")))
+        taught = reply
+        # Run it: only the version the last teach wrote (not a path of the asker's choosing), behind the token.
+        other = {"bundle": str(tmp_path / "bundle")}
+        assert ask(port, "/api/teach/use", "POST", body=other, headers=bearer(token))[0] == 400
+        assert ask(port, "/api/teach/use", "POST", body={"bundle": reply["bundle"]})[0] == 401
+        assert ask(port, "/api/teach/use", headers=bearer(token))[0] == 405
+        started = json.loads(ask(port, "/api/status", headers=bearer(token))[2])["started"]
+        # A version that cannot start (its labels.txt edited since): run goes back to the version it had.
+        labels_txt = tmp_path / "bundle-v2" / "labels.txt"
+        labels_txt.write_text(labels_txt.read_text().replace("daisy", "rose"))
+        code, _, data = ask(port, "/api/teach/use", "POST", body={"bundle": reply["bundle"]}, headers=bearer(token))
+        assert code == 202 and json.loads(data) == {"state": "switching", "bundle": reply["bundle"]}, data
+        now = wait(lambda: (lambda st: st if st.get("started") not in (None, started) and st["frames"] else None)(
+            status_while_switching(port, token)), timeout=90)
+        assert now["bundle"] == str(bundle) and "daisy" not in now["labels"], now
+        labels_txt.write_text(labels_txt.read_text().replace("rose", "daisy"))
     finally:
         err = s.stop()
-    assert code == 200 and reply["state"] == "done" and reply["bundle"] == str(tmp_path / "bundle-v2"), reply
+    reply = taught
+    assert code == 202 and reply["state"] == "done" and reply["bundle"] == str(tmp_path / "bundle-v2"), reply
     assert polled[0][0] == "capturing" and polled[-1][0] == "done" and polled[-1][1] == CAPTURE, polled
     meta = json.loads((tmp_path / "bundle-v2" / MANIFEST).read_text())
     assert meta["labels"][-1] == "daisy" and [("frame" in u) for u in meta["derived"]["photos"]] == [True] * CAPTURE
     assert tree_hashes(bundle) == before and "Traceback" not in err, err[-3000:]
+    assert f"the taught version {tmp_path / 'bundle-v2'} could not start" in err and "going on with" in err, err[-3000:]
 
 
 def test_a_bundle_exported_before_teach_and_the_labelling_page_say_why_they_cannot_teach(digits_bundle, tmp_path):
@@ -181,3 +220,34 @@ def test_a_bundle_exported_before_teach_and_the_labelling_page_say_why_they_cann
     finally:
         err = s.stop()
     assert "Traceback" not in err
+
+
+def test_a_run_in_a_device_folder_teaches_but_leaves_switching_to_the_fleets_slots(digits_bundle, tmp_path):
+    """DEVICE_DIR/current of `edgecls update` (here its smallest form: state.json and the link): the page teaches,
+    but "Run it now" is refused with the reason — the slots and the canary decide what runs there (docs/fleet.md)."""
+    from edgecls.fleet.slots import STATE_FORMAT
+
+    bundle, before = bundle_copy(digits_bundle, tmp_path)
+    device = tmp_path / "device"
+    device.mkdir()
+    (device / "state.json").write_text(json.dumps({"format": STATE_FORMAT, "current": None, "previous": None,
+                                                   "refused": {}}))
+    (device / "current").symlink_to(bundle)
+    port = free_port()
+    s = Served("run", device / "current", "--source", daisy_video(tmp_path / "d.avi", 2), "--headless", "--loop",
+               "--realtime", "--ui", port)
+    try:
+        s.wait_for("web page on")
+        code, _, data = ask(port, "/api/teach", "POST", body={"label": "daisy", "capture": 2})
+        done = json.loads(data)
+        while done.get("state") in ("capturing", "teaching"):
+            time.sleep(0.3)
+            done = json.loads(ask(port, "/api/teach")[2])
+        assert done["state"] == "done", done
+        code, _, data = ask(port, "/api/teach/use", "POST", body={"bundle": done["bundle"]})
+        assert code == 409 and "its slots decide what runs" in json.loads(data)["error"], data
+        assert status(port)["bundle"] == str(device / "current")
+    finally:
+        err = s.stop()
+    assert "switching to" not in err and "Traceback" not in err, err[-3000:]
+    assert tree_hashes(bundle) == before

@@ -6,7 +6,8 @@ by the MJPEG server (device/output/mjpeg.py: bounded connections and timeouts) o
     GET  /                  the page                       GET  /static/app.js, /static/style.css
     GET  /stream            the annotated MJPEG stream     GET  /frame.jpg   the newest annotated frame
     GET  /api/status        {"mode", "labels", "frames", "fps", "latency_ms_p50", "label", "confidence", "top",
-                             "events", "keep", "data", "can_label", "can_capture", "can_teach"}
+                             "events", "keep", "data", "can_label", "can_capture", "can_teach", "started",
+                             "bundle" (run --ui: the version running)}
     GET  /api/kept          {"photos": [{"name", "url", "time", "reason", "model": {…}}]}, newest first
     GET  /api/kept/NAME.jpg a kept frame
     POST /api/label         {"name": NAME.jpg, "label": CLASS}: the kept frame and its sidecar → DATA_DIR/CLASS/
@@ -14,6 +15,7 @@ by the MJPEG server (device/output/mjpeg.py: bounded connections and timeouts) o
     POST /api/capture       {"label": CLASS}: the current frame (full resolution, no overlay) → DATA_DIR/CLASS/
     POST /api/teach         {"label": NEW, "names": [NAME.jpg, …]} or {"label": NEW, "capture": N}: teach the
     GET  /api/teach         bundle a new class (run --ui only; device/teach/page.py: TeachPage, dispatched here)
+    POST /api/teach/use     {"bundle": the version the last teach wrote}: `run` goes on with it (device/live.py)
 
 Every state change is a POST with a JSON body (Content-Type: application/json — which another site's page
 cannot send here without a CORS preflight this server never answers), at most MAX_BODY bytes (TEACH_MAX_BODY for
@@ -76,6 +78,7 @@ class WebUi:
         self.source_name = ""
         self.extra_status = None   # () -> dict: e.g. the keep output's counts
         self.teacher = None        # run --ui: device/teach/page.py: TeachPage (set by device/data/labelling.py)
+        self.started = f"{time.time():.6f}"   # the page reloads when this changes: run started again
         self._lock = threading.Lock()
         self._published = 0.0
         self.log = log or (lambda m: print(m, file=sys.stderr, flush=True))
@@ -103,8 +106,8 @@ class WebUi:
 
     def route(self, h, method: str, path: str) -> bool:
         try:
-            if path == "/api/teach":
-                return self._teach(h, method)
+            if path in ("/api/teach", "/api/teach/use"):
+                return self._teach(h, method, use=path.endswith("/use"))
             if method == "GET":
                 if path in STATIC_FILES:
                     name, ctype = STATIC_FILES[path]
@@ -155,7 +158,9 @@ class WebUi:
                "frames": 0, "fps": 0.0, "latency_ms_p50": None, "label": None, "confidence": None, "top": [],
                "events": list(self.events), "can_label": self.data_dir is not None and self.keep_dir is not None,
                "can_capture": self.live and self.data_dir is not None, "data": self.data_counts(), "keep": {},
-               "can_teach": self.teacher is not None}
+               "can_teach": self.teacher is not None, "started": self.started}
+        if self.teacher is not None:
+            out["bundle"] = str(self.teacher.bundle)
         if stats is not None:
             s = stats.summary()
             out.update({"frames": s["frames"], "fps": rec.get("fps", 0.0), "latency_ms_p50": s["latency_ms_p50"],
@@ -202,12 +207,19 @@ class WebUi:
                 "model": {k: self.record.get(k) for k in ("label", "confidence", "top")}}
         return save_photo(self._class_dir(label), frame.bgr(), side)
 
-    def _teach(self, h, method: str) -> bool:
+    def _teach(self, h, method: str, use: bool) -> bool:
         if self.teacher is None:
             raise BadRequest(409, "teaching needs the model: `edgecls run BUNDLE … --ui PORT` "
                                   "(this page only labels)")
         if method == "GET":
+            if use:
+                raise BadRequest(405, "state changes are POST only")
             return _json(h, 200, self.teacher.state())
+        if use:   # the reply is written before the loop may close this server to start again on the version
+            version = self.teacher.check_use(_body(h))
+            _json(h, 202, {"state": "switching", "bundle": str(version)})
+            self.teacher.switch_to = version
+            return True
         return _json(h, *self.teacher.start(_body(h, TEACH_MAX_BODY), self._kept_photo))
 
     def _label(self, body: dict) -> str:
@@ -316,6 +328,10 @@ class UiOutput(Output):
 
     def __init__(self, ui: WebUi):
         self.ui = ui
+
+    @property
+    def switch_to(self):
+        return self.ui.teacher.switch_to if self.ui.teacher is not None else None
 
     def attach_source(self, source, fps) -> None:
         self.ui.source_name = source.name

@@ -48,6 +48,7 @@ def result_record(frame: Frame, result: Prediction, stats: LiveStats, shadow: Sh
 class Output:
     shows_pictures = False   # True: render() receives the annotated BGR frame
     wants_stop = False       # True once the user asked this output to end the run (window: q / Esc)
+    switch_to = None         # a bundle version the user asked the run to go on with (the page: "Run it now")
 
     def render(self, frame: Frame, result: Prediction, stats: LiveStats, annotated: np.ndarray | None,
                shadow: ShadowReport | None = None) -> None:
@@ -251,6 +252,10 @@ class Outputs:
     @property
     def wants_stop(self) -> bool:
         return any(o.wants_stop for o in self.outputs)
+
+    @property
+    def switch_to(self):
+        return next((o.switch_to for o in self.outputs if o.switch_to is not None), None)
 
     def render(self, frame: Frame, result: Prediction, stats: LiveStats, shadow: ShadowReport | None = None) -> None:
         annotated = None

@@ -10,9 +10,14 @@ teach), on the bundle `run` started with; a new version is written beside it and
 Bad input (a label the bundle has or with path characters, no photos, a corrupt photo, a bundle exported before
 teach) is answered at once, with the CLI's one-line reason, before anything runs. The teach itself runs on its
 own thread (one at a time); the request waits up to WAIT_S for it and otherwise answers 202, and the page polls
-GET. The live loop keeps running the version it started with: its outputs (keep sidecars, events, the page)
-hold that version's labels, and the loop's one hand-over point between frames is the fleet updater's (canary,
-slots). The reply says to restart `run` on the new version (docs/teach.md).
+GET. The live loop keeps running the version it started with until the page asks for the new one:
+
+    POST /api/teach/use {"bundle": the version the last teach wrote}      run goes on with it ("Run it now")
+
+Then the loop ends after its frame and `run` starts again on the new version — model, exam, outputs, page and
+source opened afresh, as a restart would (device/live.py: its outputs, keep sidecars and events hold a version's
+labels) — and goes back to the version it had if the new one cannot start. Not in a device folder of
+`edgecls update`: there the slots and the fleet's canary decide what runs (docs/fleet.md).
 """
 from __future__ import annotations
 
@@ -39,6 +44,7 @@ class TeachPage:
         self._lock = threading.Lock()
         self._job: dict = {"state": "idle"}
         self._done = threading.Event()
+        self.switch_to: Path | None = None   # set by POST /api/teach/use; the live loop reads it (UiOutput)
 
     def state(self) -> dict:
         with self._lock:
@@ -66,6 +72,20 @@ class TeachPage:
             return 202, job
         return (200, job) if job["state"] == "done" else (job["code"], job)
 
+    def check_use(self, body: dict) -> Path:
+        """The version POST /api/teach/use may switch to: the one the last teach wrote, and only that one."""
+        from edgecls.fleet.live import device_dir_of
+
+        job = self.state()
+        if job["state"] != "done":
+            raise BadRequest(409, "no taught version to run: teach a class first")
+        if body.get("bundle") != job["bundle"]:
+            raise BadRequest(400, f"'bundle' must be the version the last teach wrote ({job['bundle']})")
+        if device_dir_of(self.bundle) is not None:
+            raise BadRequest(409, f"this run follows the device folder {self.bundle.parent} of `edgecls update`: "
+                                  "its slots decide what runs; restart `run` on the taught version by hand")
+        return Path(job["bundle"])
+
     def _open(self):
         from edgecls.bundle import load_bundle
         from edgecls.device.teach.command import TeachState
@@ -81,9 +101,9 @@ class TeachPage:
                 photos = self._capture(capture, spec)
                 self._set(state="teaching")
             written = teach(TeachRequest(self.bundle, label, photos=photos))
-            self._set(state="done", **written, restart=f"edgecls run {written['bundle']} …", live=False)
+            self._set(state="done", **written, use="/api/teach/use")
             self.log(f"edgecls: the web page taught {label!r}: {written['bundle']} (exam {written['exam']}); "
-                     f"`run` keeps the version it started with until restarted on it")
+                     f"`run` keeps the version it started with until the page says to run it")
         except Exception as e:   # the thread's end is the reply: every failure is one line on the page
             known = isinstance(e, (OSError, EdgeclsError))
             code, reason = disk_fault(e) if known else (500, f"{type(e).__name__}: {e}")

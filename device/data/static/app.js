@@ -66,6 +66,7 @@ async function poll() {
   try {
     const r = await fetch("/api/status", {cache: "no-store"});
     const s = await r.json();
+    if (status && s.started !== status.started) { location.reload(); return; }   // run started again (a new version)
     if (!status) setupLabels(s);
     status = s;
     $("fps").textContent = s.fps.toFixed(1);
@@ -139,10 +140,22 @@ async function teach(body) {
     }
     if (out.state !== "done") throw new Error(out.error || "the teach stopped");
     shown.textContent = `taught ${out.label}: new version ${out.bundle} (exam ${out.exam}; ${out.photos} photos, ` +
-      `${out.seconds} s). The camera still runs the previous version: restart edgecls run on ${out.bundle} to use it.`;
+      `${out.seconds} s). The camera still runs the previous version: "Run it now" switches to the new one.`;
+    taught = out.bundle;
+    $("teach-use").hidden = false;
     for (const c of document.querySelectorAll("#gallery .pick:checked")) c.checked = false;
     countPicked();
   } catch (e) { shown.textContent = `teach failed: ${e.message}`; }
+}
+
+// `run` starts again on the taught version: the page reloads when /api/status answers from the new start (poll).
+let taught = null;
+async function useTaught() {
+  try {
+    await post("/api/teach/use", {bundle: taught});
+    $("teach-use").hidden = true;
+    $("teach-result").textContent = `switching to ${taught}…`;
+  } catch (e) { $("teach-result").textContent = `switch failed: ${e.message}`; }
 }
 
 document.addEventListener("keydown", (e) => {
@@ -152,5 +165,6 @@ document.addEventListener("keydown", (e) => {
 for (const b of document.querySelectorAll(".tab")) b.onclick = () => showPage(b.dataset.page);
 $("refresh").onclick = loadGallery;
 $("teach-kept").onclick = () => teach({label: $("teach-label").value.trim(), names: picked()});
+$("teach-use").onclick = useTaught;
 $("teach-capture").onclick = () => teach({label: $("teach-label").value.trim(), capture: Number($("teach-count").value)});
 poll();
