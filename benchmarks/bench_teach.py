@@ -65,8 +65,10 @@ def trained_bundle(work: Path, name: str, data: Path, train_args: list[str], exp
     return bundle
 
 
-def answers(bundle: Path, files: list[Path]) -> tuple[list[str], list[bool]]:
-    """(label, unknown?) per photo through the device runtime: the bundle's default artifact, its unknown rule."""
+def answers(bundle: Path, files: list[Path], shared: bool = False):
+    """(label, unknown?) per photo through the device runtime: the bundle's default artifact, its unknown rule.
+    With `shared`, also whether the rule's shared threshold alone (every class held to it, as before a taught
+    class had its own) calls it unknown."""
     from edgecls.bundle import load_bundle
     from edgecls.device.model.runtime import load_model
     from edgecls.device.model.unknown import UnknownRule
@@ -75,12 +77,14 @@ def answers(bundle: Path, files: list[Path]) -> tuple[list[str], list[bool]]:
 
     b = load_bundle(bundle)
     model, rule = load_model(b), UnknownRule.from_bundle(b)
-    labels, unknown = [], []
+    one = rule and UnknownRule(np.full(len(b.labels), b.meta["unknown"]["threshold"], np.float32), rule.means)
+    labels, unknown, unknown_shared = [], [], []
     for f in files:
         probs, emb = model.predict_both(prepare(load_rgb(f), b.spec, image_order="RGB")[None])
         labels.append(b.labels[int(probs[0].argmax())])
         unknown.append(bool(rule and rule.unknown(emb[0])))
-    return labels, unknown
+        unknown_shared.append(bool(one and one.unknown(emb[0])))
+    return (labels, unknown, unknown_shared) if shared else (labels, unknown)
 
 
 def test_split(run_dir: Path) -> list[tuple[Path, str]]:
@@ -114,17 +118,25 @@ def leave_one_out(work: Path, left: str, photos: dict[str, list[Path]], shots: l
             timing.write_text(f"{seconds:.2f}")
         if timing.is_file():
             row.setdefault("teach_seconds", {})[n] = float(timing.read_text())
-        new_labels, _ = answers(out, held)
-        old_after, _ = answers(out, old_files)
+        new_labels, new_unknown, new_unknown_shared = answers(out, held, shared=True)
+        old_after, old_unknown, old_unknown_shared = answers(out, old_files, shared=True)
         row["shots"][n] = {"new": sum(a == left for a in new_labels),
-                           "old_after": sum(a == t for a, t in zip(old_after, old_truth))}
+                           "old_after": sum(a == t for a, t in zip(old_after, old_truth)),
+                           # the new class's photos it answers right and does not call unknown: own / shared threshold
+                           "new_named": sum(a == left and not u for a, u in zip(new_labels, new_unknown)),
+                           "new_named_shared": sum(a == left and not u for a, u in zip(new_labels, new_unknown_shared)),
+                           "old_kept": sum(not u for u in old_unknown),
+                           "old_kept_shared": sum(not u for u in old_unknown_shared)}
+        if n == max(shots):
+            k, m = digits_unknown(work, left, bundle=out)
+            row["shots"][n]["digits_unknown"], row["shots"][n]["digits"] = k, m
     return row
 
 
-def digits_unknown(work: Path, left: str, n: int = 200) -> tuple[int, int]:
+def digits_unknown(work: Path, left: str, n: int = 200, bundle: Path | None = None) -> tuple[int, int]:
     files = sorted(f for f in (SHARED / "sign_language_digits").rglob("*") if f.suffix.lower() in (".jpg", ".jpeg", ".png"))
     files = [files[i] for i in np.linspace(0, len(files) - 1, n).round().astype(int)]
-    return sum(answers(work / "bundles" / f"no-{left}", files)[1]), len(files)
+    return sum(answers(bundle or work / "bundles" / f"no-{left}", files)[1]), len(files)
 
 
 def table(rows: list[dict], shots: list[int], reference: dict, digits: dict) -> str:
@@ -143,6 +155,20 @@ def table(rows: list[dict], shots: list[int], reference: dict, digits: dict) -> 
         k, n = digits[r["left_out"]]
         lines.append(f"| {r['left_out']} | {interval(r['unknown_left_out'], r['held_images'])} | {interval(k, n)} | "
                      f"{interval(r['known_kept'], r['old_images'])} |")
+    lines += ["", "After teaching (the taught version): the new class's held-out photos it names — answered right and "
+              "not called unknown — with the taught class's own threshold (leave-one-out over its teach photos) and "
+              "with the shared one alone; the old classes' test photos kept (not unknown), own / shared; digits "
+              "photos still called unknown.", "",
+              "| left out | photos | new class named: own threshold | new class named: shared only | old kept: own | "
+              "old kept: shared only | digits unknown |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        for n in shots:
+            s = r["shots"][n]
+            dig = interval(s["digits_unknown"], s["digits"]) if "digits" in s else ""
+            lines.append(f"| {r['left_out']} | {n} | {interval(s['new_named'], r['held_images'])} | "
+                         f"{interval(s['new_named_shared'], r['held_images'])} | "
+                         f"{interval(s['old_kept'], r['old_images'])} | "
+                         f"{interval(s['old_kept_shared'], r['old_images'])} | {dig} |")
     if not reference["images"]:
         return "\n".join(lines)
     lines += ["", f"Reference, `edgecls train` on all five (same recipe), its own test split: "
