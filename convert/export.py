@@ -374,6 +374,8 @@ def _export(opts: ExportOptions, console, stop) -> dict:
         result = measure.artifacts(ctx, tmp, keys, entries, eval_split, keras_predict, run.model_path.stat().st_size)
         sensor = imx500.attach(ctx, tmp, eval_split, backbone, result, console) if "imx500" in opts.targets else None
         console.print(result.table(run.root.name))
+        for line in result.flips_lines():   # what int8's disagreements are: near-ties of float cost little
+            console.print(line, markup=False)
         for line in result.gate["notes"]:
             console.print(f"note: {line}", markup=False)
         if not result.gate["passed"] and not opts.allow_drop:

@@ -158,7 +158,7 @@ def explain(result: dict) -> str:
 def judge(opts, float_probs: np.ndarray, mct_probs: np.ndarray, labels: np.ndarray, split: str):
     """The gate's verdict on MCT's quantized model against the float model on the judged photos, and its row."""
     from edgecls.convert import gate
-    from edgecls.metrics import agreement_count, paired_drop
+    from edgecls.metrics import agreement_count, flips, paired_drop
 
     ref, pred = float_probs.argmax(1), mct_probs.argmax(1)
     agree = {**agreement_count(pred, ref), "reference": "keras-float", "split": split, "heldout": split == "test"}
@@ -166,7 +166,7 @@ def judge(opts, float_probs: np.ndarray, mct_probs: np.ndarray, labels: np.ndarr
     verdict = gate.judge(gate.Evidence("imx500", bool(np.isfinite(mct_probs).all()), drop, agree, split=split),
                          opts.max_drop, opts.min_agreement)
     row = {"accuracy": round(float((pred == labels).mean()), 4), "agreement_heldout": agree, "drop": drop,
-           "verdict": verdict.to_dict()}
+           "flips": flips(float_probs, mct_probs, labels), "verdict": verdict.to_dict()}
     return verdict, row
 
 
@@ -200,6 +200,7 @@ def export(ctx, bundle_dir: Path, split: str, backbone: str | None) -> tuple[obj
 def attach(ctx, bundle_dir: Path, split: str, backbone: str | None, result, console) -> dict:
     """Run `export` and put its verdict beside the artifacts' in the measurement's gate (convert/measure.py: Result)."""
     from edgecls.convert import gate
+    from edgecls.metrics import flips_text
 
     console.print("IMX500: MCT quantization and imxconv-tf in their own environment (minutes) …")
     verdict, block = export(ctx, bundle_dir, split, backbone)
@@ -209,7 +210,7 @@ def attach(ctx, bundle_dir: Path, split: str, backbone: str | None, result, cons
     a = block["metrics"]["agreement_heldout"]
     console.print(f"imx500 (MCT {block['method']}) vs keras-float: {a['rate'] * 100:.2f}% agreement "
                   f"({a['agreed']}/{a['images']} {split} photos), Δ top-1 {-block['metrics']['drop']['drop_pp']:+.2f} pp, "
-                  f"{'ok' if verdict.passed else 'FAIL'}", markup=False)
+                  f"{'ok' if verdict.passed else 'FAIL'}; {flips_text(block['metrics']['flips'])}", markup=False)
     return block
 
 

@@ -11,7 +11,7 @@ from edgecls.fsutil import atomic_write_json, atomic_write_text, sha256_file
 from edgecls.versions import library_versions
 
 METRIC_KEYS = ("accuracy", "accuracy_ci95", "reference", "agreement", "agreement_heldout", "agreement_all",
-               "mean_tv_all", "drop", "per_class_delta", "latency_ms", "latency_ratio", "max_abs_diff", "verdict")
+               "mean_tv_all", "drop", "flips", "per_class_delta", "latency_ms", "latency_ratio", "max_abs_diff", "verdict")
 
 
 def place(bundle_dir: Path, run, key: str, built) -> dict:

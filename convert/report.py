@@ -130,6 +130,7 @@ def _markdown(manifest, result, labels, table, pngs, searches, text) -> str:
         md += ["## Mixed-precision search", ""]
         for key, s in searches.items():
             md += _search_lines(key + ("" if arts[key].get("search") else " (not kept)"), key, s)
+    md += _flips_lines(result)
     keys = [k for k in result.rows if result.rows[k].get("per_class_delta")]
     md += ["## Per-class accuracy delta (pp) vs each row's reference (int8: its float twin; float: "
            f"{result.reference})", "", "| class | " + " | ".join(keys) + " |",
@@ -140,6 +141,16 @@ def _markdown(manifest, result, labels, table, pngs, searches, text) -> str:
                                                 for k in keys) + " |")
     md += ["", "## Confusion matrices", ""] + [f"![{k}]({p})" for k, p in pngs.items()]
     return "\n".join(md) + "\n"
+
+
+def _flips_lines(result) -> list[str]:
+    """Per int8 row, the answers it changed on the judged photos and what they were (metrics.flips)."""
+    found = result.flips_lines()
+    if not found:
+        return []
+    return [f"## The answers int8 changed ({result.photos})", "",
+            "Near-ties of the float model are what int8 flips; a flip of a photo float got wrong costs nothing.", ""] \
+        + [f"- {line}" for line in found] + [""]   # artifact keys and numbers only: nothing to escape
 
 
 def _html(manifest, gate, table, pngs, searches, text) -> str:

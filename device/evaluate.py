@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from edgecls.metrics import agreement, agreement_text, confusion, per_class_accuracy
+from edgecls.metrics import agreement, agreement_text, confusion, flips, per_class_accuracy
 from edgecls.progress import progress_bar
 
 Predict = Callable[[np.ndarray], np.ndarray]   # (N,H,W,3) uint8 → (N,classes) probabilities
@@ -65,6 +65,8 @@ def parity(results: dict[str, Measured], y: np.ndarray, labels: list[str],
                                          if ref_pc is not None else None),
                      "confusion": confusion(y, pred, n).tolist(),
                      "predictions": pred.tolist()}
+        if ref_pred is not None and ref != key:   # what the answers that changed were (metrics.flips)
+            rows[key]["flips"] = flips(results[ref].probs, m.probs, y)
     return rows
 
 
@@ -174,7 +176,8 @@ def evaluate(bundle_dir: str, data_dir: str, family: str | None = None, precisio
                           "agreement": r["agreement"], "agreed": r["agreed"], "images": r["images"],
                           "latency_ms": r["latency_ms"], "per_class_accuracy": r["per_class_accuracy"],
                           "per_class_delta": r["per_class_delta"], "confusion": r["confusion"],
-                          "predictions": r["predictions"], "bytes": bundle.artifacts[key].path.stat().st_size}
+                          "predictions": r["predictions"], "bytes": bundle.artifacts[key].path.stat().st_size,
+                          **({"flips": r["flips"]} if "flips" in r else {})}
     return {"bundle": str(bundle.root), "data": str(found.root), "classes": bundle.labels,
             # the float rows' reference; every artifact names its own (artifacts.<key>.reference)
             "reference": reference if reference in rows else None,

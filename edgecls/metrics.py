@@ -130,6 +130,32 @@ def margin_quantiles(margins) -> dict:
     return {"n": int(len(m)), **{f"p{q}": round(float(np.percentile(m, q)), 4) for q in MARGIN_QUANTILES}}
 
 
+NEAR_TIE = 0.2   # a reference answer this close to its runner-up (top-1 minus top-2 probability) is a near-tie
+
+
+def flips(ref_probs, probs, labels) -> dict:
+    """The photos whose top-1 answer changed from the reference's (int8 against its float twin): how many, how many
+    were near-ties of the reference (its margin < NEAR_TIE), on how many the reference was wrong and on how many the
+    new answer is right, and the reference's margins there. Near-ties of the float model are what int8 flips, and
+    a flip of a photo float got wrong costs nothing: what an agreement below 100% is made of. Described, not judged."""
+    ref, new, y = np.asarray(ref_probs).argmax(1), np.asarray(probs).argmax(1), np.asarray(labels)
+    changed = ref != new
+    margins = top_margin(ref_probs)[changed] if changed.any() else np.zeros(0)
+    return {"flips": int(changed.sum()), "near_ties": int((margins < NEAR_TIE).sum()), "near_tie": NEAR_TIE,
+            "reference_wrong": int((ref[changed] != y[changed]).sum()), "now_right": int((new[changed] == y[changed]).sum()),
+            "reference_margins": sorted(round(float(m), 3) for m in margins)}
+
+
+def flips_text(f: dict) -> str:
+    """"3 answers changed: 2 near-ties of the reference (margin < 0.2), the reference wrong on 2, now right on 1"."""
+    if not f["flips"]:
+        return "no answer changed"
+    n = f["flips"]
+    return (f"{n} answer{'s' if n != 1 else ''} changed: {f['near_ties']} near-tie{'s' if f['near_ties'] != 1 else ''} "
+            f"of the reference (margin < {f['near_tie']:g}; margins {', '.join(f'{m:.2f}' for m in f['reference_margins'][:12])}"
+            f"{', …' if n > 12 else ''}), the reference wrong on {f['reference_wrong']}, now right on {f['now_right']}")
+
+
 def mean_tv(probs_a, probs_b) -> float:
     """Mean total variation distance between two models' probabilities, row by row (½·Σ|a − b|): how far
     apart their answers are, near-ties included, where top-1 agreement only counts the flips."""

@@ -97,6 +97,10 @@ def test_export_reports_the_heldout_agreement_eval_gives_on_the_test_photos(bund
         assert held["heldout"] is True and held["split"] == "test", held
         assert (held["reference"], held["images"], held["agreed"]) == (ev["reference"], ev["images"], ev["agreed"]), key
         assert held["rate"] == pytest.approx(ev["agreement"], abs=1e-5)
+        # and what the disagreements were, photo for photo the same (metrics.flips)
+        flips = meta["artifacts"][key]["metrics"]["flips"]
+        assert flips == ev["flips"] and flips["flips"] == held["images"] - held["agreed"], key
+        assert flips["near_ties"] <= flips["flips"] and len(flips["reference_margins"]) == flips["flips"]
         # not the figure over every image: that one is labelled as including training photos
         every = meta["artifacts"][key]["metrics"]["agreement_all"]
         assert every["images"] > held["images"] and "training" in every["photos"]
@@ -104,6 +108,9 @@ def test_export_reports_the_heldout_agreement_eval_gives_on_the_test_photos(bund
     assert meta["artifacts"]["tflite-int8"]["search"]["scored_on"] == "val"
     md = (bundle / "report.md").read_text()
     assert "held-out test photos" in md and "agreement, held-out" in md and "incl. training photos" in md
+    changed = [k for k in ("tflite-int8", "onnx-int8") if meta["artifacts"][k]["metrics"]["flips"]["flips"]]
+    assert ("## The answers int8 changed (held-out test photos)" in md) == bool(changed)
+    assert all(f"- {k} vs {k.replace('int8', 'float')}: " in md for k in changed), md
 
 
 def test_eval_prints_the_table(bundle, test_folder):

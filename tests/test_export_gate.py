@@ -10,7 +10,8 @@ import pytest
 
 from edgecls.bundle import MANIFEST
 from edgecls.convert import gate, search
-from edgecls.metrics import agreement_count, agreement_text, difference_interval, paired_drop, wilson_interval
+from edgecls.metrics import (agreement_count, agreement_text, difference_interval, flips, flips_text, paired_drop,
+                             wilson_interval)
 
 from conftest import NEAREST, cli
 
@@ -134,6 +135,19 @@ def test_two_rates_on_other_photos_and_the_tables_text():
     assert agreement_text(58, 60) == "96.67% (58/60)"
     assert agreement_text(108, 110, interval=True) == "98.18% (108/110; 93.6–99.5)"
     assert agreement_text(58, 60, decimals=1) == "96.7% (58/60)"
+
+
+def test_flips_say_which_changed_answers_were_near_ties_of_float_and_who_was_right():
+    """metrics.flips on four photos: a near-tie float got wrong (int8 right), a sure answer kept, a sure answer
+    float got right and int8 lost, a three-way tie float got wrong (int8 right)."""
+    ref = np.array([[0.5, 0.45, 0.05], [0.9, 0.05, 0.05], [0.2, 0.7, 0.1], [0.34, 0.33, 0.33]])
+    new = np.array([[0.4, 0.55, 0.05], [0.9, 0.05, 0.05], [0.6, 0.3, 0.1], [0.3, 0.3, 0.4]])
+    f = flips(ref, new, np.array([1, 0, 1, 2]))
+    assert f == {"flips": 3, "near_ties": 2, "near_tie": 0.2, "reference_wrong": 2, "now_right": 2,
+                 "reference_margins": [0.01, 0.05, 0.5]}
+    assert flips_text(f) == ("3 answers changed: 2 near-ties of the reference (margin < 0.2; margins 0.01, 0.05, "
+                             "0.50), the reference wrong on 2, now right on 2")
+    assert flips_text(flips(ref, ref, np.zeros(4, int))) == "no answer changed"
 
 
 def _fake_search(agreements, ratios, target=0.99, max_ratio=0.65, max_ops=6):
