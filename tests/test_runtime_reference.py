@@ -70,7 +70,7 @@ def test_pixel_codes_are_the_pixels_in_the_input_type():
     assert pixel_codes(p, np.int8).tolist() == [[-128, -127, -1, 0, 127]]
 
 
-def test_int8_onnx_runs_unfused_where_the_cpu_has_no_int8_dot_product(digits_bundle):
+def test_int8_onnx_runs_unfused_where_the_cpu_has_no_int8_dot_product(digits_bundle, monkeypatch):
     """On an x86 without VNNI onnxruntime's fused int8 kernels move answers (a flowers model: 101/110 held-out
     photos as float, 110/110 as the QDQ graph); there the device runtime runs the int8 ONNX unfused, and its
     answers are the QDQ graph's op by op. Elsewhere the fused kernels run (the fast path)."""
@@ -91,3 +91,8 @@ def test_int8_onnx_runs_unfused_where_the_cpu_has_no_int8_dot_product(digits_bun
     op_by_op = np.concatenate([plain.run(None, {name: model._to_input(x[i:i + 1])})[0] for i in range(len(x))])
     if not int8_dot_product():
         assert np.abs(model.predict(x) - model._finish(op_by_op)).max() < 1e-5
+    # EDGECLS_ONNX_AS_WRITTEN=1: the graph as written on any CPU (the Pi stack check's host reference)
+    monkeypatch.setenv("EDGECLS_ONNX_AS_WRITTEN", "1")
+    written = load_model(bundle, "onnx", "int8")
+    assert written.sess.get_session_options().graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    assert np.abs(written.predict(x) - written._finish(op_by_op)).max() < 1e-5

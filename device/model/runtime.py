@@ -59,6 +59,18 @@ def int8_dot_product() -> bool:
     return "avx512_vnni" in flags or "avx_vnni" in flags
 
 
+AS_WRITTEN_ENV = "EDGECLS_ONNX_AS_WRITTEN"
+
+
+def onnx_fused_int8() -> bool:
+    """Whether an int8 ONNX runs on onnxruntime's fused int8 kernels (where the CPU has an int8 dot product) rather
+    than as the QDQ graph as written. EDGECLS_ONNX_AS_WRITTEN=1 asks for the graph as written everywhere: the same
+    answers on every x86 host (the fused kernels of a VNNI CPU and the graph of an AVX2-only one differ on
+    near-ties: 306 vs 307 of the 310 digits96 photos agreeing with a Pi 4), which is what the Pi stack check holds
+    a Pi's answers to (tools/pi_stack/check.py; docs/pi-stack.md)."""
+    return os.environ.get(AS_WRITTEN_ENV, "") != "1" and int8_dot_product()
+
+
 def numpy2_trap() -> str | None:
     """The message for tflite-runtime <= 2.14 (built against NumPy 1.x) next to NumPy 2, else None."""
     from importlib import metadata
@@ -272,9 +284,9 @@ class OnnxModel(Model):
         if threads:
             opts.intra_op_num_threads = threads
         opts.log_severity_level = 3
-        if artifact.fmt.precision == "int8" and not int8_dot_product():
+        if artifact.fmt.precision == "int8" and not onnx_fused_int8():
             # The QDQ graph as written (basic optimizations: no int8 fusion), where the fused kernels would move
-            # answers (int8_dot_product); on such a CPU they are no faster than float anyway.
+            # answers (int8_dot_product; on such a CPU they are no faster than float anyway), or when asked to.
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         # The sha256 covers this one file: refuse weights kept in other files ("external data"), then load from
         # the bytes just checked so onnxruntime opens nothing else.

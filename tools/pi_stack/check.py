@@ -306,11 +306,18 @@ def int8_only_bundle(bundle: Path, dest: Path) -> Path:
     return dest
 
 
+def host_env() -> dict[str, str]:
+    """The host's commands run an int8 ONNX as the QDQ graph as written (EDGECLS_ONNX_AS_WRITTEN): the same
+    reference on every x86 host, where onnxruntime's fused kernels on a VNNI CPU would differ on near-ties from
+    those on an AVX2-only one (device/model/runtime.py: onnx_fused_int8)."""
+    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", EDGECLS_ONNX_AS_WRITTEN="1")
+
+
 def host_predictions(args, formats: dict[str, str], rows: list[Row]) -> dict[str, Reference]:
     """The host's answers, the reference every Pi answer is compared with, by check name ("eval tflite-int8")."""
     bundle, images = str(args.bundle), str(args.images)
     host_py = [args.host_python, "-m", "edgecls"]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    env = host_env()
     host: dict[str, Reference] = {}
     tops: dict[str, dict] = {}   # artifact -> {file relative to IMAGES: the host's top-k}
     # The host's `run` gets `--top-k N`: every class's probability, and the same top-1 as the Pi's `run`.
@@ -356,7 +363,7 @@ def reference_kernel_answers(args, rows: list[Row]) -> Reference | None:
     with tempfile.TemporaryDirectory() as tmp:
         saved = Path(tmp) / "kernels.json"
         p = call([args.host_python, str(HERE / "kernels.py"), str(args.bundle), str(args.images), "--save", str(saved)],
-                 dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+                 host_env())
         try:
             doc = json.loads(saved.read_text())
             manifest = read_manifest(args.bundle)
@@ -450,7 +457,7 @@ def host_pixels(args, formats: dict[str, str], tmp: Path, rows: list[Row]) -> li
             continue
         saved = tmp / f"{name}.npz"
         p = call([args.host_python, str(PIXELS_PY), *cli, "--save", str(saved)],
-                 dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+                 host_env())
         ok = p.rc == 0 and saved.is_file()
         rows.append(Row("host", "host", name, ok, p.seconds, detail=p.out.strip() if ok else p.last_err()))
         if ok:
