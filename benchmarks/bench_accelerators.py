@@ -26,6 +26,14 @@ from edgecls.metrics import agreement_text, delta_text, flips_text  # noqa: E402
 FLOWERS = SHARED / "data" / "flowers"
 
 
+def host_kernels() -> str:
+    """Which onnxruntime int8 path measured the symmetric ONNX here (device/model/runtime.py: onnx_fused_int8)."""
+    from edgecls.device.model.runtime import onnx_fused_int8
+
+    return ("this host has VNNI: onnxruntime's fused int8 kernels" if onnx_fused_int8()
+            else "the QDQ graph as written: this host has no VNNI, or EDGECLS_ONNX_AS_WRITTEN=1")
+
+
 def rows_of(bundle: Path) -> dict[str, dict]:
     """{'onnx-int8-trt': metrics, 'imx500': metrics} from the bundle's edgecls.json."""
     meta = json.loads((bundle / "edgecls.json").read_text())
@@ -73,7 +81,8 @@ def main() -> None:
     publish(a.out, [f"## Accelerator targets: what their disagreements with float are (issue 34; `{cmd}`)", "",
              "Each seed is another split of the shared flowers (110 held-out test photos), MobileNetV2 160 px, defaults. "
              "imx500: MCT's quantized model in its own TF 2.15 environment against the float model there; "
-             "onnx-int8-trt: the symmetric int8 QDQ file on onnxruntime's CPU provider against onnx-float.", "",
+             "onnx-int8-trt: the symmetric int8 QDQ file on onnxruntime's CPU provider against onnx-float "
+             f"({host_kernels()}).", "",
              *lines])
 
 
