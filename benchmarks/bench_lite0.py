@@ -113,6 +113,8 @@ def summary(name: str, size: int, rows: list[dict], bases: list[dict]) -> str:
     k = sum(round(f["test"]["accuracy"] * f["test"]["n"]) for f in rows)
     n = sum(f["test"]["n"] for f in rows)
     lo, hi = wilson_interval(k, n)
+    if base != base:   # no baseline runs for these seeds (--baseline)
+        return f"| {name} | {size} | {len(rows)} | **{mean:.1f}%** | {k}/{n} ({lo * 100:.1f}–{hi * 100:.1f}) | – | – |"
     return (f"| {name} | {size} | {len(rows)} | **{mean:.1f}%** | {k}/{n} ({lo * 100:.1f}–{hi * 100:.1f}) | "
             f"{base:.1f}% | {mean - base:+.1f} |")
 
