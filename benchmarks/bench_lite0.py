@@ -58,6 +58,14 @@ def latency(lite0_bundle: Path, mnv2_bundle: Path) -> dict:
     return {"int8_vs_mnv2_int8": ratios[0], "int8_vs_own_float": ratios[0] / ratios[1]}
 
 
+def host_line() -> str:
+    """Latency ratios depend on whether int8 has a dot product on this CPU: say which."""
+    from edgecls.device.model.runtime import int8_dot_product
+
+    return ("This host's CPU has an int8 dot product (x86 VNNI), as every ARM64 Pi has." if int8_dot_product() else
+            "This host's CPU has no int8 dot product (x86 AVX2 only): int8 is no faster than float here.")
+
+
 def seed_figures(st: Stages, a, name: str, size: int, seed: int) -> dict | None:
     run = a.work / "runs" / f"{name}-{size}-s{seed}"
     tr = st.run(f"train-{name}-{size}-s{seed}", [*EDGECLS, "train", DATA[name], "--out", run, "--seed", str(seed),
@@ -155,7 +163,7 @@ def main() -> None:
                 sums.append(summary(name, size, rows, bases))
     lines += ["", "| data | px | seeds | mean Lite0 test top-1 | pooled (95% CI; seeds' test photos overlap) | "
               "mean MobileNetV2 default | difference pp |", "|---|---|---|---|---|---|---|", *sums, "",
-              "Commands (the first seed; the others differ by --seed, --out):", *cmds]
+              "Commands (the first seed; the others differ by --seed, --out):", *cmds, "", host_line()]
     publish(a.out or HERE / "results" / f"lite0-{a.data.replace(',', '-')}.md", lines)
 
 
