@@ -62,7 +62,8 @@ def host_line() -> str:
     """Latency ratios depend on whether int8 has a dot product on this CPU: say which."""
     from edgecls.device.model.runtime import int8_dot_product
 
-    return ("This host's CPU has an int8 dot product (x86 VNNI), as every ARM64 Pi has." if int8_dot_product() else
+    return ("This host's CPU has an int8 dot product (x86 VNNI; on ARM64 SDOT, which a Pi 5 has and a Pi 4 lacks)."
+            if int8_dot_product() else
             "This host's CPU has no int8 dot product (x86 AVX2 only): int8 is no faster than float here.")
 
 
