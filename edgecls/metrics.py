@@ -91,7 +91,7 @@ def delta_text(drop: dict) -> str:
     """A paired_drop as people read it in tables: the change of top-1 (int8 minus float) and its interval,
     "+0.91 (-2.6 to +4.4)"."""
     lo, hi = drop["ci95_pp"]
-    return f"{-drop['drop_pp']:+.2f} ({-hi:+.1f} to {-lo:+.1f})"
+    return f"{0.0 - drop['drop_pp']:+.2f} ({0.0 - hi:+.1f} to {0.0 - lo:+.1f})"   # 0.0 - x: no "-0.00"
 
 
 def agreement_text(agreed: int, images: int, interval: bool = False, decimals: int = 2) -> str:

@@ -10,8 +10,8 @@ import pytest
 
 from edgecls.bundle import MANIFEST
 from edgecls.convert import gate, search
-from edgecls.metrics import (agreement_count, agreement_text, difference_interval, flips, flips_text, paired_drop,
-                             wilson_interval)
+from edgecls.metrics import (agreement_count, agreement_text, delta_text, difference_interval, flips, flips_text,
+                             paired_drop, wilson_interval)
 
 from conftest import NEAREST, cli
 
@@ -135,6 +135,8 @@ def test_two_rates_on_other_photos_and_the_tables_text():
     assert agreement_text(58, 60) == "96.67% (58/60)"
     assert agreement_text(108, 110, interval=True) == "98.18% (108/110; 93.6–99.5)"
     assert agreement_text(58, 60, decimals=1) == "96.7% (58/60)"
+    for nothing in (0.0, -0.0):   # no change reads +0.00, never "-0.00"
+        assert delta_text({"drop_pp": nothing, "ci95_pp": [-1.8, 1.8]}) == "+0.00 (-1.8 to +1.8)"
 
 
 def test_flips_say_which_changed_answers_were_near_ties_of_float_and_who_was_right():
