@@ -313,8 +313,9 @@ def test_prepare_gives_the_references_bytes_in_every_mode(resize, shared, monkey
 
 
 def test_as_fast_as_opencv_on_camera_frames(shared):
-    """Issue 29: the exact resize at most 1.5x OpenCV's INTER_AREA on 640x480 and 1920x1080 frames (here about
-    0.5-0.9x; benchmarks/RESULTS.md). Interleaved, one call each in turn, medians: both feel the same load."""
+    """Issue 29: the exact resize at most 1.5x OpenCV's INTER_AREA on 640x480 and 1920x1080 frames (about 0.5-0.9x
+    on AVX2 hosts, benchmarks/RESULTS.md; 0.6-1.27x on an AVX-512 Xeon, where OpenCV is faster, idle — 1.55x there
+    with benchmarks running beside it). Interleaved, one call each in turn, medians: both feel the same load."""
     import time
 
     threads = cv2.getNumThreads()
