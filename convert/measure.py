@@ -30,11 +30,11 @@ from pathlib import Path
 import numpy as np
 
 from edgecls.dataset import SPLITS
-from edgecls.device.evaluate import Measured, agreement_reference, measure, parity
+from edgecls.device.evaluate import Measured, agreement_reference, flips_lines, measure, parity
 from edgecls.progress import progress_bar
 from edgecls.formats import BY_KEY
-from edgecls.metrics import (agreement_count, agreement_text, delta_text, flips_text, margin_quantiles, mean_tv,
-                             paired_drop, top_margin, wilson_interval)
+from edgecls.metrics import (agreement_count, agreement_text, delta_text, margin_quantiles, mean_tv, paired_drop,
+                             top_margin, wilson_interval)
 
 KERAS_KEY = "keras-float"        # the trained model itself: the reference every artifact is held to
 
@@ -61,9 +61,7 @@ class Measurement:
         return photos_label(self.split)
 
     def flips_lines(self) -> list[str]:
-        """"tflite-int8 vs tflite-float: 2 answers changed: …" per int8 row that changed any (metrics.flips)."""
-        return [f"{key} vs {r['reference']}: {flips_text(r['flips'])}" for key, r in self.rows.items()
-                if r.get("flips", {}).get("flips") and BY_KEY.get(key) and BY_KEY[key].precision == "int8"]
+        return flips_lines(self.rows)
 
     def table(self, run_name: str):
         """The parity table as a rich Table (printed by export; report.py writes the same numbers)."""

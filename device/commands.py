@@ -186,8 +186,7 @@ def eval_command(
     as_json: bool = typer.Option(False, "--json", help="Print machine-readable results (per-image predictions)."),
 ):
     """Rerun the float-vs-int8 parity table on any image folder, with the device runtime only (no TensorFlow)."""
-    from edgecls.device.evaluate import evaluate, table
-    from edgecls.metrics import flips_text
+    from edgecls.device.evaluate import evaluate, flips_lines, table
     from edgecls.progress import wide_console
 
     if format is not None and format not in FAMILIES:
@@ -202,9 +201,8 @@ def eval_command(
     sizes = {k: v["bytes"] for k, v in rows.items()}
     wide_console().print(table(rows, out["reference"], sizes, reference_accuracy=out["reference_accuracy"],
                                title=f"{len(out['files'])} images from {out['data']} — top-1 vs the bundle's float model"))
-    for key, r in rows.items():   # what the disagreements are (near-ties of the reference cost little)
-        if r.get("flips"):
-            typer.echo(f"{key} vs {r['reference']}: {flips_text(r['flips'])}")
+    for line in flips_lines(rows):   # what the disagreements are (near-ties of the reference cost little)
+        typer.echo(line)
     if out["skipped"]:
         typer.echo(f"skipped {len(out['skipped'])} file(s) that are not readable images", err=True)
 

@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from edgecls.metrics import agreement, agreement_text, confusion, flips, per_class_accuracy
+from edgecls.metrics import agreement, agreement_text, confusion, flips, flips_text, per_class_accuracy
 from edgecls.progress import progress_bar
 
 Predict = Callable[[np.ndarray], np.ndarray]   # (N,H,W,3) uint8 → (N,classes) probabilities
@@ -68,6 +68,15 @@ def parity(results: dict[str, Measured], y: np.ndarray, labels: list[str],
         if ref_pred is not None and ref != key:   # what the answers that changed were (metrics.flips)
             rows[key]["flips"] = flips(results[ref].probs, m.probs, y)
     return rows
+
+
+def flips_lines(rows: dict[str, dict]) -> list[str]:
+    """"tflite-int8 vs tflite-float: 2 answers changed: …" per int8 row that changed any answer (metrics.flips):
+    what export prints under its table and writes in report.md, and what `eval` prints."""
+    from edgecls.formats import BY_KEY
+
+    return [f"{key} vs {r['reference']}: {flips_text(r['flips'])}" for key, r in rows.items()
+            if r.get("flips", {}).get("flips") and key in BY_KEY and BY_KEY[key].precision == "int8"]
 
 
 def _num(v) -> float | None:

@@ -118,6 +118,13 @@ def test_eval_prints_the_table(bundle, test_folder):
     assert r.returncode == 0, r.stderr[-2000:]
     assert "tflite-int8" in r.stdout and "onnx-int8" in r.stdout and "agreement" in r.stdout
     assert "tflite-float" in r.stdout and "onnx-float" in r.stdout   # the "vs" column names each reference
+    # under the table, a line per int8 artifact that changed answers on these (held-out) photos: export's count
+    meta = json.loads((bundle / MANIFEST).read_text())
+    for key in ("tflite-int8", "onnx-int8"):
+        n = meta["artifacts"][key]["metrics"]["flips"]["flips"]
+        line = f"{key} vs {key.replace('int8', 'float')}: {n} answer{'s' if n != 1 else ''} changed"
+        assert (line in r.stdout) == bool(n), (key, n, r.stdout[-1500:])
+    assert "no answer changed" not in r.stdout
 
 
 def test_eval_rejects_classes_the_bundle_does_not_know(bundle, test_folder, tmp_path):
