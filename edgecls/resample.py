@@ -13,10 +13,14 @@ every output value is an exact rational function of the input pixels, computed i
 - the two axes' weighted sums are kept unrounded in integers and the result is rounded once, half up:
   floor((2·num + D) / (2·D)) = (num + ⌊D/2⌋) div D, D the product of both axes' weight sums.
 
-How it is computed (issue 29: at about OpenCV's cost), one of three ways, the same numbers from each:
+How it is computed (issue 29: at about OpenCV's cost or less), one of three ways, the same numbers from each:
 
-- both axes shrink by whole factors (640x480 → 160x160): plain block sums, rows added as strided views and the
-  columns likewise after an exact transpose (`_block_means`);
+- both axes shrink (or keep their size) with a short period — camera frames to a model's size: an area axis
+  n_in → n_out repeats one pattern g = gcd(n_in, n_out) times, p_in = n_in / g pixels → p_out = n_out / g
+  outputs, so output m·p_out + j = Σ w · pixel[m·p_in + i] over the few (i, w) of phase j: one strided view and
+  one scalar weight per tap, no gather (`phase_taps`, `_phase_sums`). Rows first on the pixels, then the columns
+  after an exact transpose (a gather of interleaved channels costs several times more). A whole ratio
+  (640x480 → 160x160) is the case p_out = 1: plain block sums;
 - otherwise, up to PREFIX_MAX_PIXELS: an area sum is a difference of prefix sums. With P the running sum of an
   axis, the overlap-weighted sum of output j is Φ(j+1) − Φ(j), where Φ(k) = a·P[q] + b·P[q+1] at the boundary
   t = k·n_in (q = t div n_out, b = t mod n_out, a = n_out − b). One exact pass of OpenCV's `integral` (the 2-D
@@ -46,6 +50,9 @@ _U32 = 2 ** 32
 # The prefix-sum path up to the largest picture whose int32 integral cannot overflow (8.4 MP: 4K UHD frames);
 # past it (phone photos) direct taps. Measured: the prefix sums beat direct taps at 1080p, 1440p and 4K alike.
 PREFIX_MAX_PIXELS = (2 ** 31 - 1) // 255
+# Phase sums while each shrinking axis has at most this many phases (one call per tap per phase: past it the
+# calls cost more than the prefix sums; camera frames to 96-320 px have 1-28).
+PHASES_MAX = 32
 
 
 @dataclass(frozen=True)
@@ -114,6 +121,30 @@ def direct_taps(n_in: int, n_out: int) -> AxisTaps:
 
 
 @dataclass(frozen=True)
+class PhaseTaps:
+    """A shrinking (or kept) axis as `repeats` copies of one period: `period_in` pixels → `period_out` outputs.
+    `phases[j]`: the (offset in the period, weight) pairs of output j of each period; `den`: their weights' sum."""
+    repeats: int
+    period_in: int
+    period_out: int
+    phases: tuple[tuple[tuple[int, int], ...], ...]
+    den: int
+
+
+@lru_cache(maxsize=64)
+def phase_taps(n_in: int, n_out: int) -> PhaseTaps:
+    """Area n_in → n_out (n_out <= n_in) by phases: the overlaps of one period, divided by their common divisor."""
+    g = math.gcd(n_in, n_out)
+    p_in, p_out = n_in // g, n_out // g
+    j, i = np.arange(p_out)[:, None], np.arange(p_in)[None, :]
+    # on the common scale output j is [j·p_in, (j+1)·p_in) and pixel i is [i·p_out, (i+1)·p_out)
+    overlap = np.maximum(0, np.minimum((j + 1) * p_in, (i + 1) * p_out) - np.maximum(j * p_in, i * p_out))
+    d = int(np.gcd.reduce(overlap[overlap > 0]))
+    phases = tuple(tuple((int(k), int(w) // d) for k, w in enumerate(row) if w) for row in overlap)
+    return PhaseTaps(g, p_in, p_out, phases, p_in // d)
+
+
+@dataclass(frozen=True)
 class _Plan:
     """Everything about one (input shape, output size) that does not depend on the pixels."""
     rows: AxisTaps
@@ -122,15 +153,14 @@ class _Plan:
     dtype: type                  # np.uint32, or np.uint64 where the numerator could reach 2^32
     prefix: bool                 # the source is the 2-D prefix sum (some axis shrinks), else the pixels
     den: int
-    blocks: bool                 # each axis shrinks by a whole factor or keeps its size: plain block sums
+    phased: tuple | None         # (rows, cols, dtype of the row sums) when both axes go by phase sums
 
 
 @lru_cache(maxsize=32)
 def _plan(h0: int, w0: int, ch: int, height: int, width: int) -> _Plan:
     rows, cols = taps(h0, height), taps(w0, width)
-    kinds = (rows.kind, cols.kind)
-    blocks = "area" in kinds and all(a.step or a.kind == "copy" for a in (rows, cols)) and ch <= 4
-    if not blocks and h0 * w0 > PREFIX_MAX_PIXELS:
+    phased = _phased(h0, w0, ch, height, width)
+    if not phased and h0 * w0 > PREFIX_MAX_PIXELS:
         rows, cols = (direct_taps(n, m) if a.kind == "area" else a for a, n, m in ((rows, h0, height), (cols, w0, width)))
     den = rows.den * cols.den
     dtype = np.uint32 if 255 * den + den // 2 < _U32 else np.uint64
@@ -139,15 +169,26 @@ def _plan(h0: int, w0: int, ch: int, height: int, width: int) -> _Plan:
     col_weight = tuple(np.repeat(w, ch).astype(dtype) for w in cols.weight)
     rows = AxisTaps(rows.kind, rows.index, tuple(w.astype(dtype)[:, None] for w in rows.weight), rows.den, rows.step)
     prefix = "area" in (rows.kind, cols.kind)
-    return _Plan(rows, (col_index, col_weight), cols, dtype, prefix, den, blocks and dtype == np.uint32)
+    return _Plan(rows, (col_index, col_weight), cols, dtype, prefix, den, phased)
+
+
+def _phased(h0: int, w0: int, ch: int, height: int, width: int) -> tuple | None:
+    """(rows, cols, row sums' dtype) when both axes shrink or keep their size with few phases and every sum fits
+    32 bits; None otherwise. ch <= 4: OpenCV transposes elements of up to 4 channels of 32 bits."""
+    if height > h0 or width > w0 or ch > 4 or (height, width) == (h0, w0):
+        return None
+    rows, cols = phase_taps(h0, height), phase_taps(w0, width)
+    if max(rows.period_out, cols.period_out) > PHASES_MAX or 255 * rows.den * cols.den * 2 >= _U32:
+        return None
+    return rows, cols, np.uint16 if 255 * rows.den < 2 ** 16 else np.uint32
 
 
 def resize(img: np.ndarray, width: int, height: int) -> np.ndarray:
     """HxWxC uint8 → height x width x C uint8, exactly (see the module docstring)."""
     h0, w0, ch = img.shape
     plan = _plan(h0, w0, ch, height, width)
-    if plan.blocks:
-        return _block_means(img, plan.rows.step or 1, plan.col_taps.step or 1)
+    if plan.phased:
+        return _by_phases(img, *plan.phased, plan.den)
     x = _source(img, plan).reshape(-1, (w0 + plan.prefix) * ch)
     x = _rows(x, plan)
     x = _cols(x, plan, ch)
@@ -158,30 +199,42 @@ def resize(img: np.ndarray, width: int, height: int) -> np.ndarray:
     return out.reshape(height, width, ch)
 
 
-def _block_means(img: np.ndarray, sy: int, sx: int) -> np.ndarray:
-    """Both axes shrink by whole factors (or keep their size): each output is the sum of an sy x sx block,
-    rounded once. Rows are added as strided views (contiguous runs); the columns likewise after an exact
-    transpose, since a gather of interleaved channels costs several times more."""
+def _by_phases(img: np.ndarray, rows: PhaseTaps, cols: PhaseTaps, row_dtype, den: int) -> np.ndarray:
+    """Rows then columns by phase sums, rounded once. The column sums' dtype: 16 bits where 255·D fits."""
     h0, w0, ch = img.shape
-    den = sy * sx
-    dtype = np.uint16 if 255 * den + den // 2 < 2 ** 16 else np.uint32
-    rows = _sum_strided(img, sy, dtype)                                      # a crop's view is read in place
-    cols = cv2.transpose(rows).reshape(w0, -1)                               # (w0, h0/sy · ch)
-    sums = _sum_strided(cols, sx, dtype)
-    sums += den // 2
-    sums //= den
-    out = cv2.transpose(sums.astype(np.uint8).reshape(w0 // sx, h0 // sy, ch))
-    return out.reshape(h0 // sy, w0 // sx, ch)
+    height, width = rows.repeats * rows.period_out, cols.repeats * cols.period_out
+    x = _phase_sums(img.reshape(h0, w0 * ch), rows, row_dtype)           # a crop's view is read in place
+    x = _transpose(x.reshape(height, w0, ch)).reshape(w0, height * ch)
+    x = _phase_sums(x, cols, np.uint16 if 255 * den + den // 2 < 2 ** 16 else np.uint32)
+    if den > 1:
+        x += den // 2
+        x //= den
+    out = cv2.transpose(x.astype(np.uint8).reshape(width, height, ch))
+    return out.reshape(height, width, ch)
 
 
-def _sum_strided(x: np.ndarray, step: int, dtype) -> np.ndarray:
-    """Σ of each `step` consecutive rows of x (along axis 0), as `dtype` (exact: the caller bounds the sums)."""
-    if step == 1:
-        return x.astype(dtype)
-    acc = np.add(x[0::step], x[1::step], dtype=dtype)
-    for t in range(2, step):
-        acc += x[t::step]
-    return acc
+def _transpose(x: np.ndarray) -> np.ndarray:
+    """cv2.transpose of an HxWxC array; 32-bit sums as int32, the same bits (OpenCV 4 has no uint32)."""
+    if x.dtype == np.uint32:
+        return cv2.transpose(x.view(np.int32)).view(np.uint32)
+    return cv2.transpose(x)
+
+
+def _phase_sums(x: np.ndarray, axis: PhaseTaps, dtype) -> np.ndarray:
+    """Along axis 0 of x: output m·p_out + j = Σ_(i, w) w · x[m·p_in + i] over phase j's taps, as `dtype` (exact:
+    the caller bounds the sums). Each tap is one strided view of x with one scalar weight."""
+    out = np.empty((axis.repeats * axis.period_out,) + x.shape[1:], dtype)
+    step, n = axis.period_in, axis.period_out
+    for j, phase in enumerate(axis.phases):
+        acc = out[j::n]
+        for t, (i, w) in enumerate(phase):
+            if t == 0:
+                np.multiply(x[i::step], w, out=acc, dtype=dtype)
+            elif w == 1:
+                np.add(acc, x[i::step], out=acc, dtype=dtype)
+            else:
+                acc += np.multiply(x[i::step], w, dtype=dtype)
+    return out
 
 
 def _source(img: np.ndarray, plan: _Plan) -> np.ndarray:

@@ -298,6 +298,27 @@ def test_same_bytes_on_phone_photos_and_past_32_bits(shared):
     assert np.array_equal(resample.resize(strip, 4111, 97), reference_resize(strip, 4111, 97))
 
 
+def test_phase_sums_give_the_references_bytes_in_every_channel_count_and_width(shared):
+    """The phase sums (camera frames to a model's size): 1-4 channels, a crop read in place (rows longer than the
+    picture), 16- and 32-bit row sums (a period of 258 rows: 255·258 passes 2^16), whole and fractional ratios,
+    one axis kept. And the camera sizes of issue 29 take that path."""
+    frame = cv2.resize(_big(), (640, 480))
+    for ch in (1, 2, 3, 4):
+        img = np.ascontiguousarray(np.dstack([frame, frame[..., :1]])[..., :ch])
+        for ow, oh in ((224, 224), (160, 160), (192, 96), (640, 224), (97, 480)):
+            assert np.array_equal(resample.resize(img, ow, oh), reference_resize(img, ow, oh)), (ch, ow, oh)
+    crop = frame[7:407, 13:613]                                        # 400x600, not contiguous
+    assert not crop.flags.c_contiguous
+    assert np.array_equal(resample.resize(crop, 224, 224), reference_resize(crop, 224, 224))
+    tall = cv2.resize(frame, (300, 516))
+    tall[:258] = 255
+    assert resample._plan(516, 300, 3, 2, 100).phased[2] == np.uint32
+    assert np.array_equal(resample.resize(tall, 100, 2), reference_resize(tall, 100, 2))
+    for (w, h) in ((640, 480), (1280, 720), (1920, 1080)):
+        for side in (160, 224):
+            assert resample._plan(h, w, 3, side, side).phased, (w, h, side)
+
+
 @pytest.mark.parametrize("resize", RESIZE_MODES)
 def test_prepare_gives_the_references_bytes_in_every_mode(resize, shared, monkeypatch):
     """prepare() in every resize mode, both colour orders, camera frames and photos, shrinking and enlarging:
@@ -313,9 +334,10 @@ def test_prepare_gives_the_references_bytes_in_every_mode(resize, shared, monkey
 
 
 def test_as_fast_as_opencv_on_camera_frames(shared):
-    """Issue 29: the exact resize at most 1.5x OpenCV's INTER_AREA on 640x480 and 1920x1080 frames (about 0.5-0.9x
-    on AVX2 hosts, benchmarks/RESULTS.md; 0.6-1.27x on an AVX-512 Xeon, where OpenCV is faster, idle — 1.55x there
-    with benchmarks running beside it). Interleaved, one call each in turn, medians: both feel the same load."""
+    """Issue 29: the exact resize at most 1.5x OpenCV's INTER_AREA on 640x480 and 1920x1080 frames (by phase sums
+    0.44-0.76x on an AVX-512 Xeon, where OpenCV is faster than on the AVX2 hosts; the prefix sums before them
+    measured 1.27-1.63x there at 640x480 → 224, benchmarks/RESULTS.md). Interleaved, one call each in turn,
+    medians: both feel the same load."""
     import time
 
     threads = cv2.getNumThreads()

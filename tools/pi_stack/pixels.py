@@ -30,7 +30,8 @@ import numpy as np
 
 # (name, PreprocessSpec fields): every resize mode; 224 enlarges the 100 px digits and shrinks the rest,
 # "wide" enlarges one axis and shrinks the other; one BGR case for the channel swap. Between them the three ways
-# edgecls.resample computes (block sums, prefix sums, direct taps for the 3024 px photos).
+# edgecls.resample computes (phase sums when both axes shrink with a short period — block sums for whole ratios —,
+# prefix sums otherwise, direct taps past 8.4 MP).
 CASES = {
     "stretch 224": dict(height=224, width=224, resize="stretch"),
     "crop 224": dict(height=224, width=224, resize="crop"),
@@ -42,6 +43,8 @@ CASES = {
     # whole ratios (issue 29's block sums): 100 px digits halved, 3024 px photos by 16 and 12
     "blocks 50": dict(height=50, width=50, resize="stretch"),
     "blocks 189x252": dict(height=189, width=252, resize="stretch"),
+    # prime sides: more phases than the phase sums take, so prefix sums (flowers) and direct taps (3024 px photos)
+    "primes 97x101": dict(height=97, width=101, resize="stretch"),
 }
 RESAMPLERS = ("exact", "opencv")
 SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
