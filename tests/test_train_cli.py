@@ -1,5 +1,6 @@
 """`edgecls train` bad input: one line on stderr, exit != 0, no traceback, nothing overwritten — before TF loads."""
 import json
+import os
 import shutil
 import sys
 import subprocess
@@ -78,8 +79,11 @@ def test_help_and_validation_never_import_tensorflow(shared):
             "try:\n    main(['train', sys.argv[1], '--backbone', 'nope'])\nexcept SystemExit: pass\n"
             "bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'tf_keras', 'keras')]\n"
             "print('TF-MODULES', bad)")
-    r = subprocess.run([sys.executable, "-c", code, str(DIGITS)], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-c", code, str(DIGITS)], capture_output=True, text=True,
+                       env={**os.environ, "COLUMNS": "200"})
     assert "TF-MODULES []" in r.stdout, r.stdout + r.stderr
+    from edgecls.train.backbones import BACKBONES
+    assert all(name in r.stdout for name in BACKBONES), r.stdout      # the help names every backbone (Lite0 too)
 
 
 def test_train_without_tensorflow_writes_nothing(device_venv, two_classes, tmp_path):

@@ -11,6 +11,7 @@ from typing import Optional
 import typer
 
 from edgecls.errors import EdgeclsError
+from edgecls.train.backbones import BACKBONES, IMG_SIZE_RANGE
 from edgecls.train.config import PRESETS, TrainConfig
 
 D = {f.name: f.default for f in fields(TrainConfig)}   # the CLI's defaults are the config's: one place
@@ -26,9 +27,9 @@ def train(
     ctx: typer.Context,
     data_dir: Optional[Path] = typer.Argument(None, help="Folder with one sub-folder per class (or train/ val/ test/)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder to create [default: runs/<backbone>-<time>]."),
-    backbone: str = typer.Option(D["backbone"], help="mobilenet_v2 | mobilenet_v3_small | mobilenet_v3_large | resnet50."),
+    backbone: str = typer.Option(D["backbone"], help=" | ".join(BACKBONES) + "."),
     alpha: float = typer.Option(D["alpha"], help="Width multiplier (MobileNets)."),
-    img_size: int = typer.Option(D["img_size"], help="Square input size in pixels (96-224)."),
+    img_size: int = typer.Option(D["img_size"], help="Square input size in pixels (%d-%d)." % IMG_SIZE_RANGE),
     weights: str = typer.Option(D["weights"], help="imagenet | none | PATH to no-top .h5 weights."),
     resize: str = typer.Option(D["resize"], help="stretch | crop | letterbox (recorded for the device)."),
     epochs: int = typer.Option(D["epochs"], help="Epochs with the backbone frozen (head only)."),
