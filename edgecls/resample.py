@@ -188,7 +188,7 @@ def resize(img: np.ndarray, width: int, height: int) -> np.ndarray:
     h0, w0, ch = img.shape
     plan = _plan(h0, w0, ch, height, width)
     if plan.phased:
-        return _by_phases(img, *plan.phased, plan.den)
+        return _by_phases(img, *plan.phased)
     x = _source(img, plan).reshape(-1, (w0 + plan.prefix) * ch)
     x = _rows(x, plan)
     x = _cols(x, plan, ch)
@@ -199,9 +199,10 @@ def resize(img: np.ndarray, width: int, height: int) -> np.ndarray:
     return out.reshape(height, width, ch)
 
 
-def _by_phases(img: np.ndarray, rows: PhaseTaps, cols: PhaseTaps, row_dtype, den: int) -> np.ndarray:
+def _by_phases(img: np.ndarray, rows: PhaseTaps, cols: PhaseTaps, row_dtype) -> np.ndarray:
     """Rows then columns by phase sums, rounded once. The column sums' dtype: 16 bits where 255·D fits."""
     h0, w0, ch = img.shape
+    den = rows.den * cols.den
     height, width = rows.repeats * rows.period_out, cols.repeats * cols.period_out
     x = _phase_sums(img.reshape(h0, w0 * ch), rows, row_dtype)           # a crop's view is read in place
     x = _transpose(x.reshape(height, w0, ch)).reshape(w0, height * ch)
