@@ -31,7 +31,7 @@ def two_classes(tmp_path, shared):
 @pytest.mark.parametrize("args, needle", [
     (("/no/such/folder",), "data folder not found"),
     ((str(DIGITS), "--backbone", "vgg99"), "unknown backbone 'vgg99'"),
-    ((str(DIGITS), "--img-size", "300"), "out of range"),
+    ((str(DIGITS), "--img-size", "321"), "out of range"),
     ((str(DIGITS), "--img-size", "64"), "out of range"),
     ((str(DIGITS), "--backbone", "resnet50", "--alpha", "0.5"), "not available for resnet50"),
     ((str(DIGITS), "--backbone", "mobilenet_v3_small", "--alpha", "1.4"), "not available for mobilenet_v3_small"),
@@ -84,6 +84,13 @@ def test_help_and_validation_never_import_tensorflow(shared):
     assert "TF-MODULES []" in r.stdout, r.stdout + r.stderr
     from edgecls.train.backbones import BACKBONES
     assert all(name in r.stdout for name in BACKBONES), r.stdout      # the help names every backbone (Lite0 too)
+    assert "(96-320)" in r.stdout, r.stdout                             # and the sizes validate() takes
+
+
+def test_the_largest_input_size_validates():
+    from edgecls.train.config import TrainConfig
+
+    TrainConfig(data_dir=str(DIGITS), backbone="efficientnet_lite0", img_size=320).validate()   # no error
 
 
 def test_train_without_tensorflow_writes_nothing(device_venv, two_classes, tmp_path):
