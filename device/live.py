@@ -28,6 +28,9 @@ def run_live(s: RunSettings) -> None:
         except EdgeclsError as e:
             if previous is None:
                 raise
+            from edgecls.fleet.live import start_failed
+
+            start_failed(s.bundle, str(e), _err)   # in a device folder: its slot goes back to the one before
             _err(f"edgecls: warning: the taught version {s.bundle} could not start ({e}); going on with {previous}")
             s, previous = dataclasses.replace(s, bundle=previous), None
             continue

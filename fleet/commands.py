@@ -132,8 +132,9 @@ def status(
         return
     for name in ("current", "previous"):
         s = state.get(name)
-        typer.echo(f"{name:9} " + (f"version {s['version']} (bundle {s['bundle_id']}) in slot {s['slot']}" if s
-                                   else "none"))
+        taught = f", taught on this device: {s['taught']['label']!r}" if s and s.get("taught") else ""
+        typer.echo(f"{name:9} " + (f"version {s['version']} (bundle {s['bundle_id']}) in slot {s['slot']}{taught}"
+                                   if s else "none"))
     typer.echo(f"last check {state.get('last_check', 'never')}: {state.get('last_result', '')}")
     if state.get("last_refusal"):
         r = state["last_refusal"]

@@ -267,3 +267,18 @@ def exam_failed(bundle: Path, reason: str, log) -> bool:
         log(f"edgecls: update: went back to version {reverted['current']['version']}: the current bundle failed "
             "its start-up exam")
     return reverted is not None
+
+
+def start_failed(bundle: Path, reason: str, log) -> None:
+    """A version `run` switched to (the page's "Run it now") could not start: in a device folder, its slot stops
+    being current and the one before runs again (a no-op when its start-up exam already went back)."""
+    dev_path = device_dir_of(bundle)
+    if dev_path is None:
+        return
+    dev = DeviceDir(dev_path)
+    if (dev.state().get("current") or {}).get("confirmed"):
+        return
+    reverted = dev.revert(f"it could not start: {reason}")
+    if reverted:
+        log(f"edgecls: went back to slot {reverted['current']['slot']} of {dev_path}: the version switched to "
+            "could not start")

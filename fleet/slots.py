@@ -2,7 +2,8 @@
 
     DEVICE_DIR/state.json      current and previous slot (version, bundle id), last check, last refusal
     DEVICE_DIR/current         a link to the slot that runs: `edgecls run DEVICE_DIR/current`
-    DEVICE_DIR/slots/a, b      bundles; a new one goes into the slot that is not current
+    DEVICE_DIR/slots/a, b      bundles; a new one goes into the slot that is not current (a release, or a version
+                               taught on this device: `install_taught`)
     DEVICE_DIR/tuf/            TUF's trusted metadata (root.json: the trust anchor, then newer roots it verified)
     DEVICE_DIR/device-id       this device's stable id (its rollout cohort)
 
@@ -139,6 +140,32 @@ class DeviceDir:
             shutil.rmtree(old, ignore_errors=True)
         return state
 
+    def install_taught(self, version: Path, taught: dict) -> dict:
+        """A version `edgecls teach` wrote on this device from the current bundle (a device-local derivative) into
+        the free slot, made current; the bundle it was taught from becomes previous (the one to go back to). Its
+        record keeps the publisher's version number, so the same release is not fetched again and a newer one
+        replaces it (what was taught here is then in `previous` only), and says what was taught (`taught`)."""
+        from edgecls.fsutil import sha256_file
+
+        current = self.state().get("current")
+        if not current:
+            raise EdgeclsError(f"{self.path} has no installed version to put a taught one beside")
+        made = self.new_slot()
+        moved = Path(version).resolve().parent == (self.path / "slots").resolve()
+        try:
+            if moved:
+                os.replace(version, made)   # teach wrote it beside the slots: one rename, no second copy
+            else:
+                shutil.copytree(version, made, dirs_exist_ok=True)
+            record = {"version": current["version"], "bundle_id": sha256_file(made / "edgecls.json")[:16],
+                      "taught": {**taught, "from_bundle_id": current.get("bundle_id"), "at": now()}}
+            return self.install(made, record)
+        except BaseException:
+            if moved and made.is_dir() and not Path(version).exists():
+                os.replace(made, version)   # not installed: the version stays where teach wrote it
+            shutil.rmtree(made, ignore_errors=True)
+            raise
+
     # --- going back ----------------------------------------------------------------------------------------
     def revert(self, reason: str) -> dict | None:
         """Make the previous slot current again (it was the running bundle before the last install); the
@@ -148,7 +175,7 @@ class DeviceDir:
         if not previous or not self.slot_dir(previous["slot"]).is_dir():
             return None
         refused = dict(state.get("refused", {}))
-        if current:
+        if current and not current.get("taught"):   # a taught version carries the publisher's number: not refused
             refused[str(current["version"])] = f"reverted: {reason}"
         state.update(current=previous, previous=None, refused=refused, last_result=f"reverted: {reason}",
                      last_refusal={"version": (current or {}).get("version"), "reason": f"reverted: {reason}",

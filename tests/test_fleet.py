@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import cli
+from conftest import SHARED, cli
 from fleet_fixtures import Fleet, fleet, keys, tree, variant, web  # noqa: F401  (fixtures)
 from webserver import free_port
 
@@ -298,3 +298,87 @@ def _tamper_archive_of(repo: Path, version: str):
     data = bytearray(tar.read_bytes())
     data[len(data) // 2] ^= 0xFF
     tar.write_bytes(bytes(data))
+
+
+def test_a_version_taught_on_the_device_goes_into_a_slot_and_updates_go_on(fleet, digits_bundle, tmp_path):
+    """Issue 33 in a device folder: a version `edgecls teach` wrote from the current slot is installed into the free
+    slot (DeviceDir.install_taught, what the page's "Run it now" does there): the publisher's bundle is previous,
+    the record keeps the release's number (so the same release is not fetched again) and says what was taught;
+    going back does not refuse the publisher's version; a newer release replaces the taught one as any other."""
+    from edgecls.fleet.slots import DeviceDir
+
+    photos = tmp_path / "daisies"
+    photos.mkdir()
+    for p in sorted((SHARED / "data" / "flowers" / "daisy").glob("*.jpg"))[:6]:   # EDGECLS_SHARED or ../shared
+        shutil.copy(p, photos / p.name)
+    fleet.publish(digits_bundle)
+    assert fleet.update()[1]["action"] == "installed"
+    published = fleet.current()
+    bad = cli("teach", digits_bundle, "--label", "daisy", "--source", photos, "--install")   # not a device folder
+    assert bad.returncode == 2 and "--install puts the new version into a device folder" in bad.stderr, bad.stderr
+    assert not list(digits_bundle.parent.glob(f"{digits_bundle.name}-v*"))   # refused before anything is written
+    r = cli("teach", fleet.dev / "current", "--label", "daisy", "--source", photos, "--count", "6", "--install",
+            "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    written = json.loads(r.stdout.strip().splitlines()[-1])
+    version = Path(written["bundle"])
+    assert version == fleet.dev / "slots" / "a-v2", version   # written beside the slots, then moved into one
+    assert written["installed"] == {"device": str(fleet.dev), "slot": "b"}, written
+    dev = DeviceDir(fleet.dev)
+    state = dev.state()
+    assert state["current"]["slot"] == "b" and state["current"]["version"] == 1 and not version.exists()
+    assert state["current"]["taught"]["label"] == "daisy" and state["previous"]["slot"] == "a"
+    assert tree(fleet.dev / "slots" / "a") == published and os.readlink(fleet.dev / "current") == "slots/b"
+    assert "daisy" in (fleet.dev / "current" / "labels.txt").read_text()
+    assert cli("verify", fleet.dev / "current").returncode == 0
+    assert "taught on this device: 'daisy'" in cli("status", fleet.dev).stdout
+    assert fleet.update()[1]["action"] == "up-to-date"            # release 1 is what the taught version came from
+    reverted = dev.revert("the user went back")
+    assert reverted["current"]["slot"] == "a" and reverted["refused"] == {}, reverted   # release 1 not refused
+    assert fleet.current() == published
+    dev.install_taught(fleet.dev / "slots" / "b", {"label": "daisy"})   # the reverted slot, taught again
+    fleet.publish(variant(digits_bundle, tmp_path / "b2", release_note="v2"))
+    r, out = fleet.update()
+    assert out["action"] == "installed" and out["current"]["version"] == 2 and "taught" not in out["current"]
+    assert out["previous"]["taught"]["label"] == "daisy", out      # the taught version is the one to go back to
+
+
+def test_a_taught_version_that_cannot_start_gives_its_slot_back(tmp_path):
+    """run's fallback after "Run it now" (device/live.py → fleet/live.py: start_failed): in a device folder the
+    taught slot stops being current and the publisher's runs again, its version not refused; a confirmed current
+    (one that already ran) is left alone."""
+    from edgecls.fleet.live import start_failed
+    from edgecls.fleet.slots import STATE_FORMAT, DeviceDir
+
+    for slot in ("a", "b"):
+        (tmp_path / "slots" / slot).mkdir(parents=True)
+    published = {"version": 1, "bundle_id": "p", "slot": "a", "confirmed": True}
+    taught = {"version": 1, "bundle_id": "t", "slot": "b", "taught": {"label": "daisy"}}
+    (tmp_path / "state.json").write_text(json.dumps({"format": STATE_FORMAT, "current": taught,
+                                                     "previous": published, "refused": {}}))
+    (tmp_path / "current").symlink_to("slots/b")
+    said = []
+    start_failed(tmp_path / "current", "labels.txt edited", said.append)
+    state = DeviceDir(tmp_path).state()
+    assert state["current"] == published and state["refused"] == {} and os.readlink(tmp_path / "current") == "slots/a"
+    assert "could not start: labels.txt edited" in state["last_result"] and "went back to slot a" in said[0], said
+    start_failed(tmp_path / "current", "again", said.append)     # the publisher's, confirmed: stays
+    assert DeviceDir(tmp_path).state()["current"] == published and len(said) == 1
+
+
+def test_a_taught_version_that_cannot_be_installed_stays_where_teach_wrote_it(tmp_path):
+    """install_taught moves a version out of DEVICE_DIR/slots/a-v2 first: if it then fails (here: no edgecls.json
+    to name it by), the version is moved back, whole, and the state is unchanged."""
+    from edgecls.fleet.slots import STATE_FORMAT, DeviceDir
+
+    (tmp_path / "slots" / "a").mkdir(parents=True)
+    version = tmp_path / "slots" / "a-v2"
+    version.mkdir()
+    (version / "labels.txt").write_text("0\n1\ndaisy\n")
+    state = {"format": STATE_FORMAT, "current": {"version": 1, "bundle_id": "p", "slot": "a"}, "previous": None,
+             "refused": {}}
+    (tmp_path / "state.json").write_text(json.dumps(state))
+    with pytest.raises(OSError):
+        DeviceDir(tmp_path).install_taught(version, {"label": "daisy"})
+    assert (version / "labels.txt").read_text() == "0\n1\ndaisy\n" and DeviceDir(tmp_path).state() == state
+    assert sorted(p.name for p in (tmp_path / "slots").iterdir()) == ["a", "a-v2"]   # no half-made slot left

@@ -222,32 +222,51 @@ def test_a_bundle_exported_before_teach_and_the_labelling_page_say_why_they_cann
     assert "Traceback" not in err
 
 
-def test_a_run_in_a_device_folder_teaches_but_leaves_switching_to_the_fleets_slots(digits_bundle, tmp_path):
-    """DEVICE_DIR/current of `edgecls update` (here its smallest form: state.json and the link): the page teaches,
-    but "Run it now" is refused with the reason — the slots and the canary decide what runs there (docs/fleet.md)."""
+def test_a_run_in_a_device_folder_installs_the_taught_version_into_its_free_slot(digits_bundle, tmp_path):
+    """DEVICE_DIR/current of `edgecls update` (state.json, two slots, the link): "Run it now" installs the taught
+    version into the free slot first (fleet/slots.py: install_taught), then `run` starts again on the link — so
+    going back, a crash loop and the next update treat it as any installed version; the publisher's slot is
+    untouched and is the one to go back to."""
+    from edgecls.fleet.live import CONFIRM_AFTER_FRAMES
     from edgecls.fleet.slots import STATE_FORMAT
 
-    bundle, before = bundle_copy(digits_bundle, tmp_path)
     device = tmp_path / "device"
-    device.mkdir()
-    (device / "state.json").write_text(json.dumps({"format": STATE_FORMAT, "current": None, "previous": None,
+    (device / "slots").mkdir(parents=True)
+    shutil.copytree(digits_bundle, device / "slots" / "a")
+    before = tree_hashes(device / "slots" / "a")
+    record = {"version": 3, "bundle_id": sha256_file(device / "slots" / "a" / MANIFEST)[:16], "slot": "a",
+              "confirmed": True}
+    (device / "state.json").write_text(json.dumps({"format": STATE_FORMAT, "current": record, "previous": None,
                                                    "refused": {}}))
-    (device / "current").symlink_to(bundle)
+    (device / "current").symlink_to("slots/a")
     port = free_port()
     s = Served("run", device / "current", "--source", daisy_video(tmp_path / "d.avi", 2), "--headless", "--loop",
                "--realtime", "--ui", port)
     try:
         s.wait_for("web page on")
+        started = status(port)["started"]
         code, _, data = ask(port, "/api/teach", "POST", body={"label": "daisy", "capture": 2})
         done = json.loads(data)
         while done.get("state") in ("capturing", "teaching"):
             time.sleep(0.3)
             done = json.loads(ask(port, "/api/teach")[2])
-        assert done["state"] == "done", done
+        assert done["state"] == "done" and done["bundle"] == str(device / "slots" / "a-v2"), done
         code, _, data = ask(port, "/api/teach/use", "POST", body={"bundle": done["bundle"]})
-        assert code == 409 and "its slots decide what runs" in json.loads(data)["error"], data
-        assert status(port)["bundle"] == str(device / "current")
+        assert code == 202 and json.loads(data)["bundle"] == str(device / "current"), data
+
+        def restarted():
+            try:
+                st = status(port)
+            except OSError:
+                return None
+            return st if st.get("started") not in (None, started) and st["frames"] > CONFIRM_AFTER_FRAMES else None
+        now = wait(restarted, timeout=90)
+        assert now["bundle"] == str(device / "current") and now["labels"][-1] == "daisy", now
     finally:
         err = s.stop()
-    assert "switching to" not in err and "Traceback" not in err, err[-3000:]
-    assert tree_hashes(bundle) == before
+    state = json.loads((device / "state.json").read_text())
+    assert state["current"]["slot"] == "b" and state["current"]["taught"]["label"] == "daisy", state
+    assert state["current"]["version"] == 3 and state["previous"]["slot"] == "a", state
+    assert state["current"].get("confirmed"), state   # it classified frames after its exam: no crash loop
+    assert tree_hashes(device / "slots" / "a") == before and not (device / "slots" / "a-v2").exists()
+    assert "installed in slot b" in err and "switching to" in err and "Traceback" not in err, err[-3000:]

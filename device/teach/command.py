@@ -161,6 +161,15 @@ def teach(req: TeachRequest) -> dict:
     return written
 
 
+def install_version(device: Path, written: dict) -> dict:
+    """The version `teach` wrote (its reply, `written`) into the device folder's free slot, current: the folder's
+    new state (fleet/slots.py: DeviceDir.install_taught). `teach --install` and the page's "Run it now" there."""
+    from edgecls.fleet.slots import DeviceDir
+
+    return DeviceDir(device).install_taught(Path(written["bundle"]), {k: written[k] for k in ("label", "action",
+                                                                                               "labels")})
+
+
 def teach_command(
     bundle: Path = typer.Argument(..., help="Bundle folder (from `edgecls export`, or a version teach wrote)."),
     label: Optional[str] = typer.Option(None, "--label", help="The new class's name."),
@@ -172,23 +181,36 @@ def teach_command(
     forget: Optional[str] = typer.Option(None, "--forget", help="Remove this class (no photos needed)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for the new bundle version (default: BUNDLE-vN "
                                        "beside it)."),
+    install: bool = typer.Option(False, "--install", help="BUNDLE is DEVICE_DIR/current of `edgecls update`: put "
+                                 "the new version into its free slot (`run` takes it at its next start)."),
     json_out: bool = typer.Option(False, "--json", help="Print what was written as JSON on stdout."),
 ):
     """Teach the bundle a new class on this device (no TensorFlow); writes a new bundle version beside it."""
     import json
 
+    from edgecls.fleet.live import device_dir_of
+
     chosen = [(name, v) for name, v in (("--label", label), ("--more", more), ("--forget", forget)) if v is not None]
     if len(chosen) != 1:
         raise EdgeclsError("give exactly one of --label NEW, --more LABEL, --forget LABEL")
+    device = device_dir_of(bundle) if install else None
+    if install and device is None:   # refused before anything is taught or written
+        raise EdgeclsError(f"--install puts the new version into a device folder's free slot: give DEVICE_DIR/current "
+                           f"of `edgecls update`, not {bundle}")
     req = TeachRequest(bundle, chosen[0][1], source, count, every, more=more is not None,
                        forget=forget is not None, out=out)
     written = teach(req)
+    if device is not None:
+        written["installed"] = {"device": str(device), "slot": install_version(device, written)["current"]["slot"]}
     if json_out:
         print(json.dumps(written))
     else:
         print(f"bundle version written: {written['bundle']}  ({written['action']} {written['label']!r}: "
               f"{written['photos']} photos, {len(written['labels'])} classes, {written['seconds']:.1f} s; "
               f"exam {written['exam']}; the previous version is kept at {written['parent']})")
+        if device is not None:
+            print(f"installed in slot {written['installed']['slot']} of {device}: `run {device / 'current'}` takes it "
+                  "at its next start (the slot it came from is the one to go back to)")
 
 
 def register(app) -> None:

@@ -16,8 +16,9 @@ GET. The live loop keeps running the version it started with until the page asks
 
 Then the loop ends after its frame and `run` starts again on the new version — model, exam, outputs, page and
 source opened afresh, as a restart would (device/live.py: its outputs, keep sidecars and events hold a version's
-labels) — and goes back to the version it had if the new one cannot start. Not in a device folder of
-`edgecls update`: there the slots and the fleet's canary decide what runs (docs/fleet.md).
+labels) — and goes back to the version it had if the new one cannot start. In a device folder of `edgecls update`
+(`run DEVICE_DIR/current`) the version is first installed into the free slot (fleet/slots.py: install_taught), so
+that going back, a crash loop and the next update treat it as any installed version (docs/fleet.md).
 """
 from __future__ import annotations
 
@@ -73,7 +74,8 @@ class TeachPage:
         return (200, job) if job["state"] == "done" else (job["code"], job)
 
     def check_use(self, body: dict) -> Path:
-        """The version POST /api/teach/use may switch to: the one the last teach wrote, and only that one."""
+        """The version POST /api/teach/use may switch to: the one the last teach wrote, and only that one. In a device
+        folder it is installed into the free slot first, and the folder's link is what run starts again on."""
         from edgecls.fleet.live import device_dir_of
 
         job = self.state()
@@ -81,10 +83,15 @@ class TeachPage:
             raise BadRequest(409, "no taught version to run: teach a class first")
         if body.get("bundle") != job["bundle"]:
             raise BadRequest(400, f"'bundle' must be the version the last teach wrote ({job['bundle']})")
-        if device_dir_of(self.bundle) is not None:
-            raise BadRequest(409, f"this run follows the device folder {self.bundle.parent} of `edgecls update`: "
-                                  "its slots decide what runs; restart `run` on the taught version by hand")
-        return Path(job["bundle"])
+        device = device_dir_of(self.bundle)
+        if device is None:
+            return Path(job["bundle"])
+        from edgecls.device.teach.command import install_version
+
+        state = install_version(device, job)   # the finished job's fields are teach's reply
+        self.log(f"edgecls: the taught version is installed in slot {state['current']['slot']} of {device} "
+                 f"(previous: slot {(state.get('previous') or {}).get('slot')}, to go back to)")
+        return device / "current"
 
     def _open(self):
         from edgecls.bundle import load_bundle
