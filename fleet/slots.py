@@ -6,17 +6,22 @@
                                taught on this device: `install_taught`)
     DEVICE_DIR/tuf/            TUF's trusted metadata (root.json: the trust anchor, then newer roots it verified)
     DEVICE_DIR/device-id       this device's stable id (its rollout cohort)
+    DEVICE_DIR/.lock           held while state.json and the slots change (see `DeviceDir.locked`)
 
 state.json is the commit point, written whole by one rename: a power cut (SIGKILL) at any step of an install
 leaves the current slot untouched and named by state.json; the next start repairs the link from it and removes
-the half-made slot.
+the half-made slot. Every change of state.json and the slots holds the folder's lock, so the update checker,
+`teach --install`, the page and `run`'s start-up record never interleave (each reads state.json, then writes it).
 """
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
+import threading
 import uuid
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -25,6 +30,64 @@ from edgecls.fsutil import atomic_write_json, clean_stale, temp_prefix
 
 SLOTS = ("a", "b")
 STATE_FORMAT = "edgecls-device"
+
+try:
+    import fcntl
+except ImportError:   # not on Windows; a device is Linux
+    fcntl = None
+
+
+class _FolderLock:
+    """One writer at a time for one device folder: a thread lock inside this process (re-entrant: install_taught
+    calls install, starting calls revert), and flock on DEVICE_DIR/.lock between processes while the outermost
+    holder holds it (the kernel drops a flock when its process dies: a killed writer never leaves it locked)."""
+
+    def __init__(self, path: Path):
+        self.path, self.thread_lock, self.depth, self.fd = path, threading.RLock(), 0, None
+
+    def __enter__(self):
+        self.thread_lock.acquire()
+        try:
+            if self.depth == 0 and fcntl is not None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                except BaseException:
+                    os.close(fd)
+                    raise
+                self.fd = fd
+        except BaseException:
+            self.thread_lock.release()
+            raise
+        self.depth += 1
+        return self
+
+    def __exit__(self, *exc):
+        self.depth -= 1
+        if self.depth == 0 and self.fd is not None:
+            os.close(self.fd)   # closing the descriptor releases the flock
+            self.fd = None
+        self.thread_lock.release()
+
+
+_LOCKS: dict[Path, _FolderLock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def _folder_lock(path: Path) -> _FolderLock:
+    key = Path(os.path.abspath(path))
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault(key, _FolderLock(key / ".lock"))
+
+
+def _holding_lock(method):
+    """A DeviceDir method that reads state.json and writes it back (or moves slots) runs under the folder's lock."""
+    @functools.wraps(method)
+    def holding(self, *args, **kwargs):
+        with self.locked():
+            return method(self, *args, **kwargs)
+    return holding
 
 
 def now() -> str:
@@ -53,9 +116,17 @@ class DeviceDir:
         except (OSError, ValueError) as e:
             raise EdgeclsError(f"{self.state_file} is unreadable ({e}): the device folder is damaged") from None
 
+    @contextmanager
+    def locked(self):
+        """Hold the folder's lock: for a read of state.json that a write will follow (reads alone need none,
+        since state.json is replaced whole)."""
+        with _folder_lock(self.path):
+            yield
+
     def save(self, state: dict) -> None:
         atomic_write_json(self.state_file, state)
 
+    @_holding_lock
     def note(self, **fields) -> dict:
         """Record the outcome of a check (last_check, last_result, a refusal) without touching the slots."""
         state = self.state()
@@ -88,6 +159,7 @@ class DeviceDir:
         current = self.state().get("current")
         return self.slot_dir(current["slot"]) if current else None
 
+    @_holding_lock
     def repair(self) -> list[Path]:
         """After a power cut: remove half-made slots of dead processes and point the link at state.json's slot."""
         slots = self.path / "slots"
@@ -116,6 +188,7 @@ class DeviceDir:
         slot = self.free_slot()
         return Path(tempfile.mkdtemp(prefix=temp_prefix(f".{slot}."), suffix=".partial", dir=slots))
 
+    @_holding_lock
     def install(self, made: Path, record: dict) -> dict:
         """Put the checked bundle in `made` into the free slot and make it current; the old current becomes
         previous (the one to go back to). Three renames and two state writes, in an order that is safe to cut."""
@@ -140,6 +213,7 @@ class DeviceDir:
             shutil.rmtree(old, ignore_errors=True)
         return state
 
+    @_holding_lock
     def install_taught(self, version: Path, taught: dict) -> dict:
         """A version `edgecls teach` wrote on this device from the current bundle (a device-local derivative) into
         the free slot, made current; the bundle it was taught from becomes previous (the one to go back to). Its
@@ -167,6 +241,7 @@ class DeviceDir:
             raise
 
     # --- going back ----------------------------------------------------------------------------------------
+    @_holding_lock
     def revert(self, reason: str) -> dict | None:
         """Make the previous slot current again (it was the running bundle before the last install); the
         reverted version is remembered as refused so it is not installed again. None when there is no previous."""
@@ -184,6 +259,7 @@ class DeviceDir:
         self._link(previous["slot"])
         return state
 
+    @_holding_lock
     def starting(self, max_unconfirmed: int) -> dict | None:
         """`run` starts on the current slot: count the start; after `max_unconfirmed` starts that never reached
         `confirm()` (a crash loop), go back to the previous slot. Returns the revert's state, else None."""
@@ -198,6 +274,7 @@ class DeviceDir:
                                "running (a crash loop)")
         return None
 
+    @_holding_lock
     def confirm(self) -> None:
         """The current slot ran: its start-up exam passed and it classified frames."""
         state = self.state()

@@ -127,3 +127,21 @@ def test_the_package_has_no_import_cycle():
 def test_no_module_imports_a_private_name_from_another():
     _, private = _import_graph()
     assert not private, private
+
+
+# `X` below is `tests/test_x.py`, `Y` `tests/test_y.py`, (`C` = `tests/test_c.py`): the letters a table's rows use.
+ABBREVIATION = re.compile(r"`(\w+)`(?: below is| is| =)? `(tests/[\w/]+\.py)`")
+TEST_REF = re.compile(r"`((?:tests/[\w/]+\.py|\w+))::(\w+)`")
+
+
+def test_every_test_the_guarantees_name_exists():
+    """docs/guarantees.md pairs each promise with the test that guards it: a renamed test must not leave a
+    promise pointing at nothing (a letter means the file the nearest definition above, or in its row, names)."""
+    files, missing = {}, []
+    for line in (ROOT / "docs" / "guarantees.md").read_text().splitlines():
+        files.update(ABBREVIATION.findall(line))
+        for file, name in TEST_REF.findall(line):
+            path = ROOT / files.get(file, file)
+            if not path.is_file() or not re.search(rf"^\s*(?:async )?def {name}\(", path.read_text(), re.M):
+                missing.append(f"{file}::{name} ({files.get(file, file)})")
+    assert not missing, missing
