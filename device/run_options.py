@@ -192,7 +192,8 @@ UPDATES = _opts(
     ("updates_url", "--updates", str, "Poll this signed update repository and swap in a newer bundle that passes "
                                       "its checks and a canary (docs/fleet.md; BUNDLE is DEVICE_DIR/current)."),
     ("update_interval", "--update-interval", float, "Seconds between polls (--updates)."),
-    ("canary_frames", "--canary-frames", int, "Live frames a new bundle is judged on."),
+    ("canary_frames", "--canary-frames", int, "Distinct live frames a new bundle is judged on (a repeat of a "
+                                                        "view already judged does not count)."),
     ("update_topic", "--update-topic", str, "With --mqtt: a message here (`edgecls publish --notify`) polls at once."))
 
 # panel title -> (its section in the config file, its options), in the order --help shows them

@@ -10,6 +10,14 @@ never waits). After `frames` judged frames it is promoted only if
       running model gives that class on fewer than half, and it agrees with the running model on at least the
       publisher's `min_agreement_with_current` (same test), when the release sets one.
 Frames are compared by label, so a release may reorder or add classes.
+
+The test counts *distinct views*, not frames: a camera on a still scene (or a looping video) hands over the same
+picture again and again, and the binomial test would count one near-tie of the float model, flipped by int8, once
+per repeat — refusing a faithful model (measured: 2 flipped photos of a 40-photo loop counted 4 times gave 36 of 40,
+"shown below" 98.9%; as distinct photos, 38 of 40, is not). A frame whose small grey thumbnail is within
+SAME_VIEW_MAD of one already judged is not judged again. When the scene offers fewer distinct views than asked
+(after LOOK_LIMIT frames looked at per view wanted), the canary judges the views it has: fewer views, less power to
+refuse, never a repeat counted as evidence.
 """
 from __future__ import annotations
 
@@ -19,11 +27,38 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from edgecls.device.model.drift import heldout_count
 from edgecls.errors import EdgeclsError
 from edgecls.metrics import shown_below
 
 COLLAPSE_SHARE = 0.95
+VIEW_THUMB = 16          # a view's signature: the frame's grey thumbnail, 16×16 (area averages: sensor noise averages out)
+SAME_VIEW_MAD = 3.0      # mean |difference| of two thumbnails, in 0-255 levels, below which they show the same view
+LOOK_LIMIT = 20          # frames looked at per distinct view wanted, before the canary judges the views it has
+
+
+def view_signature(image: np.ndarray) -> np.ndarray:
+    """The frame's grey thumbnail (HxWx3 or HxW uint8 in, VIEW_THUMB² float32 out; the channel order is irrelevant)."""
+    import cv2
+
+    grey = image.astype(np.float32).mean(axis=2) if image.ndim == 3 else image.astype(np.float32)
+    return cv2.resize(grey, (VIEW_THUMB, VIEW_THUMB), interpolation=cv2.INTER_AREA)
+
+
+class ViewMemory:
+    """The views already judged: `new(image)` is True (and remembers it) for a frame unlike every one of them."""
+
+    def __init__(self, same_view_mad: float = SAME_VIEW_MAD):
+        self.same_view_mad, self.signatures = same_view_mad, []
+
+    def new(self, image: np.ndarray) -> bool:
+        sig = view_signature(image)
+        if any(float(np.abs(sig - seen).mean()) < self.same_view_mad for seen in self.signatures):
+            return False
+        self.signatures.append(sig)
+        return True
 
 
 def export_agreement(meta: dict, key: str) -> float | None:
@@ -50,15 +85,15 @@ def judge(answers: list[tuple[str, str, str]], expected: float | None, floor: fl
                "agreement_with_current": round(with_current / n, 4), "most_common": top,
                "most_common_share": round(top_n / n, 4)}
     if expected is not None and shown_below(own, n, expected):
-        return Verdict(False, f"its int8 model agrees with its own float on {own} of {n} live frames, shown below "
+        return Verdict(False, f"its int8 model agrees with its own float on {own} of {n} distinct live frames, shown below "
                               f"the {expected:.1%} its export measured on held-out photos", figures)
     if top_n / n >= COLLAPSE_SHARE and current_share < 0.5:
-        return Verdict(False, f"it answers {top!r} for {top_n} of {n} live frames, where the running model does on "
+        return Verdict(False, f"it answers {top!r} for {top_n} of {n} distinct live frames, where the running model does on "
                               f"{current_share:.0%}: collapsed", figures)
     if floor is not None and shown_below(with_current, n, floor):
-        return Verdict(False, f"it agrees with the running model on {with_current} of {n} live frames, shown below "
+        return Verdict(False, f"it agrees with the running model on {with_current} of {n} distinct live frames, shown below "
                               f"the publisher's floor of {floor:.1%}", figures)
-    return Verdict(True, f"agrees with its own float on {own} of {n} live frames and with the running model on "
+    return Verdict(True, f"agrees with its own float on {own} of {n} distinct live frames and with the running model on "
                          f"{with_current}", figures)
 
 
@@ -75,7 +110,9 @@ class Canary:
         self.float = load_model(self.net.bundle, twin.family, twin.precision, threads=1)
         self.expected = export_agreement(self.net.bundle.meta, self.net.artifact_key)
         self.answers: list[tuple[str, str, str]] = []
-        self.offered = self.skipped = 0
+        self.offered = self.skipped = self.looked = 0
+        self.views = ViewMemory()
+        self.few_views = False   # the scene offered fewer distinct views than `frames`: judged on those it had
         self.error: str | None = None
         self.done, self._stop = threading.Event(), threading.Event()
         self._todo: queue.Queue = queue.Queue(maxsize=1)
@@ -100,6 +137,12 @@ class Canary:
             except queue.Empty:
                 continue
             frame, current = item
+            self.looked += 1
+            if not self.views.new(frame.image):   # a view already judged: not evidence a second time
+                if self.answers and self.looked >= self.frames * LOOK_LIMIT:
+                    self.few_views = True
+                    break
+                continue
             try:
                 r = self.net.classify(frame)
                 f = int(self.float.predict(r.pixels[None])[0].argmax())
@@ -113,9 +156,11 @@ class Canary:
         """None until `frames` frames are judged (or the candidate failed)."""
         if not self.done.is_set():
             return None
-        if self.error or len(self.answers) < self.frames:
+        if self.error or (len(self.answers) < self.frames and not self.few_views):
             return Verdict(False, self.error or "stopped before the canary finished")
-        return judge(self.answers, self.expected, self.floor)
+        verdict = judge(self.answers, self.expected, self.floor)
+        verdict.figures.update(frames_looked_at=self.looked, few_views=self.few_views)
+        return verdict
 
     def close(self) -> None:
         self._stop.set()

@@ -151,7 +151,7 @@ class LiveUpdates:
     def _try(self, staged: Staged) -> bool:
         version = staged.release.version
         self.log(f"edgecls: update: version {version} passed its checks here; canary on {self.canary_frames} "
-                 "live frames")
+                 "distinct live frames")
         try:
             canary = Canary(staged.folder, self.family, self.canary_frames,
                             staged.release.min_agreement_with_current)
