@@ -2,18 +2,21 @@
 environment) and the TensorRT-ready symmetric int8 ONNX, and what their disagreements with float are.
 
     python benchmarks/bench_accelerators.py [--work .edgecls-cache/accel] [--seeds 1337,1,2] [--out FILE.md]
+        [--targets tensorrt,imx500] [--train-args "--backbone efficientnet_lite0 --img-size 224 --weights W.h5"]
 
 Per seed: `edgecls train ../shared/data/flowers --seed S` (defaults; KERAS_HOME holds the shared MobileNetV2 weights
 so 'imagenet' resolves offline), then `edgecls export RUN --formats tensorrt --target imx500 --allow-drop --json`
 (needs `edgecls setup-imx500`). From the bundle's edgecls.json: held-out agreement with float (Wilson 95%), Δ top-1
 (paired 95%), and the answers that changed (edgecls.metrics.flips): how many were near-ties of the float model
 (top-1 margin < 0.2), on how many float was wrong, on how many int8 is right. Writes --out (default
-benchmarks/results/accelerators-flips.md) and prints it. Runs and bundles are cached in --work.
+benchmarks/results/accelerators-flips.md) and prints it. Runs and bundles are cached in --work. --train-args go to
+every `train` (another backbone or size: say what in --what), --targets choose what `export` builds.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -49,16 +52,23 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=ROOT / ".edgecls-cache" / "accel")
     ap.add_argument("--seeds", default="1337,1,2")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "accelerators-flips.md")
+    ap.add_argument("--targets", default="tensorrt,imx500")
+    ap.add_argument("--train-args", default="")
+    ap.add_argument("--what", default="MobileNetV2 160 px, defaults", help="the model, in words, for the text")
     a = ap.parse_args()
+    targets = a.targets.split(",")
+    export_args = [*(["--formats", "tensorrt"] if "tensorrt" in targets else ["--formats", "tflite", "--no-int8"]),
+                   *(["--target", "imx500"] if "imx500" in targets else [])]
     st = Stages(a.work, fresh=False)
     lines = ["| seed | artifact | vs | agreement, held-out (95% CI) | Δ top-1 pp (95% CI) | top-1 | the answers that "
              "changed | export s |", "|---|---|---|---|---|---|---|---|"]
     totals: dict[str, dict[str, int]] = {}
     for seed in a.seeds.split(","):
         run, bundle = a.work / "runs" / f"flowers-s{seed}", a.work / "bundles" / f"flowers-s{seed}"
-        st.run(f"train-s{seed}", [*EDGECLS, "train", FLOWERS, "--out", run, "--seed", seed, "--force", "--json"])
-        rec = st.run(f"export-s{seed}", [*EDGECLS, "export", run, "--out", bundle, "--formats", "tensorrt", "--target",
-                                         "imx500", "--allow-drop", "--json"], ok_codes=(0, 3))
+        st.run(f"train-s{seed}", [*EDGECLS, "train", FLOWERS, "--out", run, "--seed", seed, "--force", "--json",
+                                  *shlex.split(a.train_args)])
+        rec = st.run(f"export-s{seed}", [*EDGECLS, "export", run, "--out", bundle, *export_args, "--allow-drop",
+                                         "--json"], ok_codes=(0, 3))
         if not (bundle / "edgecls.json").is_file():
             lines.append(f"| {seed} | export failed (exit {rec['rc']}) | | | | | | |")
             continue
@@ -77,12 +87,15 @@ def main() -> None:
         lines.append(f"- {key}: {t['agreed']}/{t['images']} answers agree with float; of the {t['flips']} that changed, "
                      f"{t['near_ties']} were near-ties of float (top-1 margin < 0.2), float was wrong on "
                      f"{t['reference_wrong']}, and int8 is right on {t['now_right']}.")
-    cmd = f"python benchmarks/bench_accelerators.py --seeds {a.seeds}"
+    cmd = f"python benchmarks/bench_accelerators.py --seeds {a.seeds}" + (
+        f" --targets {a.targets}" if a.targets != "tensorrt,imx500" else "") + (
+        f" --train-args {shlex.quote(a.train_args)}" if a.train_args else "")
     publish(a.out, [f"## Accelerator targets: what their disagreements with float are (issue 34; `{cmd}`)", "",
-             "Each seed is another split of the shared flowers (110 held-out test photos), MobileNetV2 160 px, defaults. "
-             "imx500: MCT's quantized model in its own TF 2.15 environment against the float model there; "
-             "onnx-int8-trt: the symmetric int8 QDQ file on onnxruntime's CPU provider against onnx-float "
-             f"({host_kernels()}).", "",
+             f"Each seed is another split of the shared flowers (110 held-out test photos), {a.what}. "
+             + ("imx500: MCT's quantized model in its own TF 2.15 environment against the float model there; "
+                if "imx500" in targets else "")
+             + ("onnx-int8-trt: the symmetric int8 QDQ file on onnxruntime's CPU provider against onnx-float "
+                f"({host_kernels()})." if "tensorrt" in targets else ""), "",
              *lines])
 
 

@@ -32,9 +32,10 @@ ENV_VAR = "EDGECLS_IMX500_ENV"
 PACKAGES = ("tensorflow==2.15.1", "numpy==1.26.4", "model-compression-toolkit==2.5.1", "imx500-converter[tf]==3.19.2")
 STAMP = ".edgecls-imx500"            # written last by setup: its absence means a half-made environment
 JAVA_MIN = 17                        # imxconv-tf's Java (Sony's converter documentation)
-# Backbones whose layers MCT's IMX500 capabilities and imxconv-tf take (measured: mobilenet_v2 converts); others
-# are refused before minutes of work, with what to do.
-BACKBONES = ("mobilenet_v2",)
+# Backbones whose layers MCT's IMX500 capabilities and imxconv-tf take (measured on flowers, 3 seeds each:
+# mobilenet_v2, and efficientnet_lite0 once its Activation('relu6') is ReLU(max_value=6): benchmarks/results/
+# accelerators-lite0-imx500.md); others are refused before minutes of work, with what to do.
+BACKBONES = ("mobilenet_v2", "efficientnet_lite0")
 WORKER = Path(__file__).with_name("imx500_worker.py")
 FOLDER = "imx500"                    # inside the bundle
 SETUP_HINT = "run `edgecls setup-imx500` once (about 2 minutes and 2.3 GB: TensorFlow 2.15, MCT, imx500-converter)"

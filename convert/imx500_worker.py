@@ -46,13 +46,17 @@ def load_float(job: Path):
 def sensor_ready(model):
     """The same function with each Rescaling layer (the model's in-model normalisation, x * scale + offset per
     channel) as a 1x1 DepthwiseConv2D of those weights: imxconv-tf refuses Rescaling ([USOP] unsupported op) and
-    runs depthwise convolutions; the answers are the same to float rounding (measured: max |dp| below 1e-5)."""
+    runs depthwise convolutions; the answers are the same to float rounding (measured: max |dp| below 1e-5).
+    Each Activation('relu6') (EfficientNet-Lite0's) becomes ReLU(max_value=6), the same function: imxconv-tf takes
+    an Activation layer only for softmax, linear, relu and a few others, and refuses relu6 (measured, 3.19.2)."""
     import numpy as np
     import tensorflow as tf
 
     def clone(layer):
         if isinstance(layer, tf.keras.layers.Rescaling):
             return tf.keras.layers.DepthwiseConv2D(1, use_bias=True, name=layer.name)
+        if isinstance(layer, tf.keras.layers.Activation) and layer.get_config().get("activation") == "relu6":
+            return tf.keras.layers.ReLU(max_value=6.0, name=layer.name)
         return layer.__class__.from_config(layer.get_config())
 
     new = tf.keras.models.clone_model(model, clone_function=clone)

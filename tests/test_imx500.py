@@ -152,6 +152,52 @@ def test_mcts_gptq_runs_in_its_environment(tmp_path):
     assert r.returncode == 0 and "answered (16, 3)" in r.stdout, (r.stdout + r.stderr)[-3000:]
 
 
+RELU6_SCRIPT = """
+import importlib.util, sys
+from pathlib import Path
+import numpy as np
+import tensorflow as tf
+spec = importlib.util.spec_from_file_location("worker", sys.argv[1])
+worker = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(worker)
+inputs = tf.keras.Input((32, 32, 3))
+x = tf.keras.layers.Rescaling(1 / 128.0, -127 / 128.0)(inputs)             # Lite0's (x - 127) / 128
+x = tf.keras.layers.Activation("relu6")(tf.keras.layers.Conv2D(8, 3, strides=2)(x))
+x = tf.keras.layers.Activation("relu6")(tf.keras.layers.DepthwiseConv2D(3)(x))
+x = tf.keras.layers.GlobalAveragePooling2D()(x)
+model = tf.keras.Model(inputs, tf.keras.layers.Dense(3, activation="softmax")(x))
+calib = np.random.default_rng(0).integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
+ready = worker.sensor_ready(model)
+left = [l.name for l in ready.layers if isinstance(l, tf.keras.layers.Activation) and l.get_config()["activation"] == "relu6"]
+assert not left, left
+diff = float(np.abs(worker.predict(ready, calib) - worker.predict(model, calib)).max())
+assert diff < 1e-5, diff
+worker.convert(Path(sys.argv[2]), worker.quantize(ready, calib, 0))
+assert (Path(sys.argv[2]) / "out" / "packerOut.zip").is_file()
+print("converted", diff)
+"""
+
+
+@pytest.mark.slow
+def test_a_relu6_activation_reaches_the_sensor_as_relu_max_6(tmp_path):
+    """EfficientNet-Lite0 writes ReLU6 as Activation('relu6'), which imxconv-tf refuses (it takes an Activation only
+    for softmax, linear, relu and a few others); convert/imx500_worker.py: sensor_ready makes it ReLU(max_value=6),
+    the same function, and the converter then writes packerOut.zip (measured on a real Lite0 flowers run:
+    benchmarks/results/accelerators-lite0-imx500.md)."""
+    import subprocess
+
+    from edgecls.convert import imx500
+
+    env = imx500.env_dir()
+    if not (env / imx500.STAMP).is_file():
+        skip_or_fail(f"no IMX500 environment at {env}: run `edgecls setup-imx500` (.ci/run does)")
+    script = tmp_path / "relu6.py"
+    script.write_text(RELU6_SCRIPT)
+    r = subprocess.run([str(imx500.env_python(env)), str(script), str(imx500.WORKER), str(tmp_path)],
+                       capture_output=True, text=True, timeout=900, env=imx500.worker_env())
+    assert r.returncode == 0 and "converted" in r.stdout, (r.stdout + r.stderr)[-3000:]
+
+
 @pytest.fixture
 def standin_picamera2(monkeypatch):
     """tests/standins/picamera2 importable as picamera2 for one test, and gone again after it."""
