@@ -30,6 +30,18 @@ def _feed(canary, images, timeout=120):
     return i
 
 
+def _judged(bundle, images, frames):
+    """A canary of `bundle` on `frames` distinct frames, fed `images` in a loop; returns it and its verdict."""
+    from edgecls.fleet.canary import Canary
+
+    canary = Canary(bundle, "tflite", frames=frames, floor=None)
+    try:
+        _feed(canary, images)
+        return canary, canary.verdict()
+    finally:
+        canary.close()
+
+
 def test_a_repeat_is_one_view_and_another_photo_is_another():
     from edgecls.fleet.canary import ViewMemory
 
@@ -44,29 +56,17 @@ def test_a_repeat_is_one_view_and_another_photo_is_another():
 
 
 def test_the_canary_counts_each_photo_of_a_loop_once(digits_bundle):
-    from edgecls.fleet.canary import Canary
-
     photos = [p for p in _photos(4) for _ in range(3)]           # 40 distinct photos, 3 frames each, looped
-    canary = Canary(digits_bundle, "tflite", frames=40, floor=None)
-    try:
-        _feed(canary, photos)
-        verdict = canary.verdict()
-    finally:
-        canary.close()
+    canary, verdict = _judged(digits_bundle, photos, 40)
     assert len(canary.answers) == len(canary.views.signatures) == 40 and not canary.few_views
     assert verdict.figures["frames"] == 40 and verdict.figures["frames_looked_at"] >= 40
 
 
 def test_a_still_scene_is_judged_on_the_views_it_has(digits_bundle):
-    from edgecls.fleet.canary import LOOK_LIMIT, Canary
+    from edgecls.fleet.canary import LOOK_LIMIT
 
     photos = _photos(1)[:3]                                      # 3 views, where 10 are asked
-    canary = Canary(digits_bundle, "tflite", frames=10, floor=None)
-    try:
-        _feed(canary, photos)
-        verdict = canary.verdict()
-    finally:
-        canary.close()
+    canary, verdict = _judged(digits_bundle, photos, 10)
     assert len(canary.answers) == 3 and canary.few_views and canary.looked >= 10 * LOOK_LIMIT
     assert verdict is not None and verdict.figures["frames"] == 3 and verdict.figures["few_views"], verdict
     assert "3 distinct live frames" in verdict.reason, verdict.reason
