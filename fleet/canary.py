@@ -153,7 +153,8 @@ class Canary:
         self.done.set()
 
     def verdict(self) -> Verdict | None:
-        """None until `frames` frames are judged (or the candidate failed)."""
+        """None until `frames` distinct frames are judged, or the scene had no more (few_views), or the candidate
+        failed."""
         if not self.done.is_set():
             return None
         if self.error or (len(self.answers) < self.frames and not self.few_views):

@@ -276,9 +276,10 @@ def start_failed(bundle: Path, reason: str, log) -> None:
     if dev_path is None:
         return
     dev = DeviceDir(dev_path)
-    if (dev.state().get("current") or {}).get("confirmed"):
-        return
-    reverted = dev.revert(f"it could not start: {reason}")
+    with dev.locked():   # the check and the revert as one step: an update may install between them otherwise
+        if (dev.state().get("current") or {}).get("confirmed"):
+            return
+        reverted = dev.revert(f"it could not start: {reason}")
     if reverted:
         log(f"edgecls: went back to slot {reverted['current']['slot']} of {dev_path}: the version switched to "
             "could not start")

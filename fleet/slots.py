@@ -21,7 +21,6 @@ import shutil
 import tempfile
 import threading
 import uuid
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -116,12 +115,10 @@ class DeviceDir:
         except (OSError, ValueError) as e:
             raise EdgeclsError(f"{self.state_file} is unreadable ({e}): the device folder is damaged") from None
 
-    @contextmanager
-    def locked(self):
-        """Hold the folder's lock: for a read of state.json that a write will follow (reads alone need none,
-        since state.json is replaced whole)."""
-        with _folder_lock(self.path):
-            yield
+    def locked(self) -> _FolderLock:
+        """The folder's lock, to hold (`with`) for a read of state.json that a write will follow (reads alone need
+        none, since state.json is replaced whole)."""
+        return _folder_lock(self.path)
 
     def save(self, state: dict) -> None:
         atomic_write_json(self.state_file, state)

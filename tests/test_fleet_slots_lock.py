@@ -10,16 +10,18 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 WRITER = textwrap.dedent('''
     import sys
+    import time
     from pathlib import Path
     from edgecls.fleet.slots import DeviceDir
 
     dev, tag, rounds = DeviceDir(Path(sys.argv[1])), sys.argv[2], int(sys.argv[3])
     Path(sys.argv[4]).touch()                          # ready
     while not Path(sys.argv[5]).exists():              # all start together
-        pass
+        time.sleep(0.001)
     for i in range(rounds):
         made = dev.new_slot()
         (made / "who.txt").write_text(f"{tag}-{i}")
@@ -36,6 +38,7 @@ def test_two_processes_installing_at_once_lose_nothing(tmp_path):
                                str(go)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for tag in tags]
     while not all((tmp_path / f"ready-{tag}").exists() for tag in tags):
         assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+        time.sleep(0.01)
     go.touch()
     for p in procs:
         out, err = p.communicate(timeout=120)
