@@ -185,3 +185,32 @@ def shown_below(k: int, n: int, rate: float, alpha: float = 0.025) -> bool:
     the Clopper–Pearson 95% interval). Wilson's interval is too tight in this tail: it calls 108 of 110
     "below 99.5%", although a model at 99.5% does that or worse 10.5% of the time."""
     return n > 0 and binomial_cdf(k, n, rate) < alpha
+
+
+def hypergeometric_sf(x: int, total: int, marked: int, drawn: int) -> float:
+    """P(X ≥ x) for X the marked items among `drawn` taken without replacement from `total` holding `marked`."""
+    from math import exp, lgamma
+
+    def log_comb(a: int, b: int) -> float:
+        return lgamma(a + 1) - lgamma(b + 1) - lgamma(a - b + 1)
+
+    hi = min(marked, drawn)
+    if x <= max(0, drawn - (total - marked)):
+        return 1.0
+    if x > hi:
+        return 0.0
+    terms = [log_comb(marked, i) + log_comb(total - marked, drawn - i) - log_comb(total, drawn) for i in range(x, hi + 1)]
+    top = max(terms)
+    return float(min(1.0, exp(top) * sum(exp(t - top) for t in terms)))
+
+
+def shown_below_measured(k: int, n: int, k_ref: int, n_ref: int, alpha: float = 0.025) -> bool:
+    """Whether k successes of n show a lower rate than k_ref of n_ref, itself a measurement (one-sided Fisher exact
+    test: given all the failures of both, so many falling among the n would happen less than `alpha` of the time
+    if both rates were one). shown_below() against the measured rate as if it were exact refuses a faithful model
+    whenever the reference was perfect on a small set: 39 of 40 against 90 of 90 is 'below 100%' there, while here
+    the one failure lands among the 40 with chance 40/130."""
+    failures, failures_ref = n - k, n_ref - k_ref
+    if n <= 0 or n_ref <= 0 or failures <= 0:
+        return False
+    return hypergeometric_sf(failures, n + n_ref, failures + failures_ref, n) < alpha

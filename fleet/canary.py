@@ -4,8 +4,9 @@ On a worker thread the candidate's own int8 model and its float twin (one interp
 frames the live loop offers (a queue of one: a frame that comes while the worker is busy is not judged, the loop
 never waits). After `frames` judged frames it is promoted only if
   (a) its int8 answers agree with its own float on these frames as well as its export measured on held-out
-      photos — refused when they are *shown* below that rate, with the export gate's test
-      (edgecls/metrics.py: shown_below);
+      photos — refused when they are *shown* below that measurement (edgecls/metrics.py: shown_below_measured, a
+      one-sided Fisher exact test: the export's count is itself a sample — taken as an exact rate, a perfect 90
+      of 90 made any one flip among 40 frames "below 100%");
   (b) it has not collapsed: it does not give one class for nearly every frame (≥ COLLAPSE_SHARE) where the
       running model gives that class on fewer than half, and it agrees with the running model on at least the
       publisher's `min_agreement_with_current` (same test), when the release sets one.
@@ -31,7 +32,7 @@ import numpy as np
 
 from edgecls.device.model.drift import heldout_count
 from edgecls.errors import EdgeclsError
-from edgecls.metrics import shown_below
+from edgecls.metrics import shown_below, shown_below_measured
 
 COLLAPSE_SHARE = 0.95
 VIEW_THUMB = 16          # a view's signature: the frame's grey thumbnail, 16×16 (area averages: sensor noise averages out)
@@ -61,10 +62,10 @@ class ViewMemory:
         return True
 
 
-def export_agreement(meta: dict, key: str) -> float | None:
-    """The export's int8-vs-float agreement of `key` on its held-out photos (the drift monitor's reader)."""
-    count = heldout_count(meta, (meta.get("artifacts", {}).get(key) or {}).get("metrics") or {})
-    return count[0] / count[1] if count else None
+def export_agreement(meta: dict, key: str) -> tuple[int, int] | None:
+    """(agreed, images): the export's int8-vs-float agreement of `key` on its held-out photos (the drift monitor's
+    reader)."""
+    return heldout_count(meta, (meta.get("artifacts", {}).get(key) or {}).get("metrics") or {})
 
 
 @dataclass
@@ -74,19 +75,21 @@ class Verdict:
     figures: dict = field(default_factory=dict)
 
 
-def judge(answers: list[tuple[str, str, str]], expected: float | None, floor: float | None) -> Verdict:
-    """answers: (candidate int8, candidate float, running model) labels per judged frame."""
+def judge(answers: list[tuple[str, str, str]], expected: tuple[int, int] | None, floor: float | None) -> Verdict:
+    """answers: (candidate int8, candidate float, running model) labels per judged frame; expected: the export's
+    (agreed, images) on held-out photos; floor: the publisher's minimum agreement with the running model."""
     n = len(answers)
     own = sum(a == f for a, f, _ in answers)
     with_current = sum(a == c for a, _, c in answers)
     top, top_n = Counter(a for a, _, _ in answers).most_common(1)[0]
     current_share = sum(c == top for _, _, c in answers) / n
-    figures = {"frames": n, "agreement_with_own_float": round(own / n, 4), "export_agreement": expected,
+    figures = {"frames": n, "agreement_with_own_float": round(own / n, 4),
+               "export_agreement": list(expected) if expected else None,
                "agreement_with_current": round(with_current / n, 4), "most_common": top,
                "most_common_share": round(top_n / n, 4)}
-    if expected is not None and shown_below(own, n, expected):
+    if expected is not None and shown_below_measured(own, n, *expected):
         return Verdict(False, f"its int8 model agrees with its own float on {own} of {n} distinct live frames, shown below "
-                              f"the {expected:.1%} its export measured on held-out photos", figures)
+                              f"the {expected[0]} of {expected[1]} its export measured on held-out photos", figures)
     if top_n / n >= COLLAPSE_SHARE and current_share < 0.5:
         return Verdict(False, f"it answers {top!r} for {top_n} of {n} distinct live frames, where the running model does on "
                               f"{current_share:.0%}: collapsed", figures)

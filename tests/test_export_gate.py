@@ -86,6 +86,21 @@ def test_low_agreement_alone_is_refused():
     assert _judge(d, _agreement(310, 8)).passed        # 97.4%
 
 
+def test_the_two_sample_test_is_fishers_exact_tail():
+    """metrics.shown_below_measured (the canary's test against the export's own count): the hypergeometric tail,
+    summed directly here."""
+    from math import comb
+
+    from edgecls.metrics import hypergeometric_sf, shown_below_measured
+
+    for x, total, marked, drawn in ((1, 130, 1, 40), (5, 130, 5, 40), (2, 350, 5, 40), (0, 20, 3, 5), (4, 20, 3, 5)):
+        direct = sum(comb(marked, i) * comb(total - marked, drawn - i) for i in range(x, min(marked, drawn) + 1))
+        assert hypergeometric_sf(x, total, marked, drawn) == pytest.approx(direct / comb(total, drawn), rel=1e-9)
+    assert not shown_below_measured(39, 40, 90, 90) and shown_below_measured(35, 40, 90, 90)
+    assert not shown_below_measured(38, 40, 307, 310) and shown_below_measured(36, 40, 307, 310)
+    assert not shown_below_measured(40, 40, 0, 90)     # no failure among the n: never shown below
+
+
 def test_a_missed_target_needs_evidence():
     """metrics.shown_below, what auto-selection's "missed the target" and the validation split's agreement floor
     rest on: the exact binomial tail, not Wilson's interval (too tight there)."""

@@ -267,19 +267,33 @@ def test_the_canary_rule_promotes_a_faithful_model_and_refuses_a_broken_or_colla
 
     scene = ["cat"] * 120 + ["dog"] * 80                    # what the running model says on 200 live frames
     faithful = [(c, c, c) for c in scene[:197]] + [("dog", "cat", "cat")] * 3
-    assert judge(faithful, expected=0.99, floor=None).promote        # 197/200 agree: not shown below 99%
+    assert judge(faithful, expected=(307, 310), floor=None).promote   # 197/200 agree: not shown below 307/310
     broken = [("dog" if i % 3 else c, c, c) for i, c in enumerate(scene)]   # int8 no longer answers as its float
-    v = judge(broken, expected=0.99, floor=None)
+    v = judge(broken, expected=(307, 310), floor=None)
     assert not v.promote and "agrees with its own float" in v.reason
     collapsed = [("dog", "dog", c) for c in scene]          # one class for everything, int8 and float alike
-    v = judge(collapsed, expected=0.99, floor=None)
+    v = judge(collapsed, expected=(307, 310), floor=None)
     assert not v.promote and "collapsed" in v.reason
     one_scene = [("cat", "cat", "cat")] * 200               # a camera that sees one class is not a collapse
-    assert judge(one_scene, expected=0.99, floor=None).promote
+    assert judge(one_scene, expected=(307, 310), floor=None).promote
     relabelled = [("kitty" if c == "cat" else c, "kitty" if c == "cat" else c, c) for c in scene]
-    v = judge(relabelled, expected=0.99, floor=0.9)         # the publisher's floor vs the running model
+    v = judge(relabelled, expected=(307, 310), floor=0.9)         # the publisher's floor vs the running model
     assert not v.promote and "publisher's floor" in v.reason
-    assert judge(relabelled, expected=0.99, floor=None).promote
+    assert judge(relabelled, expected=(307, 310), floor=None).promote
+
+
+def test_the_canary_weighs_the_exports_count_as_a_sample_not_an_exact_rate():
+    """A small export that measured 90 of 90 held-out photos: one flip in 40 live frames is within chance of it (it
+    refused every faithful update in CI, judged against an exact 100%); five flips are not."""
+    from edgecls.fleet.canary import judge
+
+    def frames(flips):
+        return [("a", "a", "a")] * (40 - flips) + [("b", "a", "a")] * flips
+
+    assert judge(frames(1), expected=(90, 90), floor=None).promote
+    v = judge(frames(5), expected=(90, 90), floor=None)
+    assert not v.promote and "35 of 40 distinct live frames, shown below the 90 of 90" in v.reason, v.reason
+    assert v.figures["export_agreement"] == [90, 90]
 
 
 def test_a_repository_on_a_usb_stick_file_url_updates_like_one_on_a_web_server(fleet, digits_bundle, tmp_path):

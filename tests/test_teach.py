@@ -19,6 +19,7 @@ import pytest
 from conftest import SHARED
 from edgecls.bundle import MANIFEST
 from edgecls.fsutil import sha256_file
+from edgecls.metrics import shown_below
 from test_device_run import ENV, WRAPPER, edgecls, json_lines, one_line_error
 
 DAISY = SHARED / "data" / "flowers" / "daisy"
@@ -30,10 +31,11 @@ def tree_hashes(root: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def daisies(tmp_path_factory) -> tuple[Path, Path]:
-    """A folder of 12 daisy photos to teach from, and one of 10 others of the same class to test on."""
+    """A folder of 12 daisy photos to teach from, and one of 40 others of the same class to test on (ten were too few
+    to judge a rate on: 6 of 10 named is within chance of 80%, and the bundle, trained afresh in CI, varies)."""
     photos = sorted(DAISY.glob("*.jpg"))
     base = tmp_path_factory.mktemp("teach")
-    for name, chosen in (("daisy", photos[:12]), ("unseen", photos[100:110])):
+    for name, chosen in (("daisy", photos[:12]), ("unseen", photos[100:140])):
         (base / name).mkdir()
         for p in chosen:
             (base / name / p.name).symlink_to(p)
@@ -91,9 +93,12 @@ def test_teach_writes_a_verified_device_local_version_and_keeps_the_old_one(taug
     # Daisies it was not taught with: the new class is the model's answer, and its label — not unknown, though the
     # digits classes are far tighter than ten daisy photos: the taught class has its own threshold, from its teach
     # photos scored leave-one-out (device/model/unknown.py; with the shared one alone most of these read unknown).
+    # Judged as the export gate judges a rate (metrics.shown_below): the classifier's answer on 40 unseen daisies is
+    # not shown below 90%, its label (not unknown) not below 80%.
     recs = run_records(out, daisies[1])
-    assert sum(r["top"][0]["label"] == "daisy" for r in recs) >= 8
-    assert sum(r["label"] == "daisy" for r in recs) >= 8 and {r["label"] for r in recs} <= {"daisy", "unknown"}
+    top, named = sum(r["top"][0]["label"] == "daisy" for r in recs), sum(r["label"] == "daisy" for r in recs)
+    assert not shown_below(top, len(recs), 0.9) and not shown_below(named, len(recs), 0.8), (top, named, len(recs))
+    assert {r["label"] for r in recs} <= {"daisy", "unknown"}
     taught_rule = meta["unknown"]["taught"][str(len(parent["labels"]))]
     assert meta["unknown"]["class_thresholds"][-1] < meta["unknown"]["threshold"] and taught_rule["photos"] == 10
 
@@ -114,7 +119,8 @@ def test_run_answers_unknown_to_what_it_never_saw_and_threshold_overrides(digits
     meta = json.loads((digits_bundle / MANIFEST).read_text())
     rule = meta["unknown"]
     assert rule["rule"] == "class-mean-cosine" and rule["kept"] >= 0.95 * rule["images"]
-    assert run_labels(digits_bundle, daisies[1]).count("unknown") >= 8   # digits model, daisy photos
+    unknown = run_labels(digits_bundle, daisies[1]).count("unknown")     # digits model, daisy photos
+    assert not shown_below(unknown, 40, 0.8), unknown
     assert "unknown" not in run_labels(digits_bundle, daisies[1], "--threshold", "0.05")
 
 

@@ -4,6 +4,7 @@ exported classes with held-out photos, and a taught class whose few photos are l
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from edgecls.device.model.unknown import KEEP, UnknownRule, calibrate, class_means, leave_one_out, taught_rows
 
@@ -62,7 +63,7 @@ def test_a_loose_taught_class_gets_its_own_threshold_so_its_unseen_photos_are_na
     assert taught_rows(taught).sum() == 10 and list(block["taught"]) == ["4"]
     own = block["class_thresholds"][4]
     assert own < block["threshold"] and block["class_thresholds"][:4] == [block["threshold"]] * 4
-    # the threshold keeps 95% of the teach photos scored leave-one-out (10 photos: all of them)
+    # the prediction bound of the teach photos scored leave-one-out: here below every one of the ten
     loo = leave_one_out(taught["calib_embeddings"][taught["calib_classes"] == 4])
     assert block["taught"]["4"] == {"photos": 10, "kept_leave_one_out": int((loo >= own).sum())} and (loo >= own).all()
     unseen = cluster(rng, new_centre, 200, 2.0)
@@ -89,3 +90,20 @@ def test_a_class_with_no_stored_embeddings_never_vouches_and_more_photos_of_an_e
         more[cls] = np.concatenate([arrays[cls], np.zeros(5, np.int16)])
     block = calibrate(more)
     assert block["taught"] == {} and block["class_thresholds"] == [block["threshold"]] * 4
+
+
+def test_a_taught_threshold_is_the_prediction_bound_that_keeps_95_percent_of_new_photos():
+    """From ten photos the lowest leave-one-out score keeps about 10/11 of new photos of the class, and one photo's
+    luck decides it; the normal prediction bound keeps KEEP of them (simulated on normal scores: 4,000 teach sets)."""
+    from edgecls.device.model.unknown import t_quantile, taught_threshold, threshold_keeping
+
+    for p, df, exact in ((0.95, 2, 2.9200), (0.95, 4, 2.1318), (0.95, 9, 1.8331), (0.975, 29, 2.0452)):
+        assert t_quantile(p, df) == pytest.approx(exact, abs=0.01 if df < 4 else 2e-4)
+    rng = np.random.default_rng(3)
+    sets, new = rng.normal(0.7, 0.05, (4000, 10)), rng.normal(0.7, 0.05, (4000, 200))
+    bound = np.array([taught_threshold(s) for s in sets])
+    lowest = np.array([threshold_keeping(s)[0] for s in sets])
+    assert abs((new >= bound[:, None]).mean() - KEEP) < 0.005
+    assert abs((new >= lowest[:, None]).mean() - 10 / 11) < 0.005
+    assert np.percentile((new >= bound[:, None]).mean(1), 5) > np.percentile((new >= lowest[:, None]).mean(1), 5)
+    assert taught_threshold(np.array([0.6, 0.8])) == 0.6      # two photos: the lower score
