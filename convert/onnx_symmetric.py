@@ -47,7 +47,8 @@ def to_int8(float_onnx: Path, calib: Iterable[np.ndarray], dest: Path, method: s
                         per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                         op_types_to_quantize=[*QUANTIZED_OPS, *RANGE_OPS],
                         calibrate_method={"minmax": CalibrationMethod.MinMax,
-                                          "percentile": CalibrationMethod.Percentile}[method],
+                                          "percentile": CalibrationMethod.Percentile,
+                                          "entropy": CalibrationMethod.Entropy}[method],
                         extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
         model = onnx.load(str(out))
     onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, QUANT_META: json.dumps(
