@@ -25,12 +25,14 @@ FLOWERS = ROOT.parent / "shared" / "data" / "flowers"
 
 
 def embeddings(bundle, model, paths: list[Path]) -> np.ndarray:
+    """Unit embeddings of the photos, as teach computes them (device/teach/head.py: embed_all)."""
     from edgecls.device.model.unknown import unit
+    from edgecls.device.teach.head import embed_all
     from edgecls.images import load_rgb
     from edgecls.preprocess import prepare
 
     px = np.stack([prepare(load_rgb(p), bundle.spec, image_order="RGB") for p in paths])
-    return unit(np.concatenate([model.predict_both(px[i:i + 32])[1] for i in range(0, len(px), 32)]).astype(np.float32))
+    return unit(embed_all(model, px).astype(np.float32))
 
 
 def thresholds(teach: np.ndarray, shared: float) -> tuple[np.ndarray, dict[str, float]]:

@@ -10,13 +10,10 @@ choice may look at) and the test split (held out from everything). Nothing is wr
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
-
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -28,7 +25,7 @@ class Measured(Exception):
 def measure(run: Path, methods: list[str]) -> dict:
     import edgecls.convert.export as ex
     from edgecls.convert import onnx_symmetric
-    from edgecls.metrics import agreement_count
+    from edgecls.metrics import agreement_count, mean_tv
 
     rows: dict[str, dict] = {}
 
@@ -42,7 +39,7 @@ def measure(run: Path, methods: list[str]) -> dict:
                 probs, ref = model.predict(ctx.images.x[split]), ctx.images.keras[split]
                 a = agreement_count(probs.argmax(1), ref.argmax(1))
                 row[split] = (a["agreed"], a["images"])
-                row[f"{split}_tv"] = round(float(0.5 * np.abs(probs - ref).sum(1).mean()), 5)
+                row[f"{split}_tv"] = round(mean_tv(probs, ref), 5)
             rows[method] = row
         raise Measured()
 
@@ -70,7 +67,6 @@ def main() -> None:
         for method, r in measure(run, args.methods.split(",")).items():
             print(f"| {run.name} | {method} | {r['val'][0]}/{r['val'][1]} | {r['val_tv']} | {r['test'][0]}/{r['test'][1]} "
                   f"| {r['test_tv']} | {r['seconds']} |", flush=True)
-    print(json.dumps({"runs": [str(r) for r in args.runs]}))
 
 
 if __name__ == "__main__":

@@ -163,9 +163,24 @@ def mean_tv(probs_a, probs_b) -> float:
     return float(0.5 * np.abs(a - b).sum(-1).mean()) if len(a) else 0.0
 
 
+def _log_comb(a: int, b: int) -> float:
+    """log C(a, b)."""
+    from math import lgamma
+
+    return lgamma(a + 1) - lgamma(b + 1) - lgamma(a - b + 1)
+
+
+def _probability_of_log_terms(terms: list[float]) -> float:
+    """Σ exp(terms), scaled by the largest so that no term underflows; capped at 1 (a tail probability)."""
+    from math import exp
+
+    top = max(terms)
+    return float(min(1.0, exp(top) * sum(exp(t - top) for t in terms)))
+
+
 def binomial_cdf(k: int, n: int, p: float) -> float:
     """P(X ≤ k) for X ~ Binomial(n, p), summed exactly in log space (n up to ~10⁶)."""
-    from math import exp, lgamma, log
+    from math import log
 
     if k < 0:
         return 0.0
@@ -174,9 +189,7 @@ def binomial_cdf(k: int, n: int, p: float) -> float:
     if p >= 1:
         return 0.0
     lp, lq = log(p), log(1 - p)
-    terms = [lgamma(n + 1) - lgamma(i + 1) - lgamma(n - i + 1) + i * lp + (n - i) * lq for i in range(k + 1)]
-    top = max(terms)
-    return float(min(1.0, exp(top) * sum(exp(t - top) for t in terms)))
+    return _probability_of_log_terms([_log_comb(n, i) + i * lp + (n - i) * lq for i in range(k + 1)])
 
 
 def shown_below(k: int, n: int, rate: float, alpha: float = 0.025) -> bool:
@@ -189,19 +202,13 @@ def shown_below(k: int, n: int, rate: float, alpha: float = 0.025) -> bool:
 
 def hypergeometric_sf(x: int, total: int, marked: int, drawn: int) -> float:
     """P(X ≥ x) for X the marked items among `drawn` taken without replacement from `total` holding `marked`."""
-    from math import exp, lgamma
-
-    def log_comb(a: int, b: int) -> float:
-        return lgamma(a + 1) - lgamma(b + 1) - lgamma(a - b + 1)
-
     hi = min(marked, drawn)
     if x <= max(0, drawn - (total - marked)):
         return 1.0
     if x > hi:
         return 0.0
-    terms = [log_comb(marked, i) + log_comb(total - marked, drawn - i) - log_comb(total, drawn) for i in range(x, hi + 1)]
-    top = max(terms)
-    return float(min(1.0, exp(top) * sum(exp(t - top) for t in terms)))
+    return _probability_of_log_terms([_log_comb(marked, i) + _log_comb(total - marked, drawn - i)
+                                      - _log_comb(total, drawn) for i in range(x, hi + 1)])
 
 
 def shown_below_measured(k: int, n: int, k_ref: int, n_ref: int, alpha: float = 0.025) -> bool:
