@@ -283,22 +283,24 @@ def unknown_table(folds: dict) -> str:
     return "\n".join(lines)
 
 
-def scratch_fit(x: np.ndarray, y: np.ndarray, l2: float = 1e-2) -> tuple[np.ndarray, np.ndarray]:
+def scratch_fit(x: np.ndarray, y: np.ndarray, l2: float = 1e-2, balanced: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """The reference: a softmax regression fitted from zero to convergence (L-BFGS on standardised features; SciPy
-    comes with the train extra) — what a head-only `edgecls train` on these very embeddings would reach."""
+    comes with the train extra) — what a head-only `edgecls train` on these very embeddings would reach; `balanced`
+    weighs each photo by n / (classes · its class's count), as `edgecls train --class-weights` (its default) does."""
     from scipy.optimize import minimize
 
     mu, sd = x.mean(0), x.std(0) + 1e-3
     xs, (n, d), c = (x - mu) / sd, x.shape, int(y.max()) + 1
     onehot = np.eye(c)[y]
+    weight = (n / (c * np.bincount(y, minlength=c)))[y] if balanced else np.ones(n)
 
     def loss(p):
         w, b = p[:d * c].reshape(d, c), p[d * c:]
         logits = xs @ w + b
         logits -= logits.max(1, keepdims=True)
         prob = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
-        g = (prob - onehot) / n
-        value = -np.log(prob[np.arange(n), y] + 1e-12).mean() + l2 / 2 * (w * w).sum()
+        g = (prob - onehot) * weight[:, None] / n
+        value = -(weight * np.log(prob[np.arange(n), y] + 1e-12)).mean() + l2 / 2 * (w * w).sum()
         return value, np.concatenate([(xs.T @ g + l2 * w).ravel(), g.sum(0)])
     p = minimize(loss, np.zeros(d * c + c), jac=True, method="L-BFGS-B", options={"maxiter": 500}).x
     w = p[:d * c].reshape(d, c) / sd[:, None]
@@ -308,26 +310,39 @@ def scratch_fit(x: np.ndarray, y: np.ndarray, l2: float = 1e-2) -> tuple[np.ndar
 def more_photos_lines(folds: dict, extra: int = 66) -> str:
     """Is it the photos or the features? Taught from the 20-photo pool plus the first `extra` held-out photos,
     judged on the rest of the held-out photos: the current fit (20 stored per old class), and the reference
-    (scratch_fit on all train photos of the old classes)."""
+    (scratch_fit on all train photos of the old classes); then the references from the 20-photo pool alone, judged
+    on the same held-out photos as the head tables."""
     from edgecls.device.teach.head import fit_head, imprint
 
-    counts = {"current fit": [0, 0, 0, 0], "reference, fitted from zero on all train photos": [0, 0, 0, 0]}
-    for z in folds.values():
-        photos = np.concatenate([z["pool_emb"], z["held_emb"][:extra]])
-        x = np.concatenate([z["embeddings"], photos])
-        y = np.concatenate([z["classes"].astype(int), np.full(len(photos), 4)])
-        fits = (fit_head(*imprint(z["kernel"], z["bias"], photos), x, y),
-                scratch_fit(np.concatenate([z["train_emb"], photos]),
-                            np.concatenate([z["train_y"].astype(int), np.full(len(photos), 4)])))
-        before = ((z["test_emb"] @ z["kernel"] + z["bias"]).argmax(1) == z["test_y"]).sum()
-        for (kernel, bias), c in zip(fits, counts.values()):
-            c[0] += int(((z["held_emb"][extra:] @ kernel + bias).argmax(1) == 4).sum())
-            c[1] += len(z["held_emb"]) - extra
-            c[2] += int(((z["test_emb"] @ kernel + bias).argmax(1) == z["test_y"]).sum() - before)
-            c[3] += len(z["test_y"])
-    return "\n".join(f"- Taught from {POOL + extra} photos (the pool and {extra} of the held-out ones), {name}, judged "
-                     f"on the other held-out photos: new class {interval(c[0], c[1])}, old classes {c[2]:+d}/{c[3]}."
-                     for name, c in counts.items())
+    lines = []
+    for extra_photos, fitters in ((extra, {"current fit": None, "reference, fitted from zero on all train photos":
+                                           False}),
+                                  (0, {"reference, fitted from zero on all train photos": False,
+                                       "reference, fitted from zero on all train photos, classes balanced": True})):
+        counts = {name: [0, 0, 0, 0] for name in fitters}
+        for z in folds.values():
+            photos = np.concatenate([z["pool_emb"], z["held_emb"][:extra_photos]])
+            judged = z["held_emb"][extra_photos:]
+            before = ((z["test_emb"] @ z["kernel"] + z["bias"]).argmax(1) == z["test_y"]).sum()
+            for name, balanced in fitters.items():
+                if balanced is None:
+                    x = np.concatenate([z["embeddings"], photos])
+                    y = np.concatenate([z["classes"].astype(int), np.full(len(photos), 4)])
+                    kernel, bias = fit_head(*imprint(z["kernel"], z["bias"], photos), x, y)
+                else:
+                    kernel, bias = scratch_fit(np.concatenate([z["train_emb"], photos]),
+                                               np.concatenate([z["train_y"].astype(int), np.full(len(photos), 4)]),
+                                               balanced=balanced)
+                c = counts[name]
+                c[0] += int(((judged @ kernel + bias).argmax(1) == 4).sum())
+                c[1] += len(judged)
+                c[2] += int(((z["test_emb"] @ kernel + bias).argmax(1) == z["test_y"]).sum() - before)
+                c[3] += len(z["test_y"])
+        where = (f"the pool and {extra_photos} of the held-out ones), {{}}, judged on the other held-out photos"
+                 if extra_photos else "the pool alone), {}, judged on the held-out photos")
+        lines += [f"- Taught from {POOL + extra_photos} photos ({where.format(name)}: new class "
+                  f"{interval(c[0], c[1])}, old classes {c[2]:+d}/{c[3]}." for name, c in counts.items()]
+    return "\n".join(lines)
 
 
 def main() -> None:
