@@ -6,7 +6,8 @@ set, over the same seeds (each seed draws the split, so every row of a seed is t
 Reads the runs other benchmarks trained (nothing is trained here):
 - MobileNetV2 160 px (the default): bench_rounding.py's `.edgecls-cache/heldout/runs/DATA-sSEED`, its int8 bundles
   `bundle-DATA-sSEED-gptq` and their export records;
-- MobileNetV2 224 px: `.edgecls-cache/lite0/runs/mnv2-DATA-224-sSEED` (`edgecls train DATA --img-size 224 --seed S`);
+- MobileNetV2 224 px: `.edgecls-cache/lite0/runs/mnv2-DATA-224-sSEED` (`edgecls train DATA --img-size 224 --seed S`),
+  its bundle `bundle-mnv2-DATA-224-sSEED` and export record where they exist;
 - Lite0 at each size: bench_lite0.py's `.edgecls-cache/lite0/runs/DATA-PX-sSEED`, bundles and export records.
 Per (backbone, size): mean float test top-1 (per seed), pooled with its Wilson 95% interval, the paired difference
 from MobileNetV2 160 px on the same photos (all seeds together; edgecls.metrics.paired_drop), the int8 TFLite's
@@ -45,7 +46,9 @@ def candidates(data: str, seed: int) -> dict[tuple[str, int], dict]:
     rows = {("MobileNetV2", 160): {"run": HELD / "runs" / f"{data}-s{seed}",
                                    "bundle": HELD / f"bundle-{data}-s{seed}-gptq",
                                    "export": HELD / f"export-{data}-s{seed}-gptq.json"},
-            ("MobileNetV2", 224): {"run": LITE0 / "runs" / f"mnv2-{data}-224-s{seed}"}}
+            ("MobileNetV2", 224): {"run": LITE0 / "runs" / f"mnv2-{data}-224-s{seed}",
+                                   "bundle": LITE0 / f"bundle-mnv2-{data}-224-s{seed}",
+                                   "export": LITE0 / f"export-mnv2-{data}-224-s{seed}.json"}}
     for px in (160, 224):
         rows[("Lite0", px)] = {"run": LITE0 / "runs" / f"{data}-{px}-s{seed}",
                                "bundle": LITE0 / f"bundle-{data}-{px}-s{seed}",
