@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from teach_offline import fitted, load_folds, scratch_fit  # noqa: E402
+from teach_offline import fitted, load_folds, reference_fit  # noqa: E402
 
 from edgecls.metrics import wilson_interval  # noqa: E402
 
@@ -51,12 +51,6 @@ def score(folds: dict, fit) -> dict[str, dict]:
     return out
 
 
-def reference_fit(z: dict):
-    photos = z["pool_emb"][:SHOTS]
-    return scratch_fit(np.concatenate([z["train_emb"], photos]),
-                       np.concatenate([z["train_y"].astype(int), np.full(len(photos), 4)]), balanced=True)
-
-
 def rows_for(spec: str, stored: list[int], shifts: list[float]) -> list[dict]:
     """Rows of one `--work` item, LABEL=FOLDER (or FOLDER, labelled by its name)."""
     label, _, folder = spec.rpartition("=")
@@ -64,7 +58,8 @@ def rows_for(spec: str, stored: list[int], shifts: list[float]) -> list[dict]:
     label = label or work.name
     folds = load_folds(work)
     rows = [{"work": label, "fit": "reference: from zero, all train photos + the 20", "stored": None,
-             "shift": None, **score(folds, reference_fit)}]
+             "shift": None,
+             **score(folds, lambda z: reference_fit(z, z["pool_emb"][:SHOTS], balanced=True))}]
     for n in stored:
         for shift in shifts:
             v = {"shift": shift, **({} if n == 20 else {"stored": n})}

@@ -328,39 +328,46 @@ def scratch_fit(x: np.ndarray, y: np.ndarray, l2: float = 1e-2, balanced: bool =
     return w, p[d * c:] - mu @ w
 
 
+def reference_fit(z: dict, photos: np.ndarray, balanced: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """scratch_fit on all train photos of the old classes and `photos` as the new class (index 4)."""
+    return scratch_fit(np.concatenate([z["train_emb"], photos]),
+                       np.concatenate([z["train_y"].astype(int), np.full(len(photos), 4)]), balanced=balanced)
+
+
+def current_fit(z: dict, photos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """device/teach/head.py's fit (imprint, then fit_head) over the stored embeddings and `photos`."""
+    from edgecls.device.teach.head import fit_head, imprint
+
+    x = np.concatenate([z["embeddings"], photos])
+    y = np.concatenate([z["classes"].astype(int), np.full(len(photos), 4)])
+    return fit_head(*imprint(z["kernel"], z["bias"], photos), x, y)
+
+
 def more_photos_lines(folds: dict, extra: int = 66) -> str:
     """Is it the photos or the features? Taught from the 20-photo pool plus the first `extra` held-out photos,
     judged on the rest of the held-out photos: the current fit (20 stored per old class), and the reference
     (scratch_fit on all train photos of the old classes); then the references from the 20-photo pool alone, judged
     on the same held-out photos as the head tables."""
-    from edgecls.device.teach.head import fit_head, imprint
-
+    reference = "reference, fitted from zero on all train photos"
     lines = []
-    for extra_photos, fitters in ((extra, {"current fit": None, "reference, fitted from zero on all train photos":
-                                           False}),
-                                  (0, {"reference, fitted from zero on all train photos": False,
-                                       "reference, fitted from zero on all train photos, classes balanced": True})):
-        counts = {name: [0, 0, 0, 0] for name in fitters}
+    for extra_photos, where, fits in (
+            (extra, f"the pool and {extra} of the held-out ones), {{}}, judged on the other held-out photos",
+             {"current fit": current_fit, reference: reference_fit}),
+            (0, "the pool alone), {}, judged on the held-out photos",
+             {reference: reference_fit,
+              f"{reference}, classes balanced": lambda z, photos: reference_fit(z, photos, balanced=True)})):
+        counts = {name: [0, 0, 0, 0] for name in fits}
         for z in folds.values():
             photos = np.concatenate([z["pool_emb"], z["held_emb"][:extra_photos]])
             judged = z["held_emb"][extra_photos:]
             before = ((z["test_emb"] @ z["kernel"] + z["bias"]).argmax(1) == z["test_y"]).sum()
-            for name, balanced in fitters.items():
-                if balanced is None:
-                    x = np.concatenate([z["embeddings"], photos])
-                    y = np.concatenate([z["classes"].astype(int), np.full(len(photos), 4)])
-                    kernel, bias = fit_head(*imprint(z["kernel"], z["bias"], photos), x, y)
-                else:
-                    kernel, bias = scratch_fit(np.concatenate([z["train_emb"], photos]),
-                                               np.concatenate([z["train_y"].astype(int), np.full(len(photos), 4)]),
-                                               balanced=balanced)
+            for name, fit in fits.items():
+                kernel, bias = fit(z, photos)
                 c = counts[name]
                 c[0] += int(((judged @ kernel + bias).argmax(1) == 4).sum())
                 c[1] += len(judged)
                 c[2] += int(((z["test_emb"] @ kernel + bias).argmax(1) == z["test_y"]).sum() - before)
                 c[3] += len(z["test_y"])
-        where = (f"the pool and {extra_photos} of the held-out ones), {{}}, judged on the other held-out photos"
-                 if extra_photos else "the pool alone), {}, judged on the held-out photos")
         lines += [f"- Taught from {POOL + extra_photos} photos ({where.format(name)}: new class "
                   f"{interval(c[0], c[1])}, old classes {c[2]:+d}/{c[3]}." for name, c in counts.items()]
     return "\n".join(lines)
